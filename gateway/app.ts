@@ -1,0 +1,198 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
+import express from 'express';
+import type { Audit } from './audit';
+import type { CredentialChain } from './auth/chain';
+import { checkCsrf } from './auth/csrf';
+import type { ResolvedConfig } from './config/load';
+import { AppError, errors } from './errors';
+import { getContext, setContext, peekContext, type RequestContext } from './http/context';
+import { rejectUpgrade, sendError, wantsHtml } from './http/render';
+import { redactUrl, type Logger } from './log';
+import { canonicalize } from './proxy/canonical';
+import { stripTokenQuery } from './proxy/headers';
+import { createHttpProxy } from './proxy/http';
+import type { Policy } from './proxy/policy';
+import type { Upstream } from './proxy/upstream';
+import { createWsRelay, type WsHooks } from './proxy/ws';
+
+/** A check run on every request after the route is known and before authentication (IP lists, CF Access). */
+export type Gate = (req: IncomingMessage, ctx: RequestContext) => void | Promise<void>;
+
+/** A ComfyUI route the gateway must read or rewrite instead of streaming blindly (isolation, injection). */
+export interface Interceptor {
+  id: string;
+  matches(ctx: RequestContext, method: string): boolean;
+  handle(req: IncomingMessage, res: ServerResponse, ctx: RequestContext): Promise<void>;
+}
+
+/** Mounts gateway-owned routes on the Express app; paths are canonical (no leading /api). */
+export type RouteMount = (app: express.Express) => void;
+
+/** Everything createApp needs; built by compose.ts (production and tests alike). */
+export interface AppDeps {
+  config: ResolvedConfig;
+  logger: Logger;
+  audit: Audit;
+  upstream: Upstream;
+  chain: CredentialChain;
+  policy: Policy;
+  clientIp: (req: IncomingMessage) => string;
+  /** whether the request reached us over HTTPS (TLS socket, or a trusted proxy's word) */
+  isSecure?: (req: IncomingMessage) => boolean;
+  gates?: Gate[];
+  routes?: RouteMount[];
+  interceptors?: Interceptor[];
+  wsHooks?: WsHooks;
+  pingIntervalMs?: number;
+  /** handles a request before the front door at all (force_https redirects); returns true when it answered */
+  preflight?: (req: IncomingMessage, res: ServerResponse) => boolean;
+}
+
+/** The gateway: a request handler and an upgrade handler for a node http(s) server, plus shutdown hooks. */
+export interface Gateway {
+  handle(req: IncomingMessage, res: ServerResponse): void;
+  upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void;
+  express: express.Express;
+  /** closes WebSockets with 1001 */
+  closeSockets(): void;
+  /** requests currently being served */
+  inFlight(): number;
+}
+
+/** Builds the gateway without listening: the front door, the gateway's own routes, the proxy. */
+export function createApp(deps: AppDeps): Gateway {
+  const { config, logger, chain, policy } = deps;
+  const cookieName = config.cookie.name;
+  const proxy = createHttpProxy({ upstream: deps.upstream, cookieName, logger });
+  const relay = createWsRelay({
+    upstreamOrigin: deps.upstream.origin,
+    cookieName,
+    logger,
+    pingIntervalMs: deps.pingIntervalMs,
+    hooks: deps.wsHooks,
+  });
+  const isSecure = deps.isSecure ?? ((req: IncomingMessage) => !!(req.socket as { encrypted?: boolean }).encrypted);
+  let inFlight = 0;
+
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('etag', false);
+  app.set('query parser', 'simple');
+  for (const mount of deps.routes ?? []) mount(app);
+  app.use((_req, _res, next) => next(errors.notFound()));
+  app.use((err: unknown, req: express.Request, res: express.Response, _next: express.NextFunction) => {
+    if ((err as AppError).status === undefined || (err as AppError).status >= 500) logger.error({ err }, 'handler error');
+    sendError(req, res, err);
+  });
+
+  /** The front door: who is calling, from where, for which canonical route, and may they. */
+  async function admit(req: IncomingMessage, isUpgrade: boolean): Promise<RequestContext> {
+    const clientIp = deps.clientIp(req);
+    const route = canonicalize(req.url ?? '/');
+    const ctx: RequestContext = {
+      clientIp,
+      route,
+      decision: policy.decide(route, req.method ?? 'GET'),
+      query: new URLSearchParams(route.query),
+      principal: null,
+      secure: isSecure(req),
+      startedAt: process.hrtime.bigint(),
+    };
+    setContext(req, ctx);
+    for (const gate of deps.gates ?? []) await gate(req, ctx);
+    const { access } = ctx.decision;
+    if (access === 'public') {
+      // Public routes may still use who is calling (health details, logout, admin registration).
+      try {
+        ctx.principal = await chain.authenticate(req, ctx.query);
+      } catch (e) {
+        if (!(e instanceof AppError) || e.status !== 401) throw e;
+        ctx.principal = null;
+      }
+      checkCsrf(req, ctx.principal, isUpgrade);
+      return ctx;
+    }
+    ctx.principal = await chain.authenticate(req, ctx.query);
+    if (!ctx.principal) throw errors.authRequired();
+    checkCsrf(req, ctx.principal, isUpgrade);
+    if (access === 'admin' && ctx.principal.role !== 'admin') throw errors.forbidden('This route is for administrators');
+    return ctx;
+  }
+
+  function loginRedirect(req: IncomingMessage, res: ServerResponse, ctx: RequestContext | undefined): void {
+    const next = ctx ? ctx.route.forwardPath + (stripTokenQuery(ctx.route.query) ? `?${stripTokenQuery(ctx.route.query)}` : '') : '/';
+    res.statusCode = 302;
+    res.setHeader('Location', `/login?next=${encodeURIComponent(next)}`);
+    res.setHeader('Cache-Control', 'no-store');
+    res.end();
+  }
+
+  function accessLog(req: IncomingMessage, res: ServerResponse, rawUrl: string, started: bigint) {
+    const ctx = peekContext(req);
+    logger.info(
+      {
+        method: req.method,
+        path: redactUrl(rawUrl),
+        status: res.statusCode,
+        ms: Number(process.hrtime.bigint() - started) / 1e6,
+        ip: ctx?.clientIp ?? req.socket.remoteAddress,
+        user: ctx?.principal?.username,
+      },
+      'request',
+    );
+  }
+
+  return {
+    express: app,
+    handle(req, res) {
+      const started = process.hrtime.bigint();
+      const rawUrl = req.url ?? '/';
+      inFlight++;
+      let done = false;
+      const finish = () => {
+        if (done) return;
+        done = true;
+        inFlight--;
+        accessLog(req, res, rawUrl, started);
+      };
+      res.once('finish', finish);
+      res.once('close', finish);
+      req.on('error', () => undefined);
+      if (deps.preflight?.(req, res)) return;
+      admit(req, false).then(
+        (ctx) => {
+          if (ctx.decision.rule.owner === 'gateway') {
+            req.url = ctx.route.path + (ctx.route.query ? `?${ctx.route.query}` : '');
+            app(req as express.Request, res as express.Response);
+            return;
+          }
+          const icpt = deps.interceptors?.find((i) => i.matches(ctx, req.method ?? 'GET'));
+          if (icpt) return void icpt.handle(req, res, ctx).catch((e) => sendError(req, res, e));
+          proxy.forward(req, res);
+        },
+        (err) => {
+          const ctx = peekContext(req);
+          if (err instanceof AppError && err.code === 'AUTH_REQUIRED' && wantsHtml(req)) return loginRedirect(req, res, ctx);
+          if (!(err instanceof AppError)) logger.error({ err }, 'front door error');
+          sendError(req, res, err);
+        },
+      );
+    },
+    upgrade(req, socket, head) {
+      socket.on('error', () => undefined);
+      admit(req, true).then(
+        (ctx) => {
+          if (ctx.decision.rule.owner !== 'comfy' || ctx.route.segments.join('/') !== 'ws')
+            return rejectUpgrade(socket, errors.notFound('No WebSocket here'));
+          relay.handleUpgrade(req, socket, head);
+        },
+        (err) => rejectUpgrade(socket, err),
+      );
+    },
+    closeSockets: () => relay.closeAll(1001),
+    inFlight: () => inFlight,
+  };
+}
+
+export { getContext };

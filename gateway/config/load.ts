@@ -1,0 +1,134 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import ipaddr from 'ipaddr.js';
+import { configSchema, type Config } from './schema';
+
+/** Start-up refusal carrying every configuration problem at once. */
+export class ConfigError extends Error {
+  constructor(public readonly problems: string[]) {
+    super(`Invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+/** Config after CLI/env overrides, with absolute paths and the effective static key. */
+export interface ResolvedConfig extends Config {
+  configPath: string | null;
+  /** the effective static API key from --api-key, --api-key-file, env or config; never logged */
+  apiKey: string | null;
+  hfEndpoint: string;
+  paths: { dataDir: string; usersDb: string; whitelist: string; blacklist: string; log: string | null };
+}
+
+const cliOptions = {
+  config: { type: 'string' },
+  host: { type: 'string' },
+  port: { type: 'string' },
+  upstream: { type: 'string' },
+  'data-dir': { type: 'string' },
+  'api-key': { type: 'string' },
+  'api-key-file': { type: 'string' },
+  'log-level': { type: 'string' },
+} as const;
+
+/** Loads config.json + CLI flags + environment; throws ConfigError listing every problem. */
+export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env, cwd = process.cwd()): ResolvedConfig {
+  const problems: string[] = [];
+  let args: ReturnType<typeof parseArgs<{ options: typeof cliOptions; strict: true; allowPositionals: false }>>['values'];
+  try {
+    args = parseArgs({ args: argv, options: cliOptions, strict: true, allowPositionals: false }).values;
+  } catch (e) {
+    throw new ConfigError([`command line: ${(e as Error).message}`]);
+  }
+
+  const configPath = args.config ? path.resolve(cwd, args.config) : null;
+  let raw: Record<string, unknown> = {};
+  if (configPath) {
+    try {
+      const parsed: unknown = JSON.parse(fs.readFileSync(configPath, 'utf8'));
+      if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) problems.push(`${configPath}: must be a JSON object`);
+      else raw = parsed as Record<string, unknown>;
+    } catch (e) {
+      problems.push(`${configPath}: ${(e as Error).message}`);
+    }
+  }
+  const baseDir = configPath ? path.dirname(configPath) : cwd;
+
+  if (args.host !== undefined) raw.host = args.host;
+  if (args.port !== undefined) {
+    const n = Number(args.port);
+    if (!/^\d+$/.test(args.port)) problems.push(`--port: not a port number: ${JSON.stringify(args.port)}`);
+    raw.port = n;
+  }
+  if (args.upstream !== undefined) raw.upstream = args.upstream;
+  if (args['data-dir'] !== undefined) raw.data_dir = args['data-dir'];
+  if (args['log-level'] !== undefined) raw.log_levels = [args['log-level']];
+  if (args['api-key-file'] !== undefined) raw.api_key_file = args['api-key-file'];
+  if (args['api-key'] !== undefined) raw.api_key = args['api-key'];
+  else if (env.COMFYUI_GATEWAY_API_KEY && raw.api_key === undefined && args['api-key-file'] === undefined)
+    raw.api_key = env.COMFYUI_GATEWAY_API_KEY;
+
+  const result = configSchema.safeParse(raw);
+  if (!result.success) {
+    for (const issue of result.error.issues) {
+      const where = issue.path.length ? issue.path.join('.') : '(root)';
+      const keys = issue.code === 'unrecognized_keys' ? `: ${issue.keys.join(', ')}` : '';
+      problems.push(`${configPath ? path.basename(configPath) + ': ' : ''}${where}: ${issue.message}${keys}`);
+    }
+  }
+  if (problems.length || !result.success) throw new ConfigError(problems);
+  const cfg = result.data;
+
+  cfg.trusted_proxies.forEach((cidr, i) => {
+    try {
+      if (cidr.includes('/')) ipaddr.parseCIDR(cidr);
+      else ipaddr.parse(cidr);
+    } catch {
+      problems.push(`trusted_proxies[${i}]: not an IP address or CIDR: ${JSON.stringify(cidr)}`);
+    }
+  });
+
+  let apiKey = cfg.api_key;
+  if (cfg.api_key_file && args['api-key'] === undefined) {
+    const file = path.resolve(baseDir, cfg.api_key_file);
+    try {
+      const key = fs.readFileSync(file, 'utf8').trim();
+      if (key.length < 16) problems.push(`api_key_file ${file}: key must be at least 16 characters`);
+      else apiKey = key;
+    } catch (e) {
+      problems.push(`api_key_file ${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? 'error'})`);
+    }
+  }
+  if (cfg.tls) {
+    for (const k of ['cert', 'key'] as const) {
+      const f = path.resolve(baseDir, cfg.tls[k]);
+      try {
+        fs.accessSync(f, fs.constants.R_OK);
+      } catch {
+        problems.push(`tls.${k}: cannot read ${f}`);
+      }
+    }
+  }
+  if (problems.length) throw new ConfigError(problems);
+
+  const dataDir = path.resolve(baseDir, cfg.data_dir);
+  return {
+    ...cfg,
+    configPath,
+    apiKey,
+    hfEndpoint: (env.HF_ENDPOINT || 'https://huggingface.co').replace(/\/+$/, ''),
+    paths: {
+      dataDir,
+      usersDb: path.resolve(dataDir, cfg.users_db),
+      whitelist: path.resolve(baseDir, cfg.whitelist),
+      blacklist: path.resolve(baseDir, cfg.blacklist),
+      log: cfg.log ? path.resolve(dataDir, cfg.log) : null,
+    },
+  };
+}
+
+/** A copy of the config that is safe to log: secrets replaced. */
+export function redactConfig(cfg: ResolvedConfig): Record<string, unknown> {
+  return { ...cfg, apiKey: cfg.apiKey ? '[redacted]' : null, api_key: cfg.api_key ? '[redacted]' : null };
+}

@@ -1,0 +1,24 @@
+/** The one error type handlers throw; rendered by http/render.ts as {"error":{code,message,details}}. */
+export class AppError extends Error {
+  constructor(
+    public readonly status: number,
+    public readonly code: string,
+    message: string,
+    public readonly details: Record<string, unknown> = {},
+    /** extra response headers, e.g. Retry-After */
+    public readonly headers: Record<string, string> = {},
+  ) {
+    super(message);
+    this.name = 'AppError';
+  }
+}
+
+/** Shorthands for the refusals every part of the gateway shares. */
+export const errors = {
+  authRequired: () => new AppError(401, 'AUTH_REQUIRED', 'Authentication required'),
+  invalidCredentials: () => new AppError(401, 'INVALID_CREDENTIALS', 'Invalid credentials'),
+  forbidden: (message = 'Forbidden') => new AppError(403, 'FORBIDDEN', message),
+  notFound: (message = 'Not found') => new AppError(404, 'NOT_FOUND', message),
+  invalidBody: (message: string, details: Record<string, unknown> = {}) =>
+    new AppError(400, 'INVALID_BODY', message, details),
+};

@@ -1,0 +1,48 @@
+#!/usr/bin/env node
+import { composeGateway } from './compose';
+import { ConfigError, loadConfig, redactConfig } from './config/load';
+import { listen } from './server';
+
+/** Composition root: load config, build everything, listen, and shut down in order on SIGTERM/SIGINT. */
+async function main(): Promise<void> {
+  let config;
+  try {
+    config = loadConfig(process.argv.slice(2));
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      process.stderr.write(`comfyui-gateway: ${e.message}\n`);
+      process.exit(2);
+    }
+    throw e;
+  }
+  const composed = await composeGateway(config);
+  const { logger } = composed;
+  logger.info({ config: redactConfig(config) }, 'configuration loaded');
+  const running = await listen(composed);
+  for (const n of composed.notices) {
+    logger.warn(n);
+    process.stderr.write(`comfyui-gateway: ${n}\n`);
+  }
+  logger.info({ url: running.url, upstream: config.upstream }, 'comfyui-gateway listening');
+  process.stderr.write(`comfyui-gateway: listening on ${running.url} in front of ${config.upstream}\n`);
+
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, 'shutting down');
+    running.shutdown().then(
+      () => process.exit(0),
+      (err) => {
+        logger.error({ err }, 'shutdown failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('uncaughtException', (err) => logger.error({ err }, 'uncaught exception (kept running)'));
+  process.on('unhandledRejection', (err) => logger.error({ err }, 'unhandled rejection (kept running)'));
+}
+
+void main();

@@ -1,0 +1,53 @@
+import { AppError } from '../errors';
+
+/** A request path reduced to the one form every policy decision is made on. */
+export interface CanonicalRoute {
+  /** decoded, dot-resolved, empty segments removed, leading `api` dropped */
+  segments: string[];
+  /** `/` + segments joined: the key the policy table matches */
+  path: string;
+  /** whether the client used the `/api` twin */
+  apiPrefixed: boolean;
+  /** the path to send upstream: exactly the route that was decided on, re-encoded */
+  forwardPath: string;
+  /** raw query string without `?` ('' when none) */
+  query: string;
+}
+
+const badPath = (why: string) => new AppError(400, 'INVALID_PATH', `Invalid request path: ${why}`);
+
+/** Percent-decodes once, collapses `//`, resolves dot segments, drops one leading `/api`. Throws 400 INVALID_PATH. */
+export function canonicalize(rawUrl: string): CanonicalRoute {
+  if (!rawUrl.startsWith('/')) throw badPath('must start with /');
+  const q = rawUrl.indexOf('?');
+  const rawPath = q >= 0 ? rawUrl.slice(0, q) : rawUrl;
+  const query = q >= 0 ? rawUrl.slice(q + 1) : '';
+  let decoded: string;
+  try {
+    decoded = decodeURIComponent(rawPath);
+  } catch {
+    throw badPath('malformed percent-encoding');
+  }
+  if (/[\u0000-\u001f\u007f\\]/.test(decoded)) throw badPath('control character or backslash');
+  const segments: string[] = [];
+  for (const seg of decoded.split('/')) {
+    if (seg === '' || seg === '.') continue;
+    if (seg === '..') {
+      if (!segments.length) throw badPath('escapes the root');
+      segments.pop();
+      continue;
+    }
+    segments.push(seg);
+  }
+  const apiPrefixed = segments[0] === 'api';
+  if (apiPrefixed) segments.shift();
+  const path = '/' + segments.join('/');
+  const trailing = decoded.endsWith('/') && segments.length > 0 ? '/' : '';
+  const forwardPath = (apiPrefixed ? '/api' : '') + '/' + segments.map(encodeSegment).join('/') + trailing;
+  return { segments, path, apiPrefixed, forwardPath, query };
+}
+
+// Keep the characters aiohttp leaves alone readable; encode everything else.
+function encodeSegment(s: string): string {
+  return encodeURIComponent(s).replace(/%(3A|40|2C|3D|2B|24|26|21|27|28|29|2A|3B)/gi, (m) => decodeURIComponent(m));
+}

@@ -1,0 +1,90 @@
+import type { CanonicalRoute } from './canonical';
+
+/** Who may call a route: anyone, any signed-in principal, or admins only. */
+export type Access = 'public' | 'user' | 'admin';
+
+/** One row of the policy table. */
+export interface PolicyRule {
+  /** stable name, for logs and tests */
+  id: string;
+  /** leading canonical segments (lower-cased); `*` matches any one segment */
+  prefix: (string | RegExp)[];
+  /** methods the row applies to; absent = all */
+  methods?: string[];
+  access: Access;
+  /** gateway routes are served by the gateway's own Express app; comfy routes are proxied */
+  owner: 'gateway' | 'comfy';
+  /** exact: the route must have exactly `prefix.length` segments */
+  exact?: boolean;
+}
+
+/** The decision for one request. */
+export interface Decision {
+  rule: PolicyRule;
+  access: Access;
+}
+
+const MANAGER_FAMILIES = ['manager', 'customnode', 'snapshot', 'externalmodel', 'comfyui_manager'];
+
+/** Builds the single policy table keyed by canonical route (DESIGN §5–6). */
+export function createPolicy(opts: { manager_admin_only: boolean }) {
+  const manager: Access = opts.manager_admin_only ? 'admin' : 'user';
+  const rules: PolicyRule[] = [
+    // The gateway's own surface.
+    { id: 'health', prefix: ['health'], exact: true, access: 'public', owner: 'gateway' },
+    { id: 'login', prefix: ['login'], exact: true, access: 'public', owner: 'gateway' },
+    { id: 'register', prefix: ['register'], exact: true, access: 'public', owner: 'gateway' },
+    { id: 'logout', prefix: ['logout'], exact: true, access: 'public', owner: 'gateway' },
+    { id: 'gateway-static', prefix: ['gateway', 'static'], access: 'public', owner: 'gateway' },
+    { id: 'gateway-admin-users', prefix: ['gateway', 'api', 'users'], access: 'admin', owner: 'gateway' },
+    { id: 'gateway-admin-ip-lists', prefix: ['gateway', 'api', 'ip-lists'], access: 'admin', owner: 'gateway' },
+    { id: 'gateway-admin-audit', prefix: ['gateway', 'api', 'audit'], access: 'admin', owner: 'gateway' },
+    { id: 'gateway-api', prefix: ['gateway'], access: 'user', owner: 'gateway' },
+    // ComfyUI's server-side model-download API, served by the gateway (permission checks inside).
+    ...['models-availability-status', 'download-models', 'cancel-model-download-session', 'hf-auth-token-status', 'hf-auth-login-start', 'hf-auth-logout', 'auth'].map(
+      (r): PolicyRule => ({ id: `downloads-${r}`, prefix: [r], access: 'user', owner: 'gateway' }),
+    ),
+    // ComfyUI-Manager installs code: every family, with its /v2 twin (the /api twin is dropped by canonicalisation).
+    ...MANAGER_FAMILIES.flatMap((f): PolicyRule[] => [
+      { id: `manager-${f}`, prefix: [f], access: manager, owner: 'comfy' },
+      { id: `manager-v2-${f}`, prefix: ['v2', f], access: manager, owner: 'comfy' },
+    ]),
+    { id: 'manager-extension-files', prefix: ['extensions', /^comfyui[-_]?manager/], access: manager, owner: 'comfy' },
+    // Upstream internals and machine-wide effects.
+    { id: 'internal', prefix: ['internal'], access: 'admin', owner: 'comfy' },
+    { id: 'free', prefix: ['free'], exact: true, methods: ['POST'], access: 'admin', owner: 'comfy' },
+    { id: 'users-create', prefix: ['users'], exact: true, methods: ['POST'], access: 'admin', owner: 'comfy' },
+    { id: 'system-stats', prefix: ['system_stats'], access: 'admin', owner: 'comfy' },
+    // ComfyUI's own routes open to every signed-in user (isolation narrows what each one sees).
+    ...[
+      'prompt', 'queue', 'history', 'interrupt', 'free', 'jobs', 'view', 'view_metadata', 'upload', 'object_info',
+      'embeddings', 'extensions', 'models', 'experiment', 'features', 'users', 'userdata', 'v2', 'settings', 'i18n',
+      'workflow_templates', 'global_subgraphs', 'node_replacements', 'logs', 'ws', 'templates', 'scripts', 'assets',
+      'fonts', 'cursor', 'index.html', 'index.css', 'favicon.ico', 'user.css', 'manifest.json', 'docs', 'custom_node_templates',
+    ].map((r): PolicyRule => ({ id: `comfy-${r}`, prefix: [r], access: 'user', owner: 'comfy' })),
+    { id: 'comfy-root', prefix: [], exact: true, access: 'user', owner: 'comfy' },
+  ];
+  /** Anything else (custom nodes' own routes, frontend assets) is ComfyUI's and needs a signed-in user. */
+  const fallback: PolicyRule = { id: 'comfy-default', prefix: [], access: 'user', owner: 'comfy' };
+
+  function matches(rule: PolicyRule, segs: string[], method: string): boolean {
+    if (rule.methods && !rule.methods.includes(method)) return false;
+    if (segs.length < rule.prefix.length || (rule.exact && segs.length !== rule.prefix.length)) return false;
+    return rule.prefix.every((p, i) => (typeof p === 'string' ? p === '*' || p === segs[i] : p.test(segs[i])));
+  }
+
+  return {
+    rules,
+    fallback,
+    /** The one access decision for a canonical route and method. */
+    decide(route: CanonicalRoute, method: string): Decision {
+      const segs = route.segments.map((s) => s.toLowerCase());
+      const m = method.toUpperCase();
+      const rule = rules.find((r) => matches(r, segs, m)) ?? fallback;
+      return { rule, access: rule.access };
+    },
+  };
+}
+
+/** The policy table's interface. */
+export type Policy = ReturnType<typeof createPolicy>;

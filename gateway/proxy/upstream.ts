@@ -1,0 +1,82 @@
+import http from 'node:http';
+import https from 'node:https';
+
+/** A buffered upstream response, for the routes the gateway must read (JSON rewrites, health). */
+export interface UpstreamResponse {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: Buffer;
+}
+
+/** Plain client for ComfyUI calls the gateway makes itself (health probes, rewrites, user creation). */
+export function createUpstream(base: string, opts: { timeoutMs?: number; maxBody?: number } = {}) {
+  const url = new URL(base);
+  const lib = url.protocol === 'https:' ? https : http;
+  const agent = new lib.Agent({ keepAlive: true, maxSockets: 64 });
+  const timeoutMs = opts.timeoutMs ?? 10_000;
+  const maxBody = opts.maxBody ?? 256 * 1024 * 1024;
+  let lastProbe = { at: 0, up: false };
+
+  function request(
+    method: string,
+    path: string,
+    init: { headers?: http.OutgoingHttpHeaders; body?: Buffer | string; timeoutMs?: number } = {},
+  ): Promise<UpstreamResponse> {
+    return new Promise((resolve, reject) => {
+      const headers: http.OutgoingHttpHeaders = { ...init.headers, host: url.host };
+      if (init.body !== undefined) headers['content-length'] = Buffer.byteLength(init.body);
+      const req = lib.request(
+        { protocol: url.protocol, hostname: url.hostname, port: url.port, method, path, headers, agent, timeout: init.timeoutMs ?? timeoutMs },
+        (res) => {
+          const chunks: Buffer[] = [];
+          let size = 0;
+          res.on('data', (c: Buffer) => {
+            size += c.length;
+            if (size > maxBody) {
+              res.destroy(new Error('upstream response too large'));
+              return;
+            }
+            chunks.push(c);
+          });
+          res.on('end', () => resolve({ status: res.statusCode ?? 502, headers: res.headers, body: Buffer.concat(chunks) }));
+          res.on('error', reject);
+        },
+      );
+      req.on('timeout', () => req.destroy(new Error('upstream timeout')));
+      req.on('error', reject);
+      req.end(init.body);
+    });
+  }
+
+  return {
+    origin: url.origin,
+    agent,
+    request,
+    /** GET + JSON parse; throws on non-2xx or bad JSON. */
+    async json<T = unknown>(method: string, path: string, init: Parameters<typeof request>[2] = {}): Promise<T> {
+      const r = await request(method, path, init);
+      if (r.status < 200 || r.status >= 300) throw Object.assign(new Error(`upstream ${method} ${path} → ${r.status}`), { status: r.status });
+      return JSON.parse(r.body.toString('utf8')) as T;
+    },
+    /** Whether ComfyUI answers, cached for a second so /health cannot be used to hammer it. */
+    async isUp(): Promise<boolean> {
+      const now = Date.now();
+      if (now - lastProbe.at < 1000) return lastProbe.up;
+      let up = false;
+      try {
+        const r = await request('GET', '/prompt', { timeoutMs: 1500 });
+        up = r.status < 500;
+      } catch {
+        up = false;
+      }
+      lastProbe = { at: Date.now(), up };
+      return up;
+    },
+    close(): void {
+      agent.destroy();
+    },
+  };
+}
+
+/** The upstream client's interface. */
+export type Upstream = ReturnType<typeof createUpstream>;

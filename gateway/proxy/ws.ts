@@ -1,0 +1,173 @@
+import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
+import WebSocket, { WebSocketServer, type RawData } from 'ws';
+import type { Principal } from '../auth/principal';
+import { AppError } from '../errors';
+import { getContext } from '../http/context';
+import { rejectUpgrade } from '../http/render';
+import type { Logger } from '../log';
+import { sanitizeHeaders, stripTokenQuery } from './headers';
+
+/** One relayed WebSocket: the client's view and the upstream's. */
+export interface WsSession {
+  principal: Principal;
+  /** the clientId the browser asked for (null when it asked for none) */
+  clientId: string | null;
+  /** the clientId used upstream */
+  upstreamClientId: string | null;
+  client?: WebSocket;
+  upstream?: WebSocket;
+}
+
+/** Isolation hooks; every one optional. Returning null drops a frame. */
+export interface WsHooks {
+  upstreamClientId?(principal: Principal, clientId: string | null): string | null;
+  fromUpstream?(s: WsSession, data: Buffer, isBinary: boolean): Buffer | string | null;
+  fromClient?(s: WsSession, data: Buffer, isBinary: boolean): Buffer | string | null;
+  onClose?(s: WsSession): void;
+}
+
+const toBuffer = (d: RawData): Buffer => (Buffer.isBuffer(d) ? d : Array.isArray(d) ? Buffer.concat(d) : Buffer.from(d));
+// 1005/1006/1015 are reserved: they describe a close, they cannot be sent in one.
+const sendable = (code: number) => (code >= 1000 && code <= 1014 && ![1004, 1005, 1006].includes(code)) || (code >= 3000 && code <= 4999);
+
+/** The WebSocket relay: the gateway ends the client's socket itself and opens its own to ComfyUI. */
+export function createWsRelay(deps: {
+  upstreamOrigin: string;
+  cookieName: string;
+  logger: Logger;
+  pingIntervalMs?: number;
+  hooks?: WsHooks;
+}) {
+  const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, maxPayload: 64 * 1024 * 1024 });
+  const sessions = new Set<WsSession>();
+  const alive = new WeakMap<WebSocket, boolean>();
+  const hooks = deps.hooks ?? {};
+  const wsOrigin = deps.upstreamOrigin.replace(/^http/, 'ws');
+
+  // ComfyUI sends no pings; we ping clients so middleboxes keep idle sockets, and drop the dead ones.
+  const pinger = setInterval(() => {
+    for (const s of sessions) {
+      const c = s.client;
+      if (!c || c.readyState !== WebSocket.OPEN) continue;
+      if (alive.get(c) === false) {
+        c.terminate();
+        continue;
+      }
+      alive.set(c, false);
+      c.ping();
+    }
+  }, deps.pingIntervalMs ?? 25_000);
+  pinger.unref();
+
+  function relay(s: WsSession, client: WebSocket, upstream: WebSocket, pending: { data: Buffer; isBinary: boolean }[]) {
+    s.client = client;
+    alive.set(client, true);
+    client.on('pong', () => alive.set(client, true));
+    sessions.add(s);
+    for (const p of pending) upstream.send(p.data, { binary: p.isBinary });
+    upstream.on('message', (data, isBinary) => {
+      const buf = toBuffer(data);
+      const out = hooks.fromUpstream ? hooks.fromUpstream(s, buf, isBinary) : buf;
+      if (out !== null && client.readyState === WebSocket.OPEN) client.send(out, { binary: isBinary });
+    });
+    client.on('message', (data, isBinary) => {
+      const buf = toBuffer(data);
+      const out = hooks.fromClient ? hooks.fromClient(s, buf, isBinary) : buf;
+      if (out !== null && upstream.readyState === WebSocket.OPEN) upstream.send(out, { binary: isBinary });
+    });
+    const finish = () => {
+      if (!sessions.delete(s)) return;
+      hooks.onClose?.(s);
+    };
+    upstream.on('close', (code, reason) => {
+      finish();
+      if (client.readyState === WebSocket.OPEN) client.close(sendable(code) ? code : 1011, reason);
+    });
+    client.on('close', (code, reason) => {
+      finish();
+      if (upstream.readyState === WebSocket.OPEN) upstream.close(sendable(code) ? code : 1000, reason);
+      else upstream.terminate();
+    });
+    upstream.on('error', (e) => deps.logger.debug({ err: e.message }, 'upstream ws error'));
+    client.on('error', (e) => deps.logger.debug({ err: e.message }, 'client ws error'));
+  }
+
+  return {
+    /** Completes an admitted upgrade: connect upstream first, so a down ComfyUI refuses the handshake cleanly. */
+    handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+      const ctx = getContext(req);
+      const principal = ctx.principal!;
+      const params = new URLSearchParams(stripTokenQuery(ctx.route.query));
+      const clientId = params.get('clientId');
+      const s: WsSession = { principal, clientId, upstreamClientId: clientId };
+      if (hooks.upstreamClientId) {
+        s.upstreamClientId = hooks.upstreamClientId(principal, clientId);
+        if (s.upstreamClientId) params.set('clientId', s.upstreamClientId);
+        else params.delete('clientId');
+      }
+      const qs = params.toString();
+      const headers = sanitizeHeaders(req, ctx, { cookieName: deps.cookieName, upstreamOrigin: deps.upstreamOrigin });
+      const fwd: Record<string, string> = {};
+      for (const k of ['comfy-user', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'user-agent', 'cookie', 'origin']) {
+        const v = headers[k];
+        if (typeof v === 'string') fwd[k] = v;
+      }
+      const upstream = new WebSocket(`${wsOrigin}${ctx.route.forwardPath}${qs ? `?${qs}` : ''}`, {
+        headers: fwd,
+        handshakeTimeout: 5000,
+        perMessageDeflate: false,
+        maxPayload: 64 * 1024 * 1024,
+      });
+      s.upstream = upstream;
+      const pending: { data: Buffer; isBinary: boolean }[] = [];
+      // ComfyUI may speak first (the `status` message); hold its frames until the client socket exists.
+      const early: { data: Buffer; isBinary: boolean }[] = [];
+      const onEarly = (d: RawData, isBinary: boolean) => early.push({ data: toBuffer(d), isBinary });
+      upstream.on('message', onEarly);
+      let settled = false;
+      const fail = (why: string) => {
+        if (settled) return;
+        settled = true;
+        deps.logger.warn({ why }, 'websocket upstream unavailable');
+        upstream.terminate();
+        rejectUpgrade(socket, new AppError(502, 'UPSTREAM_UNAVAILABLE', 'ComfyUI is not reachable right now'));
+      };
+      upstream.once('error', (e) => fail(e.message));
+      upstream.once('unexpected-response', (_r, res) => fail(`upstream answered ${res.statusCode}`));
+      socket.once('close', () => {
+        if (!settled) {
+          settled = true;
+          upstream.terminate();
+        }
+      });
+      upstream.once('open', () => {
+        if (settled) return;
+        settled = true;
+        wss.handleUpgrade(req, socket, head, (client) => {
+          upstream.off('message', onEarly);
+          relay(s, client, upstream, pending);
+          for (const m of early) {
+            const out = hooks.fromUpstream ? hooks.fromUpstream(s, m.data, m.isBinary) : m.data;
+            if (out !== null) client.send(out, { binary: m.isBinary });
+          }
+        });
+      });
+    },
+    /** Live sessions (for isolation and tests). */
+    sessions(): ReadonlySet<WsSession> {
+      return sessions;
+    },
+    /** Closes every relayed socket with `code` (1001 on shutdown). */
+    closeAll(code = 1001, reason = 'server shutting down'): void {
+      clearInterval(pinger);
+      for (const s of sessions) {
+        s.client?.close(code, reason);
+        s.upstream?.close(1000);
+      }
+    },
+  };
+}
+
+/** The relay's interface. */
+export type WsRelay = ReturnType<typeof createWsRelay>;
