@@ -41,6 +41,8 @@ export interface AppDeps {
   /** whether the request reached us over HTTPS (TLS socket, or a trusted proxy's word) */
   isSecure?: (req: IncomingMessage) => boolean;
   gates?: Gate[];
+  /** run after authentication on every admitted request that has a principal (e.g. resolve the ComfyUI user id) */
+  enrichers?: Gate[];
   routes?: RouteMount[];
   interceptors?: Interceptor[];
   wsHooks?: WsHooks;
@@ -117,6 +119,7 @@ export function createApp(deps: AppDeps): Gateway {
     if (!ctx.principal) throw errors.authRequired();
     checkCsrf(req, ctx.principal, isUpgrade);
     if (access === 'admin' && ctx.principal.role !== 'admin') throw errors.forbidden('This route is for administrators');
+    for (const enrich of deps.enrichers ?? []) await enrich(req, ctx);
     return ctx;
   }
 

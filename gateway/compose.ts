@@ -5,9 +5,10 @@ import { createCredentialChain, type CredentialChainDeps } from './auth/chain';
 import type { ResolvedConfig } from './config/load';
 import { createLogger, type Logger } from './log';
 import { createClientIp } from './net/clientIp';
+import { createInjectInterceptor } from './proxy/inject';
 import { createPolicy } from './proxy/policy';
 import { createUpstream, type Upstream } from './proxy/upstream';
-import type { WsHooks } from './proxy/ws';
+import { composeWsHooks, type WsHooks } from './proxy/ws';
 import { healthRoutes } from './routes/health';
 import { staticRoutes } from './routes/static';
 
@@ -45,7 +46,9 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   const gates: Gate[] = [];
   const routes: RouteMount[] = [staticRoutes(), healthRoutes({ upstream })];
   const interceptors: Interceptor[] = [];
-  const wsHooks: WsHooks = {};
+  interceptors.push(createInjectInterceptor({ upstream, cookieName: config.cookie.name }));
+  const enrichers: Gate[] = [];
+  const wsHooks: WsHooks[] = [];
 
   if (!config.apiKey) {
     notices.push(
@@ -65,7 +68,8 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
     gates,
     routes,
     interceptors,
-    wsHooks,
+    enrichers,
+    wsHooks: composeWsHooks(wsHooks),
     pingIntervalMs: opts.pingIntervalMs,
     isSecure: (req: IncomingMessage) => !!(req.socket as { encrypted?: boolean }).encrypted,
   });

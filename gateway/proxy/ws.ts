@@ -31,6 +31,27 @@ const toBuffer = (d: RawData): Buffer => (Buffer.isBuffer(d) ? d : Array.isArray
 // 1005/1006/1015 are reserved: they describe a close, they cannot be sent in one.
 const sendable = (code: number) => (code >= 1000 && code <= 1014 && ![1004, 1005, 1006].includes(code)) || (code >= 3000 && code <= 4999);
 
+/** Chains several hook sets: client ids map through each in turn; a frame dropped by one is dropped. */
+export function composeWsHooks(list: WsHooks[]): WsHooks {
+  const pipe =
+    (pick: (h: WsHooks) => WsHooks['fromUpstream']) =>
+    (s: WsSession, data: Buffer, isBinary: boolean): Buffer | string | null => {
+      let cur: Buffer | string | null = data;
+      for (const h of list) {
+        const f = pick(h);
+        if (!f || cur === null) continue;
+        cur = f(s, Buffer.isBuffer(cur) ? cur : Buffer.from(cur), isBinary);
+      }
+      return cur;
+    };
+  return {
+    upstreamClientId: (p, id) => list.reduce((cur, h) => (h.upstreamClientId ? h.upstreamClientId(p, cur) : cur), id),
+    fromUpstream: pipe((h) => h.fromUpstream),
+    fromClient: pipe((h) => h.fromClient),
+    onClose: (s) => list.forEach((h) => h.onClose?.(s)),
+  };
+}
+
 /** The WebSocket relay: the gateway ends the client's socket itself and opens its own to ComfyUI. */
 export function createWsRelay(deps: {
   upstreamOrigin: string;

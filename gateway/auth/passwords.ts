@@ -1,0 +1,32 @@
+import crypto from 'node:crypto';
+import bcrypt from 'bcrypt';
+import { PASSWORD_MAX_BYTES } from '../users/rules';
+
+/** Password hashing and checking (native bcrypt at the configured cost). */
+export interface Passwords {
+  hash(password: string): Promise<string>;
+  /**
+   * True when `password` matches `hash`. With no usable hash (unknown user, password-less account) it still runs
+   * one bcrypt comparison of the same cost against a dummy, so the answer takes the same time either way.
+   */
+  verify(password: string, hash: string | null | undefined): Promise<boolean>;
+}
+
+const looksLikeBcrypt = (h: string | null | undefined): h is string => !!h && /^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$/.test(h);
+
+/** Builds the password service; the dummy hash is made once, up front, at the same cost as real ones. */
+export function createPasswords(cost: number): Passwords {
+  // Started now so the first unknown-user login is not the slow one.
+  const dummy = bcrypt.hash(crypto.randomBytes(18).toString('base64'), cost);
+  const dummyHash = () => dummy;
+  return {
+    hash: (password) => bcrypt.hash(password, cost),
+    async verify(password, hash) {
+      // The native binding stops at NUL and bcrypt at 72 bytes: such input could match a shorter password.
+      const acceptable = typeof password === 'string' && !password.includes('\0') && Buffer.byteLength(password) <= PASSWORD_MAX_BYTES;
+      const target = looksLikeBcrypt(hash) ? hash : await dummyHash();
+      const ok = await bcrypt.compare(acceptable ? password : '', target);
+      return ok && acceptable && target === hash;
+    },
+  };
+}

@@ -1,0 +1,64 @@
+import { startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
+import { startGateway, TEST_KEY, type TestGateway } from './helpers/gateway';
+import { openSocket } from './helpers/ws';
+
+describe('WebSocket through the gateway', () => {
+  let fake: FakeComfy;
+  let gw: TestGateway;
+  const wsUrl = (path: string) => gw.url.replace('http', 'ws') + path;
+  beforeAll(async () => {
+    fake = await startFakeComfy();
+    gw = await startGateway({ upstream: fake.url, api_key: TEST_KEY });
+  });
+  afterAll(async () => {
+    await gw.close();
+    await fake.close();
+  });
+  beforeEach(() => fake.clearRequests());
+
+  test.each(['/ws?clientId=abc', '/api/ws?clientId=abc', '/ws', '//api//ws'])('%s without a credential is refused before any upstream connection', async (p) => {
+    await expect(openSocket(wsUrl(p))).rejects.toMatchObject({ status: 401 });
+    await expect(openSocket(wsUrl(p), { 'X-API-Key': 'wrong-key-0123456789abcdef' })).rejects.toMatchObject({ status: 401 });
+    expect(fake.requests).toHaveLength(0);
+  });
+
+  test('with a credential: status with sid, JSON events and binary preview frames arrive; text goes both ways', async () => {
+    const s = await openSocket(wsUrl('/ws?clientId=client-one'), { 'X-API-Key': TEST_KEY });
+    const status = await s.next((f) => f.json?.type === 'status');
+    expect(typeof status.json.data.sid).toBe('string');
+    // client → server text: ComfyUI answers feature_flags with its own
+    s.ws.send(JSON.stringify({ type: 'feature_flags', data: { supports_preview_metadata: true } }));
+    const ff = await s.next((f) => f.json?.type === 'feature_flags');
+    expect(ff.json.data).toHaveProperty('supports_preview_metadata');
+    // server → client binary: the preview frame of our own prompt, byte for byte (type 1, format 2 = PNG)
+    const res = await fetch(`${gw.url}/api/prompt`, {
+      method: 'POST',
+      headers: { 'X-API-Key': TEST_KEY, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ client_id: 'client-one', prompt: { '1': { class_type: 'KSampler', inputs: {} }, '2': { class_type: 'PreviewImage', inputs: {} } } }),
+    });
+    expect(res.status).toBe(200);
+    const bin = await s.next((f) => f.isBinary);
+    expect([...bin.data.subarray(0, 8)]).toEqual([0, 0, 0, 1, 0, 0, 0, 2]);
+    expect(bin.data.subarray(8, 12).toString('latin1')).toBe('\x89PNG');
+    const done = await s.next((f) => f.json?.type === 'executing' && f.json.data.node === null);
+    expect(done.json.data.prompt_id).toBeDefined();
+    s.close();
+    expect(fake.requests.some((r) => r.ws)).toBe(true);
+    const upgrade = fake.requests.find((r) => r.ws)!;
+    expect(JSON.stringify(upgrade.headers)).not.toContain(TEST_KEY);
+  });
+
+  test('the query credential is stripped from the upstream socket URL', async () => {
+    const s = await openSocket(wsUrl(`/api/ws?clientId=q1&token=${TEST_KEY}`));
+    await s.next((f) => f.json?.type === 'status');
+    s.close();
+    const upgrade = fake.requests.find((r) => r.ws)!;
+    expect(upgrade.rawPath).not.toContain(TEST_KEY);
+    expect(upgrade.rawPath).not.toContain('token=');
+  });
+
+  test('a refused WebSocket path outside /ws gets 404 and nothing upstream', async () => {
+    await expect(openSocket(wsUrl('/prompt'), { 'X-API-Key': TEST_KEY })).rejects.toMatchObject({ status: 404 });
+    expect(fake.requests).toHaveLength(0);
+  });
+});
