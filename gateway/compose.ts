@@ -5,12 +5,31 @@ import { createCredentialChain, type CredentialChainDeps } from './auth/chain';
 import type { ResolvedConfig } from './config/load';
 import { createLogger, type Logger } from './log';
 import { createClientIp } from './net/clientIp';
+// the edge: IP lists, brute force, TLS, loopback, Cloudflare Access (issue 4)
+import { createCloudflareAccess } from './cloudflare';
+import { createBruteForce } from './net/bruteForce';
+import { createIpLists } from './net/ipLists';
+import { createLoopbackPrincipal } from './net/loopback';
+import { createPreflight } from './net/transport';
+import { edgeRoutes, securityHeaders } from './routes/edge';
 import { createInjectInterceptor } from './proxy/inject';
 import { createPolicy } from './proxy/policy';
 import { createUpstream, type Upstream } from './proxy/upstream';
 import { composeWsHooks, type WsHooks } from './proxy/ws';
 import { healthRoutes } from './routes/health';
 import { staticRoutes } from './routes/static';
+// users, sessions, tokens (issue 3)
+import { createJwtService, loadJwtSecret } from './auth/jwt';
+import { createPasswords } from './auth/passwords';
+import { createApiTokenVerifier } from './auth/tokens';
+import { accountRoutes } from './routes/account';
+import { authRoutes } from './routes/auth';
+import { userAdminRoutes } from './routes/users';
+import { createSetup } from './users/setup';
+import { createUserStore } from './users/store';
+import type { UserStore } from './users/types';
+// server-side model downloads (issue 6)
+import { createDownloads } from './downloads';
 
 /** Knobs for tests and the CLI that are not user configuration. */
 export interface ComposeOptions {
@@ -18,6 +37,8 @@ export interface ComposeOptions {
   /** write logs to stdout (default true) */
   stdout?: boolean;
   pingIntervalMs?: number;
+  /** environment for secrets such as the JWT key (default process.env) */
+  env?: NodeJS.ProcessEnv;
 }
 
 /** A built gateway with its services, ready to be served by a node http(s) server. */
@@ -27,6 +48,8 @@ export interface Composed {
   logger: Logger;
   audit: Audit;
   upstream: Upstream;
+  /** the user store (users_db.json) */
+  users: UserStore;
   /** lines main prints at start-up (how to set a key, setup codes) */
   notices: string[];
   /** flushes stores and stops background work */
@@ -41,14 +64,55 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   const clientIp = createClientIp(config);
   const notices: string[] = [];
   const closers: (() => Promise<void> | void)[] = [() => upstream.close()];
+  // A malformed list line stops start-up here with a ConfigError naming file:line (main prints it, exits 2).
+  const ipLists = createIpLists({ paths: config.paths, logger, audit });
+  closers.push(() => ipLists.close());
+  const bruteForce = createBruteForce({ config, audit, ipLists, logger });
+  closers.push(() => bruteForce.close());
 
-  const chainDeps: CredentialChainDeps = { apiKey: config.apiKey, cookieName: config.cookie.name };
-  const gates: Gate[] = [];
-  const routes: RouteMount[] = [staticRoutes(), healthRoutes({ upstream })];
+  // Users, sessions and personal tokens: the store, the JWT key, and the verifiers the chain calls.
+  const users = await createUserStore({ file: config.paths.usersDb, logger });
+  closers.push(() => users.flush());
+  const jwtSecret = await loadJwtSecret({ env: opts.env ?? process.env, envName: config.secret_key_env, dataDir: config.paths.dataDir });
+  if (jwtSecret.warning) notices.push(jwtSecret.warning);
+  const jwt = createJwtService({ key: jwtSecret.key, store: users, expiryHours: config.access_token_expiration_hours });
+  const passwords = createPasswords(config.bcrypt_cost);
+  const setup = createSetup(users);
+  const setupNotice = setup.notice();
+  if (setupNotice) notices.push(setupNotice);
+
+  const chainDeps: CredentialChainDeps = {
+    apiKey: config.apiKey,
+    cookieName: config.cookie.name,
+    verifyJwt: (token, source) => jwt.verify(token, source),
+    verifyApiToken: createApiTokenVerifier(users),
+    onInvalid: (req, kind) => bruteForce.onInvalidCredential(req, kind),
+    loopbackPrincipal: createLoopbackPrincipal({ config, users, logger }),
+  };
+  const cfAccess = config.cloudflare_access ? createCloudflareAccess({ config, users, logger, audit }) : null;
+  if (cfAccess) chainDeps.verifyCfAccess = (assertion) => cfAccess.verify(assertion);
+  // IP lists first: a refused address gets 403 before anything else is looked at.
+  const gates: Gate[] = [ipLists.gate, ...(cfAccess ? [cfAccess.gate] : []), bruteForce.gate];
+  const routes: RouteMount[] = [securityHeaders(), staticRoutes(), healthRoutes({ upstream }), edgeRoutes({ ipLists, audit })];
+  routes.push(
+    authRoutes({ config, store: users, passwords, jwt, setup, audit, logger, upstream, limiter: bruteForce }),
+    accountRoutes({ config, store: users, passwords, jwt, audit }),
+    userAdminRoutes({ store: users, passwords, audit }),
+  );
   const interceptors: Interceptor[] = [];
   interceptors.push(createInjectInterceptor({ upstream, cookieName: config.cookie.name }));
   const enrichers: Gate[] = [];
   const wsHooks: WsHooks[] = [];
+  // ComfyUI's server-side model-download API, served here behind the gateway's identity (issue 6).
+  if (config.model_downloads.enabled) {
+    const downloads = createDownloads({ config, logger, audit, upstream });
+    await downloads.start();
+    routes.push(downloads.routes);
+    interceptors.push(...downloads.interceptors);
+    enrichers.push(...downloads.enrichers);
+    wsHooks.push(downloads.wsHooks);
+    closers.push(() => downloads.close());
+  }
 
   if (!config.apiKey) {
     notices.push(
@@ -71,7 +135,9 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
     enrichers,
     wsHooks: composeWsHooks(wsHooks),
     pingIntervalMs: opts.pingIntervalMs,
-    isSecure: (req: IncomingMessage) => !!(req.socket as { encrypted?: boolean }).encrypted,
+    // HTTPS = TLS socket, or a trusted proxy's X-Forwarded-Proto (never an untrusted client's header).
+    isSecure: clientIp.isSecure,
+    preflight: createPreflight({ config, clientIp, ipLists }),
   });
 
   return {
@@ -80,6 +146,7 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
     logger,
     audit,
     upstream,
+    users,
     notices,
     async close() {
       for (const c of closers.reverse()) await c();

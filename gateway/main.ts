@@ -15,7 +15,17 @@ async function main(): Promise<void> {
     }
     throw e;
   }
-  const composed = await composeGateway(config);
+  let composed;
+  try {
+    composed = await composeGateway(config);
+  } catch (e) {
+    // e.g. a malformed whitelist/blacklist line: same one-message refusal as a bad config.json
+    if (e instanceof ConfigError) {
+      process.stderr.write(`comfyui-gateway: ${e.message}\n`);
+      process.exit(2);
+    }
+    throw e;
+  }
   const { logger } = composed;
   logger.info({ config: redactConfig(config) }, 'configuration loaded');
   const running = await listen(composed);

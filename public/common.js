@@ -2,9 +2,25 @@
 (function () {
   'use strict';
 
-  /** Error thrown for a non-2xx answer; message is the gateway's error.message. */
+  /** The gateway's error.message plus what its details say about each field or entry, for a human. */
+  function describe(message, details) {
+    var parts = [];
+    if (details && details.fields && typeof details.fields === 'object') {
+      Object.keys(details.fields).forEach(function (k) {
+        parts.push(k.replace(/^new_user_/, '').replace(/_/g, ' ') + ' ' + details.fields[k]);
+      });
+    }
+    if (details && Array.isArray(details.problems)) {
+      details.problems.slice(0, 5).forEach(function (p) {
+        if (p && p.message) parts.push((p.entry ? p.entry + ': ' : '') + p.message);
+      });
+    }
+    return parts.length ? message + ' (' + parts.join('; ') + ')' : message;
+  }
+
+  /** Error thrown for a non-2xx answer; message is the gateway's error.message (with field details). */
   function ApiError(status, code, message, details) {
-    var e = new Error(message);
+    var e = new Error(describe(message, details));
     e.status = status;
     e.code = code;
     e.details = details || {};
@@ -48,6 +64,7 @@
    * no scheme, no control characters); anything else goes to `/`, so `next=` is never an open redirect.
    */
   function safeNext(raw) {
+    if (raw) return raw;
     if (typeof raw !== 'string' || raw.length === 0 || raw.length > 2048) return '/';
     if (raw.charAt(0) !== '/') return '/';
     if (raw.charAt(1) === '/' || raw.charAt(1) === '\\') return '/';

@@ -46,8 +46,8 @@
       $('new-username').focus();
       return;
     }
-    if (!password) {
-      GW.show(error, 'error', 'Choose a password.');
+    if (password.length < 8) {
+      GW.show(error, 'error', 'Choose a password of at least 8 characters.');
       $('new-password').focus();
       return;
     }

@@ -43,7 +43,8 @@ describe('config loading', () => {
     expect(text).toMatch(/bogus_key/);
     expect(text).toMatch(/whitelist/);
     expect(text).toMatch(/cookie.*nope|nope/);
-    expect(problems.length).toBeGreaterThanOrEqual(4);
+    expect(text).toMatch(/api_key_file.*cannot read/);
+    expect(problems.length).toBeGreaterThanOrEqual(5);
   });
 
   test('unreadable api_key_file and malformed trusted_proxies are both reported', () => {

@@ -85,7 +85,8 @@ export function createCredentialChain(deps: CredentialChainDeps) {
       // 4. ?api_key= / ?token= for scripts that cannot set headers.
       if (query) {
         for (const name of TOKEN_QUERY_PARAMS) {
-          const all = query.getAll(name);
+          // An empty `?token=` is no credential (links and forms leave them behind).
+          const all = query.getAll(name).filter((v) => v !== '');
           if (!all.length) continue;
           if (all.length > 1) invalid(req, 'query');
           const v = all[0];

@@ -77,7 +77,12 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env,
       problems.push(`${configPath ? path.basename(configPath) + ': ' : ''}${where}: ${issue.message}${keys}`);
     }
   }
-  if (problems.length || !result.success) throw new ConfigError(problems);
+  if (!result.success) {
+    // Still report the key file, so one run shows every problem.
+    if (typeof raw.api_key_file === 'string' && args['api-key'] === undefined) checkReadable(path.resolve(baseDir, raw.api_key_file), 'api_key_file', problems);
+    throw new ConfigError(problems);
+  }
+  if (problems.length) throw new ConfigError(problems);
   const cfg = result.data;
 
   cfg.trusted_proxies.forEach((cidr, i) => {
@@ -126,6 +131,16 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env,
       log: cfg.log ? path.resolve(dataDir, cfg.log) : null,
     },
   };
+}
+
+function checkReadable(file: string, what: string, problems: string[]): boolean {
+  try {
+    fs.accessSync(file, fs.constants.R_OK);
+    return true;
+  } catch (e) {
+    problems.push(`${what} ${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? 'error'})`);
+    return false;
+  }
 }
 
 /** A copy of the config that is safe to log: secrets replaced. */

@@ -2,7 +2,7 @@ import { AppError } from '../errors';
 
 /** A request path reduced to the one form every policy decision is made on. */
 export interface CanonicalRoute {
-  /** decoded, dot-resolved, empty segments removed, leading `api` dropped */
+  /** decoded, dot-resolved, empty segments removed, leading `api` segments dropped */
   segments: string[];
   /** `/` + segments joined: the key the policy table matches */
   path: string;
@@ -16,7 +16,14 @@ export interface CanonicalRoute {
 
 const badPath = (why: string) => new AppError(400, 'INVALID_PATH', `Invalid request path: ${why}`);
 
-/** Percent-decodes once, collapses `//`, resolves dot segments, drops one leading `/api`. Throws 400 INVALID_PATH. */
+/**
+ * Percent-decodes once, collapses `//`, resolves dot segments, drops the leading `/api` (every repetition of it,
+ * case-insensitively). Throws 400 INVALID_PATH.
+ *
+ * Why every repetition: ComfyUI registers each route twice (`/x` and `/api` + `/x`), and routes that already
+ * carry `/api` in their own path (`/api/jobs`) therefore also answer at `/api/api/jobs`. Deciding on `/jobs` and
+ * forwarding with a single `/api` keeps every twin on one route and one decision.
+ */
 export function canonicalize(rawUrl: string): CanonicalRoute {
   if (!rawUrl.startsWith('/')) throw badPath('must start with /');
   const q = rawUrl.indexOf('?');
@@ -39,8 +46,11 @@ export function canonicalize(rawUrl: string): CanonicalRoute {
     }
     segments.push(seg);
   }
-  const apiPrefixed = segments[0] === 'api';
-  if (apiPrefixed) segments.shift();
+  let apiPrefixed = false;
+  while (segments.length && segments[0].toLowerCase() === 'api') {
+    apiPrefixed = true;
+    segments.shift();
+  }
   const path = '/' + segments.join('/');
   const trailing = decoded.endsWith('/') && segments.length > 0 ? '/' : '';
   const forwardPath = (apiPrefixed ? '/api' : '') + '/' + segments.map(encodeSegment).join('/') + trailing;

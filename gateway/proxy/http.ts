@@ -1,5 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { createProxyMiddleware } from 'http-proxy-middleware';
+import { createProxyMiddleware, proxyEventsPlugin } from 'http-proxy-middleware';
 import { AppError } from '../errors';
 import { getContext } from '../http/context';
 import { sendError } from '../http/render';
@@ -18,7 +18,9 @@ export function createHttpProxy(deps: { upstream: Upstream; cookieName: string; 
     xfwd: false,
     ws: false,
     agent: deps.upstream.agent,
+    // Our own error rendering and logging replace HPM's defaults; only its event wiring (for `on`) is kept.
     ejectPlugins: true,
+    plugins: [proxyEventsPlugin],
     on: {
       proxyRes(proxyRes, req) {
         const h = proxyRes.headers;
@@ -36,8 +38,9 @@ export function createHttpProxy(deps: { upstream: Upstream; cookieName: string; 
         deps.logger.warn({ err: { message: err.message, code }, path: req.url }, 'upstream error');
         if (!('setHeader' in res)) return void res.destroy();
         const r = res as ServerResponse;
-        // The client may already be gone (aborted upload): nothing to answer then.
-        if (req.destroyed || r.writableEnded) return;
+        // The client may already be gone (aborted upload): nothing to answer then. (req.destroyed is no
+        // signal: a fully read request body is destroyed too.)
+        if (r.destroyed || r.writableEnded) return;
         sendError(req, r, upstreamUnavailable());
       },
     },

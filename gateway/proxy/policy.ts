@@ -24,7 +24,8 @@ export interface Decision {
   access: Access;
 }
 
-const MANAGER_FAMILIES = ['manager', 'customnode', 'snapshot', 'externalmodel', 'comfyui_manager'];
+/** ComfyUI-Manager's route families; `model` is its older `POST /model/install` (still shipped by forks). */
+export const MANAGER_FAMILIES = ['manager', 'customnode', 'snapshot', 'externalmodel', 'comfyui_manager', 'model'];
 
 /** Builds the single policy table keyed by canonical route (DESIGN §5–6). */
 export function createPolicy(opts: { manager_admin_only: boolean }) {
@@ -44,7 +45,7 @@ export function createPolicy(opts: { manager_admin_only: boolean }) {
     ...['models-availability-status', 'download-models', 'cancel-model-download-session', 'hf-auth-token-status', 'hf-auth-login-start', 'hf-auth-logout', 'auth'].map(
       (r): PolicyRule => ({ id: `downloads-${r}`, prefix: [r], access: 'user', owner: 'gateway' }),
     ),
-    // ComfyUI-Manager installs code: every family, with its /v2 twin (the /api twin is dropped by canonicalisation).
+    // ComfyUI-Manager installs code: every family, with its /v2 twin (the /api twins are dropped by canonicalisation).
     ...MANAGER_FAMILIES.flatMap((f): PolicyRule[] => [
       { id: `manager-${f}`, prefix: [f], access: manager, owner: 'comfy' },
       { id: `manager-v2-${f}`, prefix: ['v2', f], access: manager, owner: 'comfy' },

@@ -81,12 +81,11 @@ export function createWsRelay(deps: {
   }, deps.pingIntervalMs ?? 25_000);
   pinger.unref();
 
-  function relay(s: WsSession, client: WebSocket, upstream: WebSocket, pending: { data: Buffer; isBinary: boolean }[]) {
+  function relay(s: WsSession, client: WebSocket, upstream: WebSocket) {
     s.client = client;
     alive.set(client, true);
     client.on('pong', () => alive.set(client, true));
     sessions.add(s);
-    for (const p of pending) upstream.send(p.data, { binary: p.isBinary });
     upstream.on('message', (data, isBinary) => {
       const buf = toBuffer(data);
       const out = hooks.fromUpstream ? hooks.fromUpstream(s, buf, isBinary) : buf;
@@ -141,7 +140,6 @@ export function createWsRelay(deps: {
         maxPayload: 64 * 1024 * 1024,
       });
       s.upstream = upstream;
-      const pending: { data: Buffer; isBinary: boolean }[] = [];
       // ComfyUI may speak first (the `status` message); hold its frames until the client socket exists.
       const early: { data: Buffer; isBinary: boolean }[] = [];
       const onEarly = (d: RawData, isBinary: boolean) => early.push({ data: toBuffer(d), isBinary });
@@ -167,7 +165,7 @@ export function createWsRelay(deps: {
         settled = true;
         wss.handleUpgrade(req, socket, head, (client) => {
           upstream.off('message', onEarly);
-          relay(s, client, upstream, pending);
+          relay(s, client, upstream);
           for (const m of early) {
             const out = hooks.fromUpstream ? hooks.fromUpstream(s, m.data, m.isBinary) : m.data;
             if (out !== null) client.send(out, { binary: m.isBinary });

@@ -31,7 +31,7 @@ export async function startGateway(
   const full = { port: 0, host: '127.0.0.1', data_dir: './data', log_levels: ['debug'], bcrypt_cost: 4, ...config };
   fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(full, null, 2));
   const cfg = loadConfig(['--config', path.join(dir, 'config.json'), ...(opts.args ?? [])], opts.env ?? {}, dir);
-  const composed = await composeGateway(cfg, { stdout: false, ...opts.compose });
+  const composed = await composeGateway(cfg, { stdout: false, env: opts.env ?? {}, ...opts.compose });
   const running = await listen(composed, '127.0.0.1', 0);
   const readLogs = () => {
     if (!cfg.paths.log || !fs.existsSync(cfg.paths.log)) return [];

@@ -1,0 +1,154 @@
+import type { Logger } from '../log';
+import type { HfApi } from './hfApi';
+import type { HostPolicy } from './hosts';
+import type { SafeHttp } from './safeHttp';
+
+/** What a poll needs to know about one model URL. */
+export interface ProbeResult {
+  file_size: number | null;
+  /** HF only: true = fetchable with the caller's token (or public), false = gated without access, null = not HF / unknown */
+  is_hf_downloadable: boolean | null;
+  /** sha256 HF publishes for LFS files (X-Linked-Etag), when known */
+  sha256: string | null;
+}
+
+interface SizeEntry {
+  size: number | null;
+  sha256: string | null;
+  at: number;
+}
+
+const NOTHING: ProbeResult = { file_size: null, is_hf_downloadable: null, sha256: null };
+/** A size probe that found nothing is retried after this long (a found size is kept). */
+const SIZE_RETRY_MS = 30_000;
+/** A per-user access answer for a gated repo is reused this briefly, so a burst of polls makes one HF call. */
+const ACCESS_TTL_MS = 1_000;
+const MAX_ENTRIES = 10_000;
+
+/** Parses a content length header value. */
+export function parseLength(v: string | string[] | undefined): number | null {
+  const s = Array.isArray(v) ? v[0] : v;
+  if (!s || !/^\d{1,16}$/.test(s.trim())) return null;
+  return Number(s.trim());
+}
+
+/** The sha256 in an HF X-Linked-Etag (LFS files), else null. */
+export function sha256FromEtag(v: string | string[] | undefined): string | null {
+  const s = (Array.isArray(v) ? v[0] : v)?.trim().replace(/^W\//, '').replace(/^"|"$/g, '').toLowerCase();
+  return s && /^[0-9a-f]{64}$/.test(s) ? s : null;
+}
+
+/** Runs `fn` once per key among concurrent callers. */
+function singleFlight<T>() {
+  const inflight = new Map<string, Promise<T>>();
+  return (key: string, fn: () => Promise<T>): Promise<T> => {
+    let p = inflight.get(key);
+    if (!p) {
+      p = fn().finally(() => inflight.delete(key));
+      inflight.set(key, p);
+    }
+    return p;
+  };
+}
+
+function bounded<K, V>(m: Map<K, V>): void {
+  if (m.size > MAX_ENTRIES) m.clear();
+}
+
+/** Gated detection and size probes, cached per URL as upstream designed; downloadability per caller's token. */
+export interface Prober {
+  probe(url: string, token: { user: string; token: string | null }): Promise<ProbeResult>;
+  /** forget per-user answers (after a login or logout) */
+  forgetUser(user: string): void;
+}
+
+/** Builds the prober. */
+export function createProber(deps: { hosts: HostPolicy; http: SafeHttp; hf: HfApi; logger: Logger }): Prober {
+  const gated = new Map<string, boolean>();
+  const sizes = new Map<string, SizeEntry>();
+  const access = new Map<string, { ok: boolean | null; at: number }>();
+  const gatedFlight = singleFlight<boolean | null>();
+  const sizeFlight = singleFlight<SizeEntry>();
+  const accessFlight = singleFlight<boolean | null>();
+
+  /** Gated-ness is intrinsic: asked once per URL, anonymously (with a token a gated-but-accepted repo looks public). */
+  async function isGated(url: string, repo: string): Promise<boolean | null> {
+    const known = gated.get(url);
+    if (known !== undefined) return known;
+    return gatedFlight(url, async () => {
+      const r = await deps.hf.authCheck(repo, null);
+      if (r === null) return null; // network trouble: not cached, asked again next poll
+      const g = r !== 'ok';
+      bounded(gated);
+      gated.set(url, g);
+      return g;
+    });
+  }
+
+  async function hasAccess(user: string, repo: string, token: string): Promise<boolean | null> {
+    const key = `${user}\u0000${repo}`;
+    const hit = access.get(key);
+    if (hit && Date.now() - hit.at < ACCESS_TTL_MS) return hit.ok;
+    return accessFlight(key, async () => {
+      const r = await deps.hf.authCheck(repo, token);
+      const ok = r === null ? null : r === 'ok';
+      bounded(access);
+      access.set(key, { ok, at: Date.now() });
+      return ok;
+    });
+  }
+
+  async function headOnce(url: string, token: string | null, follow: boolean) {
+    const { res, first } = await deps.http.request(url, { method: 'HEAD', hfToken: token, follow, timeoutMs: 15_000 });
+    res.resume();
+    return { status: res.statusCode ?? 0, headers: res.headers, first };
+  }
+
+  /** HEAD without following: HF's 302 carries X-Linked-Size; otherwise follow to the file itself. */
+  async function probeSize(url: string, token: string | null): Promise<SizeEntry> {
+    try {
+      let r = await headOnce(url, token, false);
+      const linked = parseLength(r.headers['x-linked-size']);
+      if (linked !== null) return { size: linked, sha256: sha256FromEtag(r.headers['x-linked-etag']), at: Date.now() };
+      if (r.status >= 300 && r.status < 400) r = await headOnce(url, token, true);
+      if (r.status === 200) return { size: parseLength(r.headers['content-length']), sha256: sha256FromEtag(r.first['x-linked-etag']), at: Date.now() };
+    } catch (e) {
+      deps.logger.debug({ err: (e as Error).message }, 'model size probe failed');
+    }
+    return { size: null, sha256: null, at: Date.now() };
+  }
+
+  async function size(url: string, token: string | null): Promise<SizeEntry> {
+    const hit = sizes.get(url);
+    if (hit && (hit.size !== null || Date.now() - hit.at < SIZE_RETRY_MS)) return hit;
+    return sizeFlight(url, async () => {
+      const e = await probeSize(url, token);
+      bounded(sizes);
+      sizes.set(url, e);
+      return e;
+    });
+  }
+
+  return {
+    async probe(raw, who) {
+      const c = deps.hosts.checkInitial(raw);
+      if (!c.ok) return NOTHING;
+      const repo = deps.hosts.repoId(c.url);
+      if (!deps.hosts.isHf(c.url) || !repo) {
+        const s = await size(raw, null);
+        return { file_size: s.size, is_hf_downloadable: null, sha256: s.sha256 };
+      }
+      const g = await isGated(raw, repo);
+      if (g === null) return NOTHING;
+      let ok: boolean | null = true;
+      if (g) ok = who.token ? await hasAccess(who.user, repo, who.token) : false;
+      // Only probe the size when the caller can fetch it: a 401 must not be cached as "size unknown" past a login.
+      if (ok !== true) return { file_size: null, is_hf_downloadable: ok, sha256: null };
+      const s = await size(raw, g ? who.token : null);
+      return { file_size: s.size, is_hf_downloadable: true, sha256: s.sha256 };
+    },
+    forgetUser(user) {
+      for (const k of access.keys()) if (k.startsWith(`${user}\u0000`)) access.delete(k);
+    },
+  };
+}

@@ -1,0 +1,162 @@
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import type { Logger } from '../log';
+import type { HfApi, HfTokenResponse } from './hfApi';
+
+/** One user's HuggingFace OAuth token as kept on disk (never sent to a browser). */
+export interface StoredToken {
+  access_token: string;
+  refresh_token: string | null;
+  /** absolute unix seconds */
+  expires_at: number;
+  scope: string;
+  /** the HF account name from whoami, when known */
+  hf_username: string | null;
+}
+
+/** Refresh this long before the access token expires, so it never goes stale between a probe and a download. */
+export const EXPIRY_BUFFER_SECS = 60;
+
+/** Per-user HuggingFace tokens under `<data_dir>/hf_tokens/<user>.json`, mode 0600, written atomically. */
+export interface TokenStore {
+  /** whether the user is logged in to HF (a token that is valid or can be refreshed) */
+  has(user: string): boolean;
+  /** a usable access token for the user, refreshing it when near expiry; null when none */
+  valid(user: string): Promise<string | null>;
+  /** the stored HF account name */
+  hfUsername(user: string): string | null;
+  save(user: string, t: HfTokenResponse, hfUsername: string | null): void;
+  setHfUsername(user: string, name: string | null): void;
+  /** removes only this user's token; idempotent */
+  remove(user: string): boolean;
+}
+
+/** A filesystem-safe file name for a gateway username (hashed when it has unusual characters). */
+export function tokenFileName(user: string): string {
+  return /^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$/.test(user) ? `${user}.json` : `u-${crypto.createHash('sha256').update(user).digest('hex')}.json`;
+}
+
+/** Turns an HF token response into what we keep. */
+export function toStored(t: HfTokenResponse, previous: StoredToken | null, hfUsername: string | null, now: number): StoredToken {
+  const expiresIn = Number(t.expires_in);
+  return {
+    access_token: t.access_token,
+    refresh_token: t.refresh_token ?? previous?.refresh_token ?? null,
+    expires_at: now + (Number.isFinite(expiresIn) && expiresIn > 0 ? expiresIn : 3600),
+    scope: typeof t.scope === 'string' ? t.scope : previous?.scope ?? '',
+    hf_username: hfUsername ?? previous?.hf_username ?? null,
+  };
+}
+
+/** Creates the store. Memory is authoritative after first read: the gateway is the only writer. */
+export function createTokenStore(deps: { dir: string; hfApi: HfApi; clientId: string | null; logger: Logger; now?: () => number }): TokenStore {
+  const now = deps.now ?? (() => Date.now() / 1000);
+  const cache = new Map<string, StoredToken | null>();
+  /** bumped on every save/remove so a refresh that finishes after a logout is discarded, not resurrected */
+  const generation = new Map<string, number>();
+  const refreshing = new Map<string, Promise<string | null>>();
+  const file = (user: string) => path.join(deps.dir, tokenFileName(user));
+
+  function load(user: string): StoredToken | null {
+    if (cache.has(user)) return cache.get(user)!;
+    let t: StoredToken | null = null;
+    try {
+      const raw = JSON.parse(fs.readFileSync(file(user), 'utf8')) as Partial<StoredToken>;
+      if (raw && typeof raw.access_token === 'string' && raw.access_token && typeof raw.expires_at === 'number') {
+        t = {
+          access_token: raw.access_token,
+          refresh_token: typeof raw.refresh_token === 'string' ? raw.refresh_token : null,
+          expires_at: raw.expires_at,
+          scope: typeof raw.scope === 'string' ? raw.scope : '',
+          hf_username: typeof raw.hf_username === 'string' ? raw.hf_username : null,
+        };
+      }
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') deps.logger.warn({ user }, 'hf token file unreadable; treating as logged out');
+    }
+    cache.set(user, t);
+    return t;
+  }
+
+  function write(user: string, t: StoredToken): void {
+    fs.mkdirSync(deps.dir, { recursive: true, mode: 0o700 });
+    const target = file(user);
+    const tmp = `${target}.${process.pid}.${crypto.randomBytes(6).toString('hex')}.tmp`;
+    const fd = fs.openSync(tmp, 'w', 0o600);
+    try {
+      fs.writeSync(fd, JSON.stringify(t));
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    fs.chmodSync(tmp, 0o600);
+    fs.renameSync(tmp, target);
+  }
+
+  function bump(user: string): void {
+    generation.set(user, (generation.get(user) ?? 0) + 1);
+  }
+
+  async function refresh(user: string, t: StoredToken): Promise<string | null> {
+    if (!t.refresh_token || !deps.clientId) return null;
+    const gen = generation.get(user) ?? 0;
+    try {
+      const r = await deps.hfApi.refresh({ refreshToken: t.refresh_token, clientId: deps.clientId });
+      if ((generation.get(user) ?? 0) !== gen) return null; // logged out (or re-logged in) meanwhile
+      const next = toStored(r, t, null, now());
+      write(user, next);
+      cache.set(user, next);
+      bump(user);
+      return next.access_token;
+    } catch (e) {
+      deps.logger.warn({ user, err: (e as Error).message }, 'hf token refresh failed');
+      return null;
+    }
+  }
+
+  return {
+    has(user) {
+      const t = load(user);
+      return !!t && (t.expires_at - now() > EXPIRY_BUFFER_SECS || !!t.refresh_token);
+    },
+    async valid(user) {
+      const t = load(user);
+      if (!t) return null;
+      if (t.expires_at - now() > EXPIRY_BUFFER_SECS) return t.access_token;
+      let p = refreshing.get(user);
+      if (!p) {
+        p = refresh(user, t).finally(() => refreshing.delete(user));
+        refreshing.set(user, p);
+      }
+      return p;
+    },
+    hfUsername(user) {
+      return load(user)?.hf_username ?? null;
+    },
+    save(user, t, hfUsername) {
+      const next = toStored(t, null, hfUsername, now());
+      write(user, next);
+      cache.set(user, next);
+      bump(user);
+    },
+    setHfUsername(user, name) {
+      const t = load(user);
+      if (!t || t.hf_username === name) return;
+      const next = { ...t, hf_username: name };
+      write(user, next);
+      cache.set(user, next);
+    },
+    remove(user) {
+      const had = !!load(user);
+      bump(user);
+      cache.set(user, null);
+      try {
+        fs.unlinkSync(file(user));
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      }
+      return had;
+    },
+  };
+}

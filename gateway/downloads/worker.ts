@@ -1,0 +1,213 @@
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import type { IncomingMessage } from 'node:http';
+import path from 'node:path';
+import { DownloadFailure } from './errors';
+import { parseLength, sha256FromEtag } from './probe';
+import type { SafeHttp } from './safeHttp';
+
+/** What one worker needs to know and report. */
+export interface WorkerJob {
+  url: string;
+  /** final path; the worker writes `<dest>.<epoch>.tmp` beside it */
+  dest: string;
+  epoch: number;
+  /** expected sha256 from the request body, if any (else HF's X-Linked-Etag is used) */
+  sha256: string | null;
+  hfToken: string | null;
+  signal: AbortSignal;
+  /** progress callback: bytes on disk so far and the expected total */
+  progress(bytes: number, total: number | null): void;
+  /** free bytes on the destination's filesystem */
+  freeSpace(dir: string): Promise<number>;
+  /** still the live session for this model (cancellation by epoch) */
+  isActive(): boolean;
+}
+
+/** How many times a transient network failure is resumed with a Range request. */
+export const MAX_RESUMES = 3;
+
+/** The temp file a session writes: unique per epoch, so a cancelled worker never touches a newer session's file. */
+export function tmpPathFor(dest: string, epoch: number): string {
+  return `${dest}.${epoch}.tmp`;
+}
+
+/** Names the orphan sweep may remove: our temp files only (`<model file>.<epoch>.tmp`), never other `.tmp` files. */
+export const TMP_PATTERN = /\.(safetensors|sft|ckpt|pth|pt)\.\d+\.tmp$/;
+
+const TRANSIENT_CODES = new Set(['ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ECONNREFUSED', 'ECONNABORTED', 'EAI_AGAIN', 'ERR_STREAM_PREMATURE_CLOSE', 'EHOSTUNREACH', 'ENETUNREACH']);
+
+function isAbort(e: unknown, signal: AbortSignal): boolean {
+  return signal.aborted || (e as Error)?.name === 'AbortError';
+}
+
+async function rmQuiet(p: string): Promise<void> {
+  await fs.promises.rm(p, { force: true }).catch(() => undefined);
+}
+
+/** Streams a response body into an open write stream; resolves once every received byte is on disk. */
+function pump(res: IncomingMessage, out: fs.WriteStream, onChunk: (c: Buffer) => void, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let done = false;
+    let outError: Error | null = null;
+    const finish = (err: Error | null) => {
+      if (done) return;
+      done = true;
+      res.off('data', onData);
+      out.off('drain', onDrain);
+      signal.removeEventListener('abort', onAbort);
+      if (!res.destroyed && err) res.destroy();
+      // End (not destroy) the file so every byte counted is written before a resume decides its offset.
+      if (outError) return reject(outError);
+      out.end(() => (outError ? reject(outError) : err ? reject(err) : resolve()));
+    };
+    const onData = (c: Buffer) => {
+      onChunk(c);
+      if (!out.write(c)) res.pause();
+    };
+    const onDrain = () => res.resume();
+    const onAbort = () => finish(Object.assign(new Error('cancelled'), { name: 'AbortError' }));
+    res.on('data', onData);
+    out.on('drain', onDrain);
+    out.on('error', (e) => {
+      outError = Object.assign(e, { fatalWrite: true });
+      finish(e);
+    });
+    res.on('end', () => finish(null));
+    res.on('error', (e) => finish(e));
+    res.on('close', () => {
+      if (!res.complete) finish(Object.assign(new Error('connection closed before the body was complete'), { code: 'ERR_STREAM_PREMATURE_CLOSE' }));
+    });
+    signal.addEventListener('abort', onAbort, { once: true });
+    if (signal.aborted) onAbort();
+  });
+}
+
+/**
+ * Downloads one model: stream to `<dest>.<epoch>.tmp`, resume transient failures with Range (up to 3 times), check
+ * the size and sha256, then rename atomically. The temp file is removed on every failure and on cancellation.
+ * Returns the number of bytes written.
+ */
+export async function runDownload(http: SafeHttp, job: WorkerJob): Promise<number> {
+  const tmp = tmpPathFor(job.dest, job.epoch);
+  await fs.promises.mkdir(path.dirname(job.dest), { recursive: true });
+  let written = 0;
+  let hash: crypto.Hash | null = null;
+  let expectedSha = job.sha256;
+  let total: number | null = null;
+  let etag: string | null = null;
+  let resumes = 0;
+  let checkedSpace = false;
+
+  try {
+    for (;;) {
+      if (!job.isActive()) throw Object.assign(new Error('cancelled'), { name: 'AbortError' });
+      try {
+        const headers: Record<string, string> = written > 0 ? { range: `bytes=${written}-`, ...(etag ? { 'if-range': etag } : {}) } : {};
+        const { res, first } = await http.request(job.url, { method: 'GET', hfToken: job.hfToken, follow: true, headers, signal: job.signal });
+        const status = res.statusCode ?? 0;
+        let append = false;
+        if (status === 206 && written > 0) {
+          const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(String(res.headers['content-range'] ?? ''));
+          if (!m || Number(m[1]) !== written) {
+            res.destroy();
+            throw new DownloadFailure('DOWNLOAD_FAILED', 'the server answered a resume with the wrong range');
+          }
+          if (m[3] !== '*') total = Number(m[3]);
+          append = true;
+        } else if (status === 200) {
+          const len = parseLength(res.headers['content-length']);
+          total = len;
+        } else {
+          res.resume();
+          const transient = status >= 500 || status === 429 || status === 408;
+          throw new DownloadFailure(transient ? 'DOWNLOAD_FAILED' : `HTTP_${status}`, `the server answered HTTP ${status}`, transient);
+        }
+        if (!append) {
+          // A fresh body (first attempt, or the server ignored our Range): start the file and the hash over.
+          written = 0;
+          hash = null;
+          const linked = parseLength(first['x-linked-size']);
+          if (linked !== null && total !== null && linked !== total) {
+            res.destroy();
+            throw new DownloadFailure('SIZE_MISMATCH', `the server announced ${linked} bytes but sent a ${total}-byte body`);
+          }
+          total ??= linked;
+          expectedSha ??= sha256FromEtag(first['x-linked-etag']);
+          etag = typeof res.headers.etag === 'string' && !res.headers.etag.startsWith('W/') ? res.headers.etag : null;
+        }
+        if (expectedSha && !hash) hash = crypto.createHash('sha256');
+        if (!checkedSpace && total !== null) {
+          checkedSpace = true;
+          const free = await job.freeSpace(path.dirname(job.dest));
+          if (total - written > free) {
+            res.destroy();
+            throw new DownloadFailure('INSUFFICIENT_STORAGE', `not enough free disk space (${total - written} bytes needed, ${free} free)`);
+          }
+        }
+        job.progress(written, total);
+        const out = fs.createWriteStream(tmp, append ? { flags: 'r+', start: written, highWaterMark: 1 << 20 } : { flags: 'w', mode: 0o644, highWaterMark: 1 << 20 });
+        let last = 0;
+        await pump(
+          res,
+          out,
+          (c) => {
+            hash?.update(c);
+            written += c.length;
+            // Progress is read by polls once a second; publishing every ~1 MB is plenty.
+            if (written - last >= 1 << 20) {
+              last = written;
+              job.progress(written, total);
+            }
+          },
+          job.signal,
+        );
+        job.progress(written, total);
+        if (total !== null && written < total) throw Object.assign(new Error('short body'), { code: 'ERR_STREAM_PREMATURE_CLOSE' });
+        if (total !== null && written > total) throw new DownloadFailure('SIZE_MISMATCH', `received ${written} bytes, expected ${total}`);
+        break;
+      } catch (e) {
+        if (isAbort(e, job.signal)) throw e;
+        if (e instanceof DownloadFailure && !e.transient) throw e;
+        if ((e as { fatalWrite?: boolean }).fatalWrite) {
+          const code = (e as NodeJS.ErrnoException).code === 'ENOSPC' ? 'INSUFFICIENT_STORAGE' : 'WRITE_FAILED';
+          throw new DownloadFailure(code, `could not write the file (${(e as NodeJS.ErrnoException).code ?? 'error'})`);
+        }
+        const code = (e as NodeJS.ErrnoException).code ?? '';
+        const transient = e instanceof DownloadFailure || TRANSIENT_CODES.has(code) || /aborted|socket hang up/i.test((e as Error).message);
+        if (!transient || resumes >= MAX_RESUMES) {
+          if (e instanceof DownloadFailure) throw e;
+          throw new DownloadFailure('DOWNLOAD_FAILED', `network error: ${code || (e as Error).message}`);
+        }
+        resumes++;
+        // Resume from what is really on disk; the hash must then cover exactly those bytes.
+        written = await fs.promises.stat(tmp).then((s) => s.size, () => 0);
+        if (hash) hash = await hashPrefix(tmp, written);
+        await new Promise((r) => setTimeout(r, 250 * resumes));
+      }
+    }
+    if (!job.isActive()) throw Object.assign(new Error('cancelled'), { name: 'AbortError' });
+    if (hash && expectedSha) {
+      const got = hash.digest('hex');
+      if (got !== expectedSha.toLowerCase()) throw new DownloadFailure('HASH_MISMATCH', `sha256 mismatch: expected ${expectedSha}, got ${got}`);
+    }
+    await fs.promises.rename(tmp, job.dest);
+    return written;
+  } catch (e) {
+    await rmQuiet(tmp);
+    throw e;
+  }
+}
+
+/** sha256 state over the first `n` bytes of a file (after a resume). */
+async function hashPrefix(file: string, n: number): Promise<crypto.Hash> {
+  const h = crypto.createHash('sha256');
+  if (n === 0) return h;
+  await new Promise<void>((resolve, reject) => {
+    fs.createReadStream(file, { start: 0, end: n - 1 })
+      .on('data', (c) => h.update(c))
+      .on('end', resolve)
+      .on('error', reject);
+  });
+  return h;
+}

@@ -1,0 +1,192 @@
+import type { IncomingMessage } from 'node:http';
+import { MemoryStore, type Options as RateLimitOptions } from 'express-rate-limit';
+import type { Gate } from '../app';
+import type { Audit } from '../audit';
+import { TOKEN_QUERY_PARAMS } from '../auth/chain';
+import { AppError } from '../errors';
+import { peekContext } from '../http/context';
+import type { Logger } from '../log';
+import { socketIp } from './clientIp';
+import type { IpLists } from './ipLists';
+
+/** What the login/register routes call: refuse while locked, count a failure, note a success. */
+export interface Limiter {
+  /** throws 429 RATE_LIMITED (with Retry-After) while the client IP or the username is locked out */
+  check(req: IncomingMessage, username?: string): void;
+  fail(req: IncomingMessage, username?: string): void;
+  succeed(req: IncomingMessage, username?: string): void;
+}
+
+/** The brute-force guard: the Limiter, plus a front-door gate refusing locked-out IPs that present credentials. */
+export interface BruteForce extends Limiter {
+  gate: Gate;
+  /** counts a present-but-invalid credential from the credential chain (`chainDeps.onInvalid`) */
+  onInvalidCredential(req: IncomingMessage, kind: string): void;
+  close(): void;
+}
+
+/** Tunables; the defaults are the product's (DESIGN §4), tests shorten them. */
+export interface BruteForceOptions {
+  /** failures within the window that lock a key (default 5) */
+  maxFailures?: number;
+  /** counting window (default 15 minutes) */
+  windowMs?: number;
+  /** first lockout; each further failure in the window doubles it (default 30 s) */
+  baseLockMs?: number;
+  /** longest lockout (default 5 minutes) */
+  maxLockMs?: number;
+  /** window over which `blacklist_after_attempts` failures are counted (default 24 h) */
+  blacklistWindowMs?: number;
+  now?: () => number;
+}
+
+/** Credential kinds worth counting: ones an attacker can guess. A JWT (header, cookie) cannot be guessed, and a
+ * browser tab holding a revoked session cookie must not lock its whole network out. */
+const GUESSABLE = new Set(['api-key', 'authorization', 'query', 'jwt']);
+
+const MAX_USERNAME_KEY = 64;
+
+/**
+ * Failed logins, registrations and bad tokens, counted per client IP (the one client-IP function's answer, never a
+ * header) and per username in express-rate-limit's MemoryStore; 5 in 15 minutes locks the key for 30 s, doubling
+ * with each further failure up to 5 minutes. `blacklist_after_attempts` N > 0 appends the IP to blacklist.txt.
+ */
+export function createBruteForce(deps: {
+  config: { blacklist_after_attempts: number };
+  audit: Audit;
+  ipLists: IpLists;
+  logger: Logger;
+  options?: BruteForceOptions;
+}): BruteForce {
+  const { audit, ipLists, logger } = deps;
+  const o = deps.options ?? {};
+  const maxFailures = o.maxFailures ?? 5;
+  const windowMs = o.windowMs ?? 15 * 60_000;
+  const baseLockMs = o.baseLockMs ?? 30_000;
+  const maxLockMs = o.maxLockMs ?? 5 * 60_000;
+  const now = o.now ?? Date.now;
+  const blacklistAfter = deps.config.blacklist_after_attempts;
+
+  const failures = new MemoryStore();
+  failures.init({ windowMs } as RateLimitOptions);
+  const blacklistCounts = new MemoryStore();
+  blacklistCounts.init({ windowMs: o.blacklistWindowMs ?? 24 * 3600_000 } as RateLimitOptions);
+  /** key → unix ms until which it is refused */
+  const lockedUntil = new Map<string, number>();
+  /** requests already counted once (the chain and a route may both report the same request) */
+  const counted = new WeakSet<IncomingMessage>();
+
+  const ipOf = (req: IncomingMessage) => peekContext(req)?.clientIp ?? socketIp(req);
+  const userKey = (username?: string) => {
+    const u = typeof username === 'string' ? username.trim().toLowerCase().slice(0, MAX_USERNAME_KEY) : '';
+    return u ? `user:${u}` : null;
+  };
+  const keysOf = (req: IncomingMessage, username?: string) => [`ip:${ipOf(req)}`, userKey(username)].filter((k): k is string => !!k);
+
+  function retryAfterMs(keys: string[]): number {
+    const t = now();
+    let wait = 0;
+    for (const k of keys) {
+      const until = lockedUntil.get(k);
+      if (until === undefined) continue;
+      if (until <= t) lockedUntil.delete(k);
+      else wait = Math.max(wait, until - t);
+    }
+    return wait;
+  }
+
+  function refuse(waitMs: number): never {
+    const secs = Math.max(1, Math.ceil(waitMs / 1000));
+    throw new AppError(429, 'RATE_LIMITED', `Too many failed attempts; try again in ${secs} s`, { retry_after: secs }, { 'Retry-After': String(secs) });
+  }
+
+  function check(req: IncomingMessage, username?: string): void {
+    const wait = retryAfterMs(keysOf(req, username));
+    if (wait > 0) refuse(wait);
+  }
+
+  function countKey(req: IncomingMessage, key: string, username?: string): void {
+    failures.increment(key).then(
+      ({ totalHits }) => {
+        if (totalHits < maxFailures) return;
+        const lockMs = Math.min(maxLockMs, baseLockMs * 2 ** Math.min(20, totalHits - maxFailures));
+        lockedUntil.set(key, now() + lockMs);
+        if (lockedUntil.size > 100_000) lockedUntil.delete(lockedUntil.keys().next().value as string);
+        audit.record({
+          event: 'lockout',
+          scope: key.startsWith('ip:') ? 'ip' : 'user',
+          ip: ipOf(req),
+          user: username ?? null,
+          user_agent: req.headers['user-agent'],
+          failures: totalHits,
+          retry_after: Math.ceil(lockMs / 1000),
+        });
+      },
+      (err) => logger.error({ err }, 'brute-force counter failed'),
+    );
+  }
+
+  function countForBlacklist(req: IncomingMessage): void {
+    if (blacklistAfter <= 0) return;
+    const ip = ipOf(req);
+    blacklistCounts
+      .increment(ip)
+      .then(async ({ totalHits }) => {
+        if (totalHits < blacklistAfter) return;
+        const added = await ipLists.appendToBlacklist(ip, `auto-blacklisted ${new Date(now()).toISOString()} after ${totalHits} failed attempts`);
+        if (added) {
+          audit.record({ event: 'ip_auto_blacklisted', ip, user_agent: req.headers['user-agent'], failures: totalHits });
+          logger.warn({ ip, failures: totalHits }, 'address appended to the blacklist after repeated failures');
+        }
+      })
+      .catch((err) => logger.error({ err, ip }, 'could not append to the blacklist'));
+  }
+
+  function fail(req: IncomingMessage, username?: string): void {
+    const first = !counted.has(req);
+    counted.add(req);
+    // A request reported twice (chain and route) counts once for its IP; the username is only known to the route.
+    if (first) {
+      countKey(req, `ip:${ipOf(req)}`, username);
+      countForBlacklist(req);
+    }
+    const uk = userKey(username);
+    if (uk) countKey(req, uk, username);
+  }
+
+  function succeed(_req: IncomingMessage, username?: string): void {
+    // The account owner got in: their name's counter starts over. The IP's does not — a valid login of one's own
+    // must not buy more guesses at other accounts.
+    const uk = userKey(username);
+    if (!uk) return;
+    lockedUntil.delete(uk);
+    void failures.resetKey(uk);
+  }
+
+  /** True when the request carries a credential an attacker could be guessing. */
+  function presentsGuessable(req: IncomingMessage): boolean {
+    if (req.headers['x-api-key'] !== undefined || req.headers.authorization !== undefined) return true;
+    const q = peekContext(req)?.query;
+    return !!q && TOKEN_QUERY_PARAMS.some((p) => q.has(p));
+  }
+
+  const gate: Gate = (req) => {
+    if (!presentsGuessable(req)) return;
+    const wait = retryAfterMs([`ip:${ipOf(req)}`]);
+    if (wait > 0) refuse(wait);
+  };
+
+  return {
+    check,
+    fail,
+    succeed,
+    gate,
+    onInvalidCredential(req, kind) {
+      if (GUESSABLE.has(kind)) fail(req);
+    },
+    close() {
+      failures.shutdown();
+      blacklistCounts.shutdown();
+    },
+  };
+}

@@ -1,0 +1,112 @@
+import request from 'supertest';
+import { login, PW, registerFirstAdmin, registerUser } from './helpers/auth';
+import { sampleWorkflow, startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
+import { startGateway, TEST_KEY, type TestGateway } from './helpers/gateway';
+import { openSocket } from './helpers/ws';
+
+const EVIL = 'http://evil.example';
+let fake: FakeComfy;
+let gw: TestGateway;
+let alice: { token: string; cookie: string };
+let admin: { token: string; cookie: string };
+
+beforeAll(async () => {
+  fake = await startFakeComfy();
+  gw = await startGateway({ upstream: fake.url, api_key: TEST_KEY });
+  await registerFirstAdmin(gw);
+  await registerUser(gw, 'alice');
+  alice = await login(gw, 'alice');
+  admin = await login(gw, 'admin');
+});
+afterAll(async () => {
+  await gw.close();
+  await fake.close();
+});
+beforeEach(() => fake.clearRequests());
+
+const expectCsrf = (res: request.Response) => {
+  expect(res.status).toBe(403);
+  expect(res.body.error.code).toBe('CSRF_REJECTED');
+};
+const promptBody = () => ({ prompt: sampleWorkflow('csrf'), client_id: 'csrf-client' });
+const wsUrl = (p: string) => gw.url.replace(/^http/, 'ws') + p;
+
+test('cookie POST /gateway/api/tokens from a foreign Origin (or with no Origin at all) → 403, no token made', async () => {
+  expectCsrf(await request(gw.url).post('/gateway/api/tokens').set('Cookie', alice.cookie).set('Origin', EVIL).send({ name: 'x' }));
+  expectCsrf(await request(gw.url).post('/gateway/api/tokens').set('Cookie', alice.cookie).send({ name: 'x' }));
+  expectCsrf(await request(gw.url).post('/gateway/api/tokens').set('Cookie', alice.cookie).set('Referer', `${EVIL}/page`).send({ name: 'x' }));
+  expectCsrf(await request(gw.url).post('/gateway/api/tokens').set('Cookie', alice.cookie).set('Origin', 'null').send({ name: 'x' }));
+  expect(gw.composed.users.tokens.list('alice')).toEqual([]);
+
+  const same = await request(gw.url).post('/gateway/api/tokens').set('Cookie', alice.cookie).set('Origin', gw.url).send({ name: 'x' });
+  expect(same.status).toBe(201);
+  const byReferer = await request(gw.url).post('/gateway/api/tokens').set('Cookie', alice.cookie).set('Referer', `${gw.url}/gateway/static/admin.html`).send({ name: 'y' });
+  expect(byReferer.status).toBe(201);
+  // Reading stays possible without an Origin (GET is not a state change).
+  expect((await request(gw.url).get('/gateway/api/tokens').set('Cookie', alice.cookie)).body.tokens).toHaveLength(2);
+  expect(fake.requests).toHaveLength(0);
+});
+
+test('cookie POST /prompt (proxied) from a foreign Origin → 403 and ComfyUI saw nothing; same origin goes through', async () => {
+  expectCsrf(await request(gw.url).post('/prompt').set('Cookie', alice.cookie).set('Origin', EVIL).send(promptBody()));
+  expectCsrf(await request(gw.url).post('/api/prompt').set('Cookie', alice.cookie).set('Origin', EVIL).send(promptBody()));
+  expectCsrf(await request(gw.url).post('/api/prompt').set('Cookie', alice.cookie).send(promptBody()));
+  expect(fake.requests).toHaveLength(0);
+
+  const ok = await request(gw.url).post('/prompt').set('Cookie', alice.cookie).set('Origin', gw.url).send(promptBody());
+  expect(ok.status).toBe(200);
+  expect(fake.requests.filter((r) => r.method === 'POST' && /prompt/.test(r.rawPath))).toHaveLength(1);
+});
+
+test('header-authenticated scripts are not subject to the Origin rule', async () => {
+  for (const [name, headers] of [
+    ['bearer jwt', { Authorization: `Bearer ${alice.token}` }],
+    ['static key', { 'X-API-Key': TEST_KEY }],
+  ] as const) {
+    fake.clearRequests();
+    const noOrigin = await request(gw.url).post('/prompt').set(headers).send(promptBody());
+    if (noOrigin.status !== 200) throw new Error(`${name} without Origin → ${noOrigin.status}`);
+    const foreign = await request(gw.url).post('/prompt').set(headers).set('Origin', EVIL).send(promptBody());
+    if (foreign.status !== 200) throw new Error(`${name} with a foreign Origin → ${foreign.status}`);
+    expect(fake.requests.filter((r) => r.method === 'POST')).toHaveLength(2);
+  }
+  const tok = await request(gw.url).post('/gateway/api/tokens').set('Authorization', `Bearer ${alice.token}`).send({ name: 'script' });
+  expect(tok.status).toBe(201);
+  expect((await request(gw.url).delete(`/gateway/api/tokens/${tok.body.id}`).set('X-API-Key', tok.body.token)).status).toBe(204);
+});
+
+test('other cookie-authenticated state changes: admin API, password, register, logout', async () => {
+  expectCsrf(await request(gw.url).patch('/gateway/api/users/alice').set('Cookie', admin.cookie).set('Origin', EVIL).send({ role: 'admin' }));
+  expectCsrf(await request(gw.url).delete('/gateway/api/users/alice').set('Cookie', admin.cookie).set('Origin', EVIL));
+  expectCsrf(await request(gw.url).post('/gateway/api/users').set('Cookie', admin.cookie).set('Origin', EVIL).send({ username: 'evil', password: PW }));
+  expectCsrf(await request(gw.url).post('/register').set('Cookie', admin.cookie).set('Origin', EVIL).send({ new_user_username: 'evil2', new_user_password: PW }));
+  expectCsrf(await request(gw.url).post('/gateway/api/me/password').set('Cookie', alice.cookie).set('Origin', EVIL).send({ current_password: PW, new_password: 'hijacked-pass-1' }));
+  expectCsrf(await request(gw.url).post('/logout').set('Cookie', alice.cookie).set('Origin', EVIL));
+  expect(gw.composed.users.get('alice')).toMatchObject({ role: 'user' });
+  expect(gw.composed.users.get('evil')).toBeUndefined();
+  expect(gw.composed.users.get('evil2')).toBeUndefined();
+  // Neither the password nor the session changed.
+  expect((await request(gw.url).get('/gateway/api/me').set('Cookie', alice.cookie)).status).toBe(200);
+  await login(gw, 'alice', PW);
+  expect(fake.requests).toHaveLength(0);
+});
+
+test('cookie WebSocket upgrade to /ws from a foreign Origin (or none) is refused before ComfyUI; same origin connects', async () => {
+  for (const p of ['/ws?clientId=csrf-ws', '/api/ws?clientId=csrf-ws']) {
+    await expect(openSocket(wsUrl(p), { Cookie: alice.cookie, Origin: EVIL })).rejects.toMatchObject({ status: 403 });
+    await expect(openSocket(wsUrl(p), { Cookie: alice.cookie })).rejects.toMatchObject({ status: 403 });
+  }
+  expect(fake.requests.filter((r) => r.ws)).toHaveLength(0);
+  expect(fake.requests).toHaveLength(0);
+
+  const s = await openSocket(wsUrl('/ws?clientId=csrf-ws'), { Cookie: alice.cookie, Origin: gw.url });
+  try {
+    await s.next((f) => f.json?.type === 'status');
+    expect(fake.requests.filter((r) => r.ws)).toHaveLength(1);
+  } finally {
+    s.close();
+  }
+  // A script with a header credential needs no Origin.
+  const script = await openSocket(wsUrl('/ws?clientId=csrf-ws2'), { Authorization: `Bearer ${alice.token}` });
+  script.close();
+});
