@@ -59,7 +59,8 @@ async function cannon(url: string, opts: { connections: number; headers?: Record
 }
 
 async function wsRate(url: string, fake: Fake, headers: Record<string, string>, count = 50_000): Promise<number> {
-  const ws = new WebSocket(url, { headers });
+  // Same client options both ways (the gateway does not negotiate permessage-deflate with clients).
+  const ws = new WebSocket(url, { headers, perMessageDeflate: false });
   await new Promise((r, j) => {
     ws.once('open', r);
     ws.once('error', j);
@@ -112,8 +113,8 @@ async function main(): Promise<void> {
     const vg = await cannon(`${gw.url}${viewPath}`, { connections: 8, headers: auth });
     results.view_2mb = { direct_MBps: Math.round(vd.mbps), gateway_MBps: Math.round(vg.mbps), ratio: +(vg.mbps / vd.mbps).toFixed(2), target: '≥ 0.3' };
 
-    const wsd = await wsRate(`${fake.url.replace('http', 'ws')}/ws?clientId=bench`, fake, {});
-    const wsg = await wsRate(`${gw.url.replace('http', 'ws')}/ws?clientId=bench`, fake, auth);
+    const wsd = await wsRate(`${fake.url.replace('http', 'ws')}/ws?clientId=bench-direct`, fake, {});
+    const wsg = await wsRate(`${gw.url.replace('http', 'ws')}/ws?clientId=bench-gateway`, fake, auth);
     results.websocket = { direct_msgs_per_s: Math.round(wsd), gateway_msgs_per_s: Math.round(wsg), ratio: +(wsg / wsd).toFixed(2), target: '≥ 0.65' };
   } finally {
     gw.proc.kill('SIGTERM');

@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import jwt from 'jsonwebtoken';
 import request from 'supertest';
-import { login, logText, PW, registerFirstAdmin, registerUser } from './helpers/auth';
+import { fromFreshIps, login, logText, PW, registerFirstAdmin, registerUser, TRUST_LOCAL_PROXY } from './helpers/auth';
 import { startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
 import { flushedLogs, startGateway, TEST_KEY, type TestGateway } from './helpers/gateway';
 
@@ -93,8 +93,10 @@ describe('first run', () => {
 describe('register, login, sessions', () => {
   let gw: TestGateway;
   const SECRET = 'an-env-provided-secret-of-plenty-of-bytes-0123456789';
+  // Many requests here fail on purpose: each comes from its own client address so the limiter never locks us out.
+  const api = () => fromFreshIps(gw.url);
   beforeAll(async () => {
-    gw = await startGateway({ upstream: fake.url, api_key: TEST_KEY }, { env: { SECRET_KEY: SECRET } });
+    gw = await startGateway({ upstream: fake.url, api_key: TEST_KEY, ...TRUST_LOCAL_PROXY }, { env: { SECRET_KEY: SECRET } });
     await registerFirstAdmin(gw);
   });
   afterAll(async () => {
@@ -105,7 +107,7 @@ describe('register, login, sessions', () => {
   test('POST /register: admin credentials in the body, role choice, validation, duplicates, non-admins', async () => {
     expect(await registerUser(gw, 'alice')).toEqual({ username: 'alice', role: 'user' });
     expect(await registerUser(gw, 'root2', { role: 'admin' })).toEqual({ username: 'root2', role: 'admin' });
-    const post = (b: object) => request(gw.url).post('/register').send(b);
+    const post = (b: object) => api().post('/register').send(b);
 
     const dup = await post({ new_user_username: 'alice', new_user_password: PW, username: 'admin', password: PW });
     expect(dup.status).toBe(409);
@@ -133,13 +135,13 @@ describe('register, login, sessions', () => {
     expect((await post({ new_user_username: 'alice', new_user_password: PW })).status).toBe(401);
 
     // An admin principal (static key via Bearer, or an admin session cookie from the same origin) works too.
-    const byKey = await request(gw.url).post('/register').set('Authorization', `Bearer ${TEST_KEY}`).send({ new_user_username: 'bykey', new_user_password: PW });
+    const byKey = await api().post('/register').set('Authorization', `Bearer ${TEST_KEY}`).send({ new_user_username: 'bykey', new_user_password: PW });
     expect(byKey.status).toBe(201);
     const { cookie } = await login(gw, 'admin');
-    const byCookie = await request(gw.url).post('/register').set('Cookie', cookie).set('Origin', gw.url).send({ new_user_username: 'bycookie', new_user_password: PW, role: 'admin' });
+    const byCookie = await api().post('/register').set('Cookie', cookie).set('Origin', gw.url).send({ new_user_username: 'bycookie', new_user_password: PW, role: 'admin' });
     expect(byCookie.body).toEqual({ username: 'bycookie', role: 'admin' });
     const aliceSession = await login(gw, 'alice');
-    const byUserCookie = await request(gw.url).post('/register').set('Cookie', aliceSession.cookie).set('Origin', gw.url).send({ new_user_username: 'bob', new_user_password: PW });
+    const byUserCookie = await api().post('/register').set('Cookie', aliceSession.cookie).set('Origin', gw.url).send({ new_user_username: 'bob', new_user_password: PW });
     expect(byUserCookie.status).toBe(403);
     expect(gw.composed.users.get('bob')).toBeUndefined();
     expect(fake.requests).toHaveLength(0);
@@ -148,7 +150,7 @@ describe('register, login, sessions', () => {
   test('POST /login: token, expiry and an HttpOnly SameSite=Lax cookie; JSON and form bodies', async () => {
     await registerUser(gw, 'carol');
     const before = Math.floor(Date.now() / 1000);
-    const res = await request(gw.url).post('/login').send({ username: 'carol', password: PW });
+    const res = await api().post('/login').send({ username: 'carol', password: PW });
     expect(res.status).toBe(200);
     expect(res.body.user).toEqual({ username: 'carol', role: 'user' });
     const claims = jwt.verify(res.body.token, SECRET, { algorithms: ['HS256'] }) as jwt.JwtPayload;
@@ -164,26 +166,26 @@ describe('register, login, sessions', () => {
     expect(attrs.find((a) => a.startsWith('Max-Age='))).toMatch(/^Max-Age=(43200|43199)$/);
     expect(attrs).not.toContain('Secure');
 
-    const form = await request(gw.url).post('/login').type('form').send({ username: 'carol', password: PW });
+    const form = await api().post('/login').type('form').send({ username: 'carol', password: PW });
     expect(form.status).toBe(200);
     expect(typeof form.body.token).toBe('string');
     // A script-less browser form is redirected to a same-site `next` only.
-    const nav = await request(gw.url).post('/login').type('form').set('Accept', 'text/html').send({ username: 'carol', password: PW, next: '//evil.example/x' });
+    const nav = await api().post('/login').type('form').set('Accept', 'text/html').send({ username: 'carol', password: PW, next: '//evil.example/x' });
     expect(nav.status).toBe(303);
     expect(nav.headers.location).toBe('/');
-    const nav2 = await request(gw.url).post('/login').type('form').set('Accept', 'text/html').send({ username: 'carol', password: PW, next: '/queue' });
+    const nav2 = await api().post('/login').type('form').set('Accept', 'text/html').send({ username: 'carol', password: PW, next: '/queue' });
     expect(nav2.headers.location).toBe('/queue');
-    const badForm = await request(gw.url).post('/login').type('form').set('Accept', 'text/html').send({ username: 'carol', password: 'wrong-wrong' });
+    const badForm = await api().post('/login').type('form').set('Accept', 'text/html').send({ username: 'carol', password: 'wrong-wrong' });
     expect(badForm.status).toBe(303);
     expect(badForm.headers.location).toMatch(/^\/login\?error=/);
     expect(badForm.headers['set-cookie']).toBeUndefined();
 
-    const malformed = await request(gw.url).post('/login').set('Content-Type', 'application/json').send('{"username": "carol",');
+    const malformed = await api().post('/login').set('Content-Type', 'application/json').send('{"username": "carol",');
     expect(malformed.status).toBe(400);
     expect(malformed.body.error.code).toBe('INVALID_BODY');
-    const missing = await request(gw.url).post('/login').send({ username: 'carol' });
+    const missing = await api().post('/login').send({ username: 'carol' });
     expect(missing.status).toBe(400);
-    const typed = await request(gw.url).post('/login').send({ username: 'carol', password: { $ne: 1 } });
+    const typed = await api().post('/login').send({ username: 'carol', password: { $ne: 1 } });
     expect(typed.status).toBe(400);
     expect(fake.requests).toHaveLength(0);
   });
@@ -198,7 +200,7 @@ describe('register, login, sessions', () => {
         { username: 'erin', password: 'wrong-password' },
         { username: 'dave', password: PW },
         { username: 'erin', password: PW + '\u0000tail' },
-      ].map((b) => request(gw.url).post('/login').send(b)),
+      ].map((b) => api().post('/login').send(b)),
     );
     for (const a of answers) {
       expect(a.status).toBe(401);
@@ -207,23 +209,24 @@ describe('register, login, sessions', () => {
     }
     const fails = (await flushedLogs(gw)).filter((l) => l.audit && l.event === 'login_failure');
     expect(fails.map((f) => f.username)).toEqual(expect.arrayContaining(['nobody', 'erin', 'dave']));
-    for (const f of fails) expect(f).toMatchObject({ ip: '127.0.0.1', user_agent: expect.any(String) });
+    // The client address is the one client-IP function's answer (a trusted proxy's X-Forwarded-For here).
+    for (const f of fails) expect(f).toMatchObject({ ip: expect.stringMatching(/^198\.18\./), user_agent: expect.any(String) });
   });
 
   test('the session works as cookie, Bearer and ?token=; its role and permissions come from the store, not the claim', async () => {
     await registerUser(gw, 'frank', { role: 'admin' });
     const s = await login(gw, 'frank');
     const me = (r: request.Test) => r.then((x) => x);
-    expect((await me(request(gw.url).get('/gateway/api/me').set('Cookie', s.cookie))).body).toMatchObject({ username: 'frank', role: 'admin', source: 'cookie' });
-    expect((await me(request(gw.url).get('/gateway/api/me').set('Authorization', `Bearer ${s.token}`))).body).toMatchObject({ username: 'frank', source: 'jwt' });
-    expect((await me(request(gw.url).get(`/gateway/api/me?token=${s.token}`))).body).toMatchObject({ username: 'frank', source: 'query' });
-    expect((await request(gw.url).get('/gateway/api/users').set('Authorization', `Bearer ${s.token}`)).status).toBe(200);
+    expect((await me(api().get('/gateway/api/me').set('Cookie', s.cookie))).body).toMatchObject({ username: 'frank', role: 'admin', source: 'cookie' });
+    expect((await me(api().get('/gateway/api/me').set('Authorization', `Bearer ${s.token}`))).body).toMatchObject({ username: 'frank', source: 'jwt' });
+    expect((await me(api().get(`/gateway/api/me?token=${s.token}`))).body).toMatchObject({ username: 'frank', source: 'query' });
+    expect((await api().get('/gateway/api/users').set('Authorization', `Bearer ${s.token}`)).status).toBe(200);
 
     // Demoted: the token still says admin, the gateway does not believe it.
     await gw.composed.users.update('frank', { role: 'user', permissions: ['download_models'] });
-    const after = await request(gw.url).get('/gateway/api/me').set('Authorization', `Bearer ${s.token}`);
+    const after = await api().get('/gateway/api/me').set('Authorization', `Bearer ${s.token}`);
     expect(after.body).toMatchObject({ role: 'user', permissions: ['download_models'] });
-    const admin = await request(gw.url).get('/gateway/api/users').set('Authorization', `Bearer ${s.token}`);
+    const admin = await api().get('/gateway/api/users').set('Authorization', `Bearer ${s.token}`);
     expect(admin.status).toBe(403);
     expect(admin.body.error.code).toBe('FORBIDDEN');
   });
@@ -248,7 +251,7 @@ describe('register, login, sessions', () => {
     };
     for (const [name, token] of Object.entries(bad)) {
       for (const how of ['bearer', 'cookie', 'query'] as const) {
-        let r = request(gw.url).get(how === 'query' ? `/queue?token=${encodeURIComponent(token)}` : '/queue').set('Accept', 'application/json');
+        let r = api().get(how === 'query' ? `/queue?token=${encodeURIComponent(token)}` : '/queue').set('Accept', 'application/json');
         if (how === 'bearer') r = r.set('Authorization', `Bearer ${token}`);
         if (how === 'cookie') r = r.set('Cookie', `jwt_token=${token}`);
         const res = await r;
@@ -257,9 +260,9 @@ describe('register, login, sessions', () => {
       }
     }
     // The genuine token, and a token we sign with the env secret ourselves, are accepted: the env secret is the key.
-    expect((await request(gw.url).get('/queue').set('Authorization', `Bearer ${s.token}`)).status).toBe(200);
+    expect((await api().get('/queue').set('Authorization', `Bearer ${s.token}`)).status).toBe(200);
     const ours = jwt.sign({ ...body, sub: 'gina', role: 'user', jti: 'ours-1', iat_ms: Date.now(), iat: Math.floor(Date.now() / 1000) }, SECRET, { algorithm: 'HS256' });
-    expect((await request(gw.url).get('/gateway/api/me').set('Authorization', `Bearer ${ours}`)).status).toBe(200);
+    expect((await api().get('/gateway/api/me').set('Authorization', `Bearer ${ours}`)).status).toBe(200);
     expect(fake.requests.map((r) => r.rawPath)).toEqual(['/queue']);
     expect(fake.requests[0].headers.authorization).toBeUndefined();
   });
@@ -268,7 +271,7 @@ describe('register, login, sessions', () => {
     await registerUser(gw, 'hank');
     const a = await login(gw, 'hank');
     const b = await login(gw, 'hank');
-    const out = await request(gw.url).post('/logout').set('Authorization', `Bearer ${a.token}`);
+    const out = await api().post('/logout').set('Authorization', `Bearer ${a.token}`);
     expect(out.status).toBe(200);
     expect(out.body).toEqual({ logged_out: true });
     const cleared = ([] as string[]).concat(out.headers['set-cookie'])[0];
@@ -276,9 +279,9 @@ describe('register, login, sessions', () => {
     expect(cleared).toMatch(/Max-Age=0/);
     expect(cleared).toMatch(/HttpOnly/);
     for (const r of [
-      request(gw.url).get('/gateway/api/me').set('Authorization', `Bearer ${a.token}`),
-      request(gw.url).get('/gateway/api/me').set('Cookie', `jwt_token=${a.token}`),
-      request(gw.url).get(`/gateway/api/me?token=${a.token}`),
+      api().get('/gateway/api/me').set('Authorization', `Bearer ${a.token}`),
+      api().get('/gateway/api/me').set('Cookie', `jwt_token=${a.token}`),
+      api().get(`/gateway/api/me?token=${a.token}`),
     ]) {
       const res = await r;
       expect(res.status).toBe(401);
@@ -288,16 +291,16 @@ describe('register, login, sessions', () => {
     await gw.composed.users.flush();
     expect(readUsers(gw).revoked).toEqual(expect.arrayContaining([{ jti, exp }]));
     // The other session is untouched.
-    expect((await request(gw.url).get('/gateway/api/me').set('Cookie', b.cookie)).status).toBe(200);
+    expect((await api().get('/gateway/api/me').set('Cookie', b.cookie)).status).toBe(200);
 
     // A browser's GET /logout: redirect to the sign-in page and the cookie's token is dead.
-    const nav = await request(gw.url).get('/logout').set('Cookie', b.cookie).set('Accept', 'text/html');
+    const nav = await api().get('/logout').set('Cookie', b.cookie).set('Accept', 'text/html');
     expect(nav.status).toBe(302);
     expect(nav.headers.location).toBe('/login');
     expect(([] as string[]).concat(nav.headers['set-cookie'])[0]).toMatch(/^jwt_token=;.*Max-Age=0/);
-    expect((await request(gw.url).get('/gateway/api/me').set('Cookie', b.cookie)).status).toBe(401);
+    expect((await api().get('/gateway/api/me').set('Cookie', b.cookie)).status).toBe(401);
     // Logging out without a session is harmless.
-    expect((await request(gw.url).post('/logout')).body).toEqual({ logged_out: true });
+    expect((await api().post('/logout')).body).toEqual({ logged_out: true });
     const events = (await flushedLogs(gw)).filter((l) => l.audit && l.event === 'logout' && l.user === 'hank');
     expect(events).toHaveLength(2);
     expect(fake.requests).toHaveLength(0); // free_memory_on_logout is off
@@ -306,48 +309,48 @@ describe('register, login, sessions', () => {
   test('password change and disabling void every earlier session; a session issued right after still works', async () => {
     await registerUser(gw, 'ivy');
     const old = await login(gw, 'ivy');
-    const change = await request(gw.url)
+    const change = await api()
       .post('/gateway/api/me/password')
       .set('Authorization', `Bearer ${old.token}`)
       .send({ current_password: PW, new_password: 'a-new-password-2' });
     expect(change.status).toBe(200);
     expect(change.body.password_changed).toBe(true);
-    const oldRes = await request(gw.url).get('/gateway/api/me').set('Authorization', `Bearer ${old.token}`);
+    const oldRes = await api().get('/gateway/api/me').set('Authorization', `Bearer ${old.token}`);
     expect(oldRes.status).toBe(401);
     expect(oldRes.body.error.code).toBe('TOKEN_REVOKED');
     // Issued within the same second as the change, after it: valid.
-    expect((await request(gw.url).get('/gateway/api/me').set('Authorization', `Bearer ${change.body.token}`)).status).toBe(200);
+    expect((await api().get('/gateway/api/me').set('Authorization', `Bearer ${change.body.token}`)).status).toBe(200);
     const fresh = await login(gw, 'ivy', 'a-new-password-2');
-    expect((await request(gw.url).get('/gateway/api/me').set('Cookie', fresh.cookie)).status).toBe(200);
-    expect((await request(gw.url).post('/login').send({ username: 'ivy', password: PW })).status).toBe(401);
+    expect((await api().get('/gateway/api/me').set('Cookie', fresh.cookie)).status).toBe(200);
+    expect((await api().post('/login').send({ username: 'ivy', password: PW })).status).toBe(401);
 
-    const wrong = await request(gw.url).post('/gateway/api/me/password').set('Cookie', fresh.cookie).set('Origin', gw.url).send({ current_password: 'nope-nope-1', new_password: 'whatever-123' });
+    const wrong = await api().post('/gateway/api/me/password').set('Cookie', fresh.cookie).set('Origin', gw.url).send({ current_password: 'nope-nope-1', new_password: 'whatever-123' });
     expect(wrong.status).toBe(401);
     expect(wrong.body.error.code).toBe('INVALID_CREDENTIALS');
-    const weak = await request(gw.url).post('/gateway/api/me/password').set('Cookie', fresh.cookie).set('Origin', gw.url).send({ current_password: 'a-new-password-2', new_password: 'short' });
+    const weak = await api().post('/gateway/api/me/password').set('Cookie', fresh.cookie).set('Origin', gw.url).send({ current_password: 'a-new-password-2', new_password: 'short' });
     expect(weak.status).toBe(400);
     // A cookie session changing its password gets a fresh cookie.
-    const viaCookie = await request(gw.url).post('/gateway/api/me/password').set('Cookie', fresh.cookie).set('Origin', gw.url).send({ current_password: 'a-new-password-2', new_password: 'third-password-3' });
+    const viaCookie = await api().post('/gateway/api/me/password').set('Cookie', fresh.cookie).set('Origin', gw.url).send({ current_password: 'a-new-password-2', new_password: 'third-password-3' });
     expect(viaCookie.status).toBe(200);
     const newCookie = ([] as string[]).concat(viaCookie.headers['set-cookie'])[0].split(';')[0];
-    expect((await request(gw.url).get('/gateway/api/me').set('Cookie', fresh.cookie)).status).toBe(401);
-    expect((await request(gw.url).get('/gateway/api/me').set('Cookie', newCookie)).status).toBe(200);
+    expect((await api().get('/gateway/api/me').set('Cookie', fresh.cookie)).status).toBe(401);
+    expect((await api().get('/gateway/api/me').set('Cookie', newCookie)).status).toBe(200);
 
-    const keyChange = await request(gw.url).post('/gateway/api/me/password').set('X-API-Key', TEST_KEY).send({ current_password: 'x', new_password: 'whatever-123' });
+    const keyChange = await api().post('/gateway/api/me/password').set('X-API-Key', TEST_KEY).send({ current_password: 'x', new_password: 'whatever-123' });
     expect(keyChange.status).toBe(400);
 
     await gw.composed.users.update('ivy', { disabled: true });
-    const disabled = await request(gw.url).get('/gateway/api/me').set('Cookie', newCookie);
+    const disabled = await api().get('/gateway/api/me').set('Cookie', newCookie);
     expect(disabled.status).toBe(401);
     await gw.composed.users.update('ivy', { disabled: false });
-    expect((await request(gw.url).get('/gateway/api/me').set('Cookie', newCookie)).status).toBe(401);
+    expect((await api().get('/gateway/api/me').set('Cookie', newCookie)).status).toBe(401);
     const events = (await flushedLogs(gw)).filter((l) => l.audit && l.event === 'password_change' && l.user === 'ivy');
     expect(events).toHaveLength(2);
   });
 
   test('login and register pages are served (HTML, strict CSP)', async () => {
     for (const p of ['/login', '/register']) {
-      const res = await request(gw.url).get(p).set('Accept', 'text/html');
+      const res = await api().get(p).set('Accept', 'text/html');
       expect(res.status).toBe(200);
       expect(res.headers['content-type']).toMatch(/text\/html/);
       expect(res.headers['content-security-policy']).toMatch(/script-src 'self'/);
@@ -358,10 +361,10 @@ describe('register, login, sessions', () => {
   test('no password, hash, token or cookie value ever reaches the log', async () => {
     await registerUser(gw, 'jack', { password: 'jack-secret-pass-77' });
     const s = await login(gw, 'jack', 'jack-secret-pass-77');
-    await request(gw.url).post('/login').send({ username: 'jack', password: 'jack-wrong-pass-88' });
-    await request(gw.url).get(`/queue?token=${s.token}`);
-    await request(gw.url).get('/queue').set('Cookie', s.cookie);
-    await request(gw.url).post('/logout').set('Cookie', s.cookie).set('Origin', gw.url);
+    await api().post('/login').send({ username: 'jack', password: 'jack-wrong-pass-88' });
+    await api().get(`/queue?token=${s.token}`);
+    await api().get('/queue').set('Cookie', s.cookie);
+    await api().post('/logout').set('Cookie', s.cookie).set('Origin', gw.url);
     const text = logText(await flushedLogs(gw));
     const hash = gw.composed.users.get('jack')!.password_hash;
     for (const secret of ['jack-secret-pass-77', 'jack-wrong-pass-88', PW, hash, s.token, s.token.split('.')[2], TEST_KEY, SECRET])
@@ -432,32 +435,41 @@ describe('secret and cookie security', () => {
     } finally {
       await tls.close();
     }
-    const forced = await startGateway({ upstream: fake.url, force_https: true });
-    try {
-      await registerFirstAdmin(forced);
-      const res = await request(forced.url).post('/login').send({ username: 'admin', password: PW });
-      if (res.status === 200) expect(([] as string[]).concat(res.headers['set-cookie'])[0].split(/;\s*/)).toContain('Secure');
-      else expect(res.status).toBeGreaterThanOrEqual(300); // a force_https redirect, once wired, answers before us
-    } finally {
-      await forced.close();
+    // Behind a trusted TLS-terminating proxy (X-Forwarded-Proto: https), with and without force_https.
+    for (const force_https of [false, true]) {
+      const proxied = await startGateway({ upstream: fake.url, force_https, ...TRUST_LOCAL_PROXY });
+      try {
+        await request(proxied.url).post('/register').set('X-Forwarded-Proto', 'https').set('X-Forwarded-For', '10.1.1.1').send({ new_user_username: 'admin', new_user_password: PW, setup_code: setupCode(proxied.composed.notices) }).expect(201);
+        const res = await request(proxied.url).post('/login').set('X-Forwarded-Proto', 'https').set('X-Forwarded-For', '10.1.1.1').send({ username: 'admin', password: PW });
+        expect(res.status).toBe(200);
+        expect(([] as string[]).concat(res.headers['set-cookie'])[0].split(/;\s*/)).toContain('Secure');
+        // Plain HTTP: with force_https the gateway redirects before any route; without it, no Secure flag.
+        const plain = await request(proxied.url).post('/login').send({ username: 'admin', password: PW });
+        if (force_https) expect(plain.status).toBe(308);
+        else expect(([] as string[]).concat(plain.headers['set-cookie'])[0].split(/;\s*/)).not.toContain('Secure');
+      } finally {
+        await proxied.close();
+      }
     }
   });
 
   test('unknown user and wrong password take about the same time (dummy hash of the same cost)', async () => {
-    const gw = await startGateway({ upstream: fake.url, bcrypt_cost: 9 });
+    const gw = await startGateway({ upstream: fake.url, bcrypt_cost: 9, ...TRUST_LOCAL_PROXY });
     try {
       await registerFirstAdmin(gw);
-      await request(gw.url).post('/login').send({ username: 'nobody', password: PW }); // warm up
+      for (let i = 0; i < 6; i++) await registerUser(gw, `user${i}`);
+      await fromFreshIps(gw.url).post('/login').send({ username: 'nobody', password: PW }); // warm up
       const time = async (b: object) => {
         const t = process.hrtime.bigint();
-        await request(gw.url).post('/login').send(b);
+        const res = await fromFreshIps(gw.url).post('/login').send(b);
+        expect(res.status).toBe(401); // not a quick 429 from the limiter
         return Number(process.hrtime.bigint() - t) / 1e6;
       };
       const unknown: number[] = [];
       const wrong: number[] = [];
       for (let i = 0; i < 6; i++) {
         unknown.push(await time({ username: `nobody${i}`, password: PW }));
-        wrong.push(await time({ username: 'admin', password: `wrong-${i}-password` }));
+        wrong.push(await time({ username: `user${i}`, password: `wrong-${i}-password` }));
       }
       const median = (a: number[]) => a.sort((x, y) => x - y)[a.length >> 1];
       const ratio = median(unknown) / median(wrong);

@@ -1,7 +1,7 @@
 import type { Logger } from '../log';
 import type { HfApi } from './hfApi';
 import type { HostPolicy } from './hosts';
-import type { SafeHttp } from './safeHttp';
+import { BlockedError, type SafeHttp } from './safeHttp';
 
 /** What a poll needs to know about one model URL. */
 export interface ProbeResult {
@@ -10,15 +10,18 @@ export interface ProbeResult {
   is_hf_downloadable: boolean | null;
   /** sha256 HF publishes for LFS files (X-Linked-Etag), when known */
   sha256: string | null;
+  /** why the URL may not be fetched at all (e.g. its name resolves to a private address), else null */
+  blocked: string | null;
 }
 
 interface SizeEntry {
   size: number | null;
   sha256: string | null;
+  blocked: string | null;
   at: number;
 }
 
-const NOTHING: ProbeResult = { file_size: null, is_hf_downloadable: null, sha256: null };
+const NOTHING: ProbeResult = { file_size: null, is_hf_downloadable: null, sha256: null, blocked: null };
 /** A size probe that found nothing is retried after this long (a found size is kept). */
 const SIZE_RETRY_MS = 30_000;
 /** A per-user access answer for a gated repo is reused this briefly, so a burst of polls makes one HF call. */
@@ -109,13 +112,15 @@ export function createProber(deps: { hosts: HostPolicy; http: SafeHttp; hf: HfAp
     try {
       let r = await headOnce(url, token, false);
       const linked = parseLength(r.headers['x-linked-size']);
-      if (linked !== null) return { size: linked, sha256: sha256FromEtag(r.headers['x-linked-etag']), at: Date.now() };
+      if (linked !== null) return { size: linked, sha256: sha256FromEtag(r.headers['x-linked-etag']), blocked: null, at: Date.now() };
       if (r.status >= 300 && r.status < 400) r = await headOnce(url, token, true);
-      if (r.status === 200) return { size: parseLength(r.headers['content-length']), sha256: sha256FromEtag(r.first['x-linked-etag']), at: Date.now() };
+      if (r.status === 200)
+        return { size: parseLength(r.headers['content-length']), sha256: sha256FromEtag(r.first['x-linked-etag']), blocked: null, at: Date.now() };
     } catch (e) {
+      if (e instanceof BlockedError) return { size: null, sha256: null, blocked: e.message, at: Date.now() };
       deps.logger.debug({ err: (e as Error).message }, 'model size probe failed');
     }
-    return { size: null, sha256: null, at: Date.now() };
+    return { size: null, sha256: null, blocked: null, at: Date.now() };
   }
 
   async function size(url: string, token: string | null): Promise<SizeEntry> {
@@ -136,16 +141,16 @@ export function createProber(deps: { hosts: HostPolicy; http: SafeHttp; hf: HfAp
       const repo = deps.hosts.repoId(c.url);
       if (!deps.hosts.isHf(c.url) || !repo) {
         const s = await size(raw, null);
-        return { file_size: s.size, is_hf_downloadable: null, sha256: s.sha256 };
+        return { file_size: s.size, is_hf_downloadable: null, sha256: s.sha256, blocked: s.blocked };
       }
       const g = await isGated(raw, repo);
       if (g === null) return NOTHING;
       let ok: boolean | null = true;
       if (g) ok = who.token ? await hasAccess(who.user, repo, who.token) : false;
       // Only probe the size when the caller can fetch it: a 401 must not be cached as "size unknown" past a login.
-      if (ok !== true) return { file_size: null, is_hf_downloadable: ok, sha256: null };
+      if (ok !== true) return { file_size: null, is_hf_downloadable: ok, sha256: null, blocked: null };
       const s = await size(raw, g ? who.token : null);
-      return { file_size: s.size, is_hf_downloadable: true, sha256: s.sha256 };
+      return { file_size: s.size, is_hf_downloadable: true, sha256: s.sha256, blocked: s.blocked };
     },
     forgetUser(user) {
       for (const k of access.keys()) if (k.startsWith(`${user}\u0000`)) access.delete(k);

@@ -142,6 +142,7 @@ export function downloadRoutes(d: RouteDeps): RouteMount {
       const token = await d.tokens.valid(p.username);
       const probes = await Promise.all(plan.map((n) => d.prober.probe(n.url, { user: p.username, token })));
       plan.forEach((n, i) => {
+        if (probes[i].blocked) throw dlErrors.urlNotAllowed(n.modelId, n.url, probes[i].blocked!);
         if (probes[i].is_hf_downloadable === false) throw dlErrors.notDownloadable(n.modelId, n.url);
         n.sizeHint = probes[i].file_size;
       });

@@ -147,18 +147,13 @@ export async function runDownload(http: SafeHttp, job: WorkerJob): Promise<numbe
         }
         job.progress(written, total);
         const out = fs.createWriteStream(tmp, append ? { flags: 'r+', start: written, highWaterMark: 1 << 20 } : { flags: 'w', mode: 0o644, highWaterMark: 1 << 20 });
-        let last = 0;
         await pump(
           res,
           out,
           (c) => {
             hash?.update(c);
             written += c.length;
-            // Progress is read by polls once a second; publishing every ~1 MB is plenty.
-            if (written - last >= 1 << 20) {
-              last = written;
-              job.progress(written, total);
-            }
+            job.progress(written, total);
           },
           job.signal,
         );

@@ -49,7 +49,9 @@ const MAX_USERNAME_KEY = 64;
 /**
  * Failed logins, registrations and bad tokens, counted per client IP (the one client-IP function's answer, never a
  * header) and per username in express-rate-limit's MemoryStore; 5 in 15 minutes locks the key for 30 s, doubling
- * with each further failure up to 5 minutes. `blacklist_after_attempts` N > 0 appends the IP to blacklist.txt.
+ * with each further failure up to 5 minutes. A username locks only once its failures come from two or more
+ * addresses (a distributed guesser); a single address is stopped by its own lock and cannot lock the owner out.
+ * `blacklist_after_attempts` N > 0 appends the IP to blacklist.txt after N failures (counted over 24 h).
  */
 export function createBruteForce(deps: {
   config: { blacklist_after_attempts: number };
@@ -73,6 +75,8 @@ export function createBruteForce(deps: {
   blacklistCounts.init({ windowMs: o.blacklistWindowMs ?? 24 * 3600_000 } as RateLimitOptions);
   /** key → unix ms until which it is refused */
   const lockedUntil = new Map<string, number>();
+  /** the addresses that failed against each username in its current window */
+  const userIps = new Map<string, Set<string>>();
   /** requests already counted once (the chain and a route may both report the same request) */
   const counted = new WeakSet<IncomingMessage>();
 
@@ -106,8 +110,18 @@ export function createBruteForce(deps: {
   }
 
   function countKey(req: IncomingMessage, key: string, username?: string): void {
+    const ip = ipOf(req);
     failures.increment(key).then(
       ({ totalHits }) => {
+        if (key.startsWith('user:')) {
+          // A name is locked only when its failures come from more than one address: one address is already
+          // stopped by its own counter, and letting it lock the name too would let anyone lock the owner out.
+          let ips = userIps.get(key);
+          if (!ips || totalHits === 1) userIps.set(key, (ips = new Set()));
+          if (ips.size < 64) ips.add(ip);
+          if (userIps.size > 100_000) userIps.delete(userIps.keys().next().value as string);
+          if (ips.size < 2) return;
+        }
         if (totalHits < maxFailures) return;
         const lockMs = Math.min(maxLockMs, baseLockMs * 2 ** Math.min(20, totalHits - maxFailures));
         lockedUntil.set(key, now() + lockMs);
@@ -115,7 +129,7 @@ export function createBruteForce(deps: {
         audit.record({
           event: 'lockout',
           scope: key.startsWith('ip:') ? 'ip' : 'user',
-          ip: ipOf(req),
+          ip,
           user: username ?? null,
           user_agent: req.headers['user-agent'],
           failures: totalHits,
@@ -160,6 +174,7 @@ export function createBruteForce(deps: {
     const uk = userKey(username);
     if (!uk) return;
     lockedUntil.delete(uk);
+    userIps.delete(uk);
     void failures.resetKey(uk);
   }
 

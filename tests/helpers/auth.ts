@@ -36,3 +36,32 @@ export function logText(logs: Record<string, unknown>[]): string {
 
 /** The gateway's own origin, for same-origin requests. */
 export const ownOrigin = (gw: TestGateway) => gw.url;
+
+/**
+ * Config that makes the test client (127.0.0.1) a trusted proxy, so a request can state its client address in
+ * X-Forwarded-For. Tests that fail on purpose many times use it with `fromFreshIps`, so the brute-force limiter
+ * (which counts per client IP) stays fully on without locking the whole test file out.
+ */
+export const TRUST_LOCAL_PROXY = { trusted_proxies: ['127.0.0.1'] };
+
+let ipCounter = 0;
+/** A client address never used before in this process (198.18.0.0/15 is reserved for benchmarking). */
+export const freshIp = () => {
+  const n = ipCounter++;
+  return `198.18.${(n >> 8) & 255}.${n & 255}`;
+};
+
+/** supertest for `url` where every request claims a fresh client IP (needs TRUST_LOCAL_PROXY on the gateway). */
+export function fromFreshIps(url: string): ReturnType<typeof request> {
+  const base = request(url);
+  return new Proxy(base, {
+    get(target, prop, receiver) {
+      const v = Reflect.get(target, prop, receiver) as unknown;
+      if (typeof v !== 'function') return v;
+      return (...args: unknown[]) => {
+        const t = (v as (...a: unknown[]) => request.Test).apply(target, args);
+        return t && typeof t.set === 'function' ? t.set('X-Forwarded-For', freshIp()) : t;
+      };
+    },
+  });
+}

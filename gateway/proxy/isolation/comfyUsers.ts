@@ -1,0 +1,118 @@
+import fs from 'node:fs';
+import type { Logger } from '../../log';
+import { writeFileAtomic } from '../../users/atomicFile';
+import type { Upstream } from '../upstream';
+
+/** Gateway username → ComfyUI user id (the value the gateway sends as `comfy-user`). */
+export interface ComfyUsers {
+  /** the id, creating the ComfyUI user (POST /users) on first use; throws when ComfyUI cannot be asked */
+  resolve(username: string): Promise<string>;
+  /** the id already known, without asking ComfyUI */
+  cached(username: string): string | undefined;
+  /** false once ComfyUI was seen running without --multi-user (it then ignores comfy-user) */
+  readonly multiUser: boolean | null;
+  flush(): Promise<void>;
+}
+
+/** ComfyUI's user when it runs without --multi-user. */
+const SINGLE_USER = 'default';
+
+/**
+ * Keeps `<data_dir>/comfy_users.json` and creates ComfyUI users through the upstream's own API. One request per
+ * user at a time (single-flight), and each stored id is checked against ComfyUI's list once per process, so a
+ * reinstalled ComfyUI gets its users re-created instead of answering "Unknown user".
+ */
+export function createComfyUsers(deps: { file: string; upstream: Upstream; logger: Logger }): ComfyUsers {
+  const ids = new Map<string, string>();
+  const verified = new Set<string>();
+  const inflight = new Map<string, Promise<string>>();
+  let multiUser: boolean | null = null;
+  let warned = false;
+  let writing: Promise<void> = Promise.resolve();
+
+  try {
+    const j = JSON.parse(fs.readFileSync(deps.file, 'utf8')) as { users?: Record<string, unknown> };
+    for (const [u, id] of Object.entries(j.users ?? {})) if (typeof id === 'string' && id) ids.set(u, id);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') deps.logger.warn({ err: (e as Error).message }, 'comfy_users.json unreadable; ComfyUI users will be looked up again');
+  }
+
+  function persist(): Promise<void> {
+    const body = JSON.stringify({ version: 1, users: Object.fromEntries(ids) }, null, 1);
+    writing = writing.then(() => writeFileAtomic(deps.file, body)).catch((e) => deps.logger.error({ err: (e as Error).message }, 'comfy_users.json write failed'));
+    return writing;
+  }
+
+  async function listUsers(): Promise<Record<string, string> | null> {
+    const r = await deps.upstream.request('GET', '/users', { headers: { accept: 'application/json' } });
+    if (r.status !== 200) throw new Error(`GET /users answered ${r.status}`);
+    const j = JSON.parse(r.body.toString('utf8')) as { users?: unknown };
+    if (!j || typeof j !== 'object' || !j.users || typeof j.users !== 'object') return null;
+    return j.users as Record<string, string>;
+  }
+
+  async function create(username: string): Promise<string | null> {
+    const r = await deps.upstream.request('POST', '/users', {
+      headers: { 'content-type': 'application/json', accept: 'application/json' },
+      body: JSON.stringify({ username }),
+    });
+    if (r.status === 200) {
+      const id = JSON.parse(r.body.toString('utf8')) as unknown;
+      if (typeof id === 'string' && id) return id;
+      throw new Error('POST /users answered without an id');
+    }
+    return null; // e.g. "Duplicate username." after a race: look it up again
+  }
+
+  async function lookup(username: string): Promise<string> {
+    let users: Record<string, string> | null;
+    try {
+      users = await listUsers();
+    } catch (e) {
+      const known = ids.get(username);
+      if (known) return known; // ComfyUI unreachable: keep using what we had, check again next time
+      throw e;
+    }
+    if (users === null) {
+      multiUser = false;
+      if (!warned) {
+        warned = true;
+        deps.logger.warn('ComfyUI runs without --multi-user: it ignores comfy-user, so saved workflows and settings are shared by everyone');
+      }
+      verified.add(username);
+      return SINGLE_USER;
+    }
+    multiUser = true;
+    const known = ids.get(username);
+    let id = known && Object.prototype.hasOwnProperty.call(users, known) ? known : undefined;
+    id ??= Object.keys(users).find((k) => users![k] === username);
+    if (!id) id = (await create(username)) ?? Object.entries((await listUsers()) ?? {}).find(([, v]) => v === username)?.[0];
+    if (!id) throw new Error(`could not create the ComfyUI user for ${username}`);
+    if (id !== known) {
+      ids.set(username, id);
+      await persist();
+    }
+    verified.add(username);
+    return id;
+  }
+
+  return {
+    resolve(username) {
+      if (verified.has(username)) return Promise.resolve(multiUser === false ? SINGLE_USER : ids.get(username)!);
+      let p = inflight.get(username);
+      if (!p) {
+        p = lookup(username).finally(() => inflight.delete(username));
+        inflight.set(username, p);
+      }
+      return p;
+    },
+    cached(username) {
+      if (multiUser === false) return SINGLE_USER;
+      return ids.get(username);
+    },
+    get multiUser() {
+      return multiUser;
+    },
+    flush: () => writing,
+  };
+}

@@ -1,0 +1,25 @@
+import type { Audit } from '../../audit';
+import type { ResolvedConfig } from '../../config/load';
+import type { Logger } from '../../log';
+import type { Upstream } from '../upstream';
+import type { ClientIds } from './clientIds';
+import type { ComfyUsers } from './comfyUsers';
+import type { Ledger } from './ledger';
+import type { RunTracker } from './tracker';
+
+/** Everything the isolation interceptors share (built once by createIsolation). */
+export interface IsolationContext {
+  config: ResolvedConfig;
+  logger: Logger;
+  audit: Audit;
+  upstream: Upstream;
+  ledger: Ledger;
+  clientIds: ClientIds;
+  tracker: RunTracker;
+  comfyUsers: ComfyUsers;
+  /** separate_users: files, queue and history are per user */
+  separate: boolean;
+  cookieName: string;
+  /** ComfyUI's input directory when the gateway can read it (lists each user's own files in /object_info) */
+  inputDir: string | null;
+}

@@ -1,0 +1,160 @@
+import crypto from 'node:crypto';
+import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import { TOKEN_QUERY_PARAMS } from '../../auth/chain';
+import type { Principal } from '../../auth/principal';
+import { AppError } from '../../errors';
+import type { RequestContext } from '../../http/context';
+import { sanitizeHeaders, upstreamUrl } from '../headers';
+import type { Upstream, UpstreamResponse } from '../upstream';
+
+/** The largest JSON body the isolation routes read (a prompt with its embedded workflow). */
+export const MAX_JSON_BODY = 8 * 1024 * 1024;
+
+const HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer', 'expect']);
+const CONDITIONAL = new Set(['if-none-match', 'if-modified-since', 'if-match', 'if-unmodified-since', 'if-range', 'range']);
+
+/** Reads a request body up to `limit` bytes: 413 PAYLOAD_TOO_LARGE beyond it (checked on Content-Length first). */
+export function readBody(req: IncomingMessage, limit = MAX_JSON_BODY): Promise<Buffer> {
+  const tooLarge = () => new AppError(413, 'PAYLOAD_TOO_LARGE', `Request body too large (limit ${limit} bytes)`);
+  const declared = Number(req.headers['content-length']);
+  if (Number.isFinite(declared) && declared > limit) {
+    req.resume();
+    return Promise.reject(tooLarge());
+  }
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let done = false;
+    req.on('data', (c: Buffer) => {
+      if (done) return;
+      size += c.length;
+      if (size > limit) {
+        done = true;
+        chunks.length = 0;
+        req.resume();
+        reject(tooLarge());
+        return;
+      }
+      chunks.push(c);
+    });
+    req.on('end', () => {
+      if (!done) {
+        done = true;
+        resolve(Buffer.concat(chunks));
+      }
+    });
+    req.on('error', (e) => {
+      if (!done) {
+        done = true;
+        reject(e);
+      }
+    });
+  });
+}
+
+/** True for plain JSON objects (not arrays, not null). */
+export function isObj(v: unknown): v is Record<string, any> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** Parses a JSON object body; 400 INVALID_BODY otherwise. `allowEmpty` treats an empty body as `{}`. */
+export function parseJsonObject(buf: Buffer, allowEmpty = false): Record<string, any> {
+  const text = buf.toString('utf8');
+  if (allowEmpty && !text.trim()) return {};
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch {
+    throw new AppError(400, 'INVALID_BODY', 'The body must be valid JSON');
+  }
+  if (!isObj(v)) throw new AppError(400, 'INVALID_BODY', 'The body must be a JSON object');
+  return v;
+}
+
+/** Headers for a request the gateway makes on the caller's behalf: the one header hygiene, minus what we re-frame. */
+export function upstreamHeaders(req: IncomingMessage, ctx: RequestContext, cookieName: string, upstream: Upstream): OutgoingHttpHeaders {
+  const h = sanitizeHeaders(req, ctx, { cookieName, upstreamOrigin: upstream.origin });
+  const out: OutgoingHttpHeaders = {};
+  for (const [k, v] of Object.entries(h)) {
+    if (v === undefined || HOP.has(k) || CONDITIONAL.has(k) || k === 'content-length' || k === 'accept-encoding') continue;
+    out[k] = v;
+  }
+  // We parse these answers, so they must come back uncompressed.
+  out['accept-encoding'] = 'identity';
+  return out;
+}
+
+/** Calls ComfyUI; a network failure becomes 502 UPSTREAM_UNAVAILABLE. */
+export async function callUpstream(upstream: Upstream, method: string, path: string, headers: OutgoingHttpHeaders, body?: Buffer | string): Promise<UpstreamResponse> {
+  const h = { ...headers };
+  if (body === undefined) delete h['content-type'];
+  try {
+    return await upstream.request(method, path, { headers: h, body });
+  } catch {
+    throw new AppError(502, 'UPSTREAM_UNAVAILABLE', 'ComfyUI is not reachable right now; try again shortly');
+  }
+}
+
+const PASS = ['content-type', 'content-disposition', 'cache-control', 'pragma', 'expires', 'last-modified', 'etag', 'allow', 'content-language'];
+
+/** Sends an upstream answer as is (status, body, the harmless headers), with nosniff. */
+export function sendUpstream(req: IncomingMessage, res: ServerResponse, up: UpstreamResponse, body: Buffer = up.body): void {
+  const h: OutgoingHttpHeaders = {};
+  for (const k of PASS) if (up.headers[k] !== undefined) h[k] = up.headers[k];
+  h['x-content-type-options'] = 'nosniff';
+  const bodyless = up.status === 204 || up.status === 304;
+  if (!bodyless) h['content-length'] = body.length;
+  res.writeHead(up.status, h);
+  res.end(bodyless || req.method === 'HEAD' ? undefined : body);
+}
+
+/** Sends a JSON value the way ComfyUI's json_response does, keeping the upstream's other headers when given. */
+export function sendJson(req: IncomingMessage, res: ServerResponse, value: unknown, status = 200, from?: UpstreamResponse): void {
+  const body = Buffer.from(JSON.stringify(value), 'utf8');
+  const h: OutgoingHttpHeaders = {};
+  if (from) for (const k of PASS) if (from.headers[k] !== undefined) h[k] = from.headers[k];
+  h['content-type'] = 'application/json; charset=utf-8';
+  h['content-length'] = body.length;
+  h['x-content-type-options'] = 'nosniff';
+  res.writeHead(status, h);
+  res.end(req.method === 'HEAD' ? undefined : body);
+}
+
+/** Parses an upstream JSON answer; null when it is not a 200 with a JSON body. */
+export function upstreamJson(up: UpstreamResponse): unknown {
+  if (up.status !== 200) return null;
+  try {
+    return JSON.parse(up.body.toString('utf8'));
+  } catch {
+    return null;
+  }
+}
+
+/** The caller sees every prompt and file (admins, or everyone when separate_users is off). */
+export function seesAll(p: Principal, separate: boolean): boolean {
+  return !separate || p.role === 'admin';
+}
+
+/** Lower-cased canonical segments, for matching interceptors (ComfyUI's routes are case-sensitive; we are stricter). */
+export function segs(ctx: RequestContext): string[] {
+  return ctx.route.segments.map((s) => s.toLowerCase());
+}
+
+/** The path of the same route twin with its last segment replaced (used to ask ComfyUI for something that does not exist). */
+export function sibling(ctx: RequestContext, replaceLast: string): string {
+  const s = ctx.route.forwardPath.replace(/\/+$/, '');
+  return s.slice(0, s.lastIndexOf('/') + 1) + encodeURIComponent(replaceLast);
+}
+
+/** An id no prompt has: asking ComfyUI about it yields exactly its "missing" answer. */
+export const missingId = () => crypto.randomUUID();
+
+/** Path + query for the caller's request with a different query string (credential parameters never go upstream). */
+export function withQuery(ctx: RequestContext, query: URLSearchParams): string {
+  const clean = new URLSearchParams();
+  for (const [k, v] of query) if (!TOKEN_QUERY_PARAMS.includes(k.toLowerCase())) clean.append(k, v);
+  const q = clean.toString();
+  return ctx.route.forwardPath + (q ? `?${q}` : '');
+}
+
+export { upstreamUrl };

@@ -1,0 +1,202 @@
+import fs from 'node:fs';
+import type { Logger } from '../../log';
+import { sweepStaleTemps, writeFileAtomic } from '../../users/atomicFile';
+import { fileKey, isFileType, type FileRef } from './paths';
+
+/** One prompt the gateway queued: whose it is and what it produced. */
+export interface PromptRecord {
+  id: string;
+  owner: string;
+  /** unix ms when the gateway queued it */
+  at: number;
+  /** the clientId the owner's browser or script used ('' when it sent none) */
+  clientId: string;
+  /** the client_id ComfyUI was given */
+  upstreamClientId: string;
+  files: FileRef[];
+}
+
+/** The persistent prompt-ownership ledger (DESIGN §7): bounded like ComfyUI's history, written atomically. */
+export interface Ledger {
+  add(r: Omit<PromptRecord, 'files' | 'at'> & { at?: number }): void;
+  remove(id: string): void;
+  get(id: string): PromptRecord | undefined;
+  owner(id: string): string | undefined;
+  /** the user's prompt ids, oldest first */
+  idsOf(owner: string): string[];
+  /** remembers files a prompt produced (from history outputs and `executed` events) */
+  addFiles(id: string, files: FileRef[]): void;
+  /** whether one of the user's prompts produced this file */
+  ownsFile(user: string, f: FileRef): boolean;
+  readonly size: number;
+  /** writes pending changes now */
+  flush(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** ComfyUI's MAXIMUM_HISTORY_SIZE. */
+export const LEDGER_MAX = 10_000;
+const MAX_FILES_PER_PROMPT = 512;
+
+type Row = [string, string, number, string, string, [string, string, string][]];
+
+/** Loads (or starts) the ledger kept in `file`; corrupt files are moved aside, never silently overwritten. */
+export function createLedger(deps: { file: string; logger: Logger; max?: number; flushDelayMs?: number }): Ledger {
+  const max = deps.max ?? LEDGER_MAX;
+  const delay = deps.flushDelayMs ?? 200;
+  const byId = new Map<string, PromptRecord>();
+  const byOwner = new Map<string, Set<string>>();
+  const byFile = new Map<string, Set<string>>();
+  let dirty = false;
+  let timer: NodeJS.Timeout | null = null;
+  let writing: Promise<void> = Promise.resolve();
+  let closed = false;
+
+  function index(r: PromptRecord) {
+    let s = byOwner.get(r.owner);
+    if (!s) byOwner.set(r.owner, (s = new Set()));
+    s.add(r.id);
+    for (const f of r.files) indexFile(r.id, f);
+  }
+  function indexFile(id: string, f: FileRef) {
+    const k = fileKey(f);
+    let s = byFile.get(k);
+    if (!s) byFile.set(k, (s = new Set()));
+    s.add(id);
+  }
+  function unindex(r: PromptRecord) {
+    const s = byOwner.get(r.owner);
+    s?.delete(r.id);
+    if (s && !s.size) byOwner.delete(r.owner);
+    for (const f of r.files) {
+      const k = fileKey(f);
+      const fs_ = byFile.get(k);
+      fs_?.delete(r.id);
+      if (fs_ && !fs_.size) byFile.delete(k);
+    }
+  }
+  function insert(r: PromptRecord) {
+    const old = byId.get(r.id);
+    if (old) {
+      unindex(old);
+      byId.delete(r.id);
+    }
+    byId.set(r.id, r);
+    index(r);
+    while (byId.size > max) {
+      const oldest = byId.values().next().value as PromptRecord;
+      byId.delete(oldest.id);
+      unindex(oldest);
+    }
+  }
+
+  // Load.
+  sweepStaleTemps(deps.file);
+  try {
+    const raw = fs.readFileSync(deps.file, 'utf8');
+    const parsed = JSON.parse(raw) as { version?: number; prompts?: Row[] };
+    if (parsed.version !== 1 || !Array.isArray(parsed.prompts)) throw new Error('unknown ledger format');
+    for (const row of parsed.prompts) {
+      if (!Array.isArray(row) || typeof row[0] !== 'string' || typeof row[1] !== 'string') continue;
+      const files: FileRef[] = [];
+      for (const f of Array.isArray(row[5]) ? row[5] : []) {
+        if (Array.isArray(f) && isFileType(f[0]) && typeof f[1] === 'string' && typeof f[2] === 'string') files.push({ type: f[0], subfolder: f[1], filename: f[2] });
+      }
+      insert({ id: row[0], owner: row[1], at: Number(row[2]) || 0, clientId: String(row[3] ?? ''), upstreamClientId: String(row[4] ?? ''), files });
+    }
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') {
+      const aside = `${deps.file}.corrupt-${Date.now()}`;
+      try {
+        fs.renameSync(deps.file, aside);
+      } catch {
+        // nothing to move
+      }
+      deps.logger.error({ err: (e as Error).message, movedTo: aside }, 'prompt ledger unreadable; starting empty (prompts queued before are admin-only now)');
+    }
+  }
+
+  function snapshot(): string {
+    const rows: Row[] = [];
+    for (const r of byId.values()) rows.push([r.id, r.owner, r.at, r.clientId, r.upstreamClientId, r.files.map((f) => [f.type, f.subfolder, f.filename])]);
+    return JSON.stringify({ version: 1, prompts: rows });
+  }
+  function write(): Promise<void> {
+    writing = writing.then(async () => {
+      if (!dirty) return;
+      dirty = false;
+      try {
+        await writeFileAtomic(deps.file, snapshot());
+      } catch (e) {
+        dirty = true;
+        deps.logger.error({ err: (e as Error).message }, 'prompt ledger write failed');
+      }
+    });
+    return writing;
+  }
+  function changed() {
+    dirty = true;
+    if (timer || closed) return;
+    timer = setTimeout(() => {
+      timer = null;
+      void write();
+    }, delay);
+    timer.unref();
+  }
+
+  return {
+    add(r) {
+      insert({ ...r, at: r.at ?? Date.now(), files: [] });
+      changed();
+    },
+    remove(id) {
+      const r = byId.get(id);
+      if (!r) return;
+      byId.delete(id);
+      unindex(r);
+      changed();
+    },
+    get: (id) => byId.get(id),
+    owner: (id) => byId.get(id)?.owner,
+    idsOf(owner) {
+      return [...(byOwner.get(owner) ?? [])];
+    },
+    addFiles(id, files) {
+      const r = byId.get(id);
+      if (!r) return;
+      let added = false;
+      for (const f of files) {
+        if (r.files.length >= MAX_FILES_PER_PROMPT) break;
+        if (r.files.some((x) => x.type === f.type && x.subfolder === f.subfolder && x.filename === f.filename)) continue;
+        r.files.push(f);
+        indexFile(id, f);
+        added = true;
+      }
+      if (added) changed();
+    },
+    ownsFile(user, f) {
+      const ids = byFile.get(fileKey(f));
+      if (!ids) return false;
+      for (const id of ids) if (byId.get(id)?.owner === user) return true;
+      return false;
+    },
+    get size() {
+      return byId.size;
+    },
+    async flush() {
+      if (timer) {
+        clearTimeout(timer);
+        timer = null;
+      }
+      await write();
+    },
+    async close() {
+      closed = true;
+      if (timer) {
+        clearTimeout(timer);
+        timer = null;
+      }
+      await write();
+    },
+  };
+}

@@ -1,0 +1,82 @@
+import type { Interceptor } from '../../app';
+import { AppError } from '../../errors';
+import type { IsolationContext } from './context';
+import { viewPromptTuple } from './entries';
+import { callUpstream, isObj, missingId, parseJsonObject, readBody, seesAll, segs, sendJson, sendUpstream, upstreamHeaders, upstreamJson, upstreamUrl } from './http';
+
+/** GET /queue shows the caller's prompts only (admins: all, others' secrets stripped). */
+export function queueInterceptors(iso: IsolationContext): Interceptor[] {
+  const getQueue: Interceptor = {
+    id: 'isolation-queue-get',
+    matches: (ctx, m) => (m === 'GET' || m === 'HEAD') && segs(ctx).join('/') === 'queue',
+    async handle(req, res, ctx) {
+      req.resume();
+      const p = ctx.principal!;
+      const up = await callUpstream(iso.upstream, 'GET', upstreamUrl(ctx), upstreamHeaders(req, ctx, iso.cookieName, iso.upstream));
+      const j = upstreamJson(up);
+      if (!isObj(j)) return sendUpstream(req, res, up);
+      const all = seesAll(p, iso.separate);
+      const keep = (e: unknown) => all || (Array.isArray(e) && iso.ledger.owner(e[1]) === p.username);
+      const out: Record<string, unknown> = { ...j };
+      for (const k of ['queue_running', 'queue_pending']) {
+        if (Array.isArray(j[k])) out[k] = j[k].filter(keep).map((e: unknown) => viewPromptTuple(e, p.username, iso.ledger));
+      }
+      sendJson(req, res, out, up.status, up);
+    },
+  };
+
+  /** POST /queue {delete, clear}: only the caller's own pending prompts (a non-admin's clear deletes theirs). */
+  const postQueue: Interceptor = {
+    id: 'isolation-queue-post',
+    matches: (ctx, m) => m === 'POST' && segs(ctx).join('/') === 'queue',
+    async handle(req, res, ctx) {
+      const p = ctx.principal!;
+      const raw = await readBody(req);
+      const headers = upstreamHeaders(req, ctx, iso.cookieName, iso.upstream);
+      headers['content-type'] = 'application/json';
+      if (seesAll(p, iso.separate)) return sendUpstream(req, res, await callUpstream(iso.upstream, 'POST', upstreamUrl(ctx), headers, raw));
+      const body = parseJsonObject(raw);
+      if ('delete' in body && !Array.isArray(body.delete)) throw new AppError(400, 'INVALID_BODY', '`delete` must be a list of prompt ids');
+      const ids = new Set<string>();
+      for (const id of (body.delete as unknown[] | undefined) ?? []) if (typeof id === 'string' && iso.ledger.owner(id) === p.username) ids.add(id);
+      if (body.clear) {
+        const q = upstreamJson(await callUpstream(iso.upstream, 'GET', '/queue', headers));
+        const pending = isObj(q) && Array.isArray(q.queue_pending) ? q.queue_pending : [];
+        for (const e of pending) if (Array.isArray(e) && typeof e[1] === 'string' && iso.ledger.owner(e[1]) === p.username) ids.add(e[1]);
+      }
+      // Always ask ComfyUI, even with nothing left to delete: its answer is the answer for a missing id.
+      sendUpstream(req, res, await callUpstream(iso.upstream, 'POST', upstreamUrl(ctx), headers, JSON.stringify({ delete: [...ids] })));
+    },
+  };
+
+  /** POST /interrupt: only when the running prompt is the caller's (targeted, so it cannot hit the next one). */
+  const interrupt: Interceptor = {
+    id: 'isolation-interrupt',
+    matches: (ctx, m) => m === 'POST' && segs(ctx).join('/') === 'interrupt',
+    async handle(req, res, ctx) {
+      const p = ctx.principal!;
+      const raw = await readBody(req);
+      const headers = upstreamHeaders(req, ctx, iso.cookieName, iso.upstream);
+      headers['content-type'] = 'application/json';
+      if (seesAll(p, iso.separate)) return sendUpstream(req, res, await callUpstream(iso.upstream, 'POST', upstreamUrl(ctx), headers, raw));
+      let body: Record<string, unknown> = {};
+      try {
+        body = parseJsonObject(raw, true);
+      } catch {
+        body = {}; // ComfyUI treats an unreadable body as "no prompt_id"
+      }
+      let target: string;
+      if (typeof body.prompt_id === 'string' && body.prompt_id) {
+        target = iso.ledger.owner(body.prompt_id) === p.username ? body.prompt_id : missingId();
+      } else {
+        const q = upstreamJson(await callUpstream(iso.upstream, 'GET', '/queue', headers));
+        const running = isObj(q) && Array.isArray(q.queue_running) ? q.queue_running : [];
+        const mine = running.find((e: unknown) => Array.isArray(e) && typeof e[1] === 'string' && iso.ledger.owner(e[1]) === p.username) as unknown[] | undefined;
+        target = mine ? (mine[1] as string) : missingId();
+      }
+      sendUpstream(req, res, await callUpstream(iso.upstream, 'POST', upstreamUrl(ctx), headers, JSON.stringify({ prompt_id: target })));
+    },
+  };
+
+  return [getQueue, postQueue, interrupt];
+}
