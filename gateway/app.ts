@@ -23,7 +23,8 @@ export type Gate = (req: IncomingMessage, ctx: RequestContext) => void | Promise
 export interface Interceptor {
   id: string;
   matches(ctx: RequestContext, method: string): boolean;
-  handle(req: IncomingMessage, res: ServerResponse, ctx: RequestContext): Promise<void>;
+  /** `forward()` streams the request to ComfyUI through the normal proxy (after the handler adjusted ctx.route) */
+  handle(req: IncomingMessage, res: ServerResponse, ctx: RequestContext, forward: () => void): Promise<void>;
 }
 
 /** Mounts gateway-owned routes on the Express app; paths are canonical (no leading /api). */
@@ -61,6 +62,9 @@ export interface Gateway {
   /** requests currently being served */
   inFlight(): number;
 }
+
+/** Public routes that start or end a session: a foreign Origin may not drive them (login CSRF). */
+const SESSION_FORMS = new Set(['login', 'register', 'logout']);
 
 /** Builds the gateway without listening: the front door, the gateway's own routes, the proxy. */
 export function createApp(deps: AppDeps): Gateway {
@@ -112,12 +116,12 @@ export function createApp(deps: AppDeps): Gateway {
         if (!(e instanceof AppError) || e.status !== 401) throw e;
         ctx.principal = null;
       }
-      checkCsrf(req, ctx.principal, isUpgrade);
+      checkCsrf(req, ctx.principal, { isUpgrade, sessionForm: SESSION_FORMS.has(ctx.decision.rule.id) });
       return ctx;
     }
     ctx.principal = await chain.authenticate(req, ctx.query);
     if (!ctx.principal) throw errors.authRequired();
-    checkCsrf(req, ctx.principal, isUpgrade);
+    checkCsrf(req, ctx.principal, { isUpgrade });
     if (access === 'admin' && ctx.principal.role !== 'admin') throw errors.forbidden('This route is for administrators');
     for (const enrich of deps.enrichers ?? []) await enrich(req, ctx);
     return ctx;
@@ -171,7 +175,7 @@ export function createApp(deps: AppDeps): Gateway {
             return;
           }
           const icpt = deps.interceptors?.find((i) => i.matches(ctx, req.method ?? 'GET'));
-          if (icpt) return void icpt.handle(req, res, ctx).catch((e) => sendError(req, res, e));
+          if (icpt) return void icpt.handle(req, res, ctx, () => proxy.forward(req, res)).catch((e) => sendError(req, res, e));
           proxy.forward(req, res);
         },
         (err) => {

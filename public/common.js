@@ -64,7 +64,6 @@
    * no scheme, no control characters); anything else goes to `/`, so `next=` is never an open redirect.
    */
   function safeNext(raw) {
-    if (raw) return raw;
     if (typeof raw !== 'string' || raw.length === 0 || raw.length > 2048) return '/';
     if (raw.charAt(0) !== '/') return '/';
     if (raw.charAt(1) === '/' || raw.charAt(1) === '\\') return '/';

@@ -176,11 +176,11 @@ describe('browser: first admin, sign-in, ComfyUI page, sign-out (real Chromium)'
     await page.fill('#username', ADMIN);
     await page.fill('#password', ADMIN_PASS);
     await page.click('#login-submit');
-    await page.waitForURL(gw.url + '/');
+    await page.waitForURL(gw.url + '/', { timeout: 5000 });
     await page.locator('#comfy-gateway-badge .badge').waitFor();
     // Already signed in: the page forwards at once, through the same check.
     await page.goto(`${gw.url}/login?next=${encodeURIComponent(next)}`);
-    await page.waitForURL(gw.url + '/');
+    await page.waitForURL(gw.url + '/', { timeout: 5000 });
   });
 
   test('pages render at phone width (375 px) without horizontal scrolling or CSP violations', async () => {

@@ -110,3 +110,17 @@ test('cookie WebSocket upgrade to /ws from a foreign Origin (or none) is refused
   const script = await openSocket(wsUrl('/ws?clientId=csrf-ws2'), { Authorization: `Bearer ${alice.token}` });
   script.close();
 });
+
+test('login CSRF: a foreign page cannot sign a browser in, register or log out; scripts without Origin can', async () => {
+  const before = gw.composed.users.count();
+  expectCsrf(await request(gw.url).post('/login').set('Origin', EVIL).send({ username: 'alice', password: PW }));
+  expectCsrf(await request(gw.url).post('/api/login').set('Origin', EVIL).type('form').send({ username: 'alice', password: PW }));
+  expectCsrf(await request(gw.url).post('/register').set('Origin', EVIL).send({ new_user_username: 'mallory', new_user_password: PW, username: 'admin', password: PW }));
+  expectCsrf(await request(gw.url).post('/logout').set('Origin', EVIL).set('Cookie', alice.cookie));
+  expect(gw.composed.users.count()).toBe(before);
+  expect((await request(gw.url).post('/login').send({ username: 'alice', password: PW })).status).toBe(200);
+  expect((await request(gw.url).post('/login').set('Origin', gw.url).send({ username: 'alice', password: PW })).status).toBe(200);
+  // the session the foreign page tried to end is still alive
+  expect((await request(gw.url).get('/gateway/api/me').set('Cookie', alice.cookie)).status).toBe(200);
+  expect(fake.requests.filter((r) => r.rawPath !== '/internal/folder_paths')).toHaveLength(0);
+});

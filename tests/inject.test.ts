@@ -1,6 +1,8 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import zlib from 'node:zlib';
+import type { RequestContext } from '../gateway/http/context';
+import { injectTag, insertTag } from '../gateway/proxy/inject';
 import { startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
 import { startGateway, TEST_KEY, type TestGateway } from './helpers/gateway';
 
@@ -201,5 +203,21 @@ describe('index.html from an upstream that misbehaves', () => {
     } finally {
       await down.close();
     }
+  });
+});
+
+describe('the injected tag', () => {
+  const ctxWith = (principal: RequestContext['principal']) => ({ principal }) as RequestContext;
+
+  test('names the signed-in user and their ComfyUI user id, HTML-escaped', () => {
+    const tag = injectTag(ctxWith({ username: 'alice', role: 'user', permissions: [], source: 'cookie', comfyUser: 'alice_"><script>x' }));
+    expect(tag).toBe('<script src="/gateway/static/inject.js" data-user="alice" data-comfy-user="alice_&#34;&#62;&#60;script&#62;x"></script>');
+    expect(injectTag(ctxWith(null))).toBe('<script src="/gateway/static/inject.js"></script>');
+  });
+
+  test('insertion keeps every other byte, including ones that are not valid UTF-8', () => {
+    const html = Buffer.concat([Buffer.from('<head>'), Buffer.from([0xff, 0xfe, 0xc3]), Buffer.from('</head >x')]);
+    const out = insertTag(html, '<s></s>');
+    expect(out.equals(Buffer.concat([Buffer.from('<head>'), Buffer.from([0xff, 0xfe, 0xc3]), Buffer.from('<s></s></head >x')]))).toBe(true);
   });
 });

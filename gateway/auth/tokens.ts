@@ -31,7 +31,7 @@ export function createApiTokenVerifier(store: UserStore, now: () => number = Dat
     if (!rec) return null;
     if (rec.expires_at !== null && Date.parse(rec.expires_at) <= now()) return null;
     const user = store.get(rec.username);
-    if (!user || user.disabled || Date.parse(rec.created_at) < user.tokens_valid_after - 1) return null;
+    if (!user || user.disabled || Date.parse(rec.created_at) < user.tokens_valid_after) return null;
     store.tokens.touch(rec.id);
     const exp = rec.expires_at === null ? undefined : Math.floor(Date.parse(rec.expires_at) / 1000);
     return { username: user.username, role: user.role, permissions: [...user.permissions], source: 'api-token', tokenId: rec.id, exp };

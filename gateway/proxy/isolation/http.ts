@@ -4,7 +4,7 @@ import { TOKEN_QUERY_PARAMS } from '../../auth/chain';
 import type { Principal } from '../../auth/principal';
 import { AppError } from '../../errors';
 import type { RequestContext } from '../../http/context';
-import { sanitizeHeaders, upstreamUrl } from '../headers';
+import { sanitizeHeaders, stripTokenQuery, upstreamUrl } from '../headers';
 import type { Upstream, UpstreamResponse } from '../upstream';
 
 /** The largest JSON body the isolation routes read (a prompt with its embedded workflow). */
@@ -158,3 +158,9 @@ export function withQuery(ctx: RequestContext, query: URLSearchParams): string {
 }
 
 export { upstreamUrl };
+
+/** The caller's query string for upstream (`?…`, or '' when empty), credential parameters removed. */
+export function cleanQuery(ctx: RequestContext): string {
+  const q = stripTokenQuery(ctx.route.query);
+  return q ? `?${q}` : '';
+}

@@ -1,0 +1,119 @@
+import type { IncomingMessage } from 'node:http';
+import type { Interceptor } from '../../app';
+import { AppError } from '../../errors';
+import type { RequestContext } from '../../http/context';
+import type { IsolationContext } from './context';
+import { viewPromptTuple } from './entries';
+import {
+  callUpstream, cleanQuery, isObj, missingId, parseJsonObject, readBody, seesAll, segs, sendJson, sendUpstream, sibling, upstreamHeaders, upstreamJson, upstreamUrl, withQuery,
+} from './http';
+import { scanObject } from './jsonScan';
+import { filesOfOutputs } from './outputs';
+
+function intParam(q: URLSearchParams, name: string): number | null {
+  const v = q.get(name);
+  if (v === null) return null;
+  if (!/^\s*[+-]?\d+\s*$/.test(v)) throw new AppError(400, 'INVALID_REQUEST', `${name} must be an integer`);
+  return parseInt(v, 10);
+}
+
+/** ComfyUI's get_history(max_items, offset) slicing, applied to the caller's own entries. */
+function slice<T>(items: T[], maxItems: number | null, offset: number | null): T[] {
+  let off = offset ?? -1;
+  if (off < 0 && maxItems !== null) off = items.length - maxItems;
+  const out: T[] = [];
+  for (let i = Math.max(0, off); i < items.length; i++) {
+    if (maxItems !== null && out.length >= maxItems) break;
+    out.push(items[i]);
+  }
+  return out;
+}
+
+/** /history and /history/{id}: the caller's prompts only; POST deletes and clears only theirs. */
+export function historyInterceptors(iso: IsolationContext): Interceptor[] {
+  /** Makes one history entry fit for the viewer and remembers the files it names. */
+  function viewEntry(id: string, entry: unknown, viewer: string): unknown {
+    if (!isObj(entry)) return entry;
+    if (iso.ledger.get(id)) iso.ledger.addFiles(id, filesOfOutputs(entry.outputs));
+    return 'prompt' in entry ? { ...entry, prompt: viewPromptTuple(entry.prompt, viewer, iso.ledger) } : entry;
+  }
+
+  const headersFor = (req: IncomingMessage, ctx: RequestContext) => upstreamHeaders(req, ctx, iso.cookieName, iso.upstream);
+
+  const list: Interceptor = {
+    id: 'isolation-history-list',
+    matches: (ctx, m) => (m === 'GET' || m === 'HEAD') && segs(ctx).join('/') === 'history',
+    async handle(req, res, ctx) {
+      req.resume();
+      const p = ctx.principal!;
+      const headers = headersFor(req, ctx);
+      if (seesAll(p, iso.separate)) {
+        const up = await callUpstream(iso.upstream, 'GET', upstreamUrl(ctx), headers);
+        const j = upstreamJson(up);
+        if (!isObj(j)) return sendUpstream(req, res, up);
+        const out: Record<string, unknown> = {};
+        for (const [id, e] of Object.entries(j)) out[id] = viewEntry(id, e, p.username);
+        return sendJson(req, res, out, 200, up);
+      }
+      const maxItems = intParam(ctx.query, 'max_items');
+      const offset = intParam(ctx.query, 'offset');
+      // Nothing of theirs: no need to make ComfyUI serialise everyone's history.
+      if (!iso.ledger.idsOf(p.username).length) return sendJson(req, res, {});
+      const q = new URLSearchParams(ctx.query);
+      q.delete('max_items');
+      q.delete('offset');
+      const up = await callUpstream(iso.upstream, 'GET', withQuery(ctx, q), headers);
+      if (up.status !== 200) return sendUpstream(req, res, up);
+      const members = scanObject(up.body);
+      if (!members) return sendJson(req, res, {}, 200, up);
+      const mine = members.filter((m) => iso.ledger.owner(m.key) === p.username);
+      const out: Record<string, unknown> = {};
+      for (const m of slice(mine, maxItems, offset)) {
+        out[m.key] = viewEntry(m.key, JSON.parse(up.body.toString('utf8', m.start, m.end)), p.username);
+      }
+      sendJson(req, res, out, 200, up);
+    },
+  };
+
+  const one: Interceptor = {
+    id: 'isolation-history-one',
+    matches: (ctx, m) => (m === 'GET' || m === 'HEAD') && segs(ctx).length === 2 && segs(ctx)[0] === 'history',
+    async handle(req, res, ctx) {
+      req.resume();
+      const p = ctx.principal!;
+      const id = ctx.route.segments[1];
+      const headers = headersFor(req, ctx);
+      if (!seesAll(p, iso.separate) && iso.ledger.owner(id) !== p.username) {
+        // Someone else's id gets exactly ComfyUI's answer for an id that does not exist.
+        return sendUpstream(req, res, await callUpstream(iso.upstream, 'GET', sibling(ctx, missingId()) + cleanQuery(ctx), headers));
+      }
+      const up = await callUpstream(iso.upstream, 'GET', upstreamUrl(ctx), headers);
+      const j = upstreamJson(up);
+      if (!isObj(j)) return sendUpstream(req, res, up);
+      const out: Record<string, unknown> = {};
+      for (const [k, e] of Object.entries(j)) out[k] = viewEntry(k, e, p.username);
+      sendJson(req, res, out, 200, up);
+    },
+  };
+
+  /** POST /history {delete, clear}: a non-admin's clear deletes their own entries only. */
+  const post: Interceptor = {
+    id: 'isolation-history-post',
+    matches: (ctx, m) => m === 'POST' && segs(ctx).join('/') === 'history',
+    async handle(req, res, ctx) {
+      const p = ctx.principal!;
+      const raw = await readBody(req);
+      const headers = headersFor(req, ctx);
+      headers['content-type'] = 'application/json';
+      if (seesAll(p, iso.separate)) return sendUpstream(req, res, await callUpstream(iso.upstream, 'POST', upstreamUrl(ctx), headers, raw));
+      const body = parseJsonObject(raw);
+      if ('delete' in body && !Array.isArray(body.delete)) throw new AppError(400, 'INVALID_BODY', '`delete` must be a list of prompt ids');
+      const ids = new Set<string>();
+      for (const id of (body.delete as unknown[] | undefined) ?? []) if (typeof id === 'string' && iso.ledger.owner(id) === p.username) ids.add(id);
+      if (body.clear) for (const id of iso.ledger.idsOf(p.username)) ids.add(id);
+      sendUpstream(req, res, await callUpstream(iso.upstream, 'POST', upstreamUrl(ctx), headers, JSON.stringify({ delete: [...ids] })));
+    },
+  };
+
+  return [list, one, post];
+}

@@ -1,0 +1,72 @@
+import type { Interceptor } from '../../app';
+import { AppError } from '../../errors';
+import type { RequestContext } from '../../http/context';
+import type { IsolationContext } from './context';
+import { viewExtraData } from './entries';
+import { callUpstream, isObj, missingId, seesAll, segs, sendJson, sendUpstream, upstreamHeaders, upstreamJson, upstreamUrl, withQuery } from './http';
+
+function nonNegative(q: URLSearchParams, name: string): number | null {
+  const v = q.get(name);
+  if (v === null) return null;
+  if (!/^\s*\d+\s*$/.test(v)) throw new AppError(400, 'INVALID_REQUEST', `${name} must be a non-negative integer`);
+  return parseInt(v, 10);
+}
+
+/** The same route with the job id replaced (everything after it kept). */
+function withJobId(ctx: RequestContext, id: string): string {
+  const s = [ctx.route.segments[0], id, ...ctx.route.segments.slice(2)].map(encodeURIComponent).join('/');
+  return (ctx.route.apiPrefixed ? '/api/' : '/') + s;
+}
+
+/** ComfyUI's /api/jobs (and /api/jobs/{id}…): the caller's jobs only, paginated after filtering. */
+export function jobsInterceptors(iso: IsolationContext): Interceptor[] {
+  const list: Interceptor = {
+    id: 'isolation-jobs-list',
+    matches: (ctx, m) => (m === 'GET' || m === 'HEAD') && segs(ctx).join('/') === 'jobs',
+    async handle(req, res, ctx, forward) {
+      const p = ctx.principal!;
+      if (seesAll(p, iso.separate)) return forward(); // job summaries carry no extra_data
+      req.resume();
+      const limit = nonNegative(ctx.query, 'limit');
+      const offset = nonNegative(ctx.query, 'offset') ?? 0;
+      const q = new URLSearchParams(ctx.query);
+      q.delete('limit');
+      q.delete('offset');
+      const up = await callUpstream(iso.upstream, 'GET', withQuery(ctx, q), upstreamHeaders(req, ctx, iso.cookieName, iso.upstream));
+      const j = upstreamJson(up);
+      if (!isObj(j) || !Array.isArray(j.jobs)) return up.status === 200 ? sendJson(req, res, { jobs: [], pagination: { offset, limit, total: 0, has_more: false } }) : sendUpstream(req, res, up);
+      const mine = j.jobs.filter((job: unknown) => isObj(job) && typeof job.id === 'string' && iso.ledger.owner(job.id) === p.username);
+      const page = mine.slice(offset, limit === null ? undefined : offset + limit);
+      const pagination = { ...(isObj(j.pagination) ? j.pagination : {}), offset, limit, total: mine.length, has_more: offset + page.length < mine.length };
+      sendJson(req, res, { ...j, jobs: page, pagination }, 200, up);
+    },
+  };
+
+  const one: Interceptor = {
+    id: 'isolation-jobs-one',
+    matches: (ctx) => segs(ctx).length >= 2 && segs(ctx)[0] === 'jobs',
+    async handle(req, res, ctx, forward) {
+      const p = ctx.principal!;
+      const id = ctx.route.segments[1];
+      const all = seesAll(p, iso.separate);
+      const mine = iso.ledger.owner(id) === p.username;
+      const method = req.method ?? 'GET';
+      if (!all && !mine) {
+        // Someone else's job: ComfyUI's own answer for a job that does not exist.
+        ctx.route = { ...ctx.route, forwardPath: withJobId(ctx, missingId()) };
+        return forward();
+      }
+      const detail = (method === 'GET' || method === 'HEAD') && ctx.route.segments.length === 2;
+      if (!detail) return forward();
+      req.resume();
+      const up = await callUpstream(iso.upstream, 'GET', upstreamUrl(ctx), upstreamHeaders(req, ctx, iso.cookieName, iso.upstream));
+      const j = upstreamJson(up);
+      if (!isObj(j)) return sendUpstream(req, res, up);
+      const out: Record<string, unknown> = { ...j };
+      if (isObj(j.workflow)) out.workflow = { ...j.workflow, extra_data: viewExtraData(j.workflow.extra_data, id, p.username, iso.ledger) };
+      sendJson(req, res, out, 200, up);
+    },
+  };
+
+  return [list, one];
+}
