@@ -10,7 +10,7 @@ import { createCloudflareAccess } from './cloudflare';
 import { createBruteForce } from './net/bruteForce';
 import { createIpLists } from './net/ipLists';
 import { createLoopbackPrincipal } from './net/loopback';
-import { createPreflight } from './net/transport';
+import { createHttpsUpgradeGate, createPreflight } from './net/transport';
 import { edgeRoutes, securityHeaders } from './routes/edge';
 import { createInjectInterceptor } from './proxy/inject';
 import { createPolicy } from './proxy/policy';
@@ -30,6 +30,8 @@ import { createUserStore } from './users/store';
 import type { UserStore } from './users/types';
 // server-side model downloads (issue 6)
 import { createDownloads } from './downloads';
+// multi-user isolation (issue 5)
+import { createIsolation } from './proxy/isolation';
 
 /** Knobs for tests and the CLI that are not user configuration. */
 export interface ComposeOptions {
@@ -92,7 +94,7 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   const cfAccess = config.cloudflare_access ? createCloudflareAccess({ config, users, logger, audit }) : null;
   if (cfAccess) chainDeps.verifyCfAccess = (assertion) => cfAccess.verify(assertion);
   // IP lists first: a refused address gets 403 before anything else is looked at.
-  const gates: Gate[] = [ipLists.gate, ...(cfAccess ? [cfAccess.gate] : []), bruteForce.gate];
+  const gates: Gate[] = [ipLists.gate, createHttpsUpgradeGate({ config }), ...(cfAccess ? [cfAccess.gate] : []), bruteForce.gate];
   const routes: RouteMount[] = [securityHeaders(), staticRoutes(), healthRoutes({ upstream }), edgeRoutes({ ipLists, audit })];
   routes.push(
     authRoutes({ config, store: users, passwords, jwt, setup, audit, logger, upstream, limiter: bruteForce }),
@@ -103,6 +105,13 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   interceptors.push(createInjectInterceptor({ upstream, cookieName: config.cookie.name }));
   const enrichers: Gate[] = [];
   const wsHooks: WsHooks[] = [];
+  // Multi-user isolation (issue 5): comfy-user binding, per-user files/queue/history, the isolating WS relay.
+  // Its WS hooks go first: later hooks must only ever see frames this user may see.
+  const isolation = createIsolation({ config, logger, audit, upstream });
+  enrichers.push(...isolation.enrichers);
+  interceptors.push(...isolation.interceptors);
+  wsHooks.unshift(isolation.wsHooks);
+  closers.push(() => isolation.close());
   // ComfyUI's server-side model-download API, served here behind the gateway's identity (issue 6).
   if (config.model_downloads.enabled) {
     const downloads = createDownloads({ config, logger, audit, upstream });

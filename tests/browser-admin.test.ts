@@ -81,6 +81,7 @@ describe('browser: the admin page (users, tokens, own password, IP lists) in rea
     await expect(admin.locator('#users').isVisible()).resolves.toBe(true);
     await expect(admin.locator('#iplists').isVisible()).resolves.toBe(true);
     await expect(userRow(ADMIN).textContent()).resolves.toContain('you');
+    await admin.screenshot({ path: '/tmp/cgw-admin-desktop.png', fullPage: true });
   });
 
   test('an admin adds a user (with a permission) who then signs in; duplicates get the gateway message', async () => {

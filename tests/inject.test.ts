@@ -60,7 +60,7 @@ describe('index.html through the gateway (fake ComfyUI)', () => {
     // The tag names the signed-in principal so the page can pin ComfyUI's user choice before the app starts.
     expect(html).toContain(`${TAG} data-user="api-key"`);
     // ComfyUI saw one plain request without our credentials, asked for an uncompressed, unconditional page.
-    const seen = fake.requests.filter((r) => !r.ws);
+    const seen = fake.requests.filter((r) => r.rawPath === '/' || r.rawPath === '/index.html');
     expect(seen).toHaveLength(1);
     expect(seen[0].method).toBe('GET');
     expect(seen[0].headers['accept-encoding']).toBe('identity');
@@ -75,7 +75,7 @@ describe('index.html through the gateway (fake ComfyUI)', () => {
     const api = await rawGet(gw.url, '/index.html', { Accept: 'application/json' });
     expect(api.status).toBe(401);
     expect(JSON.parse(api.body.toString()).error.code).toBe('AUTH_REQUIRED');
-    expect(fake.requests).toHaveLength(0);
+    expect(fake.requests.filter((r) => r.rawPath === '/' || r.rawPath === '/index.html')).toHaveLength(0);
   });
 
   test('other ComfyUI files are streamed untouched (no injection)', async () => {
@@ -87,14 +87,15 @@ describe('index.html through the gateway (fake ComfyUI)', () => {
 
 describe('index.html from an upstream that misbehaves', () => {
   type Reply = { status?: number; headers?: Record<string, string>; body: Buffer | string };
-  let reply: Reply;
+  // The gateway may probe its upstream at start-up (health, folder paths): answer those plainly too.
+  let reply: Reply = { status: 404, headers: { 'Content-Type': 'text/plain' }, body: 'not here' };
   let seen: http.IncomingHttpHeaders[] = [];
   let upstream: http.Server;
   let gw: TestGateway;
 
   beforeAll(async () => {
     upstream = http.createServer((req, res) => {
-      seen.push(req.headers);
+      if (req.url === '/' || req.url === '/index.html') seen.push(req.headers);
       req.resume();
       const body = typeof reply.body === 'string' ? Buffer.from(reply.body) : reply.body;
       // No Content-Length: chunked, as aiohttp does for compressed responses.

@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { PW, registerFirstAdmin } from './helpers/auth';
-import { hit, reached } from './helpers/edge';
+import { hit, reached, upgradeStatus } from './helpers/edge';
 import { startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
 import { startGateway, TEST_KEY, type TestGateway } from './helpers/gateway';
 
@@ -161,6 +161,14 @@ describe('force_https', () => {
     const viaHttp = await hit(gw.url, '/x?y', { from: '127.0.0.2', headers: { 'X-Forwarded-Proto': 'http', 'X-Forwarded-Host': 'comfy.example.com' } });
     expect(viaHttp.status).toBe(308);
     expect(viaHttp.headers.location).toBe('https://comfy.example.com/x?y');
+  });
+
+  test('WebSocket upgrades over plain HTTP are refused (403), over a trusted HTTPS proxy accepted', async () => {
+    fake.clearRequests();
+    expect(await upgradeStatus(gw.url, '/ws?clientId=edge-force', { headers: KEY })).toBe(403);
+    expect(await upgradeStatus(gw.url, '/ws?clientId=edge-force', { from: '127.0.0.3', headers: { ...KEY, 'X-Forwarded-Proto': 'https' } })).toBe(403);
+    expect(reached(fake, 'edge-force')).toBe(0);
+    expect(await upgradeStatus(gw.url, '/ws?clientId=edge-force', { from: '127.0.0.2', headers: { ...KEY, 'X-Forwarded-Proto': 'https' } })).toBe(101);
   });
 
   test('a Host that is not a host name is not echoed into a redirect', async () => {

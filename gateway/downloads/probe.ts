@@ -54,6 +54,24 @@ function singleFlight<T>() {
   };
 }
 
+/** Caps concurrent outbound probes: a poll naming a thousand new URLs must not open a thousand connections at once. */
+function limiter(max: number) {
+  let active = 0;
+  const waiting: (() => void)[] = [];
+  return async <T>(fn: () => Promise<T>): Promise<T> => {
+    // A finishing call hands its slot straight to the next waiter, so `active` never exceeds `max`.
+    if (active >= max) await new Promise<void>((r) => waiting.push(r));
+    else active++;
+    try {
+      return await fn();
+    } finally {
+      const next = waiting.shift();
+      if (next) next();
+      else active--;
+    }
+  };
+}
+
 function bounded<K, V>(m: Map<K, V>): void {
   if (m.size > MAX_ENTRIES) m.clear();
 }
@@ -73,13 +91,14 @@ export function createProber(deps: { hosts: HostPolicy; http: SafeHttp; hf: HfAp
   const gatedFlight = singleFlight<boolean | null>();
   const sizeFlight = singleFlight<SizeEntry>();
   const accessFlight = singleFlight<boolean | null>();
+  const outbound = limiter(16);
 
   /** Gated-ness is intrinsic: asked once per URL, anonymously (with a token a gated-but-accepted repo looks public). */
   async function isGated(url: string, repo: string): Promise<boolean | null> {
     const known = gated.get(url);
     if (known !== undefined) return known;
     return gatedFlight(url, async () => {
-      const r = await deps.hf.authCheck(repo, null);
+      const r = await outbound(() => deps.hf.authCheck(repo, null));
       if (r === null) return null; // network trouble: not cached, asked again next poll
       const g = r !== 'ok';
       bounded(gated);
@@ -93,7 +112,7 @@ export function createProber(deps: { hosts: HostPolicy; http: SafeHttp; hf: HfAp
     const hit = access.get(key);
     if (hit && Date.now() - hit.at < ACCESS_TTL_MS) return hit.ok;
     return accessFlight(key, async () => {
-      const r = await deps.hf.authCheck(repo, token);
+      const r = await outbound(() => deps.hf.authCheck(repo, token));
       const ok = r === null ? null : r === 'ok';
       bounded(access);
       access.set(key, { ok, at: Date.now() });
@@ -127,7 +146,7 @@ export function createProber(deps: { hosts: HostPolicy; http: SafeHttp; hf: HfAp
     const hit = sizes.get(url);
     if (hit && (hit.size !== null || Date.now() - hit.at < SIZE_RETRY_MS)) return hit;
     return sizeFlight(url, async () => {
-      const e = await probeSize(url, token);
+      const e = await outbound(() => probeSize(url, token));
       bounded(sizes);
       sizes.set(url, e);
       return e;

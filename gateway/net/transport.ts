@@ -1,4 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Gate } from '../app';
 import { AppError } from '../errors';
 import { sendError } from '../http/render';
 import type { ClientIp } from './clientIp';
@@ -56,5 +57,16 @@ export function createPreflight(deps: { config: { force_https: boolean }; client
     res.end(req.method === 'HEAD' ? undefined : body);
     req.resume();
     return true;
+  };
+}
+
+/**
+ * With `force_https`, a WebSocket upgrade over plain HTTP is refused (403 HTTPS_REQUIRED): browsers do not follow
+ * redirects on upgrades, and the preflight that redirects plain HTTP requests does not see upgrades.
+ */
+export function createHttpsUpgradeGate(deps: { config: { force_https: boolean } }): Gate {
+  return (req, ctx) => {
+    if (!deps.config.force_https || ctx.secure || req.headers.upgrade === undefined) return;
+    throw new AppError(403, 'HTTPS_REQUIRED', 'This gateway only accepts WebSockets over HTTPS (wss://)');
   };
 }

@@ -367,13 +367,13 @@ export async function callApi(
   return { status: res.status, body: parsed, text, headers: res.headers };
 }
 
-/** Polls `fn` until it returns a truthy value (or throws after `timeoutMs`). */
-export async function waitFor<T>(fn: () => Promise<T> | T, timeoutMs = 10_000, stepMs = 25): Promise<T> {
+/** Polls `fn` until it returns a truthy value (or throws after `timeoutMs`); resolves to that value. */
+export async function waitFor<T>(fn: () => Promise<T> | T, timeoutMs = 10_000, stepMs = 25): Promise<NonNullable<T>> {
   const deadline = Date.now() + timeoutMs;
   let last: T;
   for (;;) {
     last = await fn();
-    if (last) return last;
+    if (last) return last as NonNullable<T>;
     if (Date.now() > deadline) throw new Error('waitFor: timed out');
     await new Promise((r) => setTimeout(r, stepMs));
   }

@@ -1,0 +1,124 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import type { Gate, Interceptor } from '../../app';
+import type { Audit } from '../../audit';
+import type { Principal } from '../../auth/principal';
+import type { ResolvedConfig } from '../../config/load';
+import { AppError } from '../../errors';
+import type { Logger } from '../../log';
+import type { Upstream } from '../upstream';
+import type { WsHooks } from '../ws';
+import { createClientIds } from './clientIds';
+import { createComfyUsers } from './comfyUsers';
+import type { IsolationContext } from './context';
+import { historyInterceptors } from './history';
+import { jobsInterceptors } from './jobs';
+import { createLedger, type Ledger } from './ledger';
+import { logsSubscribeInterceptor } from './logs';
+import { objectInfoInterceptor } from './objectInfo';
+import { promptInterceptor } from './prompt';
+import { queueInterceptors } from './queue';
+import { createRunTracker } from './tracker';
+import { uploadInterceptor } from './upload';
+import { usersInterceptor } from './users';
+import { viewInterceptor } from './view';
+import { createIsolationWsHooks } from './ws';
+
+/** Multi-user isolation (issue 5, DESIGN §7), ready to be wired into the front door by compose.ts. */
+export interface Isolation {
+  /** resolves each principal's ComfyUI user id into ctx.principal.comfyUser */
+  enrichers: Gate[];
+  interceptors: Interceptor[];
+  /** must run before any other hook (it maps client ids and drops other users' frames) */
+  wsHooks: WsHooks;
+  /** free_memory_on_logout: asks ComfyUI to unload models and free memory */
+  onLogout(principal: Principal): Promise<void>;
+  /** creates (or finds) the ComfyUI user of a gateway user now, e.g. when the user is created */
+  ensureComfyUser(username: string): Promise<string>;
+  /** the prompt-ownership ledger (for tests and benchmarks) */
+  ledger: Ledger;
+  close(): Promise<void>;
+}
+
+/**
+ * Builds the isolation layer. With `separate_users` off, prompts, queue, history and files are shared, but
+ * the rest still holds: comfy-user is always the caller's own, client ids are bound to users (no takeover), every
+ * prompt gets a client_id (nothing broadcast), WebSocket frames of other users' prompts are dropped, and
+ * extra_data secrets are shown only to their owner.
+ */
+export function createIsolation(deps: { config: ResolvedConfig; logger: Logger; audit: Audit; upstream: Upstream }): Isolation {
+  const { config, logger, upstream } = deps;
+  const dataDir = config.paths.dataDir;
+  fs.mkdirSync(dataDir, { recursive: true });
+  const ledger = createLedger({ file: path.join(dataDir, 'prompt_ledger.json'), logger });
+  const comfyUsers = createComfyUsers({ file: path.join(dataDir, 'comfy_users.json'), upstream, logger });
+  const clientIds = createClientIds(path.join(dataDir, 'isolation.key'));
+  const tracker = createRunTracker({ upstream, ledger, logger });
+  const base = config.configPath ? path.dirname(config.configPath) : process.cwd();
+  const inputDir = config.comfyui.input_dir ?? (config.comfyui.base_dir ? path.join(config.comfyui.base_dir, 'input') : null);
+
+  const iso: IsolationContext = {
+    config,
+    logger,
+    audit: deps.audit,
+    upstream,
+    ledger,
+    clientIds,
+    tracker,
+    comfyUsers,
+    separate: config.separate_users,
+    cookieName: config.cookie.name,
+    inputDir: inputDir ? path.resolve(base, inputDir) : null,
+  };
+
+  const enrich: Gate = async (_req, ctx) => {
+    const p = ctx.principal;
+    if (!p) return;
+    if (ctx.decision.rule.owner !== 'comfy') {
+      // The gateway's own pages must keep working while ComfyUI is down: use what is known, never wait.
+      const known = comfyUsers.cached(p.username);
+      if (known) p.comfyUser = known;
+      return;
+    }
+    try {
+      p.comfyUser = await comfyUsers.resolve(p.username);
+    } catch (e) {
+      logger.warn({ err: (e as Error).message, user: p.username }, 'could not resolve the ComfyUI user');
+      // Never forward without the caller's own comfy-user: ComfyUI would treat the request as its default user.
+      throw new AppError(502, 'UPSTREAM_UNAVAILABLE', 'ComfyUI is not reachable right now; try again shortly');
+    }
+  };
+
+  return {
+    enrichers: [enrich],
+    interceptors: [
+      promptInterceptor(iso),
+      ...queueInterceptors(iso),
+      ...historyInterceptors(iso),
+      ...jobsInterceptors(iso),
+      viewInterceptor(iso),
+      uploadInterceptor(iso),
+      objectInfoInterceptor(iso),
+      usersInterceptor(iso),
+      logsSubscribeInterceptor(iso),
+    ],
+    wsHooks: createIsolationWsHooks({ clientIds, ledger, tracker }),
+    async onLogout() {
+      if (!config.free_memory_on_logout) return;
+      try {
+        await upstream.request('POST', '/free', {
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ unload_models: true, free_memory: true }),
+        });
+      } catch (e) {
+        logger.warn({ err: (e as Error).message }, 'free_memory_on_logout: upstream /free failed');
+      }
+    },
+    ensureComfyUser: (username) => comfyUsers.resolve(username),
+    ledger,
+    async close() {
+      await ledger.close();
+      await comfyUsers.flush();
+    },
+  };
+}

@@ -1,0 +1,129 @@
+import http from 'node:http';
+import https from 'node:https';
+import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import type { Transform } from 'node:stream';
+import type { Interceptor } from '../../app';
+import { AppError } from '../../errors';
+import type { RequestContext } from '../../http/context';
+import { sendError } from '../../http/render';
+import type { IsolationContext } from './context';
+import { isObj, seesAll, segs, upstreamHeaders, upstreamUrl } from './http';
+import { formDataBoundary, multipartRewriter } from './multipart';
+import { isFileType, isUnderUser, normaliseRef, parseAnnotated, pathNotAllowed, splitUserPath, underUser } from './paths';
+
+const HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer']);
+
+/**
+ * POST /upload/image and /upload/mask. The multipart body is rewritten as it streams (never buffered, so a
+ * 200 MB upload costs a few chunks of memory): every `subfolder` field becomes `<user>/<subfolder>` (one is added
+ * when the client sent none), file names must be a single plain segment, and the mask's `original_ref` must name
+ * a file the user may read. A refusal found before the first byte is forwarded never reaches ComfyUI; one found
+ * later aborts the upstream request, and ComfyUI (which parses the whole body before writing) writes nothing.
+ */
+export function uploadInterceptor(iso: IsolationContext): Interceptor {
+  return {
+    id: 'isolation-upload',
+    matches: (ctx, m) => iso.separate && m === 'POST' && ['upload/image', 'upload/mask'].includes(segs(ctx).join('/')),
+    async handle(req, res, ctx) {
+      const p = ctx.principal!;
+      const boundary = formDataBoundary(req.headers['content-type']);
+      if (!boundary) {
+        req.resume();
+        throw new AppError(400, 'INVALID_BODY', 'Uploads must be multipart/form-data with a boundary');
+      }
+      const readsAll = seesAll(p, iso.separate);
+      const rewriter = multipartRewriter({
+        boundary,
+        rewrite: {
+          subfolder: (v) => underUser(p.username, splitUserPath(v, { field: 'subfolder' })).join('/'),
+          original_ref: (v) => originalRef(v, p.username, readsAll, iso),
+        },
+        ensure: { subfolder: () => p.username },
+        checkFilename(name) {
+          const s = splitUserPath(name, { field: 'filename' });
+          if (s.length !== 1) throw pathNotAllowed('file names may not contain directories', { field: 'filename' });
+        },
+      });
+      await streamUpstream(req, res, ctx, rewriter, iso);
+    },
+  };
+}
+
+/** Validates the mask's reference to the image it is painted on; returns it re-serialised from what was checked. */
+function originalRef(text: string, user: string, readsAll: boolean, iso: IsolationContext): string {
+  let ref: unknown;
+  try {
+    ref = JSON.parse(text);
+  } catch {
+    throw new AppError(400, 'INVALID_BODY', 'original_ref must be JSON');
+  }
+  if (!isObj(ref) || typeof ref.filename !== 'string') throw new AppError(400, 'INVALID_BODY', 'original_ref needs a filename');
+  const ann = parseAnnotated(ref.filename);
+  const type = ann.type ?? (ref.type === undefined ? 'output' : ref.type);
+  if (!isFileType(type)) throw pathNotAllowed('unknown file type', { field: 'original_ref' });
+  // ComfyUI joins the subfolder with the whole filename here (no basename), so directories in it count.
+  const { ref: f, segs } = normaliseRef(type, typeof ref.subfolder === 'string' ? ref.subfolder : '', ann.name, { keepDirs: true });
+  if (!readsAll && !isUnderUser(user, segs) && !iso.ledger.ownsFile(user, f)) throw pathNotAllowed('not your file', { field: 'original_ref' });
+  return JSON.stringify({ ...ref, filename: f.filename, subfolder: f.subfolder, type });
+}
+
+/** Pipes the rewritten body to ComfyUI (opened only once there is something to send) and its answer back. */
+function streamUpstream(req: IncomingMessage, res: ServerResponse, ctx: RequestContext, rewriter: Transform, iso: IsolationContext): Promise<void> {
+  return new Promise((resolve) => {
+    const target = new URL(iso.upstream.origin);
+    const lib = target.protocol === 'https:' ? https : http;
+    const headers: OutgoingHttpHeaders = upstreamHeaders(req, ctx, iso.cookieName, iso.upstream);
+    delete headers['accept-encoding'];
+    headers['content-type'] = req.headers['content-type'];
+    let up: http.ClientRequest | null = null;
+    let failed = false;
+
+    const fail = (err: unknown) => {
+      if (failed) return;
+      failed = true;
+      req.unpipe(rewriter);
+      rewriter.destroy();
+      up?.destroy();
+      if (!res.headersSent) {
+        // The client may still be sending: answer, close the connection, and stop reading.
+        res.setHeader('Connection', 'close');
+        sendError(req, res, err);
+        res.once('finish', () => req.destroy());
+      } else res.destroy();
+      resolve();
+    };
+
+    const open = () => {
+      up = lib.request({ protocol: target.protocol, hostname: target.hostname, port: target.port, method: 'POST', path: upstreamUrl(ctx), headers, agent: iso.upstream.agent });
+      up.on('error', () => fail(new AppError(502, 'UPSTREAM_UNAVAILABLE', 'ComfyUI is not reachable right now; try again shortly')));
+      up.on('response', (upRes) => {
+        const h: OutgoingHttpHeaders = {};
+        for (const [k, v] of Object.entries(upRes.headers)) if (v !== undefined && !HOP.has(k)) h[k] = v;
+        h['x-content-type-options'] = 'nosniff';
+        res.writeHead(upRes.statusCode ?? 502, h);
+        upRes.pipe(res);
+        upRes.on('end', () => resolve());
+        upRes.on('error', () => {
+          res.destroy();
+          resolve();
+        });
+      });
+      return up;
+    };
+
+    rewriter.on('data', (chunk: Buffer) => {
+      const u = up ?? open();
+      if (!u.write(chunk)) {
+        rewriter.pause();
+        u.once('drain', () => rewriter.resume());
+      }
+    });
+    rewriter.on('end', () => (up ?? open()).end());
+    rewriter.on('error', fail);
+    req.on('error', fail);
+    req.on('close', () => {
+      if (!req.complete) fail(new AppError(400, 'INVALID_BODY', 'Upload interrupted'));
+    });
+    req.pipe(rewriter);
+  });
+}
