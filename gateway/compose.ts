@@ -61,7 +61,10 @@ export interface Composed {
 /** Builds every store and service from the config and wires them into createApp (the one place that does). */
 export async function composeGateway(config: ResolvedConfig, opts: ComposeOptions = {}): Promise<Composed> {
   const logger = opts.logger ?? createLogger({ levels: config.log_levels, file: config.paths.log, stdout: opts.stdout });
-  const audit = createAudit(logger);
+  // The audit trail is written whatever log_levels says: an operator quietening the log must not lose it.
+  const audit = createAudit(
+    logger.isLevelEnabled('info') ? logger : opts.logger ?? createLogger({ levels: ['info'], file: config.paths.log, stdout: opts.stdout }),
+  );
   const upstream = createUpstream(config.upstream);
   const clientIp = createClientIp(config);
   const notices: string[] = [];

@@ -96,3 +96,17 @@ describe('the audit trail', () => {
     expect([anon.status, anon.body.error.code]).toEqual([401, 'AUTH_REQUIRED']);
   });
 });
+
+test('audit lines are written even when log_levels hides info', async () => {
+  const { startGateway, flushedLogs, TEST_KEY } = await import('./helpers/gateway');
+  const quiet = await startGateway({ api_key: TEST_KEY, log_levels: ['warn'] });
+  try {
+    const res = await fetch(`${quiet.url}/login`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ username: 'nobody', password: 'wrong-password-1' }) });
+    expect(res.status).toBe(401);
+    const logs = await flushedLogs(quiet);
+    expect(logs.some((l) => l.audit === true && l.event === 'login_failure')).toBe(true);
+    expect(logs.some((l) => l.msg === 'request')).toBe(false); // access lines are info: hidden as configured
+  } finally {
+    await quiet.close();
+  }
+});
