@@ -98,7 +98,11 @@
     })
     .then(
       function (me) {
-        if (me && me.username) pin(me.comfy_user || me.username, me.username);
+        if (me && me.username) {
+          // The tag's ComfyUI id wins over the bare name; /me may not carry one.
+          if (me.comfy_user) pin(me.comfy_user, me.username);
+          else if (!pinned || pinned.name !== me.username) pin(me.username, me.username);
+        }
         whenReady(function () {
           render(me);
         });

@@ -121,9 +121,12 @@ describe('browser: first admin, sign-in, ComfyUI page, sign-out (real Chromium)'
     await expect(badge.locator('a').getAttribute('href')).resolves.toBe('/gateway/static/admin.html');
     // The frontend's user choice is pinned to the signed-in user, and re-pinned when something changes it.
     await expect(page.evaluate('localStorage.getItem("Comfy.userName")')).resolves.toBe(ADMIN);
-    await expect(page.evaluate('localStorage.getItem("Comfy.userId")')).resolves.toBe(ADMIN);
+    // ComfyUI's id for the user (created upstream by the gateway), not just the gateway name.
+    const comfyId = Object.keys(fake.users).find((id) => fake.users[id] === ADMIN);
+    expect(comfyId).toBeTruthy();
+    await expect(page.evaluate('localStorage.getItem("Comfy.userId")')).resolves.toBe(comfyId);
     await page.evaluate('localStorage.setItem("Comfy.userId", "someone-else"); localStorage.removeItem("Comfy.userName")');
-    await page.waitForFunction('localStorage.getItem("Comfy.userId") === "admin1" && localStorage.getItem("Comfy.userName") === "admin1"');
+    await page.waitForFunction(`localStorage.getItem("Comfy.userId") === ${JSON.stringify(comfyId)} && localStorage.getItem("Comfy.userName") === "admin1"`);
     const cookies = await ctx.cookies();
     expect(cookies.map((c) => c.name)).toEqual(['jwt_token']);
     expect(cookies[0].httpOnly).toBe(true);

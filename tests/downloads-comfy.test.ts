@@ -102,3 +102,16 @@ describe('feature flags', () => {
     }
   });
 });
+
+test('with ComfyUI unreachable and no models_dir, polls say missing and downloads are 502 UPSTREAM_UNAVAILABLE', async () => {
+  const g = await startGateway({ api_key: TEST_KEY, upstream: 'http://127.0.0.1:9', model_downloads: { allowed_hosts: [hf.host], redirect_hosts: [hf.cdnHost] } }, { env: { HF_ENDPOINT: hf.url } });
+  try {
+    const url = hf.addFile('org/c', 'down.safetensors', crypto.randomBytes(10)).url;
+    const p = await callApi(g.url, 'POST', '/api/models-availability-status', { models: { 'checkpoints/down.safetensors': url } }, KEY);
+    expect(p.body.models['checkpoints/down.safetensors'].state).toBe('missing');
+    const d = await callApi(g.url, 'POST', '/api/download-models', { models: { 'checkpoints/down.safetensors': url } }, KEY);
+    expect([d.status, d.body.error.code]).toEqual([502, 'UPSTREAM_UNAVAILABLE']);
+  } finally {
+    await g.close();
+  }
+});

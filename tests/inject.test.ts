@@ -95,8 +95,13 @@ describe('index.html from an upstream that misbehaves', () => {
 
   beforeAll(async () => {
     upstream = http.createServer((req, res) => {
-      if (req.url === '/' || req.url === '/index.html') seen.push(req.headers);
       req.resume();
+      if (req.url === '/users') {
+        // ComfyUI without --multi-user: the gateway's user lookup learns there is one shared user.
+        res.writeHead(200, { 'Content-Type': 'application/json' });
+        return void res.end('{"storage": "server", "migrated": true}');
+      }
+      if (req.url === '/' || req.url === '/index.html') seen.push(req.headers);
       const body = typeof reply.body === 'string' ? Buffer.from(reply.body) : reply.body;
       // No Content-Length: chunked, as aiohttp does for compressed responses.
       res.writeHead(reply.status ?? 200, reply.headers ?? {});

@@ -34,6 +34,8 @@ export const dlErrors = {
   hfInProgress: () =>
     new AppError(409, 'HF_AUTH_IN_PROGRESS', 'Another HuggingFace login attempt is in progress. Try again after it completes or times out.'),
   hfStartFailed: (why: string) => new AppError(503, 'HF_AUTH_START_FAILED', `Could not start the HuggingFace login flow: ${why}`),
+  foldersUnknown: () =>
+    new AppError(502, 'UPSTREAM_UNAVAILABLE', "ComfyUI's model folders are not known yet (ComfyUI is not reachable and comfyui.models_dir is not set)."),
   methodNotAllowed: () => new AppError(405, 'METHOD_NOT_ALLOWED', 'Method not allowed'),
 };
 

@@ -20,8 +20,12 @@ export type FolderMap = ReadonlyMap<string, readonly string[]>;
 
 /** Where ComfyUI keeps models: learned from `comfyui.models_dir`/`base_dir`, else the upstream's folder paths. */
 export interface ModelFolders {
+  /** true when the folders come from configuration (no upstream request needed to know them) */
+  readonly configured: boolean;
   /** the current folder map (cached; refreshed in the background) */
   get(): Promise<FolderMap>;
+  /** false while the folders could never be learned (ComfyUI unreachable and nothing configured) */
+  known(): Promise<boolean>;
   /** parses a model id against the known folders; a string is the refusal reason */
   parse(id: unknown): Promise<ModelId | string>;
   /** the installed file for a model id, or null (searches every directory of the folder) */
@@ -68,7 +72,13 @@ export function folderMapFromDir(modelsDir: string): Map<string, string[]> {
 }
 
 /** Creates the folder registry. Explicit configuration wins; otherwise the upstream is asked (and re-asked on failure). */
-export function createModelFolders(deps: { config: ResolvedConfig; upstream: Upstream; logger: Logger }): ModelFolders {
+export function createModelFolders(deps: {
+  config: ResolvedConfig;
+  upstream: Upstream;
+  logger: Logger;
+  /** called whenever a folder map has been learned from the upstream */
+  onLearned?: (map: FolderMap) => void;
+}): ModelFolders {
   const { config, upstream, logger } = deps;
   const base = config.configPath ? path.dirname(config.configPath) : process.cwd();
   const modelsDir = config.comfyui.models_dir
@@ -85,7 +95,8 @@ export function createModelFolders(deps: { config: ResolvedConfig; upstream: Ups
     if (modelsDir) map = folderMapFromDir(modelsDir);
     else {
       try {
-        map = folderMapFromUpstream(await upstream.json('GET', '/internal/folder_paths', { timeoutMs: 2000 }));
+        map = folderMapFromUpstream(await upstream.json('GET', '/internal/folder_paths', { timeoutMs: 3000 }));
+        deps.onLearned?.(map);
       } catch (e) {
         ok = false;
         map = cache?.map ?? new Map();
@@ -106,7 +117,11 @@ export function createModelFolders(deps: { config: ResolvedConfig; upstream: Ups
   }
 
   return {
+    configured: modelsDir !== null,
     get,
+    async known() {
+      return (await get()).size > 0 || !!cache?.ok;
+    },
     async parse(id) {
       await get();
       return parseModelId(id, cache!.names);

@@ -48,6 +48,30 @@ export interface Downloads {
   close(): Promise<void>;
 }
 
+/** Persists the learned model roots (atomic write; failures only logged). */
+function rememberRoots(file: string, roots: string[], logger: Logger): void {
+  try {
+    const text = JSON.stringify(roots);
+    if (fs.existsSync(file) && fs.readFileSync(file, 'utf8') === text) return;
+    fs.mkdirSync(path.dirname(file), { recursive: true });
+    const tmp = `${file}.${process.pid}.tmp`;
+    fs.writeFileSync(tmp, text, { mode: 0o600 });
+    fs.renameSync(tmp, file);
+  } catch (e) {
+    logger.warn({ err: (e as Error).message }, 'could not remember model folder roots');
+  }
+}
+
+/** The model roots a previous run learned (absolute paths only), or none. */
+function recalledRoots(file: string): string[] {
+  try {
+    const v: unknown = JSON.parse(fs.readFileSync(file, 'utf8'));
+    return Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string' && path.isAbsolute(x)) : [];
+  } catch {
+    return [];
+  }
+}
+
 async function statfsFree(dir: string): Promise<number> {
   const s = await fs.promises.statfs(dir);
   return Number(s.bavail) * Number(s.bsize);
@@ -57,11 +81,23 @@ async function statfsFree(dir: string): Promise<number> {
 export function createDownloads(deps: DownloadsDeps): Downloads {
   const { config, logger, audit, upstream } = deps;
   const md = config.model_downloads;
+  const swept = new Set<string>();
   const hosts = createHostPolicy({ allowedHosts: md.allowed_hosts, redirectHosts: md.redirect_hosts, hfEndpoint: config.hfEndpoint });
   const http = createSafeHttp({ hosts, resolver: deps.resolver });
   const hfApi = createHfApi({ endpoint: config.hfEndpoint, fetchImpl: deps.fetchImpl });
   const tokens = createTokenStore({ dir: path.join(config.paths.dataDir, 'hf_tokens'), hfApi, clientId: config.hf_oauth.client_id, logger });
-  const folders = createModelFolders({ config, upstream, logger });
+  // Roots learned from ComfyUI are remembered, so the next start can sweep orphans without asking ComfyUI.
+  const rootsFile = path.join(config.paths.dataDir, 'model_download_roots.json');
+  const folders = createModelFolders({
+    config,
+    upstream,
+    logger,
+    onLearned: (map) => {
+      const roots = [...new Set([...map.values()].flat())].sort();
+      void sweepNew(roots);
+      rememberRoots(rootsFile, roots, logger);
+    },
+  });
   const prober = createProber({ hosts, http, hf: hfApi, logger });
   const freeSpace = deps.freeSpace ?? statfsFree;
   const manager = createDownloadManager({ http, maxConcurrent: md.max_concurrent, logger, audit, freeSpace, hfToken: (u) => tokens.valid(u) });
@@ -86,7 +122,6 @@ export function createDownloads(deps: DownloadsDeps): Downloads {
       logger.warn('hf_oauth.redirect_uri should end in /api/auth/huggingface/callback on this gateway, or the login cannot complete');
   }
 
-  const swept = new Set<string>();
   async function sweepNew(dirs: string[]): Promise<void> {
     const fresh = dirs.filter((d) => !swept.has(d));
     fresh.forEach((d) => swept.add(d));
@@ -100,8 +135,9 @@ export function createDownloads(deps: DownloadsDeps): Downloads {
     enrichers: [loopbackMarker()],
     async start() {
       // Partial files of a previous run (crash, kill -9) never became models; remove them before anything runs.
-      const map = await folders.get();
-      await sweepNew([...map.values()].flat());
+      // Without configured folders, the roots the previous run learned are used: start-up never calls ComfyUI.
+      const roots = folders.configured ? [...(await folders.get()).values()].flat() : recalledRoots(rootsFile);
+      await sweepNew(roots);
     },
     async close() {
       await oauth.close();

@@ -125,6 +125,7 @@ export function downloadRoutes(d: RouteDeps): RouteMount {
       const ctx = getContext(req);
       const models = parseModelsBody(jsonBody(req));
       if (models.size === 0) throw dlErrors.emptyRequest();
+      if (!(await d.folders.known())) throw dlErrors.foldersUnknown();
       // Every precondition for every model first: any failure refuses the whole request and schedules nothing.
       const plan: (NewSession & { dir: string })[] = [];
       for (const [id, src] of models) {

@@ -2,7 +2,7 @@ import { AppError } from '../errors';
 
 /** A request path reduced to the one form every policy decision is made on. */
 export interface CanonicalRoute {
-  /** decoded, dot-resolved, empty segments removed, leading `api` segments dropped */
+  /** decoded, dot-resolved, empty segments removed, leading `api` segments dropped (a segment may hold an encoded `/`) */
   segments: string[];
   /** `/` + segments joined: the key the policy table matches */
   path: string;
@@ -12,13 +12,28 @@ export interface CanonicalRoute {
   forwardPath: string;
   /** raw query string without `?` ('' when none) */
   query: string;
+  /**
+   * Only when a segment held an encoded slash (`%2F`): the segments split at it too, leading `api` dropped.
+   * ComfyUI (aiohttp) routes with `%2F` kept inside the segment (`/userdata/{file}` relies on it), so the path is
+   * forwarded that way; the policy decides on both readings and keeps the stricter one.
+   */
+  flatSegments?: string[];
 }
 
 const badPath = (why: string) => new AppError(400, 'INVALID_PATH', `Invalid request path: ${why}`);
 
+function dropApi(segments: string[]): boolean {
+  let dropped = false;
+  while (segments.length && segments[0].toLowerCase() === 'api') {
+    dropped = true;
+    segments.shift();
+  }
+  return dropped;
+}
+
 /**
- * Percent-decodes once, collapses `//`, resolves dot segments, drops the leading `/api` (every repetition of it,
- * case-insensitively). Throws 400 INVALID_PATH.
+ * Percent-decodes each segment once, collapses `//`, resolves dot segments, drops the leading `/api` (every
+ * repetition of it, case-insensitively). Throws 400 INVALID_PATH.
  *
  * Why every repetition: ComfyUI registers each route twice (`/x` and `/api` + `/x`), and routes that already
  * carry `/api` in their own path (`/api/jobs`) therefore also answer at `/api/api/jobs`. Deciding on `/jobs` and
@@ -29,15 +44,15 @@ export function canonicalize(rawUrl: string): CanonicalRoute {
   const q = rawUrl.indexOf('?');
   const rawPath = q >= 0 ? rawUrl.slice(0, q) : rawUrl;
   const query = q >= 0 ? rawUrl.slice(q + 1) : '';
-  let decoded: string;
-  try {
-    decoded = decodeURIComponent(rawPath);
-  } catch {
-    throw badPath('malformed percent-encoding');
-  }
-  if (/[\u0000-\u001f\u007f\\]/.test(decoded)) throw badPath('control character or backslash');
   const segments: string[] = [];
-  for (const seg of decoded.split('/')) {
+  for (const raw of rawPath.split('/')) {
+    let seg: string;
+    try {
+      seg = decodeURIComponent(raw);
+    } catch {
+      throw badPath('malformed percent-encoding');
+    }
+    if (/[\u0000-\u001f\u007f\\]/.test(seg)) throw badPath('control character or backslash');
     if (seg === '' || seg === '.') continue;
     if (seg === '..') {
       if (!segments.length) throw badPath('escapes the root');
@@ -46,15 +61,17 @@ export function canonicalize(rawUrl: string): CanonicalRoute {
     }
     segments.push(seg);
   }
-  let apiPrefixed = false;
-  while (segments.length && segments[0].toLowerCase() === 'api') {
-    apiPrefixed = true;
-    segments.shift();
+  let flatSegments: string[] | undefined;
+  if (segments.some((x) => x.includes('/'))) {
+    flatSegments = segments.flatMap((x) => x.split('/')).filter((x) => x !== '');
+    if (flatSegments.some((x) => x === '.' || x === '..')) throw badPath('dot segment behind an encoded slash');
+    dropApi(flatSegments);
   }
+  const apiPrefixed = dropApi(segments);
   const path = '/' + segments.join('/');
-  const trailing = decoded.endsWith('/') && segments.length > 0 ? '/' : '';
+  const trailing = rawPath.endsWith('/') && segments.length > 0 ? '/' : '';
   const forwardPath = (apiPrefixed ? '/api' : '') + '/' + segments.map(encodeSegment).join('/') + trailing;
-  return { segments, path, apiPrefixed, forwardPath, query };
+  return { segments, path, apiPrefixed, forwardPath, query, ...(flatSegments ? { flatSegments } : {}) };
 }
 
 // Keep the characters aiohttp leaves alone readable; encode everything else.

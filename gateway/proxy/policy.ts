@@ -27,6 +27,8 @@ export interface Decision {
 /** ComfyUI-Manager's route families; `model` is its older `POST /model/install` (still shipped by forks). */
 export const MANAGER_FAMILIES = ['manager', 'customnode', 'snapshot', 'externalmodel', 'comfyui_manager', 'model'];
 
+const RANK: Record<Access, number> = { public: 0, user: 1, admin: 2 };
+
 /** Builds the single policy table keyed by canonical route (DESIGN §5–6). */
 export function createPolicy(opts: { manager_admin_only: boolean }) {
   const manager: Access = opts.manager_admin_only ? 'admin' : 'user';
@@ -79,9 +81,18 @@ export function createPolicy(opts: { manager_admin_only: boolean }) {
     fallback,
     /** The one access decision for a canonical route and method. */
     decide(route: CanonicalRoute, method: string): Decision {
-      const segs = route.segments.map((s) => s.toLowerCase());
       const m = method.toUpperCase();
-      const rule = rules.find((r) => matches(r, segs, m)) ?? fallback;
+      const pick = (segments: string[]) => {
+        const segs = segments.map((s) => s.toLowerCase());
+        return rules.find((r) => matches(r, segs, m)) ?? fallback;
+      };
+      const rule = pick(route.segments);
+      // An encoded slash: the path is forwarded with it kept in the segment, but a server that splits at it
+      // would see another route. The stricter of the two readings wins; where it goes stays the forwarded one's.
+      if (route.flatSegments) {
+        const other = pick(route.flatSegments);
+        if (RANK[other.access] > RANK[rule.access]) return { rule, access: other.access };
+      }
       return { rule, access: rule.access };
     },
   };
