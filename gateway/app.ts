@@ -3,6 +3,7 @@ import type { Duplex } from 'node:stream';
 import express from 'express';
 import type { Audit } from './audit';
 import type { CredentialChain } from './auth/chain';
+import { clearedCookie } from './auth/cookie';
 import { checkCsrf } from './auth/csrf';
 import type { ResolvedConfig } from './config/load';
 import { AppError, errors } from './errors';
@@ -127,7 +128,9 @@ export function createApp(deps: AppDeps): Gateway {
     return ctx;
   }
 
-  function loginRedirect(req: IncomingMessage, res: ServerResponse, ctx: RequestContext | undefined): void {
+  function loginRedirect(req: IncomingMessage, res: ServerResponse, ctx: RequestContext | undefined, staleCookie: boolean): void {
+    // A revoked or expired session cookie is dropped, so the login page does not keep tripping over it.
+    if (staleCookie) res.setHeader('Set-Cookie', clearedCookie(config, !!ctx?.secure || config.force_https));
     const next = ctx ? ctx.route.forwardPath + (stripTokenQuery(ctx.route.query) ? `?${stripTokenQuery(ctx.route.query)}` : '') : '/';
     res.statusCode = 302;
     res.setHeader('Location', `/login?next=${encodeURIComponent(next)}`);
@@ -180,7 +183,10 @@ export function createApp(deps: AppDeps): Gateway {
         },
         (err) => {
           const ctx = peekContext(req);
-          if (err instanceof AppError && err.code === 'AUTH_REQUIRED' && wantsHtml(req)) return loginRedirect(req, res, ctx);
+          // Browser navigations without a header credential go to the login page rather than an error page.
+          const headerCredential = req.headers.authorization !== undefined || req.headers['x-api-key'] !== undefined;
+          if (err instanceof AppError && err.status === 401 && wantsHtml(req) && !headerCredential)
+            return loginRedirect(req, res, ctx, err.code !== 'AUTH_REQUIRED');
           if (!(err instanceof AppError)) logger.error({ err }, 'front door error');
           sendError(req, res, err);
         },
