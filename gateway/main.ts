@@ -28,20 +28,14 @@ async function main(): Promise<void> {
   }
   const { logger } = composed;
   logger.info({ config: redactConfig(config) }, 'configuration loaded');
-  const running = await listen(composed);
-  for (const n of composed.notices) {
-    logger.warn(n);
-    process.stderr.write(`comfyui-gateway: ${n}\n`);
-  }
-  logger.info({ url: running.url, upstream: config.upstream }, 'comfyui-gateway listening');
-  process.stderr.write(`comfyui-gateway: listening on ${running.url} in front of ${config.upstream}\n`);
-
+  // Signals are handled before the port opens, so a SIGTERM right after start-up still drains cleanly.
+  let running: Awaited<ReturnType<typeof listen>> | null = null;
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;
     stopping = true;
     logger.info({ signal }, 'shutting down');
-    running.shutdown().then(
+    (running ? running.shutdown() : composed.close()).then(
       () => process.exit(0),
       (err) => {
         logger.error({ err }, 'shutdown failed');
@@ -53,6 +47,14 @@ async function main(): Promise<void> {
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('uncaughtException', (err) => logger.error({ err }, 'uncaught exception (kept running)'));
   process.on('unhandledRejection', (err) => logger.error({ err }, 'unhandled rejection (kept running)'));
+
+  running = await listen(composed);
+  for (const n of composed.notices) {
+    logger.warn(n);
+    process.stderr.write(`comfyui-gateway: ${n}\n`);
+  }
+  logger.info({ url: running.url, upstream: config.upstream }, 'comfyui-gateway listening');
+  process.stderr.write(`comfyui-gateway: listening on ${running.url} in front of ${config.upstream}\n`);
 }
 
 void main();
