@@ -14,7 +14,10 @@ import { parseModelId } from '../gateway/downloads/modelId';
 import { createHfOAuth } from '../gateway/downloads/oauth';
 import { sha256FromEtag } from '../gateway/downloads/probe';
 import { createTokenStore, tokenFileName } from '../gateway/downloads/tokens';
-import { TMP_PATTERN } from '../gateway/downloads/worker';
+import { runDownload, TMP_PATTERN } from '../gateway/downloads/worker';
+import { createHostPolicy } from '../gateway/downloads/hosts';
+import { createSafeHttp } from '../gateway/downloads/safeHttp';
+import http from 'node:http';
 
 const logger = pino({ level: 'silent' });
 const dirs: string[] = [];
@@ -114,4 +117,43 @@ test('a login that is never completed times out and frees the callback port', as
   });
   expect(refused).toBe(true);
   await oauth.close();
+});
+
+test('a body cut right after the headers is noticed even when the disk check is slow (no hang), and nothing is left', async () => {
+  let gets = 0;
+  const server = http.createServer((req, res) => {
+    gets++;
+    res.writeHead(req.headers.range ? 206 : 200, {
+      'content-length': 1000,
+      ...(req.headers.range ? { 'content-range': `bytes ${/\d+/.exec(req.headers.range)![0]}-999/1000` } : {}),
+    });
+    res.write(Buffer.alloc(10));
+    setImmediate(() => res.socket?.destroy());
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  const port = (server.address() as net.AddressInfo).port;
+  const client = createSafeHttp({ hosts: createHostPolicy({ allowedHosts: [`127.0.0.1:${port}`], redirectHosts: [], hfEndpoint: 'https://huggingface.co' }) });
+  const dest = path.join(tmpDir(), 'checkpoints', 'cut.safetensors');
+  try {
+    const t0 = Date.now();
+    await expect(
+      runDownload(client, {
+        url: `http://127.0.0.1:${port}/cut.safetensors`,
+        dest,
+        epoch: 1,
+        sha256: null,
+        hfToken: null,
+        signal: new AbortController().signal,
+        progress: () => undefined,
+        freeSpace: async () => (await new Promise((r) => setTimeout(r, 100)), 1e12),
+        isActive: () => true,
+      }),
+    ).rejects.toMatchObject({ code: 'DOWNLOAD_FAILED' });
+    expect(Date.now() - t0).toBeLessThan(8000);
+    expect(gets).toBe(4); // the first attempt and three resumes
+    expect(fs.readdirSync(path.dirname(dest))).toEqual([]);
+  } finally {
+    client.close();
+    server.close();
+  }
 });

@@ -134,6 +134,23 @@ describe('isolating WebSocket relay', () => {
     }
   });
 
+  it('once a run is over its socket gets no more ownerless frames; custom events reach everyone only while idle', async () => {
+    const a = await connect(env.alice, 'after-a');
+    const b = await connect(env.bob, 'after-b');
+    const id = await queue(env.alice, 'after-a');
+    await a.next((f) => f.json?.type === 'executing' && f.json.data.node === null && f.json.data.prompt_id === id, 5000);
+    fake.sendWsBinary(null, progressText('3', 'late text'));
+    fake.sendWs(null, { type: 'status', data: { status: { exec_info: { queue_remaining: 0 } } } });
+    fake.sendWs(null, { type: 'custom.event', data: { n: 1 } }); // unsure right after a status: dropped
+    await sleep(150); // the gateway has asked ComfyUI's queue meanwhile: idle
+    fake.sendWs(null, { type: 'custom.event', data: { n: 2 } });
+    await a.next((f) => f.json?.type === 'custom.event' && f.json.data.n === 2);
+    await b.next((f) => f.json?.type === 'custom.event' && f.json.data.n === 2);
+    expect(a.frames.some((f) => f.data.includes('late text'))).toBe(false);
+    expect(b.frames.some((f) => f.data.includes('late text'))).toBe(false);
+    expect([...a.frames, ...b.frames].some((f) => f.data.includes('"n": 1'))).toBe(false);
+  });
+
   it('frames naming a prompt the gateway does not know are dropped for everyone', async () => {
     const a = await connect(env.alice, 'x-a');
     fake.sendWs(null, { type: 'executing', data: { node: '1', prompt_id: 'not-queued-through-the-gateway' } });

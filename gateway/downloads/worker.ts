@@ -80,6 +80,8 @@ function pump(res: IncomingMessage, out: fs.WriteStream, onChunk: (c: Buffer) =>
     });
     signal.addEventListener('abort', onAbort, { once: true });
     if (signal.aborted) onAbort();
+    else if (res.readableEnded) finish(null);
+    else if (res.destroyed) finish(Object.assign(new Error('connection closed before the body was complete'), { code: 'ERR_STREAM_PREMATURE_CLOSE' }));
   });
 }
 
@@ -103,6 +105,8 @@ export async function runDownload(http: SafeHttp, job: WorkerJob): Promise<numbe
     for (;;) {
       if (!job.isActive()) throw Object.assign(new Error('cancelled'), { name: 'AbortError' });
       try {
+        // Measured before the request: between a response and pump() there must be no await, or its end is missed.
+        const free = checkedSpace ? null : await job.freeSpace(path.dirname(job.dest));
         const headers: Record<string, string> = written > 0 ? { range: `bytes=${written}-`, ...(etag ? { 'if-range': etag } : {}) } : {};
         const { res, first } = await http.request(job.url, { method: 'GET', hfToken: job.hfToken, follow: true, headers, signal: job.signal });
         const status = res.statusCode ?? 0;
@@ -137,9 +141,8 @@ export async function runDownload(http: SafeHttp, job: WorkerJob): Promise<numbe
           etag = typeof res.headers.etag === 'string' && !res.headers.etag.startsWith('W/') ? res.headers.etag : null;
         }
         if (expectedSha && !hash) hash = crypto.createHash('sha256');
-        if (!checkedSpace && total !== null) {
+        if (free !== null && total !== null) {
           checkedSpace = true;
-          const free = await job.freeSpace(path.dirname(job.dest));
           if (total - written > free) {
             res.destroy();
             throw new DownloadFailure('INSUFFICIENT_STORAGE', `not enough free disk space (${total - written} bytes needed, ${free} free)`);

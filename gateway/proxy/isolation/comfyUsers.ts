@@ -64,36 +64,47 @@ export function createComfyUsers(deps: { file: string; upstream: Upstream; logge
     return null; // e.g. "Duplicate username." after a race: look it up again
   }
 
-  async function lookup(username: string): Promise<string> {
-    let users: Record<string, string> | null;
-    try {
-      users = await listUsers();
-    } catch (e) {
-      const known = ids.get(username);
-      if (known) return known; // ComfyUI unreachable: keep using what we had, check again next time
-      throw e;
+  function singleUser(username: string): string {
+    multiUser = false;
+    if (!warned) {
+      warned = true;
+      deps.logger.warn('ComfyUI runs without --multi-user: it ignores comfy-user, so saved workflows and settings are shared by everyone');
     }
-    if (users === null) {
-      multiUser = false;
-      if (!warned) {
-        warned = true;
-        deps.logger.warn('ComfyUI runs without --multi-user: it ignores comfy-user, so saved workflows and settings are shared by everyone');
-      }
-      verified.add(username);
-      return SINGLE_USER;
-    }
-    multiUser = true;
-    const known = ids.get(username);
-    let id = known && Object.prototype.hasOwnProperty.call(users, known) ? known : undefined;
-    id ??= Object.keys(users).find((k) => users![k] === username);
-    if (!id) id = (await create(username)) ?? Object.entries((await listUsers()) ?? {}).find(([, v]) => v === username)?.[0];
-    if (!id) throw new Error(`could not create the ComfyUI user for ${username}`);
-    if (id !== known) {
+    verified.add(username);
+    return SINGLE_USER;
+  }
+
+  async function remember(username: string, id: string): Promise<string> {
+    if (ids.get(username) !== id) {
       ids.set(username, id);
       await persist();
     }
     verified.add(username);
     return id;
+  }
+
+  async function lookup(username: string): Promise<string> {
+    const known = ids.get(username);
+    if (!known) {
+      // A new user: one request in the usual case.
+      const created = await create(username);
+      if (created) return remember(username, created);
+    }
+    let users: Record<string, string> | null;
+    try {
+      users = await listUsers();
+    } catch (e) {
+      if (known) return known; // ComfyUI unreachable: keep using what we had, check again next time
+      throw e;
+    }
+    if (users === null) return singleUser(username);
+    multiUser = true;
+    if (known && Object.prototype.hasOwnProperty.call(users, known)) return remember(username, known);
+    // Our id is gone (ComfyUI reinstalled?) or the name was taken before: find it by name, else create it.
+    let id = Object.keys(users).find((k) => users![k] === username);
+    id ??= (await create(username)) ?? undefined;
+    if (!id) throw new Error(`could not create the ComfyUI user for ${username}`);
+    return remember(username, id);
   }
 
   return {

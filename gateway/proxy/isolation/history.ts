@@ -8,7 +8,26 @@ import {
   callUpstream, cleanQuery, isObj, missingId, parseJsonObject, readBody, seesAll, segs, sendJson, sendUpstream, sibling, upstreamHeaders, upstreamJson, upstreamUrl, withQuery,
 } from './http';
 import { scanObject } from './jsonScan';
+import { LEDGER_MAX } from './ledger';
 import { filesOfOutputs } from './outputs';
+
+/** Up to this many own prompts, GET /history asks ComfyUI for each by id instead of reading everyone's history. */
+const PER_ID_MAX = 256;
+const PER_ID_CONCURRENCY = 32;
+
+/** Runs `fn` over `items` with at most `limit` in flight, keeping order. */
+async function mapLimit<T, R>(items: T[], limit: number, fn: (x: T) => Promise<R>): Promise<R[]> {
+  const out = new Array<R>(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await fn(items[i]);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
+}
 
 function intParam(q: URLSearchParams, name: string): number | null {
   const v = q.get(name);
@@ -39,6 +58,9 @@ export function historyInterceptors(iso: IsolationContext): Interceptor[] {
   }
 
   const headersFor = (req: IncomingMessage, ctx: RequestContext) => upstreamHeaders(req, ctx, iso.cookieName, iso.upstream);
+  // Prompt ids seen in ComfyUI's history, and those that left it since (ids are never reused): skipped when asking one by one.
+  const done = new Set<string>();
+  const gone = new Set<string>();
 
   const list: Interceptor = {
     id: 'isolation-history-list',
@@ -57,8 +79,31 @@ export function historyInterceptors(iso: IsolationContext): Interceptor[] {
       }
       const maxItems = intParam(ctx.query, 'max_items');
       const offset = intParam(ctx.query, 'offset');
+      const own = iso.ledger.idsOf(p.username);
       // Nothing of theirs: no need to make ComfyUI serialise everyone's history.
-      if (!iso.ledger.idsOf(p.username).length) return sendJson(req, res, {});
+      if (!own.length) return sendJson(req, res, {});
+      if (done.size + gone.size > 2 * LEDGER_MAX) {
+        for (const set of [done, gone]) for (const id of set) if (!iso.ledger.get(id)) set.delete(id);
+      }
+      const candidates = own.filter((id) => !gone.has(id));
+      if (candidates.length <= PER_ID_MAX) {
+        // Few prompts of theirs among many: ask for each one (O(own) work here and upstream, not O(everyone)).
+        const prefix = ctx.route.apiPrefixed ? '/api' : '';
+        const answers = await mapLimit(candidates, PER_ID_CONCURRENCY, (id) => callUpstream(iso.upstream, 'GET', `${prefix}/history/${encodeURIComponent(id)}`, headers));
+        const failed = answers.find((a) => a.status !== 200);
+        if (failed) return sendUpstream(req, res, failed);
+        const present: [string, unknown][] = [];
+        candidates.forEach((id, i) => {
+          const j = upstreamJson(answers[i]);
+          if (isObj(j) && isObj(j[id])) {
+            present.push([id, j[id]]);
+            done.add(id);
+          } else if (done.delete(id)) gone.add(id); // was in the history, is no more: deleted or ComfyUI restarted
+        });
+        const out: Record<string, unknown> = {};
+        for (const [id, e] of slice(present, maxItems, offset)) out[id] = viewEntry(id, e, p.username);
+        return sendJson(req, res, out, 200, answers[0]);
+      }
       const q = new URLSearchParams(ctx.query);
       q.delete('max_items');
       q.delete('offset');

@@ -108,11 +108,15 @@ export function sendUpstream(req: IncomingMessage, res: ServerResponse, up: Upst
   res.end(bodyless || req.method === 'HEAD' ? undefined : body);
 }
 
-/** Sends a JSON value the way ComfyUI's json_response does, keeping the upstream's other headers when given. */
+/**
+ * Sends a JSON value the way ComfyUI's json_response does. It is an answer made for one user: never cached by
+ * anyone else, and no validator of the upstream's (unfiltered) body is passed on.
+ */
 export function sendJson(req: IncomingMessage, res: ServerResponse, value: unknown, status = 200, from?: UpstreamResponse): void {
   const body = Buffer.from(JSON.stringify(value), 'utf8');
   const h: OutgoingHttpHeaders = {};
-  if (from) for (const k of PASS) if (from.headers[k] !== undefined) h[k] = from.headers[k];
+  if (from) for (const k of ['content-language', 'allow']) if (from.headers[k] !== undefined) h[k] = from.headers[k];
+  h['cache-control'] = 'no-store';
   h['content-type'] = 'application/json; charset=utf-8';
   h['content-length'] = body.length;
   h['x-content-type-options'] = 'nosniff';
@@ -164,3 +168,6 @@ export function cleanQuery(ctx: RequestContext): string {
   const q = stripTokenQuery(ctx.route.query);
   return q ? `?${q}` : '';
 }
+
+/** A 200 from ComfyUI that is not the shape a filter expects: refused rather than passed on unfiltered. */
+export const unexpectedAnswer = () => new AppError(502, 'UPSTREAM_UNAVAILABLE', 'ComfyUI gave an answer the gateway cannot filter');

@@ -24,6 +24,18 @@ import { usersInterceptor } from './users';
 import { viewInterceptor } from './view';
 import { createIsolationWsHooks } from './ws';
 
+/**
+ * ComfyUI routes that never read comfy-user (server.py's core routes, static files). Every request to ComfyUI
+ * carries the caller's own id (created on first use); when it cannot be had, only these routes go ahead without
+ * it — user data, settings, /users and custom nodes' routes are refused (502) instead, since ComfyUI would take a
+ * request without comfy-user for its default user.
+ */
+const IGNORES_COMFY_USER = new Set([
+  '', 'index.html', 'ws', 'prompt', 'queue', 'history', 'interrupt', 'jobs', 'view', 'view_metadata', 'upload', 'object_info',
+  'embeddings', 'extensions', 'models', 'features', 'system_stats', 'free', 'internal', 'i18n', 'workflow_templates',
+  'experiment', 'templates', 'scripts', 'fonts', 'cursor', 'docs', 'index.css', 'favicon.ico', 'manifest.json', 'vhs',
+]);
+
 /** Multi-user isolation (issue 5, DESIGN §7), ready to be wired into the front door by compose.ts. */
 export interface Isolation {
   /** resolves each principal's ComfyUI user id into ctx.principal.comfyUser */
@@ -84,8 +96,12 @@ export function createIsolation(deps: { config: ResolvedConfig; logger: Logger; 
       p.comfyUser = await comfyUsers.resolve(p.username);
     } catch (e) {
       logger.warn({ err: (e as Error).message, user: p.username }, 'could not resolve the ComfyUI user');
-      // Never forward without the caller's own comfy-user: ComfyUI would treat the request as its default user.
-      throw new AppError(502, 'UPSTREAM_UNAVAILABLE', 'ComfyUI is not reachable right now; try again shortly');
+      const known = comfyUsers.cached(p.username);
+      if (known) p.comfyUser = known;
+      // Never send a request that reads comfy-user without it: ComfyUI would answer for its default user.
+      if (!IGNORES_COMFY_USER.has(ctx.route.segments[0]?.toLowerCase() ?? '') && !known) {
+        throw new AppError(502, 'UPSTREAM_UNAVAILABLE', 'ComfyUI is not reachable right now; try again shortly');
+      }
     }
   };
 

@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Interceptor } from '../../app';
 import type { IsolationContext } from './context';
-import { callUpstream, isObj, seesAll, segs, sendJson, sendUpstream, upstreamHeaders, upstreamJson, upstreamUrl } from './http';
+import { callUpstream, isObj, seesAll, segs, sendJson, sendUpstream, unexpectedAnswer, upstreamHeaders, upstreamJson, upstreamUrl } from './http';
 import { parseAnnotated } from './paths';
 
 const LOADER_CLASS = /load/i;
@@ -93,7 +93,10 @@ export function objectInfoInterceptor(iso: IsolationContext): Interceptor {
       req.resume();
       const up = await callUpstream(iso.upstream, 'GET', upstreamUrl(ctx), upstreamHeaders(req, ctx, iso.cookieName, iso.upstream));
       const j = upstreamJson(up);
-      if (!isObj(j)) return sendUpstream(req, res, up);
+      if (!isObj(j)) {
+        if (up.status === 200) throw unexpectedAnswer();
+        return sendUpstream(req, res, up);
+      }
       for (const [cls, info] of Object.entries(j)) if (LOADER_CLASS.test(cls) && isObj(info)) filterNode(info, p.username);
       sendJson(req, res, j, 200, up);
     },

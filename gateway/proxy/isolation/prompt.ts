@@ -1,7 +1,7 @@
 import crypto from 'node:crypto';
 import type { Interceptor } from '../../app';
 import type { IsolationContext } from './context';
-import { callUpstream, isObj, parseJsonObject, readBody, segs, sendUpstream, upstreamHeaders, upstreamUrl } from './http';
+import { callUpstream, isObj, parseJsonObject, readBody, seesAll, segs, sendUpstream, upstreamHeaders, upstreamUrl } from './http';
 import { parseAnnotated, pathNotAllowed, splitUserPath, underUser, type FileType } from './paths';
 
 /** Inputs that name where a node saves: `filename_prefix` and its relatives. */
@@ -17,8 +17,15 @@ const URL_SCHEME = /^([a-z][a-z0-9+.-]*):\/\//i;
  * Rewrites one prompt graph in place so every path-like input stays inside the user's folders (DESIGN §7).
  * Saves get `<user>/` in front; loader inputs are read from `<user>/…` of their area (input unless annotated);
  * temp files may be loaded only when one of the user's prompts produced them. Anything else is PATH_NOT_ALLOWED.
+ * `confineReads: false` (admins, who may read everything) leaves loader inputs alone; saves are prefixed anyway.
  */
-export function confinePromptPaths(prompt: unknown, user: string, ownsTemp: (subfolder: string, filename: string) => boolean): void {
+export function confinePromptPaths(
+  prompt: unknown,
+  user: string,
+  ownsTemp: (subfolder: string, filename: string) => boolean,
+  opts: { confineReads?: boolean } = {},
+): void {
+  const confineReads = opts.confineReads ?? true;
   if (!isObj(prompt)) return;
   for (const [nodeId, node] of Object.entries(prompt)) {
     if (!isObj(node) || !isObj(node.inputs)) continue;
@@ -31,7 +38,7 @@ export function confinePromptPaths(prompt: unknown, user: string, ownsTemp: (sub
         node.inputs[name] = underUser(user, s.length ? s : ['ComfyUI']).join('/');
       } else if (SAVE_DIR.test(name)) {
         node.inputs[name] = underUser(user, splitUserPath(value, where)).join('/');
-      } else if (LOADER_CLASS.test(cls) && LOADER_INPUTS.has(name.toLowerCase())) {
+      } else if (confineReads && LOADER_CLASS.test(cls) && LOADER_INPUTS.has(name.toLowerCase())) {
         node.inputs[name] = confineLoaderValue(value, user, where, ownsTemp);
       }
     }
@@ -39,6 +46,8 @@ export function confinePromptPaths(prompt: unknown, user: string, ownsTemp: (sub
 }
 
 function confineLoaderValue(value: string, user: string, where: Record<string, unknown>, ownsTemp: (subfolder: string, filename: string) => boolean): string {
+  // "No file" sentinels of optional loader inputs name nothing to read.
+  if (value === '' || value.toLowerCase() === 'none') return value;
   const url = URL_SCHEME.exec(value);
   if (url) {
     // A download, not a local file: only the web schemes.
@@ -65,7 +74,9 @@ export function promptInterceptor(iso: IsolationContext): Interceptor {
       const p = ctx.principal!;
       const body = parseJsonObject(await readBody(req));
       if (iso.separate) {
-        confinePromptPaths(body.prompt, p.username, (subfolder, filename) => iso.ledger.ownsFile(p.username, { type: 'temp', subfolder, filename }));
+        confinePromptPaths(body.prompt, p.username, (subfolder, filename) => iso.ledger.ownsFile(p.username, { type: 'temp', subfolder, filename }), {
+          confineReads: !seesAll(p, iso.separate),
+        });
       }
       const promptId = crypto.randomUUID();
       const cid = typeof body.client_id === 'string' || typeof body.client_id === 'number' ? String(body.client_id) : '';

@@ -2,7 +2,7 @@ import type { Interceptor } from '../../app';
 import { AppError } from '../../errors';
 import type { IsolationContext } from './context';
 import { viewPromptTuple } from './entries';
-import { callUpstream, isObj, missingId, parseJsonObject, readBody, seesAll, segs, sendJson, sendUpstream, upstreamHeaders, upstreamJson, upstreamUrl } from './http';
+import { callUpstream, isObj, missingId, parseJsonObject, readBody, seesAll, segs, sendJson, sendUpstream, unexpectedAnswer, upstreamHeaders, upstreamJson, upstreamUrl } from './http';
 
 /** GET /queue shows the caller's prompts only (admins: all, others' secrets stripped). */
 export function queueInterceptors(iso: IsolationContext): Interceptor[] {
@@ -14,8 +14,11 @@ export function queueInterceptors(iso: IsolationContext): Interceptor[] {
       const p = ctx.principal!;
       const up = await callUpstream(iso.upstream, 'GET', upstreamUrl(ctx), upstreamHeaders(req, ctx, iso.cookieName, iso.upstream));
       const j = upstreamJson(up);
-      if (!isObj(j)) return sendUpstream(req, res, up);
       const all = seesAll(p, iso.separate);
+      if (!isObj(j)) {
+        if (up.status === 200 && !all) throw unexpectedAnswer();
+        return sendUpstream(req, res, up);
+      }
       const keep = (e: unknown) => all || (Array.isArray(e) && iso.ledger.owner(e[1]) === p.username);
       const out: Record<string, unknown> = { ...j };
       for (const k of ['queue_running', 'queue_pending']) {

@@ -6,18 +6,16 @@ import type { Ledger } from './ledger';
 export type RunState = { kind: 'unknown' } | { kind: 'idle' } | { kind: 'running'; promptId: string; owner: string | null };
 
 /**
- * Attributes WebSocket frames that carry no prompt id (legacy previews type 1, progress text type 3, custom
- * events) to the prompt ComfyUI is executing. ComfyUI sends progress text with no sid at all (to every socket),
- * so the only safe rule is "deliver it to the owner of the running prompt, and to nobody while unsure".
+ * Whether ComfyUI is idle, for custom WebSocket events that name no prompt (they may go to everyone only when no
+ * prompt is running; while one runs they belong to its owner's socket, which ws.ts tracks per socket).
  *
- * Knowledge comes from the owner's own socket (events that name the prompt) and from GET /queue, asked once per
- * `status` broadcast (ComfyUI sends one on every queue change: a prompt queued, started or finished). Between a
- * `status` and the answer the state is `unknown`, so a stale owner never receives the next prompt's frames.
+ * Knowledge comes from the events that name a prompt and from GET /queue. Every `status` broadcast (ComfyUI sends
+ * one on every queue change: a prompt queued, started or finished) makes the state `unknown`; the queue is asked
+ * only when an event needs the answer while unsure (that event is dropped, the next ones use the answer), and an
+ * answer is used only if nothing changed while it was on its way.
  */
 export interface RunTracker {
   readonly state: RunState;
-  /** the running prompt is this user's */
-  runningFor(user: string): boolean;
   /** nothing is running (known, not assumed) */
   idle(): boolean;
   /** a `status` frame arrived: the queue changed */
@@ -53,10 +51,9 @@ export function createRunTracker(deps: { upstream: Upstream; ledger: Ledger; log
       deps.logger.debug({ err: (e as Error).message }, 'run tracker: GET /queue failed');
     } finally {
       inflight = false;
-      if (again) {
-        again = false;
-        void refresh();
-      }
+      // Asked again meanwhile and still unsure (the queue changed while we were asking): ask once more.
+      if (again && state.kind === 'unknown') void refresh();
+      again = false;
     }
   }
 
@@ -64,14 +61,13 @@ export function createRunTracker(deps: { upstream: Upstream; ledger: Ledger; log
     get state() {
       return state;
     },
-    runningFor(user) {
-      return state.kind === 'running' && state.owner === user;
+    idle() {
+      if (state.kind === 'unknown') void refresh();
+      return state.kind === 'idle';
     },
-    idle: () => state.kind === 'idle',
     onStatus() {
       version++;
       state = { kind: 'unknown' };
-      void refresh();
     },
     onPromptEvent(type, promptId, owner, data) {
       const ends = TERMINAL.has(type) || (type === 'executing' && data.node === null);

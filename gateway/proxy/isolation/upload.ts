@@ -76,16 +76,29 @@ function streamUpstream(req: IncomingMessage, res: ServerResponse, ctx: RequestC
     delete headers['accept-encoding'];
     headers['content-type'] = req.headers['content-type'];
     let up: http.ClientRequest | null = null;
-    let failed = false;
+    let answering = false; // ComfyUI's answer is on its way to the client
+    let stopped = false;
 
-    const fail = (err: unknown) => {
-      if (failed) return;
-      failed = true;
+    /** Stops sending: the rest of the client's body is read and discarded. */
+    const stopSending = () => {
+      if (stopped) return;
+      stopped = true;
       req.unpipe(rewriter);
       rewriter.destroy();
+      req.resume();
+    };
+
+    const fail = (err: unknown) => {
+      if (answering) {
+        // ComfyUI already answered (e.g. 413) and may have closed its side: keep relaying that answer.
+        stopSending();
+        return;
+      }
+      if (stopped) return;
+      stopSending();
       up?.destroy();
       if (!res.headersSent) {
-        // The client may still be sending: answer, close the connection, and stop reading.
+        // The client may still be sending: answer, then close the connection.
         res.setHeader('Connection', 'close');
         sendError(req, res, err);
         res.once('finish', () => req.destroy());
@@ -97,12 +110,16 @@ function streamUpstream(req: IncomingMessage, res: ServerResponse, ctx: RequestC
       up = lib.request({ protocol: target.protocol, hostname: target.hostname, port: target.port, method: 'POST', path: upstreamUrl(ctx), headers, agent: iso.upstream.agent });
       up.on('error', () => fail(new AppError(502, 'UPSTREAM_UNAVAILABLE', 'ComfyUI is not reachable right now; try again shortly')));
       up.on('response', (upRes) => {
+        answering = true;
         const h: OutgoingHttpHeaders = {};
         for (const [k, v] of Object.entries(upRes.headers)) if (v !== undefined && !HOP.has(k)) h[k] = v;
         h['x-content-type-options'] = 'nosniff';
         res.writeHead(upRes.statusCode ?? 502, h);
         upRes.pipe(res);
-        upRes.on('end', () => resolve());
+        upRes.on('end', () => {
+          if (stopped) up?.destroy(); // its body was cut short: the connection cannot be reused
+          resolve();
+        });
         upRes.on('error', () => {
           res.destroy();
           resolve();
@@ -122,7 +139,10 @@ function streamUpstream(req: IncomingMessage, res: ServerResponse, ctx: RequestC
     rewriter.on('error', fail);
     req.on('error', fail);
     req.on('close', () => {
-      if (!req.complete) fail(new AppError(400, 'INVALID_BODY', 'Upload interrupted'));
+      if (req.complete) return;
+      // The client went away mid-upload: ComfyUI must see a truncated body (and so write nothing).
+      up?.destroy();
+      fail(new AppError(400, 'INVALID_BODY', 'Upload interrupted'));
     });
     req.pipe(rewriter);
   });

@@ -24,7 +24,7 @@ export function viewInterceptor(iso: IsolationContext): Interceptor {
   return {
     id: 'isolation-view',
     matches: (ctx, m) => iso.separate && (m === 'GET' || m === 'HEAD') && FILE_VIEWS.has(segs(ctx).join('/')),
-    async handle(req, _res, ctx, forward) {
+    async handle(_req, _res, ctx, forward) {
       const p = ctx.principal!;
       if (seesAll(p, iso.separate)) return forward();
       const q = ctx.query;
@@ -47,7 +47,6 @@ export function viewInterceptor(iso: IsolationContext): Interceptor {
       out.set('subfolder', checked.ref.subfolder);
       out.set('type', type);
       ctx.route = { ...ctx.route, query: out.toString() };
-      void req;
       forward();
     },
   };

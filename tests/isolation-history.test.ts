@@ -1,0 +1,67 @@
+/** Issue 5 item 4: GET /history for a user with many prompts (one read of everyone's history, filtered). */
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { sampleWorkflow, startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
+import { postJson, raw, received, startIsolationEnv, type Caller, type IsolationEnv } from './isolation-env';
+
+describe('GET /history with a long ledger', () => {
+  let env: IsolationEnv;
+  let fake: FakeComfy;
+  let dataDir: string;
+  const alices: string[] = [];
+  const bobs: string[] = [];
+
+  const queue = async (who: Caller) => {
+    const r = await postJson(env.gw, '/prompt', who, { prompt: sampleWorkflow() });
+    const id = r.json().prompt_id as string;
+    await fake.waitForPrompt(id);
+    return id;
+  };
+
+  beforeAll(async () => {
+    dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgw-iso-hist-'));
+    // 300 earlier prompts of alice's that ComfyUI no longer has (its history was restarted, say).
+    const rows = Array.from({ length: 300 }, (_, i) => [crypto.randomUUID(), 'alice', 1_700_000_000_000 + i, '', 'x', []]);
+    fs.writeFileSync(path.join(dataDir, 'prompt_ledger.json'), JSON.stringify({ version: 1, prompts: rows }), { mode: 0o600 });
+    fake = await startFakeComfy({ promptDelayMs: 5 });
+    env = await startIsolationEnv({ fakeInstance: fake, config: { data_dir: dataDir } });
+    for (let i = 0; i < 3; i++) alices.push(await queue(env.alice));
+    for (let i = 0; i < 2; i++) bobs.push(await queue(env.bob));
+    alices.push(await queue(env.alice));
+  });
+  afterAll(async () => {
+    await env.close();
+    await fake.close();
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  it('many own prompts: one read of the whole history, filtered to the caller’s', async () => {
+    fake.clearRequests();
+    const a = (await raw(env.gw, 'GET', '/api/history', { headers: env.alice.headers })).json();
+    expect(Object.keys(a)).toEqual(alices);
+    expect(received(fake, /^\/api\/history$/)).toHaveLength(1);
+    const last2 = (await raw(env.gw, 'GET', '/api/history?max_items=2', { headers: env.alice.headers })).json();
+    expect(Object.keys(last2)).toEqual(alices.slice(-2));
+    const second = (await raw(env.gw, 'GET', '/history?max_items=1&offset=1', { headers: env.alice.headers })).json();
+    expect(Object.keys(second)).toEqual([alices[1]]);
+    // the upstream never got our paging parameters: it would have paged everyone's history
+    expect(received(fake, /max_items|offset/)).toEqual([]);
+  });
+
+  it('few own prompts: asked for one by one, same answer shape', async () => {
+    fake.clearRequests();
+    const b = (await raw(env.gw, 'GET', '/history', { headers: env.bob.headers })).json();
+    expect(Object.keys(b)).toEqual(bobs);
+    expect(received(fake, /^\/history$/)).toEqual([]);
+    expect(received(fake, /^\/history\//).length).toBe(2);
+    const bad = await raw(env.gw, 'GET', '/history?max_items=lots', { headers: env.bob.headers });
+    expect([bad.status, bad.json().error.code]).toEqual([400, 'INVALID_REQUEST']);
+  });
+
+  it('admins read everything', async () => {
+    const all = (await raw(env.gw, 'GET', '/history', { headers: env.admin.headers })).json();
+    expect(Object.keys(all)).toEqual(expect.arrayContaining([...alices, ...bobs]));
+  });
+});
