@@ -115,6 +115,10 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   interceptors.push(...isolation.interceptors);
   wsHooks.unshift(isolation.wsHooks);
   closers.push(() => isolation.close());
+  // Each gateway user gets its ComfyUI user when it is created (first use covers users made before this ran).
+  users.onCreated((u) => {
+    isolation.ensureComfyUser(u.username).catch((e) => logger.warn({ err: (e as Error).message, user: u.username }, 'could not create the ComfyUI user yet; will retry on first use'));
+  });
   // ComfyUI's server-side model-download API, served here behind the gateway's identity (issue 6).
   if (config.model_downloads.enabled) {
     const downloads = createDownloads({ config, logger, audit, upstream });

@@ -3,6 +3,7 @@ import request from 'supertest';
 import { login, logText, PW, registerFirstAdmin, registerUser } from './helpers/auth';
 import { startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
 import { flushedLogs, startGateway, TEST_KEY, type TestGateway } from './helpers/gateway';
+import { clientTraffic } from './helpers/traffic';
 
 let fake: FakeComfy;
 let gw: TestGateway;
@@ -44,7 +45,7 @@ test('GET /gateway/api/users lists users without hashes; users and anonymous cal
   }
   expect(gw.composed.users.get('alice')!.role).toBe('user');
   expect(gw.composed.users.get('admin')).toBeDefined();
-  expect(fake.requests).toHaveLength(0);
+  expect(clientTraffic(fake)).toHaveLength(0);
 });
 
 test('POST /gateway/api/users creates users; validation, duplicates', async () => {

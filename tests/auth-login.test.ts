@@ -6,6 +6,7 @@ import request from 'supertest';
 import { fromFreshIps, login, logText, PW, registerFirstAdmin, registerUser, TRUST_LOCAL_PROXY } from './helpers/auth';
 import { startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
 import { flushedLogs, startGateway, TEST_KEY, type TestGateway } from './helpers/gateway';
+import { clientTraffic } from './helpers/traffic';
 
 const setupCode = (notices: string[]) => /setup code: ([A-Z0-9]{4}(?:-[A-Z0-9]{4}){3})/i.exec(notices.join('\n'))?.[1];
 const b64 = (o: object) => Buffer.from(JSON.stringify(o)).toString('base64url');
@@ -144,7 +145,7 @@ describe('register, login, sessions', () => {
     const byUserCookie = await api().post('/register').set('Cookie', aliceSession.cookie).set('Origin', gw.url).send({ new_user_username: 'bob', new_user_password: PW });
     expect(byUserCookie.status).toBe(403);
     expect(gw.composed.users.get('bob')).toBeUndefined();
-    expect(fake.requests).toHaveLength(0);
+    expect(clientTraffic(fake)).toHaveLength(0);
   });
 
   test('POST /login: token, expiry and an HttpOnly SameSite=Lax cookie; JSON and form bodies', async () => {
@@ -187,7 +188,7 @@ describe('register, login, sessions', () => {
     expect(missing.status).toBe(400);
     const typed = await api().post('/login').send({ username: 'carol', password: { $ne: 1 } });
     expect(typed.status).toBe(400);
-    expect(fake.requests).toHaveLength(0);
+    expect(clientTraffic(fake)).toHaveLength(0);
   });
 
   test('unknown user, wrong password and disabled user: the same 401, no cookie', async () => {
@@ -263,8 +264,8 @@ describe('register, login, sessions', () => {
     expect((await api().get('/queue').set('Authorization', `Bearer ${s.token}`)).status).toBe(200);
     const ours = jwt.sign({ ...body, sub: 'gina', role: 'user', jti: 'ours-1', iat_ms: Date.now(), iat: Math.floor(Date.now() / 1000) }, SECRET, { algorithm: 'HS256' });
     expect((await api().get('/gateway/api/me').set('Authorization', `Bearer ${ours}`)).status).toBe(200);
-    expect(fake.requests.map((r) => r.rawPath)).toEqual(['/queue']);
-    expect(fake.requests[0].headers.authorization).toBeUndefined();
+    expect(clientTraffic(fake).map((r) => r.rawPath)).toEqual(['/queue']);
+    expect(clientTraffic(fake)[0].headers.authorization).toBeUndefined();
   });
 
   test('logout revokes the jti (persisted), clears the cookie; a copied token stops working at once', async () => {
@@ -303,7 +304,7 @@ describe('register, login, sessions', () => {
     expect((await api().post('/logout')).body).toEqual({ logged_out: true });
     const events = (await flushedLogs(gw)).filter((l) => l.audit && l.event === 'logout' && l.user === 'hank');
     expect(events).toHaveLength(2);
-    expect(fake.requests).toHaveLength(0); // free_memory_on_logout is off
+    expect(clientTraffic(fake)).toHaveLength(0); // free_memory_on_logout is off
   });
 
   test('password change and disabling void every earlier session; a session issued right after still works', async () => {

@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import { fromFreshIps, login, logText, PW, registerFirstAdmin, registerUser, TRUST_LOCAL_PROXY } from './helpers/auth';
 import { startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
 import { flushedLogs, startGateway, TEST_KEY, type TestGateway } from './helpers/gateway';
+import { clientTraffic } from './helpers/traffic';
 
 let fake: FakeComfy;
 let gw: TestGateway;
@@ -93,8 +94,8 @@ test('a personal token and the static key each work via Bearer, X-API-Key and ?t
       fake.clearRequests();
       const res = await send(secret);
       if (res.status !== 200) throw new Error(`${label} via ${way} → ${res.status} ${res.text}`);
-      expect(fake.requests).toHaveLength(1);
-      const seen = fake.requests[0];
+      expect(clientTraffic(fake)).toHaveLength(1);
+      const seen = clientTraffic(fake)[0];
       expect(seen.headers.authorization).toBeUndefined();
       expect(seen.headers['x-api-key']).toBeUndefined();
       expect(seen.rawPath).not.toContain(secret);
@@ -134,7 +135,7 @@ test('wrong, revoked and expired tokens are 401 and nothing reaches ComfyUI', as
   fake.clearRequests();
   await new Promise((r) => setTimeout(r, 1100));
   expect((await WAYS.xApiKey(short.token)).status).toBe(401);
-  expect(fake.requests).toHaveLength(0);
+  expect(clientTraffic(fake)).toHaveLength(0);
 });
 
 test("someone else's token id is 404 and stays valid", async () => {

@@ -3,6 +3,7 @@ import { login, PW, registerFirstAdmin, registerUser } from './helpers/auth';
 import { sampleWorkflow, startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
 import { startGateway, TEST_KEY, type TestGateway } from './helpers/gateway';
 import { openSocket } from './helpers/ws';
+import { clientTraffic } from './helpers/traffic';
 
 const EVIL = 'http://evil.example';
 let fake: FakeComfy;
@@ -44,14 +45,14 @@ test('cookie POST /gateway/api/tokens from a foreign Origin (or with no Origin a
   expect(byReferer.status).toBe(201);
   // Reading stays possible without an Origin (GET is not a state change).
   expect((await request(gw.url).get('/gateway/api/tokens').set('Cookie', alice.cookie)).body.tokens).toHaveLength(2);
-  expect(fake.requests).toHaveLength(0);
+  expect(clientTraffic(fake)).toHaveLength(0);
 });
 
 test('cookie POST /prompt (proxied) from a foreign Origin → 403 and ComfyUI saw nothing; same origin goes through', async () => {
   expectCsrf(await request(gw.url).post('/prompt').set('Cookie', alice.cookie).set('Origin', EVIL).send(promptBody()));
   expectCsrf(await request(gw.url).post('/api/prompt').set('Cookie', alice.cookie).set('Origin', EVIL).send(promptBody()));
   expectCsrf(await request(gw.url).post('/api/prompt').set('Cookie', alice.cookie).send(promptBody()));
-  expect(fake.requests).toHaveLength(0);
+  expect(clientTraffic(fake)).toHaveLength(0);
 
   const ok = await request(gw.url).post('/prompt').set('Cookie', alice.cookie).set('Origin', gw.url).send(promptBody());
   expect(ok.status).toBe(200);
@@ -68,7 +69,7 @@ test('header-authenticated scripts are not subject to the Origin rule', async ()
     if (noOrigin.status !== 200) throw new Error(`${name} without Origin → ${noOrigin.status}`);
     const foreign = await request(gw.url).post('/prompt').set(headers).set('Origin', EVIL).send(promptBody());
     if (foreign.status !== 200) throw new Error(`${name} with a foreign Origin → ${foreign.status}`);
-    expect(fake.requests.filter((r) => r.method === 'POST')).toHaveLength(2);
+    expect(clientTraffic(fake).filter((r) => r.method === 'POST')).toHaveLength(2);
   }
   const tok = await request(gw.url).post('/gateway/api/tokens').set('Authorization', `Bearer ${alice.token}`).send({ name: 'script' });
   expect(tok.status).toBe(201);
@@ -88,7 +89,7 @@ test('other cookie-authenticated state changes: admin API, password, register, l
   // Neither the password nor the session changed.
   expect((await request(gw.url).get('/gateway/api/me').set('Cookie', alice.cookie)).status).toBe(200);
   await login(gw, 'alice', PW);
-  expect(fake.requests).toHaveLength(0);
+  expect(clientTraffic(fake)).toHaveLength(0);
 });
 
 test('cookie WebSocket upgrade to /ws from a foreign Origin (or none) is refused before ComfyUI; same origin connects', async () => {
@@ -97,7 +98,7 @@ test('cookie WebSocket upgrade to /ws from a foreign Origin (or none) is refused
     await expect(openSocket(wsUrl(p), { Cookie: alice.cookie })).rejects.toMatchObject({ status: 403 });
   }
   expect(fake.requests.filter((r) => r.ws)).toHaveLength(0);
-  expect(fake.requests).toHaveLength(0);
+  expect(clientTraffic(fake)).toHaveLength(0);
 
   const s = await openSocket(wsUrl('/ws?clientId=csrf-ws'), { Cookie: alice.cookie, Origin: gw.url });
   try {
@@ -122,5 +123,5 @@ test('login CSRF: a foreign page cannot sign a browser in, register or log out; 
   expect((await request(gw.url).post('/login').set('Origin', gw.url).send({ username: 'alice', password: PW })).status).toBe(200);
   // the session the foreign page tried to end is still alive
   expect((await request(gw.url).get('/gateway/api/me').set('Cookie', alice.cookie)).status).toBe(200);
-  expect(fake.requests.filter((r) => r.rawPath !== '/internal/folder_paths')).toHaveLength(0);
+  expect(clientTraffic(fake)).toHaveLength(0);
 });

@@ -1,6 +1,7 @@
 import request from 'supertest';
 import { FAKE_COMFY_ROUTES, startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
 import { flushedLogs, startGateway, TEST_KEY, type TestGateway } from './helpers/gateway';
+import { clientTraffic } from './helpers/traffic';
 
 const METHODS = ['GET', 'POST', 'PUT', 'DELETE', 'PATCH'] as const;
 
@@ -10,9 +11,6 @@ const SUFFIX_TRICKS = [
   '/ws', '/api/ws', '/scripts/app.js', '/favicon.ico', '/index.html', '/', '/x.css', '/login.js', '/health.json', '/gateway/../prompt',
   '/api/prompt', '//api//prompt', '/%61pi/prompt', '/templates/x.json', '/assets/index.js', '/object_info', '/api/view.png',
 ];
-
-/** Requests a client caused; the gateway's own background calls (learning ComfyUI's model folders) are not. */
-let clientTraffic: () => { rawPath: string }[];
 
 function concrete(path: string): string {
   return path.replace(/\{[^}]+\}/g, 'x1');
@@ -24,7 +22,6 @@ describe('deny by default', () => {
   beforeAll(async () => {
     fake = await startFakeComfy();
     gw = await startGateway({ upstream: fake.url, api_key: TEST_KEY });
-    clientTraffic = () => fake.requests.filter((r) => r.rawPath !== '/internal/folder_paths');
   });
   afterAll(async () => {
     await gw.close();
@@ -47,14 +44,14 @@ describe('deny by default', () => {
         expect(res.body.error.code).toBe('AUTH_REQUIRED');
       }
     }
-    expect(clientTraffic()).toHaveLength(0);
+    expect(clientTraffic(fake)).toHaveLength(0);
   });
 
   test('browser navigations are sent to the login page with next=', async () => {
     const res = await request(gw.url).get('/view?filename=a.png&api_key=').set('Accept', 'text/html');
     expect(res.status).toBe(302);
     expect(res.headers.location).toBe('/login?next=' + encodeURIComponent('/view?filename=a.png'));
-    expect(clientTraffic()).toHaveLength(0);
+    expect(clientTraffic(fake)).toHaveLength(0);
   });
 
   test('public surface needs nothing: /health shows only status and upstream', async () => {
@@ -63,7 +60,7 @@ describe('deny by default', () => {
     expect(res.body).toEqual({ status: 'ok', upstream: 'up' });
     const login = await request(gw.url).get('/login');
     expect(login.status).toBe(200);
-    expect(clientTraffic().filter((r) => r.rawPath !== '/prompt')).toHaveLength(0);
+    expect(clientTraffic(fake)).toHaveLength(0);
   });
 
   test.each([
@@ -110,7 +107,7 @@ describe('deny by default', () => {
     } finally {
       await other.close();
     }
-    expect(clientTraffic()).toHaveLength(0);
+    expect(clientTraffic(fake)).toHaveLength(0);
   });
 
   test('client comfy-user, Sec-Fetch-Site and X-Forwarded-* are replaced; Origin made consistent for ComfyUI', async () => {
@@ -151,7 +148,7 @@ describe('no credential configured at all', () => {
       expect(res.status).toBe(401);
       expect(res.body.error.code).toBe('AUTH_REQUIRED');
       expect(gw.composed.notices.join('\n')).toMatch(/--api-key/);
-      expect(fake.requests.filter((r) => r.rawPath !== '/internal/folder_paths')).toHaveLength(0);
+      expect(clientTraffic(fake)).toHaveLength(0);
     } finally {
       await gw.close();
       await fake.close();

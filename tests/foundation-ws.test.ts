@@ -1,6 +1,7 @@
 import { startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
 import { startGateway, TEST_KEY, type TestGateway } from './helpers/gateway';
 import { openSocket } from './helpers/ws';
+import { clientTraffic } from './helpers/traffic';
 
 describe('WebSocket through the gateway', () => {
   let fake: FakeComfy;
@@ -19,7 +20,7 @@ describe('WebSocket through the gateway', () => {
   test.each(['/ws?clientId=abc', '/api/ws?clientId=abc', '/ws', '//api//ws'])('%s without a credential is refused before any upstream connection', async (p) => {
     await expect(openSocket(wsUrl(p))).rejects.toMatchObject({ status: 401 });
     await expect(openSocket(wsUrl(p), { 'X-API-Key': 'wrong-key-0123456789abcdef' })).rejects.toMatchObject({ status: 401 });
-    expect(fake.requests).toHaveLength(0);
+    expect(clientTraffic(fake)).toHaveLength(0);
   });
 
   test('with a credential: status with sid, JSON events and binary preview frames arrive; text goes both ways', async () => {
@@ -59,6 +60,6 @@ describe('WebSocket through the gateway', () => {
 
   test('a refused WebSocket path outside /ws gets 404 and nothing upstream', async () => {
     await expect(openSocket(wsUrl('/prompt'), { 'X-API-Key': TEST_KEY })).rejects.toMatchObject({ status: 404 });
-    expect(fake.requests).toHaveLength(0);
+    expect(clientTraffic(fake)).toHaveLength(0);
   });
 });

@@ -212,6 +212,7 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
     db.data.tokens = db.data.tokens.filter((t) => t.username !== username);
   };
 
+  const createdListeners: ((u: UserRecord) => void)[] = [];
   const store: GatewayUserStore = {
     file,
     setupInfo() {
@@ -235,6 +236,9 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
       refresh();
       return db.data.users.some((u) => u.role === 'admin');
     },
+    onCreated(listener) {
+      createdListeners.push(listener);
+    },
     async create(u) {
       refresh();
       if (find(u.username)) throw new AppError(409, 'USER_EXISTS', `User ${u.username} already exists`);
@@ -253,6 +257,7 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
         db.data.setup ??= { completed_at: rec.created_at, first_admin: rec.username };
       db.data.users.push(rec);
       await persist();
+      for (const l of createdListeners) l(copyUser(rec));
       return copyUser(rec);
     },
     async update(username, patch) {

@@ -54,6 +54,8 @@ export interface UserStore {
     revoke(jti: string, exp: number): Promise<void>;
     isRevoked(jti: string): boolean;
   };
+  /** subscribes to user creation (e.g. to create the matching ComfyUI user at once) */
+  onCreated(listener: (u: UserRecord) => void): void;
   /** waits for pending writes */
   flush(): Promise<void>;
 }

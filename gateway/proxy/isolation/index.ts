@@ -2,7 +2,6 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Gate, Interceptor } from '../../app';
 import type { Audit } from '../../audit';
-import type { Principal } from '../../auth/principal';
 import type { ResolvedConfig } from '../../config/load';
 import { AppError } from '../../errors';
 import type { Logger } from '../../log';
@@ -43,8 +42,6 @@ export interface Isolation {
   interceptors: Interceptor[];
   /** must run before any other hook (it maps client ids and drops other users' frames) */
   wsHooks: WsHooks;
-  /** free_memory_on_logout: asks ComfyUI to unload models and free memory */
-  onLogout(principal: Principal): Promise<void>;
   /** creates (or finds) the ComfyUI user of a gateway user now, e.g. when the user is created */
   ensureComfyUser(username: string): Promise<string>;
   /** the prompt-ownership ledger (for tests and benchmarks) */
@@ -119,17 +116,6 @@ export function createIsolation(deps: { config: ResolvedConfig; logger: Logger; 
       logsSubscribeInterceptor(iso),
     ],
     wsHooks: createIsolationWsHooks({ clientIds, ledger, tracker }),
-    async onLogout() {
-      if (!config.free_memory_on_logout) return;
-      try {
-        await upstream.request('POST', '/free', {
-          headers: { 'content-type': 'application/json' },
-          body: JSON.stringify({ unload_models: true, free_memory: true }),
-        });
-      } catch (e) {
-        logger.warn({ err: (e as Error).message }, 'free_memory_on_logout: upstream /free failed');
-      }
-    },
     ensureComfyUser: (username) => comfyUsers.resolve(username),
     ledger,
     async close() {
