@@ -173,6 +173,18 @@ describe('admin families through the running gateway', () => {
     expect(Object.values(env.fake.users)).not.toContain('mallory');
   });
 
+  it('the unisolated assets API is admin-only; the frontend bundle under /assets/ stays open to users', async () => {
+    env.fake.clearRequests();
+    for (const [method, p] of [['GET', '/api/assets'], ['GET', '/api/assets/0b0e5c7e-1111-4e4e-9999-000000000000/content'], ['POST', '/api/assets'], ['GET', '/assets'], ['GET', '//api//%61ssets']]) {
+      const r = await raw(env.gw, method, p, { headers: { ...env.alice.headers, 'Content-Type': 'application/json' }, body: method === 'POST' ? '{}' : undefined });
+      expect([method, p, r.status, r.json().error.code]).toEqual([method, p, 403, 'FORBIDDEN']);
+    }
+    expect(env.fake.requests.map((r) => `${r.method} ${r.rawPath}`)).toEqual([]);
+    const bundle = await raw(env.gw, 'GET', '/assets/index-abc123.js', { headers: env.alice.headers });
+    expect(bundle.status).not.toBe(403);
+    expect(received(env.fake, /^\/assets\/index-abc123\.js$/)).toHaveLength(1);
+  });
+
   it('the admin reaches the same routes (the refusal is the policy, not a broken route)', async () => {
     env.fake.clearRequests();
     const r = await raw(env.gw, 'GET', '/api/%6danager/version', { headers: env.admin.headers });

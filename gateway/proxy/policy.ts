@@ -16,6 +16,8 @@ export interface PolicyRule {
   owner: 'gateway' | 'comfy';
   /** exact: the route must have exactly `prefix.length` segments */
   exact?: boolean;
+  /** only when the client used an `/api` twin (for routes ComfyUI serves differently with and without it) */
+  apiOnly?: boolean;
 }
 
 /** The decision for one request. */
@@ -58,6 +60,10 @@ export function createPolicy(opts: { manager_admin_only: boolean }) {
     { id: 'free', prefix: ['free'], exact: true, methods: ['POST'], access: 'admin', owner: 'comfy' },
     { id: 'users-create', prefix: ['users'], exact: true, methods: ['POST'], access: 'admin', owner: 'comfy' },
     { id: 'system-stats', prefix: ['system_stats'], access: 'admin', owner: 'comfy' },
+    // ComfyUI's assets API (`/api/assets…`, opt-in upstream) lists and serves every user's files and is not
+    // isolated yet; the frontend bundle under `/assets/<file>` is not the API and stays open to users.
+    { id: 'assets-api', prefix: ['assets'], apiOnly: true, access: 'admin', owner: 'comfy' },
+    { id: 'assets-listing', prefix: ['assets'], exact: true, access: 'admin', owner: 'comfy' },
     // ComfyUI's own routes open to every signed-in user (isolation narrows what each one sees).
     ...[
       'prompt', 'queue', 'history', 'interrupt', 'free', 'jobs', 'view', 'view_metadata', 'upload', 'object_info',
@@ -70,8 +76,9 @@ export function createPolicy(opts: { manager_admin_only: boolean }) {
   /** Anything else (custom nodes' own routes, frontend assets) is ComfyUI's and needs a signed-in user. */
   const fallback: PolicyRule = { id: 'comfy-default', prefix: [], access: 'user', owner: 'comfy' };
 
-  function matches(rule: PolicyRule, segs: string[], method: string): boolean {
+  function matches(rule: PolicyRule, segs: string[], method: string, api: boolean): boolean {
     if (rule.methods && !rule.methods.includes(method)) return false;
+    if (rule.apiOnly && !api) return false;
     if (segs.length < rule.prefix.length || (rule.exact && segs.length !== rule.prefix.length)) return false;
     return rule.prefix.every((p, i) => (typeof p === 'string' ? p === '*' || p === segs[i] : p.test(segs[i])));
   }
@@ -84,7 +91,7 @@ export function createPolicy(opts: { manager_admin_only: boolean }) {
       const m = method.toUpperCase();
       const pick = (segments: string[]) => {
         const segs = segments.map((s) => s.toLowerCase());
-        return rules.find((r) => matches(r, segs, m)) ?? fallback;
+        return rules.find((r) => matches(r, segs, m, route.apiPrefixed)) ?? fallback;
       };
       const rule = pick(route.segments);
       // An encoded slash: the path is forwarded with it kept in the segment, but a server that splits at it
