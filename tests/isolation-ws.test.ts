@@ -83,6 +83,17 @@ describe('isolating WebSocket relay', () => {
     expect(jsonFrames(b).every((m) => m.type === 'status')).toBe(true);
   });
 
+  it('a reconnect with the same clientId keeps receiving after the old socket closes (ComfyUI drops the sid on close)', async () => {
+    const first = await connect(env.alice, 'tab-re');
+    const second = await connect(env.alice, 'tab-re');
+    first.close();
+    await first.closed;
+    await sleep(150); // the upstream close of the old socket lands after the new one registered
+    const id = await queue(env.alice, 'tab-re');
+    const done = await second.next((f) => f.json?.type === 'executing' && f.json.data.node === null && f.json.data.prompt_id === id, 5000);
+    expect(done.json.data.prompt_id).toBe(id);
+  });
+
   it('a prompt queued without client_id is not broadcast to anyone', async () => {
     const a = await connect(env.alice);
     const b = await connect(env.bob);

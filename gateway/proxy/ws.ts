@@ -1,4 +1,4 @@
-import type { IncomingMessage } from 'node:http';
+import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import WebSocket, { WebSocketServer, type RawData } from 'ws';
 import type { Principal } from '../auth/principal';
@@ -17,6 +17,8 @@ export interface WsSession {
   upstreamClientId: string | null;
   client?: WebSocket;
   upstream?: WebSocket;
+  /** replaced by a newer socket with the same upstream id: the client stays open but hears nothing more */
+  detached?: boolean;
 }
 
 /** Isolation hooks; every one optional. Returning null drops a frame. */
@@ -62,14 +64,16 @@ export function createWsRelay(deps: {
 }) {
   const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, maxPayload: 64 * 1024 * 1024 });
   const sessions = new Set<WsSession>();
+  // The live session holding each upstream client id, and the clients a reconnect left behind (kept open, silent).
+  const holders = new Map<string, WsSession>();
+  const silenced = new Set<WebSocket>();
   const alive = new WeakMap<WebSocket, boolean>();
   const hooks = deps.hooks ?? {};
   const wsOrigin = deps.upstreamOrigin.replace(/^http/, 'ws');
 
   // ComfyUI sends no pings; we ping clients so middleboxes keep idle sockets, and drop the dead ones.
   const pinger = setInterval(() => {
-    for (const s of sessions) {
-      const c = s.client;
+    for (const c of [...[...sessions].map((s) => s.client), ...silenced]) {
       if (!c || c.readyState !== WebSocket.OPEN) continue;
       if (alive.get(c) === false) {
         c.terminate();
@@ -86,6 +90,7 @@ export function createWsRelay(deps: {
     alive.set(client, true);
     client.on('pong', () => alive.set(client, true));
     sessions.add(s);
+    if (s.upstreamClientId) holders.set(s.upstreamClientId, s);
     upstream.on('message', (data, isBinary) => {
       const buf = toBuffer(data);
       const out = hooks.fromUpstream ? hooks.fromUpstream(s, buf, isBinary) : buf;
@@ -98,19 +103,49 @@ export function createWsRelay(deps: {
     });
     const finish = () => {
       if (!sessions.delete(s)) return;
+      if (s.upstreamClientId && holders.get(s.upstreamClientId) === s) holders.delete(s.upstreamClientId);
       hooks.onClose?.(s);
     };
     upstream.on('close', (code, reason) => {
       finish();
+      if (s.detached) return;
       if (client.readyState === WebSocket.OPEN) client.close(sendable(code) ? code : 1011, reason);
     });
     client.on('close', (code, reason) => {
+      silenced.delete(client);
       finish();
       if (upstream.readyState === WebSocket.OPEN) upstream.close(sendable(code) ? code : 1000, reason);
       else upstream.terminate();
     });
     upstream.on('error', (e) => deps.logger.debug({ err: e.message }, 'upstream ws error'));
     client.on('error', (e) => deps.logger.debug({ err: e.message }, 'client ws error'));
+  }
+
+  /**
+   * ComfyUI forgets a client id when *any* socket that used it closes, so a reconnect that overlaps the old
+   * socket would go deaf once the old one closes. Close the old upstream first (its client stays open and silent,
+   * as ComfyUI's own takeover leaves it), then connect the new one.
+   */
+  function release(upstreamClientId: string | null): Promise<void> {
+    const prev = upstreamClientId ? holders.get(upstreamClientId) : undefined;
+    if (!prev?.upstream) return Promise.resolve();
+    prev.detached = true;
+    if (prev.client) silenced.add(prev.client);
+    holders.delete(upstreamClientId!);
+    const up = prev.upstream;
+    return new Promise<void>((resolve) => {
+      const done = () => setTimeout(resolve, 25);
+      if (up.readyState === WebSocket.CLOSED) return done();
+      const t = setTimeout(() => {
+        up.terminate();
+        done();
+      }, 1000);
+      up.once('close', () => {
+        clearTimeout(t);
+        done();
+      });
+      up.close(1000, 'replaced by a newer connection');
+    });
   }
 
   return {
@@ -128,50 +163,7 @@ export function createWsRelay(deps: {
       }
       const qs = params.toString();
       const headers = sanitizeHeaders(req, ctx, { cookieName: deps.cookieName, upstreamOrigin: deps.upstreamOrigin });
-      const fwd: Record<string, string> = {};
-      for (const k of ['comfy-user', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'user-agent', 'cookie', 'origin']) {
-        const v = headers[k];
-        if (typeof v === 'string') fwd[k] = v;
-      }
-      const upstream = new WebSocket(`${wsOrigin}${ctx.route.forwardPath}${qs ? `?${qs}` : ''}`, {
-        headers: fwd,
-        handshakeTimeout: 5000,
-        perMessageDeflate: false,
-        maxPayload: 64 * 1024 * 1024,
-      });
-      s.upstream = upstream;
-      // ComfyUI may speak first (the `status` message); hold its frames until the client socket exists.
-      const early: { data: Buffer; isBinary: boolean }[] = [];
-      const onEarly = (d: RawData, isBinary: boolean) => early.push({ data: toBuffer(d), isBinary });
-      upstream.on('message', onEarly);
-      let settled = false;
-      const fail = (why: string) => {
-        if (settled) return;
-        settled = true;
-        deps.logger.warn({ why }, 'websocket upstream unavailable');
-        upstream.terminate();
-        rejectUpgrade(socket, new AppError(502, 'UPSTREAM_UNAVAILABLE', 'ComfyUI is not reachable right now'));
-      };
-      upstream.once('error', (e) => fail(e.message));
-      upstream.once('unexpected-response', (_r, res) => fail(`upstream answered ${res.statusCode}`));
-      socket.once('close', () => {
-        if (!settled) {
-          settled = true;
-          upstream.terminate();
-        }
-      });
-      upstream.once('open', () => {
-        if (settled) return;
-        settled = true;
-        wss.handleUpgrade(req, socket, head, (client) => {
-          upstream.off('message', onEarly);
-          relay(s, client, upstream);
-          for (const m of early) {
-            const out = hooks.fromUpstream ? hooks.fromUpstream(s, m.data, m.isBinary) : m.data;
-            if (out !== null) client.send(out, { binary: m.isBinary });
-          }
-        });
-      });
+      void release(s.upstreamClientId).then(() => connectUpstream(req, socket, head, s, ctx.route.forwardPath, qs, headers));
     },
     /** Live sessions (for isolation and tests). */
     sessions(): ReadonlySet<WsSession> {
@@ -180,12 +172,62 @@ export function createWsRelay(deps: {
     /** Closes every relayed socket with `code` (1001 on shutdown). */
     closeAll(code = 1001, reason = 'server shutting down'): void {
       clearInterval(pinger);
+      for (const c of silenced) c.close(code, reason);
       for (const s of sessions) {
         s.client?.close(code, reason);
         s.upstream?.close(1000);
       }
     },
   };
+
+  // Opens the upstream socket, then completes the client's handshake (or refuses it with 502).
+  function connectUpstream(req: IncomingMessage, socket: Duplex, head: Buffer, s: WsSession, forwardPath: string, qs: string, headers: IncomingHttpHeaders): void {
+    if (socket.destroyed) return;
+    const fwd: Record<string, string> = {};
+    for (const k of ['comfy-user', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'user-agent', 'cookie', 'origin']) {
+      const v = headers[k];
+      if (typeof v === 'string') fwd[k] = v;
+    }
+    const upstream = new WebSocket(`${wsOrigin}${forwardPath}${qs ? `?${qs}` : ''}`, {
+      headers: fwd,
+      handshakeTimeout: 5000,
+      perMessageDeflate: false,
+      maxPayload: 64 * 1024 * 1024,
+    });
+    s.upstream = upstream;
+    // ComfyUI may speak first (the `status` message); hold its frames until the client socket exists.
+    const early: { data: Buffer; isBinary: boolean }[] = [];
+    const onEarly = (d: RawData, isBinary: boolean) => early.push({ data: toBuffer(d), isBinary });
+    upstream.on('message', onEarly);
+    let settled = false;
+    const fail = (why: string) => {
+      if (settled) return;
+      settled = true;
+      deps.logger.warn({ why }, 'websocket upstream unavailable');
+      upstream.terminate();
+      rejectUpgrade(socket, new AppError(502, 'UPSTREAM_UNAVAILABLE', 'ComfyUI is not reachable right now'));
+    };
+    upstream.once('error', (e) => fail(e.message));
+    upstream.once('unexpected-response', (_r, res) => fail(`upstream answered ${res.statusCode}`));
+    socket.once('close', () => {
+      if (!settled) {
+        settled = true;
+        upstream.terminate();
+      }
+    });
+    upstream.once('open', () => {
+      if (settled) return;
+      settled = true;
+      wss.handleUpgrade(req, socket, head, (client) => {
+        upstream.off('message', onEarly);
+        relay(s, client, upstream);
+        for (const m of early) {
+          const out = hooks.fromUpstream ? hooks.fromUpstream(s, m.data, m.isBinary) : m.data;
+          if (out !== null) client.send(out, { binary: m.isBinary });
+        }
+      });
+    });
+  }
 }
 
 /** The relay's interface. */
