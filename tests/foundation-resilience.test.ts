@@ -5,8 +5,9 @@ import os from 'node:os';
 import path from 'node:path';
 import request from 'supertest';
 import { spawnGateway } from './helpers/child';
-import { startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
-import { startGateway, TEST_KEY, type TestGateway } from './helpers/gateway';
+import { startFakeComfy } from './helpers/fakeComfy';
+import { TEST_KEY } from './helpers/gateway';
+import { useStack } from './helpers/stack';
 import { openSocket } from './helpers/ws';
 import { clientTraffic } from './helpers/traffic';
 
@@ -24,82 +25,64 @@ function raw(port: number, data: string | Buffer, waitMs = 1500): Promise<string
 }
 
 describe('ComfyUI down and back', () => {
-  let fake: FakeComfy;
-  let gw: TestGateway;
-  beforeAll(async () => {
-    fake = await startFakeComfy();
-    gw = await startGateway({ upstream: fake.url, api_key: TEST_KEY });
-  });
-  afterAll(async () => {
-    await gw.close();
-    await fake.close();
-  });
+  const stack = useStack();
 
   test('502 UPSTREAM_UNAVAILABLE at once (JSON and HTML), WS refused cleanly, /health degraded, then recovery', async () => {
-    await request(gw.url).get('/api/object_info').set('X-API-Key', TEST_KEY).expect(200);
-    await fake.stop();
+    await request(stack.gw.url).get('/api/object_info').set('X-API-Key', TEST_KEY).expect(200);
+    await stack.fake.stop();
     const t0 = Date.now();
-    const res = await request(gw.url).get('/api/object_info').set('X-API-Key', TEST_KEY);
+    const res = await request(stack.gw.url).get('/api/object_info').set('X-API-Key', TEST_KEY);
     expect(Date.now() - t0).toBeLessThan(1000);
     expect(res.status).toBe(502);
     expect(res.body.error.code).toBe('UPSTREAM_UNAVAILABLE');
-    const page = await request(gw.url).get('/').set('X-API-Key', TEST_KEY).set('Accept', 'text/html');
+    const page = await request(stack.gw.url).get('/').set('X-API-Key', TEST_KEY).set('Accept', 'text/html');
     expect(page.status).toBe(502);
     expect(page.headers['content-type']).toMatch(/text\/html/);
     expect(page.text).toMatch(/ComfyUI is not reachable/);
-    await expect(openSocket(gw.url.replace('http', 'ws') + '/ws?clientId=z', { 'X-API-Key': TEST_KEY })).rejects.toMatchObject({ status: 502 });
+    await expect(openSocket(stack.gw.url.replace('http', 'ws') + '/ws?clientId=z', { 'X-API-Key': TEST_KEY })).rejects.toMatchObject({ status: 502 });
     await new Promise((r) => setTimeout(r, 1100)); // health probe cache
-    expect((await request(gw.url).get('/health')).body).toEqual({ status: 'degraded', upstream: 'down' });
+    expect((await request(stack.gw.url).get('/health')).body).toEqual({ status: 'degraded', upstream: 'down' });
     // the gateway's own pages keep working
-    expect((await request(gw.url).get('/gateway/static/gateway.css')).status).toBe(200);
+    expect((await request(stack.gw.url).get('/gateway/static/gateway.css')).status).toBe(200);
 
-    await fake.start();
-    await request(gw.url).get('/api/object_info').set('X-API-Key', TEST_KEY).expect(200);
-    const s = await openSocket(gw.url.replace('http', 'ws') + '/ws?clientId=z', { 'X-API-Key': TEST_KEY });
+    await stack.fake.start();
+    await request(stack.gw.url).get('/api/object_info').set('X-API-Key', TEST_KEY).expect(200);
+    const s = await openSocket(stack.gw.url.replace('http', 'ws') + '/ws?clientId=z', { 'X-API-Key': TEST_KEY });
     await s.next((f) => f.json?.type === 'status');
     s.close();
     await new Promise((r) => setTimeout(r, 1100));
-    expect((await request(gw.url).get('/health')).body).toEqual({ status: 'ok', upstream: 'up' });
+    expect((await request(stack.gw.url).get('/health')).body).toEqual({ status: 'ok', upstream: 'up' });
   });
 });
 
 describe('hostile input never crashes the process', () => {
-  let fake: FakeComfy;
-  let gw: TestGateway;
-  beforeAll(async () => {
-    fake = await startFakeComfy();
-    gw = await startGateway({ upstream: fake.url, api_key: TEST_KEY });
-  });
-  afterAll(async () => {
-    await gw.close();
-    await fake.close();
-  });
+  const stack = useStack();
 
   test('bad percent-encoding, NUL, traversal above the root → 400 INVALID_PATH, nothing proxied', async () => {
-    fake.clearRequests();
+    stack.fake.clearRequests();
     for (const p of ['/%', '/%zz/prompt', '/view%00.png', '/../../etc/passwd', '/api/..%2f..%2fx', '/a%5c..%5cprompt']) {
-      const out = await raw(gw.port, `GET ${p} HTTP/1.1\r\nHost: x\r\nX-API-Key: ${TEST_KEY}\r\nConnection: close\r\n\r\n`);
+      const out = await raw(stack.gw.port, `GET ${p} HTTP/1.1\r\nHost: x\r\nX-API-Key: ${TEST_KEY}\r\nConnection: close\r\n\r\n`);
       expect(out).toMatch(/^HTTP\/1\.1 400/);
       expect(out).toContain('INVALID_PATH');
     }
-    expect(clientTraffic(fake)).toHaveLength(0);
+    expect(clientTraffic(stack.fake)).toHaveLength(0);
   });
 
   test('oversized headers, garbage request lines and half requests', async () => {
-    expect(await raw(gw.port, `GET / HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(100_000)}\r\n\r\n`)).toMatch(/^HTTP\/1\.1 431/);
-    expect(await raw(gw.port, 'NOT A REQUEST\r\n\r\n')).toMatch(/^HTTP\/1\.1 400/);
-    await raw(gw.port, 'POST /api/prompt HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"a"', 200);
-    await raw(gw.port, Buffer.from([0x16, 0x03, 0x01, 0x00, 0xff, 0x01]), 200); // a TLS hello on the plain port
-    const res = await request(gw.url).get('/health');
+    expect(await raw(stack.gw.port, `GET / HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(100_000)}\r\n\r\n`)).toMatch(/^HTTP\/1\.1 431/);
+    expect(await raw(stack.gw.port, 'NOT A REQUEST\r\n\r\n')).toMatch(/^HTTP\/1\.1 400/);
+    await raw(stack.gw.port, 'POST /api/prompt HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"a"', 200);
+    await raw(stack.gw.port, Buffer.from([0x16, 0x03, 0x01, 0x00, 0xff, 0x01]), 200); // a TLS hello on the plain port
+    const res = await request(stack.gw.url).get('/health');
     expect(res.status).toBe(200);
   });
 
   test('unicode and odd credentials are plain 401s', async () => {
     for (const key of ['ключ', '\u0000', 'a'.repeat(10_000), `${TEST_KEY}\u200b`]) {
-      const res = await request(gw.url).get(`/api/prompt?api_key=${encodeURIComponent(key)}`);
+      const res = await request(stack.gw.url).get(`/api/prompt?api_key=${encodeURIComponent(key)}`);
       expect(res.status).toBe(401);
     }
-    expect((await request(gw.url).get('/health')).status).toBe(200);
+    expect((await request(stack.gw.url).get('/health')).status).toBe(200);
   });
 });
 

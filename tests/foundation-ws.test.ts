@@ -1,26 +1,17 @@
-import { startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
-import { startGateway, TEST_KEY, type TestGateway } from './helpers/gateway';
+import { TEST_KEY } from './helpers/gateway';
+import { useStack } from './helpers/stack';
 import { openSocket } from './helpers/ws';
 import { clientTraffic } from './helpers/traffic';
 
 describe('WebSocket through the gateway', () => {
-  let fake: FakeComfy;
-  let gw: TestGateway;
-  const wsUrl = (path: string) => gw.url.replace('http', 'ws') + path;
-  beforeAll(async () => {
-    fake = await startFakeComfy();
-    gw = await startGateway({ upstream: fake.url, api_key: TEST_KEY });
-  });
-  afterAll(async () => {
-    await gw.close();
-    await fake.close();
-  });
-  beforeEach(() => fake.clearRequests());
+  const stack = useStack();
+  const wsUrl = (path: string) => stack.wsUrl(path);
+  beforeEach(() => stack.fake.clearRequests());
 
   test.each(['/ws?clientId=abc', '/api/ws?clientId=abc', '/ws', '//api//ws'])('%s without a credential is refused before any upstream connection', async (p) => {
     await expect(openSocket(wsUrl(p))).rejects.toMatchObject({ status: 401 });
     await expect(openSocket(wsUrl(p), { 'X-API-Key': 'wrong-key-0123456789abcdef' })).rejects.toMatchObject({ status: 401 });
-    expect(clientTraffic(fake)).toHaveLength(0);
+    expect(clientTraffic(stack.fake)).toHaveLength(0);
   });
 
   test('with a credential: status with sid, JSON events and binary preview frames arrive; text goes both ways', async () => {
@@ -32,7 +23,7 @@ describe('WebSocket through the gateway', () => {
     const ff = await s.next((f) => f.json?.type === 'feature_flags');
     expect(ff.json.data).toHaveProperty('supports_preview_metadata');
     // server → client binary: the preview frame of our own prompt, byte for byte (type 1, format 2 = PNG)
-    const res = await fetch(`${gw.url}/api/prompt`, {
+    const res = await fetch(`${stack.gw.url}/api/prompt`, {
       method: 'POST',
       headers: { 'X-API-Key': TEST_KEY, 'Content-Type': 'application/json' },
       body: JSON.stringify({ client_id: 'client-one', prompt: { '1': { class_type: 'KSampler', inputs: {} }, '2': { class_type: 'PreviewImage', inputs: {} } } }),
@@ -44,8 +35,8 @@ describe('WebSocket through the gateway', () => {
     const done = await s.next((f) => f.json?.type === 'executing' && f.json.data.node === null);
     expect(done.json.data.prompt_id).toBeDefined();
     s.close();
-    expect(fake.requests.some((r) => r.ws)).toBe(true);
-    const upgrade = fake.requests.find((r) => r.ws)!;
+    expect(stack.fake.requests.some((r) => r.ws)).toBe(true);
+    const upgrade = stack.fake.requests.find((r) => r.ws)!;
     expect(JSON.stringify(upgrade.headers)).not.toContain(TEST_KEY);
   });
 
@@ -53,13 +44,13 @@ describe('WebSocket through the gateway', () => {
     const s = await openSocket(wsUrl(`/api/ws?clientId=q1&token=${TEST_KEY}`));
     await s.next((f) => f.json?.type === 'status');
     s.close();
-    const upgrade = fake.requests.find((r) => r.ws)!;
+    const upgrade = stack.fake.requests.find((r) => r.ws)!;
     expect(upgrade.rawPath).not.toContain(TEST_KEY);
     expect(upgrade.rawPath).not.toContain('token=');
   });
 
   test('a refused WebSocket path outside /ws gets 404 and nothing upstream', async () => {
     await expect(openSocket(wsUrl('/prompt'), { 'X-API-Key': TEST_KEY })).rejects.toMatchObject({ status: 404 });
-    expect(clientTraffic(fake)).toHaveLength(0);
+    expect(clientTraffic(stack.fake)).toHaveLength(0);
   });
 });
