@@ -9,7 +9,7 @@ import { createClientIp } from './net/clientIp';
 import { createCloudflareAccess } from './cloudflare';
 import { createBruteForce } from './net/bruteForce';
 import { createIpLists } from './net/ipLists';
-import { createLoopbackPrincipal } from './net/loopback';
+import { createIsLocal, createLoopbackPrincipal } from './net/loopback';
 import { createHttpsUpgradeGate, createPreflight } from './net/transport';
 import { edgeRoutes, securityHeaders } from './routes/edge';
 import { createInjectInterceptor } from './proxy/inject';
@@ -86,23 +86,27 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   const setupNotice = setup.notice();
   if (setupNotice) notices.push(setupNotice);
 
+  // "From this machine itself": first-run registration without the code, allow_loopback_without_auth.
+  const isLocal = createIsLocal(clientIp);
   const chainDeps: CredentialChainDeps = {
     apiKey: config.apiKey,
     cookieName: config.cookie.name,
     verifyJwt: (token, source) => jwt.verify(token, source),
     verifyApiToken: createApiTokenVerifier(users),
     onInvalid: (req, kind) => bruteForce.onInvalidCredential(req, kind),
-    loopbackPrincipal: createLoopbackPrincipal({ config, users, logger }),
+    loopbackPrincipal: createLoopbackPrincipal({ config, users, logger, isLocal }),
   };
   const cfAccess = config.cloudflare_access ? createCloudflareAccess({ config, users, logger, audit }) : null;
   if (cfAccess) chainDeps.verifyCfAccess = (assertion) => cfAccess.verify(assertion);
+  // Routes that read a body ask the chain again once it has arrived (routes/body.ts freshPrincipal).
+  const chain = createCredentialChain(chainDeps);
   // IP lists first: a refused address gets 403 before anything else is looked at.
   const gates: Gate[] = [ipLists.gate, createHttpsUpgradeGate({ config }), ...(cfAccess ? [cfAccess.gate] : []), bruteForce.gate];
-  const routes: RouteMount[] = [securityHeaders(), staticRoutes(), healthRoutes({ upstream }), edgeRoutes({ ipLists, audit })];
+  const routes: RouteMount[] = [securityHeaders(), staticRoutes(), healthRoutes({ upstream }), edgeRoutes({ ipLists, audit, chain })];
   routes.push(
-    authRoutes({ config, store: users, passwords, jwt, setup, audit, logger, upstream, limiter: bruteForce }),
-    accountRoutes({ config, store: users, passwords, jwt, audit }),
-    userAdminRoutes({ store: users, passwords, audit }),
+    authRoutes({ config, store: users, passwords, jwt, setup, audit, logger, upstream, limiter: bruteForce, isLocal, chain }),
+    accountRoutes({ config, store: users, passwords, jwt, audit, chain, limiter: bruteForce }),
+    userAdminRoutes({ store: users, passwords, audit, chain }),
   );
   const interceptors: Interceptor[] = [];
   interceptors.push(createInjectInterceptor({ upstream, cookieName: config.cookie.name }));
@@ -128,6 +132,8 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
     enrichers.push(...downloads.enrichers);
     wsHooks.push(downloads.wsHooks);
     closers.push(() => downloads.close());
+    // A HuggingFace token belongs to the person: a later user of the same name must not inherit it.
+    users.onRemoved((name) => downloads.forgetUser(name));
   }
 
   if (!config.apiKey) {
@@ -142,7 +148,7 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
     logger,
     audit,
     upstream,
-    chain: createCredentialChain(chainDeps),
+    chain,
     policy: createPolicy(config),
     clientIp,
     gates,

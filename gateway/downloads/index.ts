@@ -42,6 +42,8 @@ export interface Downloads {
   wsHooks: WsHooks;
   /** run after authentication: remembers where a WebSocket's browser is, for its feature_flags reply */
   enrichers: Gate[];
+  /** drops everything held for a deleted gateway user (their HuggingFace token) */
+  forgetUser(username: string): void;
   /** sweeps orphaned partial downloads */
   start(): Promise<void>;
   /** cancels running downloads (their temp files are removed) and closes the login callback server */
@@ -133,6 +135,9 @@ export function createDownloads(deps: DownloadsDeps): Downloads {
     interceptors: [featuresInterceptor({ upstream, eligibility })],
     wsHooks: featuresWsHooks(eligibility),
     enrichers: [loopbackMarker()],
+    forgetUser(username) {
+      tokens.remove(username);
+    },
     async start() {
       // Partial files of a previous run (crash, kill -9) never became models; remove them before anything runs.
       // Without configured folders, the roots the previous run learned are used: start-up never calls ComfyUI.

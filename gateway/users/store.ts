@@ -213,6 +213,7 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
   };
 
   const createdListeners: ((u: UserRecord) => void)[] = [];
+  const removedListeners: ((username: string) => void)[] = [];
   const store: GatewayUserStore = {
     file,
     setupInfo() {
@@ -238,6 +239,9 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
     },
     onCreated(listener) {
       createdListeners.push(listener);
+    },
+    onRemoved(listener) {
+      removedListeners.push(listener);
     },
     async create(u) {
       refresh();
@@ -291,6 +295,7 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
       dropTokensOf(username);
       reindex();
       await persist();
+      for (const l of removedListeners) l(username);
     },
     tokens: {
       list(username) {

@@ -56,6 +56,8 @@ export interface UserStore {
   };
   /** subscribes to user creation (e.g. to create the matching ComfyUI user at once) */
   onCreated(listener: (u: UserRecord) => void): void;
+  /** subscribes to user deletion (e.g. to drop credentials held for them elsewhere) */
+  onRemoved(listener: (username: string) => void): void;
   /** waits for pending writes */
   flush(): Promise<void>;
 }

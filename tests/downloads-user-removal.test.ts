@@ -1,0 +1,30 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import request from 'supertest';
+import { tokenFileName } from '../gateway/downloads/tokens';
+import { login, PW } from './helpers/auth';
+import { startGateway, TEST_KEY } from './helpers/gateway';
+
+test('deleting a gateway user deletes their HuggingFace token; a new user of the same name starts logged out', async () => {
+  const gw = await startGateway({ api_key: TEST_KEY, comfyui: { models_dir: '/nonexistent-models' } });
+  try {
+    const create = () => request(gw.url).post('/gateway/api/users').set('X-API-Key', TEST_KEY).send({ username: 'dana', password: PW });
+    expect((await create()).status).toBe(201);
+    const dir = path.join(gw.config.paths.dataDir, 'hf_tokens');
+    fs.mkdirSync(dir, { recursive: true });
+    const file = path.join(dir, tokenFileName('dana'));
+    fs.writeFileSync(file, JSON.stringify({ access_token: 'hf_secret_of_dana', refresh_token: null, expires_at: Date.now() / 1000 + 3600, scope: 'openid', hf_username: 'dana-hf' }), { mode: 0o600 });
+    const dana = await login(gw, 'dana');
+    const status = await request(gw.url).get('/api/hf-auth-token-status').set('Authorization', `Bearer ${dana.token}`);
+    expect(status.body).toEqual({ token_available: true, username: 'dana-hf' });
+
+    expect((await request(gw.url).delete('/gateway/api/users/dana').set('X-API-Key', TEST_KEY)).status).toBe(204);
+    expect(fs.existsSync(file)).toBe(false);
+    expect((await create()).status).toBe(201);
+    const again = await login(gw, 'dana');
+    const after = await request(gw.url).get('/api/hf-auth-token-status').set('Authorization', `Bearer ${again.token}`);
+    expect(after.body.token_available).toBe(false);
+  } finally {
+    await gw.close();
+  }
+});
