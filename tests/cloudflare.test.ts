@@ -176,6 +176,27 @@ describe('without auto_provision', () => {
       await gw.close();
     }
   });
+
+  test('an admin account is never claimed by an Access email; a deleted account takes its email binding with it', async () => {
+    const gw = await startGateway({ upstream: fake.url, api_key: TEST_KEY, ...cfConfig({ auto_provision: false }) });
+    try {
+      const asEmail = (email: string) => hit(gw.url, '/gateway/api/me', { headers: { 'Cf-Access-Jwt-Assertion': sign(key1, { email }) } });
+      await hit(gw.url, '/gateway/api/users', { method: 'POST', headers: { 'x-api-key': TEST_KEY }, body: { username: 'root', password: 'root-password-1', role: 'admin' } });
+      const res = await asEmail('root@attacker.example');
+      expect([res.status, res.body.error.code]).toEqual([403, 'CF_ACCESS_UNKNOWN_USER']);
+
+      await hit(gw.url, '/gateway/api/users', { method: 'POST', headers: { 'x-api-key': TEST_KEY }, body: { username: 'erin', password: 'erin-password-1', role: 'user' } });
+      expect((await asEmail('erin@example.com')).body).toMatchObject({ username: 'erin', source: 'cf-access' });
+      expect((await hit(gw.url, '/gateway/api/users/erin', { method: 'DELETE', headers: { 'x-api-key': TEST_KEY } })).status).toBe(204);
+      await hit(gw.url, '/gateway/api/users', { method: 'POST', headers: { 'x-api-key': TEST_KEY }, body: { username: 'erin', password: 'erin-password-2', role: 'user' } });
+      // the new erin is claimed afresh by whoever maps to it first — here a different email of the same local part
+      expect((await asEmail('erin@other.example')).body).toMatchObject({ username: 'erin', source: 'cf-access' });
+      const old = await asEmail('erin@example.com');
+      expect([old.status, old.body.error.code]).toEqual([403, 'CF_ACCESS_UNKNOWN_USER']);
+    } finally {
+      await gw.close();
+    }
+  });
 });
 
 describe('required: true', () => {

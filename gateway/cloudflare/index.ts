@@ -40,6 +40,8 @@ export interface CloudflareAccess {
   /** `required: true`: every request but /health must carry a valid assertion (403 CF_ACCESS_REQUIRED) */
   gate: Gate;
   jwks: JwksCache;
+  /** drops the email binding of a deleted gateway user */
+  forgetUser(username: string): Promise<void>;
 }
 
 /**
@@ -110,10 +112,11 @@ export function createCloudflareAccess(deps: {
       if (u) return u;
       await bindings.remove(email); // the user was deleted: map afresh
     }
-    // An existing account whose name is the email's local part, not yet claimed by another email, is this person's.
+    // An existing account whose name is the email's local part, not yet claimed by another email, is this person's —
+    // never an admin account: whoever the Access policy admits as `admin@…` must not become the gateway's admin.
     const name = usernameFromEmail(email);
     const existing = users.get(name);
-    if (existing && !bindings.emailOf(existing.username)) {
+    if (existing && existing.role !== 'admin' && !bindings.emailOf(existing.username)) {
       await bindings.set(email, existing.username);
       audit?.record({ event: 'cf_access_user_bound', user: existing.username, email });
       return existing;
@@ -158,5 +161,13 @@ export function createCloudflareAccess(deps: {
     }
   };
 
-  return { verify, gate, jwks };
+  return {
+    verify,
+    gate,
+    jwks,
+    async forgetUser(username: string) {
+      const email = bindings.emailOf(username);
+      if (email) await bindings.remove(email);
+    },
+  };
 }
