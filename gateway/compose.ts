@@ -30,6 +30,7 @@ import { createUserStore } from './users/store';
 import type { UserStore } from './users/types';
 // server-side model downloads (issue 6)
 import { createDownloads } from './downloads';
+import { freshPrincipal } from './routes/body';
 // multi-user isolation (issue 5)
 import { createIsolation } from './proxy/isolation';
 
@@ -129,7 +130,7 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   });
   // ComfyUI's server-side model-download API, served here behind the gateway's identity (issue 6).
   if (config.model_downloads.enabled) {
-    const downloads = createDownloads({ config, logger, audit, upstream });
+    const downloads = createDownloads({ config, logger, audit, upstream, recheck: freshPrincipal(chain) });
     await downloads.start();
     routes.push(downloads.routes);
     interceptors.push(...downloads.interceptors);

@@ -33,6 +33,8 @@ export interface DownloadsDeps {
   freeSpace?: (dir: string) => Promise<number>;
   /** how long a HuggingFace login waits for its callback (default 5 minutes) */
   oauthTimeoutMs?: number;
+  /** re-checks the caller after a state-changing body has arrived (compose passes the credential chain's) */
+  recheck?: import('express').RequestHandler;
 }
 
 /** The subsystem as compose.ts wires it. */
@@ -131,7 +133,7 @@ export function createDownloads(deps: DownloadsDeps): Downloads {
   }
 
   return {
-    routes: downloadRoutes({ eligibility, folders, hosts, prober, manager, tokens, oauth, hfApi, audit, freeSpace, sweepNew }),
+    routes: downloadRoutes({ eligibility, folders, hosts, prober, manager, tokens, oauth, hfApi, audit, freeSpace, sweepNew, recheck: deps.recheck }),
     interceptors: [featuresInterceptor({ upstream, eligibility })],
     wsHooks: featuresWsHooks(eligibility),
     enrichers: [loopbackMarker()],

@@ -31,6 +31,8 @@ export interface RouteDeps {
   freeSpace(dir: string): Promise<number>;
   /** sweeps orphaned temp files in directories not yet swept in this process */
   sweepNew(dirs: string[]): Promise<void>;
+  /** re-checks the caller once the body has arrived (a held-back body must not outlive a revocation) */
+  recheck?: express.RequestHandler;
 }
 
 type Entry = {
@@ -101,6 +103,8 @@ export function downloadRoutes(d: RouteDeps): RouteMount {
     return e;
   }
 
+  const afterBody: express.RequestHandler[] = d.recheck ? [d.recheck, requireDownloader] : [];
+
   return (app) => {
     const r = express.Router({ caseSensitive: false, strict: false });
 
@@ -120,7 +124,7 @@ export function downloadRoutes(d: RouteDeps): RouteMount {
       });
     });
 
-    r.post('/download-models', requireDownloader, raw, async (req, res) => {
+    r.post('/download-models', requireDownloader, raw, ...afterBody, async (req, res) => {
       const p = caller(req);
       const ctx = getContext(req);
       const models = parseModelsBody(jsonBody(req));
@@ -168,12 +172,16 @@ export function downloadRoutes(d: RouteDeps): RouteMount {
       send(res, 202, { accepted: true, scheduled: plan.map((n) => n.modelId) });
     });
 
-    r.post('/cancel-model-download-session', requireDownloader, raw, async (req, res) => {
+    r.post('/cancel-model-download-session', requireDownloader, raw, ...afterBody, async (req, res) => {
       const p = caller(req);
       const id = parseCancelBody(jsonBody(req));
       const parsed = await d.folders.parse(id);
       if (typeof parsed === 'string') throw dlErrors.invalidModelId(id, parsed);
-      if (!d.manager.cancel(id, { user: p.username, ip: getContext(req).clientIp })) throw dlErrors.notDownloading(id);
+      // A download is cancelled by whoever started it, or an admin: otherwise any downloader could stop everyone else's.
+      const s = d.manager.get(id);
+      if (!s) throw dlErrors.notDownloading(id);
+      if (s.user !== p.username && p.role !== 'admin') throw dlErrors.notYourDownload(id);
+      d.manager.cancel(id, { user: p.username, ip: getContext(req).clientIp });
       send(res, 200, { cancelled: true });
     });
 
