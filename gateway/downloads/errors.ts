@@ -23,6 +23,8 @@ export const dlErrors = {
   insufficientStorage: (modelId: string, required: number, available: number) =>
     new AppError(507, 'INSUFFICIENT_STORAGE', `Not enough free disk space for ${modelId}.`, { model_id: modelId, required, available }),
   forbidden: () => new AppError(403, 'FORBIDDEN', 'Downloading models requires the download_models permission.'),
+  notYourDownload: (modelId: string) =>
+    new AppError(403, 'FORBIDDEN', `The download of ${modelId} was started by another user; only they or an admin may cancel it.`, { model_id: modelId }),
   hfNotEligible: () =>
     new AppError(
       403,

@@ -34,7 +34,7 @@ export function createHfApi(opts: { endpoint: string; fetchImpl?: typeof fetch; 
       redirect: 'error',
     });
     const text = await res.text();
-    if (!res.ok) throw new Error(`token endpoint answered ${res.status}`);
+    if (!res.ok) throw Object.assign(new Error(`token endpoint answered ${res.status}`), { status: res.status });
     const body = JSON.parse(text) as HfTokenResponse;
     if (!body || typeof body.access_token !== 'string' || !body.access_token) throw new Error('token endpoint returned no access_token');
     return body;

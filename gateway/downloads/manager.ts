@@ -4,7 +4,7 @@ import type { Audit } from '../audit';
 import type { Logger } from '../log';
 import { DownloadFailure, type LastError } from './errors';
 import type { SafeHttp } from './safeHttp';
-import { runDownload, tmpPathFor, TMP_PATTERN } from './worker';
+import { runDownload, TMP_PATTERN } from './worker';
 
 /** One scheduled download, queued or running. */
 export interface Session {
@@ -64,6 +64,8 @@ export function createDownloadManager(deps: {
   let active = 0;
   // Epochs start from the clock so temp names never repeat across restarts either.
   let epochCounter = Date.now();
+  /** every temp file of this process has a larger epoch: the sweep never takes one, whatever path it is seen through */
+  const bootEpoch = epochCounter;
 
   const isLive = (s: Session) => sessions.get(s.modelId) === s;
 
@@ -159,7 +161,6 @@ export function createDownloadManager(deps: {
       return sum;
     },
     async sweep(dirs) {
-      const keep = new Set([...sessions.values()].map((s) => tmpPathFor(s.dest, s.epoch)));
       let removed = 0;
       for (const dir of new Set(dirs)) {
         let names: string[] = [];
@@ -170,7 +171,10 @@ export function createDownloadManager(deps: {
         }
         for (const name of names) {
           const p = path.join(dir, name);
-          if (!TMP_PATTERN.test(name) || keep.has(p)) continue;
+          // Only earlier runs' files: a running session's file may sit in a directory also reached through a symlink or
+          // another configured path, or be created while this sweep runs, so path comparisons cannot protect it.
+          const m = TMP_PATTERN.exec(name);
+          if (!m || Number(m[1]) > bootEpoch) continue;
           try {
             if (!(await fs.promises.lstat(p)).isFile()) continue;
             await fs.promises.unlink(p);

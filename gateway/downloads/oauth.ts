@@ -65,7 +65,11 @@ export interface CallbackResult {
   text: string;
 }
 
-/** HuggingFace OAuth (authorization code + PKCE): one login at a time, per-user tokens. */
+/**
+ * HuggingFace OAuth (authorization code + PKCE), per-user tokens. With the loopback callback there is one port, so one
+ * login at a time (only users on this host are eligible). Through the gateway (hf_oauth.redirect_uri) each user has at
+ * most one login in progress, and no user's unfinished login blocks anyone else's.
+ */
 export interface HfOAuth {
   /** starts a login for `user`; resolves to the authorize URL once the callback can be received */
   start(user: string, ip: string): Promise<string>;
@@ -86,12 +90,14 @@ export function createHfOAuth(deps: {
   audit: Audit;
   timeoutMs?: number;
 }): HfOAuth {
-  let flow: Flow | null = null;
+  /** logins in progress by user (loopback mode: at most one in all) */
+  const flows = new Map<string, Flow>();
+  const live = (f: Flow) => flows.get(f.user) === f;
 
   /** Ends a login. From inside a callback (`hard` false) the answer still goes out: only idle sockets are cut. */
   function end(f: Flow, hard = true): void {
     clearTimeout(f.timer);
-    if (flow === f) flow = null;
+    if (live(f)) flows.delete(f.user);
     if (f.server) {
       const s = f.server;
       f.server = null;
@@ -135,7 +141,7 @@ export function createHfOAuth(deps: {
     return new Promise((resolve, reject) => {
       const server = http.createServer((req, res) => {
         const u = new URL(req.url ?? '/', 'http://127.0.0.1');
-        if (req.method !== 'GET' || u.pathname !== CALLBACK_PATH || flow !== f) {
+        if (req.method !== 'GET' || u.pathname !== CALLBACK_PATH || !live(f)) {
           res.writeHead(404, { 'content-type': 'text/plain' }).end('not found');
           return;
         }
@@ -157,10 +163,10 @@ export function createHfOAuth(deps: {
   }
 
   return {
-    inProgress: () => flow !== null,
+    inProgress: () => flows.size > 0,
     async start(user, ip) {
       if (!deps.clientId) throw dlErrors.hfNotConfigured();
-      if (flow) throw dlErrors.hfInProgress();
+      if (deps.redirectUri ? flows.has(user) : flows.size > 0) throw dlErrors.hfInProgress();
       const { verifier, challenge, state } = makePkce();
       const f: Flow = {
         user,
@@ -176,7 +182,7 @@ export function createHfOAuth(deps: {
         }, deps.timeoutMs ?? LOGIN_TIMEOUT_MS),
       };
       f.timer.unref();
-      flow = f; // claimed before the first await: a concurrent start gets 409
+      flows.set(user, f); // claimed before the first await: a concurrent start gets 409
       if (!deps.redirectUri) {
         try {
           const port = await listen(f);
@@ -199,16 +205,16 @@ export function createHfOAuth(deps: {
       return `${deps.hfApi.endpoint}/oauth/authorize?${params.toString()}`;
     },
     async gatewayCallback(user, query) {
-      const f = flow;
-      if (!f || !deps.redirectUri) return { status: 400, title: 'Login failed', text: 'No HuggingFace login is in progress.' };
+      if (!flows.size || !deps.redirectUri) return { status: 400, title: 'Login failed', text: 'No HuggingFace login is in progress.' };
       const state = query.get('state') ?? '';
-      if (!state || !sameSecret(state, f.state)) return { status: 400, title: 'Login failed', text: 'state mismatch' };
+      const f = state ? [...flows.values()].find((x) => sameSecret(state, x.state)) : undefined;
+      if (!f) return { status: 400, title: 'Login failed', text: 'state mismatch' };
       // The state is bound to the user who started the login: another session cannot complete it.
       if (f.user !== user) return { status: 403, title: 'Login failed', text: 'This login was started by another user.' };
       return handleCallback(f, query);
     },
     async close() {
-      if (flow) end(flow);
+      for (const f of [...flows.values()]) end(f);
     },
   };
 }

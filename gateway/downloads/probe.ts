@@ -24,8 +24,12 @@ interface SizeEntry {
 const NOTHING: ProbeResult = { file_size: null, is_hf_downloadable: null, sha256: null, blocked: null };
 /** A size probe that found nothing is retried after this long (a found size is kept). */
 const SIZE_RETRY_MS = 30_000;
-/** A per-user access answer for a gated repo is reused this briefly, so a burst of polls makes one HF call. */
-const ACCESS_TTL_MS = 1_000;
+/**
+ * How long a per-user access answer for a gated repo is reused. Clients poll at 1 Hz, and a poll must not cost an HF call
+ * per gated repo. Granted access rarely goes away (a download would then fail visibly); a refusal is asked again sooner,
+ * so accepting a repo's terms on HF shows up within a minute. Login and logout forget the user's answers at once.
+ */
+const accessTtlMs = (ok: boolean | null) => (ok === true ? 10 * 60_000 : ok === false ? 60_000 : 10_000);
 const MAX_ENTRIES = 10_000;
 
 /** Parses a content length header value. */
@@ -58,7 +62,7 @@ function singleFlight<T>() {
 function limiter(max: number) {
   let active = 0;
   const waiting: (() => void)[] = [];
-  return async <T>(fn: () => Promise<T>): Promise<T> => {
+  const run = async <T>(fn: () => Promise<T>): Promise<T> => {
     // A finishing call hands its slot straight to the next waiter, so `active` never exceeds `max`.
     if (active >= max) await new Promise<void>((r) => waiting.push(r));
     else active++;
@@ -70,7 +74,12 @@ function limiter(max: number) {
       else active--;
     }
   };
+  return Object.assign(run, { busy: () => active > 0 || waiting.length > 0 });
 }
+
+/** Outbound probes in flight at once, in all; and for any one user (the first caller of a single-flight pays). */
+const OUTBOUND_MAX = 16;
+const OUTBOUND_PER_USER = 8;
 
 function bounded<K, V>(m: Map<K, V>): void {
   if (m.size > MAX_ENTRIES) m.clear();
@@ -91,14 +100,29 @@ export function createProber(deps: { hosts: HostPolicy; http: SafeHttp; hf: HfAp
   const gatedFlight = singleFlight<boolean | null>();
   const sizeFlight = singleFlight<SizeEntry>();
   const accessFlight = singleFlight<boolean | null>();
-  const outbound = limiter(16);
+  const outbound = limiter(OUTBOUND_MAX);
+  const perUser = new Map<string, ReturnType<typeof limiter>>();
+
+  /**
+   * Polling is open to every signed-in user, and each new URL costs an outbound probe: one user naming thousands of
+   * new URLs waits behind their own probes and never holds every slot, so everyone else's polls still answer.
+   */
+  async function outboundFor<T>(user: string, fn: () => Promise<T>): Promise<T> {
+    let mine = perUser.get(user);
+    if (!mine) perUser.set(user, (mine = limiter(OUTBOUND_PER_USER)));
+    try {
+      return await mine(() => outbound(fn));
+    } finally {
+      if (!mine.busy() && perUser.get(user) === mine) perUser.delete(user);
+    }
+  }
 
   /** Gated-ness is intrinsic: asked once per URL, anonymously (with a token a gated-but-accepted repo looks public). */
-  async function isGated(url: string, repo: string): Promise<boolean | null> {
+  async function isGated(url: string, repo: string, user: string): Promise<boolean | null> {
     const known = gated.get(url);
     if (known !== undefined) return known;
     return gatedFlight(url, async () => {
-      const r = await outbound(() => deps.hf.authCheck(repo, null));
+      const r = await outboundFor(user, () => deps.hf.authCheck(repo, null));
       if (r === null) return null; // network trouble: not cached, asked again next poll
       const g = r !== 'ok';
       bounded(gated);
@@ -110,9 +134,9 @@ export function createProber(deps: { hosts: HostPolicy; http: SafeHttp; hf: HfAp
   async function hasAccess(user: string, repo: string, token: string): Promise<boolean | null> {
     const key = `${user}\u0000${repo}`;
     const hit = access.get(key);
-    if (hit && Date.now() - hit.at < ACCESS_TTL_MS) return hit.ok;
+    if (hit && Date.now() - hit.at < accessTtlMs(hit.ok)) return hit.ok;
     return accessFlight(key, async () => {
-      const r = await outbound(() => deps.hf.authCheck(repo, token));
+      const r = await outboundFor(user, () => deps.hf.authCheck(repo, token));
       const ok = r === null ? null : r === 'ok';
       bounded(access);
       access.set(key, { ok, at: Date.now() });
@@ -142,11 +166,11 @@ export function createProber(deps: { hosts: HostPolicy; http: SafeHttp; hf: HfAp
     return { size: null, sha256: null, blocked: null, at: Date.now() };
   }
 
-  async function size(url: string, token: string | null): Promise<SizeEntry> {
+  async function size(url: string, token: string | null, user: string): Promise<SizeEntry> {
     const hit = sizes.get(url);
     if (hit && (hit.size !== null || Date.now() - hit.at < SIZE_RETRY_MS)) return hit;
     return sizeFlight(url, async () => {
-      const e = await outbound(() => probeSize(url, token));
+      const e = await outboundFor(user, () => probeSize(url, token));
       bounded(sizes);
       sizes.set(url, e);
       return e;
@@ -159,16 +183,16 @@ export function createProber(deps: { hosts: HostPolicy; http: SafeHttp; hf: HfAp
       if (!c.ok) return NOTHING;
       const repo = deps.hosts.repoId(c.url);
       if (!deps.hosts.isHf(c.url) || !repo) {
-        const s = await size(raw, null);
+        const s = await size(raw, null, who.user);
         return { file_size: s.size, is_hf_downloadable: null, sha256: s.sha256, blocked: s.blocked };
       }
-      const g = await isGated(raw, repo);
+      const g = await isGated(raw, repo, who.user);
       if (g === null) return NOTHING;
       let ok: boolean | null = true;
       if (g) ok = who.token ? await hasAccess(who.user, repo, who.token) : false;
       // Only probe the size when the caller can fetch it: a 401 must not be cached as "size unknown" past a login.
       if (ok !== true) return { file_size: null, is_hf_downloadable: ok, sha256: null, blocked: null };
-      const s = await size(raw, g ? who.token : null);
+      const s = await size(raw, g ? who.token : null, who.user);
       return { file_size: s.size, is_hf_downloadable: true, sha256: s.sha256, blocked: s.blocked };
     },
     forgetUser(user) {

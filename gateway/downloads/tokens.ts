@@ -17,6 +17,8 @@ export interface StoredToken {
 
 /** Refresh this long before the access token expires, so it never goes stale between a probe and a download. */
 export const EXPIRY_BUFFER_SECS = 60;
+/** After a refresh failed for a reason that may pass (network, HF 5xx), polls wait this long before asking HF again. */
+export const REFRESH_RETRY_SECS = 30;
 
 /** Per-user HuggingFace tokens under `<data_dir>/hf_tokens/<user>.json`, mode 0600, written atomically. */
 export interface TokenStore {
@@ -56,6 +58,8 @@ export function createTokenStore(deps: { dir: string; hfApi: HfApi; clientId: st
   /** bumped on every save/remove so a refresh that finishes after a logout is discarded, not resurrected */
   const generation = new Map<string, number>();
   const refreshing = new Map<string, Promise<string | null>>();
+  /** when a user's last refresh failed transiently: polls run at 1 Hz and must not each call HF's token endpoint */
+  const failedAt = new Map<string, number>();
   const file = (user: string) => path.join(deps.dir, tokenFileName(user));
 
   function load(user: string): StoredToken | null {
@@ -96,6 +100,20 @@ export function createTokenStore(deps: { dir: string; hfApi: HfApi; clientId: st
 
   function bump(user: string): void {
     generation.set(user, (generation.get(user) ?? 0) + 1);
+    failedAt.delete(user);
+  }
+
+  /** Forgets the user's token (memory and file). */
+  function drop(user: string): boolean {
+    const had = !!load(user);
+    bump(user);
+    cache.set(user, null);
+    try {
+      fs.unlinkSync(file(user));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+    return had;
   }
 
   async function refresh(user: string, t: StoredToken): Promise<string | null> {
@@ -110,6 +128,18 @@ export function createTokenStore(deps: { dir: string; hfApi: HfApi; clientId: st
       bump(user);
       return next.access_token;
     } catch (e) {
+      if ((generation.get(user) ?? 0) !== gen) return null;
+      if ((e as { status?: number }).status === 400) {
+        // invalid_grant: the refresh token is revoked or used up; keeping it would only ask HF again on every poll.
+        deps.logger.info({ user }, 'hf refresh token rejected; the user is logged out of HuggingFace');
+        try {
+          drop(user);
+        } catch {
+          /* the memory copy is gone already; the file is retried at logout */
+        }
+        return null;
+      }
+      failedAt.set(user, now());
       deps.logger.warn({ user, err: (e as Error).message }, 'hf token refresh failed');
       return null;
     }
@@ -124,6 +154,8 @@ export function createTokenStore(deps: { dir: string; hfApi: HfApi; clientId: st
       const t = load(user);
       if (!t) return null;
       if (t.expires_at - now() > EXPIRY_BUFFER_SECS) return t.access_token;
+      const failed = failedAt.get(user);
+      if (failed !== undefined && now() - failed < REFRESH_RETRY_SECS) return null;
       let p = refreshing.get(user);
       if (!p) {
         p = refresh(user, t).finally(() => refreshing.delete(user));
@@ -147,16 +179,6 @@ export function createTokenStore(deps: { dir: string; hfApi: HfApi; clientId: st
       write(user, next);
       cache.set(user, next);
     },
-    remove(user) {
-      const had = !!load(user);
-      bump(user);
-      cache.set(user, null);
-      try {
-        fs.unlinkSync(file(user));
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-      }
-      return had;
-    },
+    remove: drop,
   };
 }

@@ -32,8 +32,8 @@ export function tmpPathFor(dest: string, epoch: number): string {
   return `${dest}.${epoch}.tmp`;
 }
 
-/** Names the orphan sweep may remove: our temp files only (`<model file>.<epoch>.tmp`), never other `.tmp` files. */
-export const TMP_PATTERN = /\.(safetensors|sft|ckpt|pth|pt)\.\d+\.tmp$/;
+/** Names the orphan sweep may remove: our temp files only (`<model file>.<epoch>.tmp`, epoch captured), never other `.tmp` files. */
+export const TMP_PATTERN = /\.(?:safetensors|sft|ckpt|pth|pt)\.(\d+)\.tmp$/;
 
 const TRANSIENT_CODES = new Set(['ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ECONNREFUSED', 'ECONNABORTED', 'EAI_AGAIN', 'ERR_STREAM_PREMATURE_CLOSE', 'EHOSTUNREACH', 'ENETUNREACH']);
 
@@ -45,8 +45,9 @@ async function rmQuiet(p: string): Promise<void> {
   await fs.promises.rm(p, { force: true }).catch(() => undefined);
 }
 
-/** Streams a response body into an open write stream; resolves once every received byte is on disk. */
-function pump(res: IncomingMessage, out: fs.WriteStream, onChunk: (c: Buffer) => void, signal: AbortSignal): Promise<void> {
+/** Streams a response body into an open write stream; resolves once every received byte is on disk. `onChunk` may
+ * refuse a chunk by returning an error: the chunk is not written and the transfer stops with that error. */
+function pump(res: IncomingMessage, out: fs.WriteStream, onChunk: (c: Buffer) => Error | void, signal: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
     let done = false;
     let outError: Error | null = null;
@@ -62,7 +63,8 @@ function pump(res: IncomingMessage, out: fs.WriteStream, onChunk: (c: Buffer) =>
       out.end(() => (outError ? reject(outError) : err ? reject(err) : resolve()));
     };
     const onData = (c: Buffer) => {
-      onChunk(c);
+      const refused = onChunk(c);
+      if (refused) return finish(refused);
       if (!out.write(c)) res.pause();
     };
     const onDrain = () => res.resume();
@@ -99,14 +101,14 @@ export async function runDownload(http: SafeHttp, job: WorkerJob): Promise<numbe
   let total: number | null = null;
   let etag: string | null = null;
   let resumes = 0;
-  let checkedSpace = false;
 
   try {
     for (;;) {
       if (!job.isActive()) throw Object.assign(new Error('cancelled'), { name: 'AbortError' });
       try {
         // Measured before the request: between a response and pump() there must be no await, or its end is missed.
-        const free = checkedSpace ? null : await job.freeSpace(path.dirname(job.dest));
+        const free = await job.freeSpace(path.dirname(job.dest));
+        const onDisk = written;
         const headers: Record<string, string> = written > 0 ? { range: `bytes=${written}-`, ...(etag ? { 'if-range': etag } : {}) } : {};
         const { res, first } = await http.request(job.url, { method: 'GET', hfToken: job.hfToken, follow: true, headers, signal: job.signal });
         const status = res.statusCode ?? 0;
@@ -117,7 +119,14 @@ export async function runDownload(http: SafeHttp, job: WorkerJob): Promise<numbe
             res.destroy();
             throw new DownloadFailure('DOWNLOAD_FAILED', 'the server answered a resume with the wrong range');
           }
-          if (m[3] !== '*') total = Number(m[3]);
+          if (m[3] !== '*') {
+            // A resume belongs to the same file: a different total is a different (or lying) file, never a bigger one.
+            if (total !== null && Number(m[3]) !== total) {
+              res.destroy();
+              throw new DownloadFailure('SIZE_MISMATCH', `the server announced ${total} bytes, then ${m[3]} on resume`);
+            }
+            total = Number(m[3]);
+          }
           append = true;
         } else if (status === 200) {
           const len = parseLength(res.headers['content-length']);
@@ -141,19 +150,25 @@ export async function runDownload(http: SafeHttp, job: WorkerJob): Promise<numbe
           etag = typeof res.headers.etag === 'string' && !res.headers.etag.startsWith('W/') ? res.headers.etag : null;
         }
         if (expectedSha && !hash) hash = crypto.createHash('sha256');
-        if (free !== null && total !== null) {
-          checkedSpace = true;
-          if (total - written > free) {
-            res.destroy();
-            throw new DownloadFailure('INSUFFICIENT_STORAGE', `not enough free disk space (${total - written} bytes needed, ${free} free)`);
-          }
+        // Starting over truncates what is on disk, so that space counts as free too.
+        const room = append ? free : onDisk + free;
+        if (total !== null && total - written > room) {
+          res.destroy();
+          throw new DownloadFailure('INSUFFICIENT_STORAGE', `not enough free disk space (${total - written} bytes needed, ${room} free)`);
         }
+        // The body is cut the moment it outgrows its announced size, or, with no size announced, the free disk space:
+        // a server that streams forever must not fill the disk.
+        const limit = total ?? written + room;
         job.progress(written, total);
-        const out = fs.createWriteStream(tmp, append ? { flags: 'r+', start: written, highWaterMark: 1 << 20 } : { flags: 'w', mode: 0o644, highWaterMark: 1 << 20 });
+        const out = openTmp(tmp, append, written);
         await pump(
           res,
           out,
           (c) => {
+            if (written + c.length > limit)
+              return total !== null
+                ? new DownloadFailure('SIZE_MISMATCH', `the server sent more than the ${total} bytes it announced`)
+                : new DownloadFailure('INSUFFICIENT_STORAGE', `the server announced no size and sent more than the ${room} bytes free on disk`);
             hash?.update(c);
             written += c.length;
             job.progress(written, total);
@@ -189,12 +204,56 @@ export async function runDownload(http: SafeHttp, job: WorkerJob): Promise<numbe
       const got = hash.digest('hex');
       if (got !== expectedSha.toLowerCase()) throw new DownloadFailure('HASH_MISMATCH', `sha256 mismatch: expected ${expectedSha}, got ${got}`);
     }
-    await fs.promises.rename(tmp, job.dest);
+    await place(tmp, job.dest);
     return written;
   } catch (e) {
     await rmQuiet(tmp);
     throw e;
   }
+}
+
+const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = fs.constants;
+
+/**
+ * Opens the temp file without ever following a link planted at its (predictable) name: a fresh file replaces whatever
+ * is there and is created exclusively; a resume reopens our own file, refusing a symlink swapped in meanwhile.
+ */
+function openTmp(tmp: string, append: boolean, offset: number): fs.WriteStream {
+  // Synchronous on purpose: there must be no await between the response and pump().
+  let fd: number;
+  try {
+    if (append) fd = fs.openSync(tmp, O_WRONLY | O_NOFOLLOW);
+    else {
+      fs.rmSync(tmp, { force: true });
+      fd = fs.openSync(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o644);
+    }
+  } catch (e) {
+    throw Object.assign(e as Error, { fatalWrite: true });
+  }
+  return fs.createWriteStream(tmp, { fd, start: append ? offset : 0, highWaterMark: 1 << 20 });
+}
+
+/** Filesystems that cannot hard-link answer with one of these. */
+const NO_HARD_LINKS = new Set(['EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS', 'EXDEV']);
+
+/**
+ * Puts the finished file under its final name without ever replacing a file already there (another model id naming
+ * the same directory, or a file placed by hand while this one downloaded): link() refuses an existing name atomically.
+ */
+async function place(tmp: string, dest: string): Promise<void> {
+  const taken = () => new DownloadFailure('ALREADY_AVAILABLE', 'a file with this name appeared while downloading; it was left in place');
+  try {
+    await fs.promises.link(tmp, dest);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code ?? '';
+    if (code === 'EEXIST') throw taken();
+    if (!NO_HARD_LINKS.has(code)) throw e;
+    // Without hard links only a last check before rename() is possible (a small window, not an atomic guarantee).
+    if (await fs.promises.lstat(dest).then(() => true, () => false)) throw taken();
+    await fs.promises.rename(tmp, dest);
+    return;
+  }
+  await rmQuiet(tmp);
 }
 
 /** sha256 state over the first `n` bytes of a file (after a resume). */

@@ -1,12 +1,13 @@
 import type { IncomingMessage } from 'node:http';
 import { MemoryStore, type Options as RateLimitOptions } from 'express-rate-limit';
+import ipaddr from 'ipaddr.js';
 import type { Gate } from '../app';
 import type { Audit } from '../audit';
 import { TOKEN_QUERY_PARAMS } from '../auth/chain';
 import { AppError } from '../errors';
 import { peekContext } from '../http/context';
 import type { Logger } from '../log';
-import { socketIp } from './clientIp';
+import { parseIp, socketIp } from './clientIp';
 import type { IpLists } from './ipLists';
 
 /** What the login/register routes call: refuse while locked, count a failure, note a success. */
@@ -47,11 +48,25 @@ const GUESSABLE = new Set(['api-key', 'authorization', 'query', 'jwt']);
 const MAX_USERNAME_KEY = 64;
 
 /**
+ * The unit a client is counted (and auto-blacklisted) as: an IPv4 address itself, an IPv6 address its /64. One host
+ * or subscriber is routinely given a whole /64; counted per address it could rotate through 2^64 of them, dodging
+ * every lockout and — looking like many clients — locking other people's accounts by name.
+ */
+export function clientUnit(ip: string): string {
+  const addr = parseIp(ip);
+  if (!addr) return ip;
+  if (addr.kind() === 'ipv4') return addr.toString();
+  const parts = (addr as ipaddr.IPv6).parts.slice(0, 4);
+  return `${new ipaddr.IPv6([...parts, 0, 0, 0, 0]).toString()}/64`;
+}
+
+/**
  * Failed logins, registrations and bad tokens, counted per client IP (the one client-IP function's answer, never a
- * header) and per username in express-rate-limit's MemoryStore; 5 in 15 minutes locks the key for 30 s, doubling
- * with each further failure up to 5 minutes. A username locks only once its failures come from two or more
- * addresses (a distributed guesser); a single address is stopped by its own lock and cannot lock the owner out.
- * `blacklist_after_attempts` N > 0 appends the IP to blacklist.txt after N failures (counted over 24 h).
+ * header; IPv6 per /64, see clientUnit) and per username in express-rate-limit's MemoryStore; 5 in 15 minutes locks
+ * the key for 30 s, doubling with each further failure up to 5 minutes. A username locks only once its failures come
+ * from two or more clients (a distributed guesser); a single one is stopped by its own lock and cannot lock the owner
+ * out.
+ * `blacklist_after_attempts` N > 0 appends the IP (an IPv6 client's /64) to blacklist.txt after N failures (over 24 h).
  */
 export function createBruteForce(deps: {
   config: { blacklist_after_attempts: number };
@@ -81,11 +96,12 @@ export function createBruteForce(deps: {
   const counted = new WeakSet<IncomingMessage>();
 
   const ipOf = (req: IncomingMessage) => peekContext(req)?.clientIp ?? socketIp(req);
+  const unitOf = (req: IncomingMessage) => clientUnit(ipOf(req));
   const userKey = (username?: string) => {
     const u = typeof username === 'string' ? username.trim().toLowerCase().slice(0, MAX_USERNAME_KEY) : '';
     return u ? `user:${u}` : null;
   };
-  const keysOf = (req: IncomingMessage, username?: string) => [`ip:${ipOf(req)}`, userKey(username)].filter((k): k is string => !!k);
+  const keysOf = (req: IncomingMessage, username?: string) => [`ip:${unitOf(req)}`, userKey(username)].filter((k): k is string => !!k);
 
   function retryAfterMs(keys: string[]): number {
     const t = now();
@@ -118,7 +134,7 @@ export function createBruteForce(deps: {
           // stopped by its own counter, and letting it lock the name too would let anyone lock the owner out.
           let ips = userIps.get(key);
           if (!ips || totalHits === 1) userIps.set(key, (ips = new Set()));
-          if (ips.size < 64) ips.add(ip);
+          if (ips.size < 64) ips.add(clientUnit(ip));
           if (userIps.size > 100_000) userIps.delete(userIps.keys().next().value as string);
           if (ips.size < 2) return;
         }
@@ -142,14 +158,14 @@ export function createBruteForce(deps: {
 
   function countForBlacklist(req: IncomingMessage): void {
     if (blacklistAfter <= 0) return;
-    const ip = ipOf(req);
+    const ip = unitOf(req);
     blacklistCounts
       .increment(ip)
       .then(async ({ totalHits }) => {
         if (totalHits < blacklistAfter) return;
         const added = await ipLists.appendToBlacklist(ip, `auto-blacklisted ${new Date(now()).toISOString()} after ${totalHits} failed attempts`);
         if (added) {
-          audit.record({ event: 'ip_auto_blacklisted', ip, user_agent: req.headers['user-agent'], failures: totalHits });
+          audit.record({ event: 'ip_auto_blacklisted', ip: ipOf(req), entry: ip, user_agent: req.headers['user-agent'], failures: totalHits });
           logger.warn({ ip, failures: totalHits }, 'address appended to the blacklist after repeated failures');
         }
       })
@@ -161,7 +177,7 @@ export function createBruteForce(deps: {
     counted.add(req);
     // A request reported twice (chain and route) counts once for its IP; the username is only known to the route.
     if (first) {
-      countKey(req, `ip:${ipOf(req)}`, username);
+      countKey(req, `ip:${unitOf(req)}`, username);
       countForBlacklist(req);
     }
     const uk = userKey(username);
@@ -187,7 +203,7 @@ export function createBruteForce(deps: {
 
   const gate: Gate = (req) => {
     if (!presentsGuessable(req)) return;
-    const wait = retryAfterMs([`ip:${ipOf(req)}`]);
+    const wait = retryAfterMs([`ip:${unitOf(req)}`]);
     if (wait > 0) refuse(wait);
   };
 

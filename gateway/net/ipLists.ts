@@ -71,6 +71,14 @@ function matches(c: Compiled, ip: string): boolean {
   return c.ranges.some(([net, bits]) => net.kind() === addr.kind() && addr.match(net, bits));
 }
 
+/** Which of the two lists refuses `ip` (a non-empty whitelist that does not hold it, or a blacklist that does). */
+function blocking(whitelist: Compiled, blacklist: Compiled, ip: string): ListName | null {
+  if (whitelist.entries.length && !matches(whitelist, ip)) return 'whitelist';
+  // The blacklist applies under a whitelist too: an auto-blacklisted address stays out even if a range admits it.
+  if (matches(blacklist, ip)) return 'blacklist';
+  return null;
+}
+
 const describe = (p: ListProblem) => `${p.file}:${p.line}: ${p.message}`;
 
 /** The live IP lists (DESIGN §3): loaded at start-up, reloaded from disk on change, edited atomically. */
@@ -82,10 +90,13 @@ export interface IpLists {
   /** front-door gate: `refuse` for the context's client IP (covers WebSocket upgrades, which have no preflight) */
   gate: Gate;
   get(): IpListsSnapshot;
-  /** validates and writes both files atomically (a missing key leaves that list as it is); 400 INVALID_BODY on bad entries */
-  replace(next: Partial<IpListsSnapshot>): Promise<IpListsSnapshot>;
-  /** appends an address to blacklist.txt atomically (no-op when already listed); applies at once */
-  appendToBlacklist(ip: string, comment: string): Promise<boolean>;
+  /**
+   * validates and writes both files atomically (a missing key leaves that list as it is); 400 INVALID_BODY on bad
+   * entries; 409 SELF_LOCKOUT when the result would refuse `keep` (the address of whoever asks for the change)
+   */
+  replace(next: Partial<IpListsSnapshot>, keep?: string): Promise<IpListsSnapshot>;
+  /** appends an address or CIDR to blacklist.txt atomically (no-op when already covered); applies at once */
+  appendToBlacklist(entry: string, comment: string): Promise<boolean>;
   /** re-reads the files now if they changed on disk */
   check(): void;
   close(): void;
@@ -185,11 +196,7 @@ export function createIpLists(deps: {
   poll.unref();
 
   function blockedBy(ip: string): ListName | null {
-    const wl = state.whitelist.compiled;
-    if (wl.entries.length && !matches(wl, ip)) return 'whitelist';
-    // The blacklist applies under a whitelist too: an auto-blacklisted address stays out even if a range admits it.
-    if (matches(state.blacklist.compiled, ip)) return 'blacklist';
-    return null;
+    return blocking(state.whitelist.compiled, state.blacklist.compiled, ip);
   }
 
   // One audit line per address per minute: a blocked scanner must not flood the trail.
@@ -240,7 +247,7 @@ export function createIpLists(deps: {
     refuse,
     gate,
     get: () => ({ whitelist: [...state.whitelist.compiled.entries], blacklist: [...state.blacklist.compiled.entries] }),
-    replace(next) {
+    replace(next, keep) {
       return serial(async () => {
         const problems: Record<string, unknown>[] = [];
         const built: Partial<Record<ListName, Compiled>> = {};
@@ -256,6 +263,10 @@ export function createIpLists(deps: {
           built[list] = c;
         }
         if (problems.length) throw errors.invalidBody('Some IP list entries are not IP addresses or CIDRs', { problems });
+        // Whoever edits the lists from afar would be shut out by their own edit, with no way back but a shell.
+        const by = keep ? blocking(built.whitelist ?? state.whitelist.compiled, built.blacklist ?? state.blacklist.compiled, keep) : null;
+        if (by)
+          throw new AppError(409, 'SELF_LOCKOUT', `This change would make the ${by} refuse your own address (${keep}); nothing was written`, { ip: keep, list: by });
         for (const list of ['whitelist', 'blacklist'] as const) {
           const c = built[list];
           if (!c) continue;
@@ -264,10 +275,20 @@ export function createIpLists(deps: {
         return { whitelist: [...state.whitelist.compiled.entries], blacklist: [...state.blacklist.compiled.entries] };
       });
     },
-    appendToBlacklist(ip, comment) {
+    appendToBlacklist(entry, comment) {
       return serial(async () => {
-        const addr = parseIp(ip)?.toString();
-        if (!addr || matches(state.blacklist.compiled, addr)) return false;
+        let range: Range;
+        try {
+          range = parseRange(entry);
+        } catch {
+          return false;
+        }
+        const [net, bits] = range;
+        const full = net.kind() === 'ipv4' ? 32 : 128;
+        const addr = bits === full ? net.toString() : `${net.toString()}/${bits}`;
+        const bl = state.blacklist.compiled;
+        const covered = (bits === full && bl.exact.has(addr)) || bl.ranges.some(([n, b]) => n.kind() === net.kind() && b <= bits && net.match(n, b));
+        if (covered) return false;
         const current = readText(files.blacklist);
         const sep = current && !current.endsWith('\n') ? '\n' : '';
         const text = `${current}${sep}${addr} # ${comment.replace(/[\r\n]/g, ' ')}\n`;
@@ -277,6 +298,7 @@ export function createIpLists(deps: {
         if (parsed.problems.length) {
           compiled.entries = [...compiled.entries];
           compiled.exact = new Set(compiled.exact);
+          compiled.ranges = [...compiled.ranges];
           addEntry(compiled, addr, () => undefined);
         }
         await writeList('blacklist', text, compiled);

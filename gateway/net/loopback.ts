@@ -4,7 +4,7 @@ import { API_KEY_PRINCIPAL } from '../auth/chain';
 import type { Principal } from '../auth/principal';
 import type { Logger } from '../log';
 import type { UserStore } from '../users/types';
-import { isDirectLoopback, parseIp } from './clientIp';
+import { isDirectLoopback, parseIp, type ClientIp } from './clientIp';
 
 /** True when the Host header names this machine (a loopback literal, `localhost`, or its own hostname). */
 function hostIsLocal(req: IncomingMessage): boolean {
@@ -31,23 +31,34 @@ function crossSiteBrowser(req: IncomingMessage): boolean {
 }
 
 /**
- * `allow_loopback_without_auth` (off by default): a principal for a credential-less request only when the socket is
- * loopback and no forwarding header of any kind is present (isDirectLoopback — a tunnel daemon on this host adds
- * them). Two browser attacks on "local" are refused too: a page of another site posting to 127.0.0.1 (Origin /
- * Sec-Fetch-Site), and DNS rebinding (a Host that does not name this machine).
+ * True for a request from a person or script on this machine itself — what first-run registration without the setup
+ * code and `allow_loopback_without_auth` grant privilege for: direct loopback (no forwarding header), from a socket
+ * that is not a configured proxy (a loopback proxy listed in `trusted_proxies` forwards the network, with or without
+ * headers — a bare nginx `proxy_pass` adds none, and a client can strip some through `Connection:`), a Host naming
+ * this machine (DNS rebinding), and not a browser acting for another site.
+ */
+export function createIsLocal(clientIp: Pick<ClientIp, 'fromTrustedProxy'>): (req: IncomingMessage) => boolean {
+  return (req) => isDirectLoopback(req) && !clientIp.fromTrustedProxy(req) && hostIsLocal(req) && !crossSiteBrowser(req);
+}
+
+/**
+ * `allow_loopback_without_auth` (off by default): a principal for a credential-less request only when it comes from
+ * this machine (`isLocal`, see createIsLocal: a tunnel daemon or proxy on this host does not make the internet local;
+ * nor does a page of another site posting to 127.0.0.1, nor DNS rebinding).
  * The identity is `loopback_identity`: `api-key` (the static-key admin principal) or a gateway username.
  */
 export function createLoopbackPrincipal(deps: {
   config: { allow_loopback_without_auth: boolean; loopback_identity: string };
   users?: UserStore;
   logger: Logger;
+  isLocal: (req: IncomingMessage) => boolean;
 }): ((req: IncomingMessage) => Principal | null) | undefined {
-  const { config, users, logger } = deps;
+  const { config, users, logger, isLocal } = deps;
   if (!config.allow_loopback_without_auth) return undefined;
   const identity = config.loopback_identity.trim().toLowerCase();
   let warned = false;
   return (req) => {
-    if (!isDirectLoopback(req) || !hostIsLocal(req) || crossSiteBrowser(req)) return null;
+    if (!isLocal(req)) return null;
     if (identity === 'api-key') return { ...API_KEY_PRINCIPAL, source: 'loopback' };
     const u = users?.get(identity);
     if (!u || u.disabled) {

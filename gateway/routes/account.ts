@@ -2,8 +2,9 @@ import crypto from 'node:crypto';
 import type express from 'express';
 import type { RouteMount } from '../app';
 import type { Audit } from '../audit';
+import type { CredentialChain } from '../auth/chain';
 import { cookieSecure, sessionCookie } from '../auth/cookie';
-import type { JwtService } from '../auth/jwt';
+import { tokenRevoked, type JwtService } from '../auth/jwt';
 import type { Passwords } from '../auth/passwords';
 import type { Principal } from '../auth/principal';
 import { generateApiToken } from '../auth/tokens';
@@ -12,7 +13,8 @@ import { AppError, errors } from '../errors';
 import { getContext } from '../http/context';
 import { passwordProblem } from '../users/rules';
 import type { ApiTokenRecord, UserRecord, UserStore } from '../users/types';
-import { bodyObject, onlyKeys, origin, parseBody } from './body';
+import type { AuthLimiter } from './auth';
+import { bodyObject, freshPrincipal, onlyKeys, origin, parseBody } from './body';
 
 /** What the signed-in user's own routes need. */
 export interface AccountRouteDeps {
@@ -21,6 +23,10 @@ export interface AccountRouteDeps {
   passwords: Passwords;
   jwt: JwtService;
   audit: Audit;
+  /** the credential chain, asked again once a body has arrived (routes/body.ts freshPrincipal) */
+  chain: Pick<CredentialChain, 'authenticate'>;
+  /** brute-force limiter: a stolen session must not guess the current password without limit */
+  limiter?: AuthLimiter;
 }
 
 /** Personal tokens one user may hold at once (each is a row in the users file). */
@@ -37,7 +43,8 @@ const publicToken = (t: ApiTokenRecord) => ({
 
 /** GET /gateway/api/me, POST /gateway/api/me/password, GET|POST /gateway/api/tokens, DELETE /gateway/api/tokens/:id. */
 export function accountRoutes(deps: AccountRouteDeps): RouteMount {
-  const { config, store, passwords, jwt, audit } = deps;
+  const { config, store, passwords, jwt, audit, limiter } = deps;
+  const fresh = freshPrincipal(deps.chain);
 
   const principalOf = (req: express.Request): Principal => {
     const p = getContext(req).principal;
@@ -65,18 +72,26 @@ export function accountRoutes(deps: AccountRouteDeps): RouteMount {
       });
     });
 
-    app.post('/gateway/api/me/password', ...parseBody, async (req, res) => {
+    app.post('/gateway/api/me/password', ...parseBody, fresh, async (req, res) => {
       const body = bodyObject(req);
       onlyKeys(body, ['current_password', 'new_password']);
       const user = accountOf(req, 'password');
       if (typeof body.current_password !== 'string') throw errors.invalidBody('current_password is required', { fields: { current_password: 'required' } });
       const problem = passwordProblem(body.new_password);
       if (problem) throw errors.invalidBody('Invalid new password', { fields: { new_password: problem } });
-      if (!(await passwords.verify(body.current_password, user.password_hash))) {
+      limiter?.check(req);
+      const ok = await passwords.verify(body.current_password, user.password_hash);
+      if (!ok) {
         audit.record({ event: 'password_change_failure', user: user.username, ...origin(req) });
-        throw errors.invalidCredentials();
+        limiter?.fail(req);
       }
-      const updated = await store.update(user.username, { password_hash: await passwords.hash(body.new_password as string) });
+      limiter?.check(req); // a parallel burst: see /login
+      if (!ok) throw errors.invalidCredentials();
+      const hash = await passwords.hash(body.new_password as string);
+      // Changed (or the account disabled) while bcrypt ran: the password just verified is no longer the one to replace.
+      const current = store.get(user.username);
+      if (!current || current.disabled || current.password_hash !== user.password_hash) throw tokenRevoked();
+      const updated = await store.update(user.username, { password_hash: hash });
       audit.record({ event: 'password_change', user: user.username, target: user.username, ...origin(req) });
       // Every earlier session (this one included) is now void; hand the caller a fresh one.
       const issued = jwt.issue(updated);
@@ -91,10 +106,12 @@ export function accountRoutes(deps: AccountRouteDeps): RouteMount {
       res.set('Cache-Control', 'no-store').json({ tokens });
     });
 
-    app.post('/gateway/api/tokens', ...parseBody, async (req, res) => {
+    app.post('/gateway/api/tokens', ...parseBody, fresh, async (req, res) => {
       const body = bodyObject(req);
       onlyKeys(body, ['name', 'expires_in_hours']);
       const user = accountOf(req, 'personal tokens');
+      // A token minting tokens would let a short-lived or leaked one outlive its own expiry and revocation.
+      if (principalOf(req).tokenId) throw errors.forbidden('A personal token cannot create personal tokens; sign in to create one');
       const max = config.max_access_token_expiration_hours;
       const fields: Record<string, string> = {};
       const name = typeof body.name === 'string' ? body.name.trim() : '';

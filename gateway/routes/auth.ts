@@ -4,6 +4,7 @@ import path from 'node:path';
 import type express from 'express';
 import type { RouteMount } from '../app';
 import type { Audit } from '../audit';
+import type { CredentialChain } from '../auth/chain';
 import { clearedCookie, cookieSecure, sessionCookie } from '../auth/cookie';
 import type { JwtService } from '../auth/jwt';
 import type { Passwords } from '../auth/passwords';
@@ -12,12 +13,11 @@ import { AppError, errors } from '../errors';
 import { getContext } from '../http/context';
 import { escapeHtml, wantsHtml } from '../http/render';
 import type { Logger } from '../log';
-import { isDirectLoopback } from '../net/clientIp';
 import type { Upstream } from '../proxy/upstream';
 import { passwordProblem, usernameProblem } from '../users/rules';
 import type { Setup } from '../users/setup';
 import type { UserRecord, UserStore } from '../users/types';
-import { bodyObject, isBrowserForm, origin, parseBody, safeNext } from './body';
+import { bodyObject, freshPrincipal, isBrowserForm, origin, parseBody, safeNext } from './body';
 import { PUBLIC_DIR } from './static';
 
 /** Brute-force hooks for /login and /register (issue 4): `check` throws 429 when the caller must wait. */
@@ -38,6 +38,10 @@ export interface AuthRouteDeps {
   logger?: Logger;
   upstream?: Upstream;
   limiter?: AuthLimiter;
+  /** the request comes from this machine itself (net/loopback.ts createIsLocal): first-run registration needs no code */
+  isLocal: (req: IncomingMessage) => boolean;
+  /** the credential chain, asked again once a body has arrived (routes/body.ts freshPrincipal) */
+  chain: Pick<CredentialChain, 'authenticate'>;
 }
 
 /** The CSP for the gateway's pages: scripts and styles only from /gateway/static, no framing. */
@@ -60,12 +64,15 @@ const str = (v: unknown): string | undefined => (typeof v === 'string' ? v : und
 /** POST/GET /login, GET|POST /logout, GET/POST /register. */
 export function authRoutes(deps: AuthRouteDeps): RouteMount {
   const { config, store, passwords, jwt, setup, audit, limiter } = deps;
+  const fresh = freshPrincipal(deps.chain);
 
   /** Checks a username and password; the same work and the same answer for unknown, wrong and disabled. */
   async function checkCredentials(username: string, password: string): Promise<UserRecord | null> {
     const user = store.get(username);
     const ok = await passwords.verify(password, user?.password_hash);
-    return ok && user && !user.disabled ? user : null;
+    // Judged on the account as it is now: its password may have changed, or it been disabled, while bcrypt ran.
+    const current = store.get(username);
+    return ok && user && current && !current.disabled && current.password_hash === user.password_hash ? current : null;
   }
 
   return (app) => {
@@ -98,6 +105,11 @@ export function authRoutes(deps: AuthRouteDeps): RouteMount {
       if (!user) {
         audit.record({ event: 'login_failure', user: null, username: name, ...origin(req) });
         limiter?.fail(req, name);
+      }
+      // A parallel burst passed the check above together, before any of it failed: once the guesses that finished
+      // first have locked the caller out, no later one is answered — right or wrong.
+      limiter?.check(req, name);
+      if (!user) {
         if (form) return void res.redirect(303, `/login?error=invalid&next=${encodeURIComponent(safeNext(body.next))}`);
         throw errors.invalidCredentials();
       }
@@ -143,7 +155,7 @@ export function authRoutes(deps: AuthRouteDeps): RouteMount {
       );
     });
 
-    app.post('/register', ...parseBody, async (req, res) => {
+    app.post('/register', ...parseBody, fresh, async (req, res) => {
       const body = bodyObject(req);
       const fields: Record<string, string> = {};
       const uProblem = usernameProblem(body.new_user_username);
@@ -164,14 +176,18 @@ export function authRoutes(deps: AuthRouteDeps): RouteMount {
       const deny = (e: AppError): never => {
         limiter?.fail(req, adminName);
         audit.record({ event: 'register_denied', user: adminName ?? ctx.principal?.username ?? null, new_user: newName, reason: e.code, ...origin(req) });
+        limiter?.check(req, adminName); // a parallel burst: see /login
         throw e;
       };
       const given = (v: unknown) => v !== undefined && v !== '';
       if (given(body.username) || given(body.password)) {
         const admin = adminName && typeof body.password === 'string' ? await checkCredentials(adminName, body.password) : null;
         if (!admin) deny(errors.invalidCredentials());
-        else if (admin.role !== 'admin') deny(errors.forbidden('Only an administrator can register users'));
-        else ((actor = admin.username), (via = 'admin-credentials'));
+        else {
+          limiter?.check(req, adminName); // a parallel burst: see /login
+          if (admin.role !== 'admin') deny(errors.forbidden('Only an administrator can register users'));
+          else ((actor = admin.username), (via = 'admin-credentials'));
+        }
       } else if (firstRun && given(body.setup_code)) {
         if (!setup.check(body.setup_code))
           deny(new AppError(401, 'INVALID_CREDENTIALS', 'The setup code is wrong', { setup_required: true }));
@@ -179,7 +195,7 @@ export function authRoutes(deps: AuthRouteDeps): RouteMount {
       } else if (ctx.principal) {
         if (ctx.principal.role !== 'admin') deny(errors.forbidden('Only an administrator can register users'));
         ((actor = ctx.principal.username), (via = `admin-${ctx.principal.source}`));
-      } else if (firstRun && isDirectLoopback(req)) {
+      } else if (firstRun && deps.isLocal(req)) {
         via = 'loopback';
       } else {
         deny(

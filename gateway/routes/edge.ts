@@ -2,9 +2,11 @@ import express from 'express';
 import helmet from 'helmet';
 import type { RouteMount } from '../app';
 import type { Audit } from '../audit';
+import type { CredentialChain } from '../auth/chain';
 import { errors } from '../errors';
 import { getContext } from '../http/context';
 import type { IpLists } from '../net/ipLists';
+import { freshPrincipal } from './body';
 
 /** Security headers for every gateway-owned response (pages, API, errors). ComfyUI's responses never get these:
  * its frontend uses inline scripts and would break; the proxy gives them `nosniff` only. */
@@ -49,8 +51,9 @@ function entriesOf(v: unknown, list: string, problems: Record<string, unknown>[]
 }
 
 /** Admin API over the IP lists and the audit trail: GET|PUT /gateway/api/ip-lists, GET /gateway/api/audit. */
-export function edgeRoutes(deps: { ipLists: IpLists; audit: Audit }): RouteMount {
+export function edgeRoutes(deps: { ipLists: IpLists; audit: Audit; chain: Pick<CredentialChain, 'authenticate'> }): RouteMount {
   const { ipLists, audit } = deps;
+  const fresh = freshPrincipal(deps.chain);
   const adminOnly = (req: express.Request) => {
     // The policy table already limits these to admins; this is the belt to its braces.
     if (getContext(req).principal?.role !== 'admin') throw errors.forbidden('This route is for administrators');
@@ -61,7 +64,7 @@ export function edgeRoutes(deps: { ipLists: IpLists; audit: Audit }): RouteMount
       res.set('Cache-Control', 'no-store').json(ipLists.get());
     });
 
-    app.put('/gateway/api/ip-lists', express.json({ limit: '4mb' }), async (req, res) => {
+    app.put('/gateway/api/ip-lists', express.json({ limit: '4mb' }), fresh, async (req, res) => {
       adminOnly(req);
       const body: unknown = req.body;
       if (!body || typeof body !== 'object' || Array.isArray(body)) throw errors.invalidBody('Expected a JSON object {whitelist: [...], blacklist: [...]}');
@@ -74,8 +77,8 @@ export function edgeRoutes(deps: { ipLists: IpLists; audit: Audit }): RouteMount
       if (!problems.length && whitelist === undefined && blacklist === undefined) problems.push({ message: 'give whitelist, blacklist or both' });
       if (problems.length) throw errors.invalidBody('Invalid IP lists', { problems });
       const before = ipLists.get();
-      const after = await ipLists.replace({ whitelist, blacklist });
       const ctx = getContext(req);
+      const after = await ipLists.replace({ whitelist, blacklist }, ctx.clientIp);
       audit.record({
         event: 'ip_lists_updated',
         user: ctx.principal?.username ?? null,

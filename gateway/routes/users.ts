@@ -1,19 +1,22 @@
 import type express from 'express';
 import type { RouteMount } from '../app';
 import type { Audit } from '../audit';
+import type { CredentialChain } from '../auth/chain';
 import type { Passwords } from '../auth/passwords';
 import type { Role } from '../auth/principal';
 import { errors } from '../errors';
 import { getContext } from '../http/context';
 import { passwordProblem, permissionsProblem, usernameProblem } from '../users/rules';
 import type { UserRecord, UserStore } from '../users/types';
-import { bodyObject, onlyKeys, origin, parseBody } from './body';
+import { bodyObject, freshPrincipal, onlyKeys, origin, parseBody } from './body';
 
 /** What the admin user-management API needs. */
 export interface UserAdminDeps {
   store: UserStore;
   passwords: Passwords;
   audit: Audit;
+  /** the credential chain, asked again once a body has arrived (routes/body.ts freshPrincipal) */
+  chain: Pick<CredentialChain, 'authenticate'>;
 }
 
 /** A user as the admin API shows it: never the hash. */
@@ -33,6 +36,7 @@ const isRole = (v: unknown): v is Role => v === 'admin' || v === 'user';
  */
 export function userAdminRoutes(deps: UserAdminDeps): RouteMount {
   const { store, passwords, audit } = deps;
+  const fresh = freshPrincipal(deps.chain);
   const actor = (req: express.Request) => getContext(req).principal?.username ?? null;
 
   return (app) => {
@@ -40,7 +44,7 @@ export function userAdminRoutes(deps: UserAdminDeps): RouteMount {
       res.set('Cache-Control', 'no-store').json({ users: store.list().map(publicUser) });
     });
 
-    app.post('/gateway/api/users', ...parseBody, async (req, res) => {
+    app.post('/gateway/api/users', ...parseBody, fresh, async (req, res) => {
       const body = bodyObject(req);
       onlyKeys(body, ['username', 'password', 'role', 'permissions']);
       const fields: Record<string, string> = {};
@@ -62,7 +66,7 @@ export function userAdminRoutes(deps: UserAdminDeps): RouteMount {
       res.status(201).set('Cache-Control', 'no-store').json(publicUser(rec));
     });
 
-    app.patch('/gateway/api/users/:username', ...parseBody, async (req, res) => {
+    app.patch('/gateway/api/users/:username', ...parseBody, fresh, async (req, res) => {
       const body = bodyObject(req);
       onlyKeys(body, ['role', 'disabled', 'password', 'permissions']);
       const fields: Record<string, string> = {};

@@ -1,13 +1,17 @@
 import request from 'supertest';
+import { hit } from './edge';
 import type { TestGateway } from './gateway';
 
 /** Default password used by the auth tests' users. */
 export const PW = 'correct-horse-1';
 
+/** Loopback address the first admin registers from: not 127.0.0.1, which TRUST_LOCAL_PROXY makes a proxy (not "this machine"). */
+const OWNER_ADDRESS = '127.0.0.254';
+
 /** Registers the first administrator from this (loopback) machine, no setup code needed. */
 export async function registerFirstAdmin(gw: { url: string }, username = 'admin', password = PW): Promise<void> {
-  const res = await request(gw.url).post('/register').send({ new_user_username: username, new_user_password: password });
-  if (res.status !== 201) throw new Error(`first admin: ${res.status} ${JSON.stringify(res.body)}`);
+  const res = await hit(gw.url, '/register', { method: 'POST', from: OWNER_ADDRESS, body: { new_user_username: username, new_user_password: password } });
+  if (res.status !== 201) throw new Error(`first admin: ${res.status} ${res.text}`);
 }
 
 /** Registers a user with the admin's credentials in the body (Sentinel's way). */
