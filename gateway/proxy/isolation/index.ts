@@ -20,7 +20,7 @@ import { queueInterceptors } from './queue';
 import { createRunTracker } from './tracker';
 import { uploadInterceptor } from './upload';
 import { usersInterceptor } from './users';
-import { viewInterceptor } from './view';
+import { pathListingInterceptor, viewInterceptor } from './view';
 import { createIsolationWsHooks } from './ws';
 
 /**
@@ -110,6 +110,7 @@ export function createIsolation(deps: { config: ResolvedConfig; logger: Logger; 
       ...historyInterceptors(iso),
       ...jobsInterceptors(iso),
       viewInterceptor(iso),
+      pathListingInterceptor(iso),
       uploadInterceptor(iso),
       objectInfoInterceptor(iso),
       usersInterceptor(iso),

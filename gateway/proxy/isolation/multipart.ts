@@ -41,7 +41,8 @@ export function formDataBoundary(contentType: string | undefined): string | null
 
 /**
  * Parses a Content-Disposition of a form-data part, refusing everything a browser never sends but a server might
- * read differently: RFC 2231/5987 `name*`/`filename*` parameters, backslash escapes, duplicate parameters.
+ * read differently: RFC 2231/5987 `name*`/`filename*` parameters, backslash escapes, duplicate parameters, and
+ * quoted values starting with `/` (aiohttp strips leading slashes: `name="/subfolder"` is ComfyUI's `subfolder`).
  */
 export function parseDisposition(value: string): { name: string; filename: string | null } {
   const parts: string[] = [];
@@ -65,6 +66,7 @@ export function parseDisposition(value: string): { name: string; filename: strin
     const key = m[1].toLowerCase();
     const v = m[2] ?? m[3];
     if (v.includes('\\')) throw bad('escaped characters in Content-Disposition');
+    if (v.startsWith('/')) throw bad('Content-Disposition value starting with a slash');
     if (params.has(key)) throw bad('duplicate Content-Disposition parameter');
     params.set(key, v);
   }

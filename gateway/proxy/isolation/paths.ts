@@ -60,14 +60,17 @@ export function splitUserPath(value: string, details: Record<string, unknown> = 
   return segs;
 }
 
-/** The segments under the user's own folder: `<user>/…` unless they already start there. */
-export function underUser(user: string, segs: string[]): string[] {
-  return segs[0] === user ? segs : [user, ...segs];
+/**
+ * The segments under the user's own folder: `<user>/…` unless they already start there. For a file (or a save
+ * prefix, whose last segment names files) a lone `<user>` is a name in the area's root, so it goes inside too.
+ */
+export function underUser(user: string, segs: string[], kind: 'dir' | 'file' = 'dir'): string[] {
+  return segs[0] === user && (kind === 'dir' || segs.length > 1) ? segs : [user, ...segs];
 }
 
-/** Whether a checked path lies inside the user's folder of an area. */
+/** Whether a checked file path lies inside the user's folder of an area. */
 export function isUnderUser(user: string, segs: string[]): boolean {
-  return segs.length >= 1 && segs[0] === user;
+  return segs.length >= 2 && segs[0] === user;
 }
 
 /**

@@ -2,22 +2,39 @@ import crypto from 'node:crypto';
 import type { Interceptor } from '../../app';
 import type { IsolationContext } from './context';
 import { callUpstream, isObj, parseJsonObject, readBody, seesAll, segs, sendUpstream, upstreamHeaders, upstreamUrl } from './http';
-import { parseAnnotated, pathNotAllowed, splitUserPath, underUser, type FileType } from './paths';
+import { isUnderUser, parseAnnotated, pathNotAllowed, splitUserPath, underUser, type FileType } from './paths';
 
-/** Inputs that name where a node saves: `filename_prefix` and its relatives. */
+/** Inputs that name where a node saves: `filename_prefix` and its relatives (a saver's bare `prefix`: SaveLoRA). */
 const SAVE_PREFIX = /filename_prefix/i;
 /** Inputs that name an output directory (image-saver style nodes). */
 const SAVE_DIR = /^(output|save)_(path|dir|directory|folder)$/i;
-/** File inputs of loader nodes (LoadImage, LoadImageMask, LoadAudio, LoadVideo, VHS_LoadVideo, Load3D, …). */
-const LOADER_INPUTS = new Set(['image', 'mask', 'file', 'audio', 'video', 'model_file']);
+/** Any other input named like a file or folder (`folder`, `file_path`, `folder_name`, …), read or written. */
+const PATH_NAME = /(^|_)(path|dir|directory|folder|file|filename|filepath|dirname|foldername)$|(^|_)(file|folder|dir)_name$/i;
+/** File inputs of loaders (LoadImage, WebcamCapture, LoadLatent, LoadAudio, LoadVideo, Load3D, VHS_LoadVideo, …). */
+const LOADER_INPUTS = new Set(['image', 'mask', 'file', 'audio', 'video', 'model_file', 'latent']);
 const LOADER_CLASS = /load/i;
+/** Savers: their `image`/`audio`/`video` inputs are the data to save, their path inputs name where. */
+const SAVER_CLASS = /save/i;
 const URL_SCHEME = /^([a-z][a-z0-9+.-]*):\/\//i;
+
+/** How an input is confined: a save prefix (names files), a loader value (annotated, URLs allowed), a folder. */
+type Kind = 'prefix' | 'load' | 'dir';
+
+function kindOf(name: string, saver: boolean): Kind | null {
+  const lower = name.toLowerCase();
+  if (SAVE_PREFIX.test(name) || (saver && lower === 'prefix')) return 'prefix';
+  if (!saver && LOADER_INPUTS.has(lower)) return 'load';
+  if (SAVE_DIR.test(name) || PATH_NAME.test(name)) return 'dir';
+  return null;
+}
 
 /**
  * Rewrites one prompt graph in place so every path-like input stays inside the user's folders (DESIGN §7).
  * Saves get `<user>/` in front; loader inputs are read from `<user>/…` of their area (input unless annotated);
- * temp files may be loaded only when one of the user's prompts produced them. Anything else is PATH_NOT_ALLOWED.
- * `confineReads: false` (admins, who may read everything) leaves loader inputs alone; saves are prefixed anyway.
+ * temp files may be loaded from the user's own folder or when one of the user's prompts produced them; other
+ * path-named inputs become `<user>/…`. Anything else is PATH_NOT_ALLOWED. On loaders and savers, and for every
+ * save prefix, a path must be written out: a link (`["1", 0]`) would hand the node whatever another node computes.
+ * `confineReads: false` (admins, who may read everything) leaves reads alone; what they save is prefixed anyway.
  */
 export function confinePromptPaths(
   prompt: unknown,
@@ -30,19 +47,34 @@ export function confinePromptPaths(
   for (const [nodeId, node] of Object.entries(prompt)) {
     if (!isObj(node) || !isObj(node.inputs)) continue;
     const cls = typeof node.class_type === 'string' ? node.class_type : '';
+    const saver = SAVER_CLASS.test(cls);
+    const strict = saver || LOADER_CLASS.test(cls);
     for (const [name, value] of Object.entries(node.inputs)) {
-      if (typeof value !== 'string') continue; // links are [node, slot]; numbers are not paths
+      const kind = kindOf(name, saver);
+      if (!kind) continue;
+      const writes = kind === 'prefix' || saver || SAVE_DIR.test(name);
+      if (!confineReads && !writes) continue;
       const where = { node: nodeId, input: name };
-      if (SAVE_PREFIX.test(name)) {
-        const s = splitUserPath(value, where);
-        node.inputs[name] = underUser(user, s.length ? s : ['ComfyUI']).join('/');
-      } else if (SAVE_DIR.test(name)) {
-        node.inputs[name] = underUser(user, splitUserPath(value, where)).join('/');
-      } else if (confineReads && LOADER_CLASS.test(cls) && LOADER_INPUTS.has(name.toLowerCase())) {
-        node.inputs[name] = confineLoaderValue(value, user, where, ownsTemp);
+      const one = (v: string, at: Record<string, unknown>) => confineValue(kind, v, user, at, ownsTemp);
+      if (typeof value === 'string') node.inputs[name] = one(value, where);
+      else if (typeof value === 'number' || typeof value === 'boolean') {
+        if (kind === 'prefix') node.inputs[name] = one(String(value), where); // ComfyUI str()s it into a name
+      } else if (strict && isObj(value)) {
+        // Structured widgets (Load3D's captures) keep their paths one level down.
+        const out: Record<string, unknown> = { ...value };
+        for (const [k, v] of Object.entries(value)) if (typeof v === 'string') out[k] = one(v, { ...where, member: k });
+        node.inputs[name] = out;
+      } else if (strict || writes) {
+        throw pathNotAllowed('a path must be written out, not taken from another node', where);
       }
     }
   }
+}
+
+function confineValue(kind: Kind, value: string, user: string, where: Record<string, unknown>, ownsTemp: (subfolder: string, filename: string) => boolean): string {
+  if (kind === 'load') return confineLoaderValue(value, user, where, ownsTemp);
+  const s = splitUserPath(value, where);
+  return kind === 'prefix' ? underUser(user, s.length ? s : ['ComfyUI'], 'file').join('/') : underUser(user, s).join('/');
 }
 
 function confineLoaderValue(value: string, user: string, where: Record<string, unknown>, ownsTemp: (subfolder: string, filename: string) => boolean): string {
@@ -59,10 +91,11 @@ function confineLoaderValue(value: string, user: string, where: Record<string, u
   if (!s.length) throw pathNotAllowed('empty file name', where);
   const area: FileType = type ?? 'input';
   if (area === 'temp') {
-    if (!ownsTemp(s.slice(0, -1).join('/'), s[s.length - 1])) throw pathNotAllowed('not a preview of your own prompts', where);
+    // Temp files are the user's when uploaded into their folder (webcam, 3D captures) or made by their prompts.
+    if (!isUnderUser(user, s) && !ownsTemp(s.slice(0, -1).join('/'), s[s.length - 1])) throw pathNotAllowed('not a preview of your own prompts', where);
     return s.join('/') + suffix;
   }
-  return underUser(user, s).join('/') + suffix;
+  return underUser(user, s, 'file').join('/') + suffix;
 }
 
 /** POST /prompt: the gateway's prompt id, a client_id bound to the user, confined paths, then the ledger. */

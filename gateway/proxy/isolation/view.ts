@@ -1,11 +1,13 @@
 import type { Interceptor } from '../../app';
 import type { RequestContext } from '../../http/context';
 import type { IsolationContext } from './context';
-import { missingId, seesAll, segs } from './http';
+import { missingId, seesAll, segs, sendJson } from './http';
 import { isFileType, isUnderUser, normaliseRef, parseAnnotated } from './paths';
 
 /** Routes that serve a file named by filename/subfolder/type (ComfyUI's /view and VideoHelperSuite's twins). */
-const FILE_VIEWS = new Set(['view', 'vhs/viewvideo', 'vhs/viewaudio', 'vhs/queryvideo']);
+const FILE_VIEWS = new Set(['view', 'vhs/viewvideo', 'viewvideo', 'vhs/viewaudio', 'vhs/queryvideo']);
+/** VideoHelperSuite's directory listing of any server path (its path widgets' autocompletion). */
+const PATH_LISTINGS = new Set(['vhs/getpath', 'getpath']);
 const NAMING = ['filename', 'subfolder', 'type'];
 
 /**
@@ -48,6 +50,19 @@ export function viewInterceptor(iso: IsolationContext): Interceptor {
       out.set('type', type);
       ctx.route = { ...ctx.route, query: out.toString() };
       forward();
+    },
+  };
+}
+
+/** VideoHelperSuite's /getpath lists any directory on the server: a user gets its answer for one it will not list. */
+export function pathListingInterceptor(iso: IsolationContext): Interceptor {
+  return {
+    id: 'isolation-path-listing',
+    matches: (ctx, m) => iso.separate && (m === 'GET' || m === 'HEAD') && PATH_LISTINGS.has(segs(ctx).join('/')),
+    async handle(req, res, ctx, forward) {
+      if (seesAll(ctx.principal!, iso.separate)) return forward();
+      req.resume();
+      sendJson(req, res, []);
     },
   };
 }

@@ -86,7 +86,11 @@ export function createIsolationWsHooks(deps: { clientIds: ClientIds; ledger: Led
     const pid = d?.prompt_id;
     if (typeof pid === 'string') {
       const owner = ledger.owner(pid);
-      if (!owner || owner !== s.principal.username) return null;
+      if (!owner || owner !== s.principal.username) {
+        // Its own prompt left the ledger (evicted by newer ones): this socket no longer shows a run of its user's.
+        if (showing.get(s) === pid) showing.delete(s);
+        return null;
+      }
       tracker.onPromptEvent(type, pid, owner, d!);
       if (ENDS.has(type) || (type === 'executing' && d!.node === null)) {
         if (showing.get(s) === pid) showing.delete(s);
