@@ -10,7 +10,7 @@ import { AppError, errors } from './errors';
 import { getContext, setContext, peekContext, type RequestContext } from './http/context';
 import { rejectUpgrade, sendError, wantsHtml } from './http/render';
 import { redactUrl, type Logger } from './log';
-import { canonicalize } from './proxy/canonical';
+import { canonicalize, encodePath } from './proxy/canonical';
 import { stripTokenQuery } from './proxy/headers';
 import { createHttpProxy } from './proxy/http';
 import type { Policy } from './proxy/policy';
@@ -122,7 +122,7 @@ export function createApp(deps: AppDeps): Gateway {
     }
     ctx.principal = await chain.authenticate(req, ctx.query);
     if (!ctx.principal) throw errors.authRequired();
-    checkCsrf(req, ctx.principal, { isUpgrade });
+    checkCsrf(req, ctx.principal, { isUpgrade, getChangesState: ctx.decision.getChangesState });
     if (access === 'admin' && ctx.principal.role !== 'admin') throw errors.forbidden('This route is for administrators');
     for (const enrich of deps.enrichers ?? []) await enrich(req, ctx);
     return ctx;
@@ -173,7 +173,8 @@ export function createApp(deps: AppDeps): Gateway {
       admit(req, false).then(
         (ctx) => {
           if (ctx.decision.rule.owner === 'gateway') {
-            req.url = ctx.route.path + (ctx.route.query ? `?${ctx.route.query}` : '');
+            // Re-encoded, so Express routes on exactly the segments the policy decided on (a decoded `%3F` would cut the path).
+            req.url = encodePath(ctx.route.segments) + (ctx.route.query ? `?${ctx.route.query}` : '');
             app(req as express.Request, res as express.Response);
             return;
           }

@@ -36,9 +36,26 @@ export function createLogger(opts: { levels: string[]; file: string | null; stdo
   );
 }
 
-const SECRET_QUERY = /([?&](?:api_key|token|access_token|code|state)=)[^&#]*/gi;
+const SECRET_PARAMS = new Set(['api_key', 'token', 'access_token', 'code', 'state']);
 
-/** A URL safe for logs: credential-bearing query values replaced. */
+/**
+ * A URL safe for logs: credential-bearing query values replaced. Names are compared as a query parser reads them
+ * (percent-decoded, case-insensitive), because `?%61pi_key=` is a credential to the chain too.
+ */
 export function redactUrl(url: string): string {
-  return url.replace(SECRET_QUERY, '$1[redacted]');
+  const q = url.indexOf('?');
+  if (q < 0) return url;
+  const parts = url.slice(q + 1).split('&').map((part) => {
+    const eq = part.indexOf('=');
+    if (eq < 0) return part;
+    const name = part.slice(0, eq);
+    let decoded = name;
+    try {
+      decoded = decodeURIComponent(name.replace(/\+/g, ' '));
+    } catch {
+      // a malformed escape: a query parser keeps it literally, so compare it literally
+    }
+    return SECRET_PARAMS.has(decoded.toLowerCase()) ? `${name}=[redacted]` : part;
+  });
+  return url.slice(0, q + 1) + parts.join('&');
 }

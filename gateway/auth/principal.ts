@@ -1,7 +1,7 @@
 /** Who a request acts as, once the credential chain has decided. */
 export type Role = 'admin' | 'user';
 
-/** How the principal was established; `cookie` is the only kind subject to the CSRF origin rule. */
+/** How the principal was established; the ambient kinds (`cookie`, `cf-access`) are subject to the CSRF rule (auth/csrf.ts). */
 export type CredentialSource = 'api-key' | 'api-token' | 'jwt' | 'cookie' | 'query' | 'cf-access' | 'loopback';
 
 /** The identity every later decision (policy, isolation, downloads) is made on. */

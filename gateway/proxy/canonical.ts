@@ -70,8 +70,16 @@ export function canonicalize(rawUrl: string): CanonicalRoute {
   const apiPrefixed = dropApi(segments);
   const path = '/' + segments.join('/');
   const trailing = rawPath.endsWith('/') && segments.length > 0 ? '/' : '';
-  const forwardPath = (apiPrefixed ? '/api' : '') + '/' + segments.map(encodeSegment).join('/') + trailing;
+  const forwardPath = (apiPrefixed ? '/api' : '') + encodePath(segments) + trailing;
   return { segments, path, apiPrefixed, forwardPath, query, ...(flatSegments ? { flatSegments } : {}) };
+}
+
+/**
+ * Canonical segments back to a path, each re-encoded: what goes upstream and what the gateway's own Express routes
+ * see. Never the decoded path — a decoded `%3F` or `%23` would end the path there for the next parser.
+ */
+export function encodePath(segments: string[]): string {
+  return '/' + segments.map(encodeSegment).join('/');
 }
 
 // Keep the characters aiohttp leaves alone readable; encode everything else.

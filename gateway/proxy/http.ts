@@ -22,7 +22,15 @@ export function createHttpProxy(deps: { upstream: Upstream; cookieName: string; 
     ejectPlugins: true,
     plugins: [proxyEventsPlugin],
     on: {
-      proxyRes(proxyRes, req) {
+      proxyRes(proxyRes, req, res) {
+        // http-proxy leaves the other half dangling when one side goes mid-body: a client that leaves would hold the
+        // upstream socket (the agent has 64) forever, and a client whose upstream died would wait forever.
+        res.once('close', () => {
+          if (!res.writableFinished) proxyRes.destroy();
+        });
+        proxyRes.once('close', () => {
+          if (!proxyRes.complete) res.destroy();
+        });
         const h = proxyRes.headers;
         h['x-content-type-options'] = 'nosniff';
         const ctx = getContext(req);

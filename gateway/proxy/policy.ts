@@ -18,12 +18,16 @@ export interface PolicyRule {
   exact?: boolean;
   /** only when the client used an `/api` twin (for routes ComfyUI serves differently with and without it) */
   apiOnly?: boolean;
+  /** GET changes state here (ComfyUI-Manager: reboot, snapshot restore, channel and version switches) */
+  getChangesState?: boolean;
 }
 
 /** The decision for one request. */
 export interface Decision {
   rule: PolicyRule;
   access: Access;
+  /** a GET may change state on this route: the CSRF check guards reads from other sites too */
+  getChangesState?: boolean;
 }
 
 /** ComfyUI-Manager's route families; `model` is its older `POST /model/install` (still shipped by forks). */
@@ -50,9 +54,10 @@ export function createPolicy(opts: { manager_admin_only: boolean }) {
       (r): PolicyRule => ({ id: `downloads-${r}`, prefix: [r], access: 'user', owner: 'gateway' }),
     ),
     // ComfyUI-Manager installs code: every family, with its /v2 twin (the /api twins are dropped by canonicalisation).
+    // Its GET routes change state too, and a Lax session cookie rides a cross-site navigation (checkCsrf).
     ...MANAGER_FAMILIES.flatMap((f): PolicyRule[] => [
-      { id: `manager-${f}`, prefix: [f], access: manager, owner: 'comfy' },
-      { id: `manager-v2-${f}`, prefix: ['v2', f], access: manager, owner: 'comfy' },
+      { id: `manager-${f}`, prefix: [f], access: manager, owner: 'comfy', getChangesState: true },
+      { id: `manager-v2-${f}`, prefix: ['v2', f], access: manager, owner: 'comfy', getChangesState: true },
     ]),
     { id: 'manager-extension-files', prefix: ['extensions', /^comfyui[-_]?manager/], access: manager, owner: 'comfy' },
     // Upstream internals and machine-wide effects.
@@ -94,13 +99,16 @@ export function createPolicy(opts: { manager_admin_only: boolean }) {
         return rules.find((r) => matches(r, segs, m, route.apiPrefixed)) ?? fallback;
       };
       const rule = pick(route.segments);
+      const decision: Decision = { rule, access: rule.access };
+      if (rule.getChangesState) decision.getChangesState = true;
       // An encoded slash: the path is forwarded with it kept in the segment, but a server that splits at it
       // would see another route. The stricter of the two readings wins; where it goes stays the forwarded one's.
       if (route.flatSegments) {
         const other = pick(route.flatSegments);
-        if (RANK[other.access] > RANK[rule.access]) return { rule, access: other.access };
+        if (RANK[other.access] > RANK[rule.access]) decision.access = other.access;
+        if (other.getChangesState) decision.getChangesState = true;
       }
-      return { rule, access: rule.access };
+      return decision;
     },
   };
 }

@@ -26,6 +26,7 @@ export interface WsHooks {
   upstreamClientId?(principal: Principal, clientId: string | null): string | null;
   fromUpstream?(s: WsSession, data: Buffer, isBinary: boolean): Buffer | string | null;
   fromClient?(s: WsSession, data: Buffer, isBinary: boolean): Buffer | string | null;
+  /** once per session that was given an upstream client id, also when its handshake never completed */
   onClose?(s: WsSession): void;
 }
 
@@ -182,7 +183,7 @@ export function createWsRelay(deps: {
 
   // Opens the upstream socket, then completes the client's handshake (or refuses it with 502).
   function connectUpstream(req: IncomingMessage, socket: Duplex, head: Buffer, s: WsSession, forwardPath: string, qs: string, headers: IncomingHttpHeaders): void {
-    if (socket.destroyed) return;
+    if (socket.destroyed) return void hooks.onClose?.(s);
     const fwd: Record<string, string> = {};
     for (const k of ['comfy-user', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'user-agent', 'cookie', 'origin']) {
       const v = headers[k];
@@ -200,20 +201,28 @@ export function createWsRelay(deps: {
     const onEarly = (d: RawData, isBinary: boolean) => early.push({ data: toBuffer(d), isBinary });
     upstream.on('message', onEarly);
     let settled = false;
+    let abandoned = false;
+    // A session that never reached relay(): its upstream socket goes, and its hooks still hear the end of it once.
+    const abandon = () => {
+      if (abandoned || s.client) return;
+      abandoned = true;
+      upstream.terminate();
+      hooks.onClose?.(s);
+    };
     const fail = (why: string) => {
       if (settled) return;
       settled = true;
       deps.logger.warn({ why }, 'websocket upstream unavailable');
-      upstream.terminate();
+      abandon();
       rejectUpgrade(socket, new AppError(502, 'UPSTREAM_UNAVAILABLE', 'ComfyUI is not reachable right now'));
     };
     upstream.once('error', (e) => fail(e.message));
     upstream.once('unexpected-response', (_r, res) => fail(`upstream answered ${res.statusCode}`));
+    // Also after the upstream opened: ws refuses a malformed handshake (bad Upgrade, key, version, method) itself and
+    // never calls back, and that upstream socket would otherwise stay open, buffering every broadcast, forever.
     socket.once('close', () => {
-      if (!settled) {
-        settled = true;
-        upstream.terminate();
-      }
+      settled = true;
+      abandon();
     });
     upstream.once('open', () => {
       if (settled) return;
