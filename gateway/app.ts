@@ -42,6 +42,8 @@ export interface AppDeps {
   clientIp: (req: IncomingMessage) => string;
   /** whether the request reached us over HTTPS (TLS socket, or a trusted proxy's word) */
   isSecure?: (req: IncomingMessage) => boolean;
+  /** the host the browser asked for (a trusted proxy's X-Forwarded-Host, else Host): the origin CSRF compares with */
+  originalHost?: (req: IncomingMessage) => string | undefined;
   gates?: Gate[];
   /** run after authentication on every admitted request that has a principal (e.g. resolve the ComfyUI user id) */
   enrichers?: Gate[];
@@ -80,6 +82,7 @@ export function createApp(deps: AppDeps): Gateway {
     hooks: deps.wsHooks,
   });
   const isSecure = deps.isSecure ?? ((req: IncomingMessage) => !!(req.socket as { encrypted?: boolean }).encrypted);
+  const ownHost = deps.originalHost ?? ((req: IncomingMessage) => req.headers.host);
   let inFlight = 0;
 
   const app = express();
@@ -117,12 +120,12 @@ export function createApp(deps: AppDeps): Gateway {
         if (!(e instanceof AppError) || e.status !== 401) throw e;
         ctx.principal = null;
       }
-      checkCsrf(req, ctx.principal, { isUpgrade, sessionForm: SESSION_FORMS.has(ctx.decision.rule.id) });
+      checkCsrf(req, ctx.principal, { ownHost: ownHost(req), isUpgrade, sessionForm: SESSION_FORMS.has(ctx.decision.rule.id) });
       return ctx;
     }
     ctx.principal = await chain.authenticate(req, ctx.query);
     if (!ctx.principal) throw errors.authRequired();
-    checkCsrf(req, ctx.principal, { isUpgrade, getChangesState: ctx.decision.getChangesState });
+    checkCsrf(req, ctx.principal, { ownHost: ownHost(req), isUpgrade, getChangesState: ctx.decision.getChangesState });
     if (access === 'admin' && ctx.principal.role !== 'admin') throw errors.forbidden('This route is for administrators');
     for (const enrich of deps.enrichers ?? []) await enrich(req, ctx);
     return ctx;

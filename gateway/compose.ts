@@ -164,6 +164,7 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
     pingIntervalMs: opts.pingIntervalMs,
     // HTTPS = TLS socket, or a trusted proxy's X-Forwarded-Proto (never an untrusted client's header).
     isSecure: clientIp.isSecure,
+    originalHost: clientIp.originalHost,
     preflight: createPreflight({ config, clientIp, ipLists }),
   });
 

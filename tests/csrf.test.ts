@@ -125,3 +125,26 @@ test('login CSRF: a foreign page cannot sign a browser in, register or log out; 
   expect((await request(gw.url).get('/gateway/api/me').set('Cookie', alice.cookie)).status).toBe(200);
   expect(clientTraffic(fake)).toHaveLength(0);
 });
+
+test('behind a trusted proxy that rewrites Host, the forwarded host is the origin; an untrusted client cannot claim one', async () => {
+  const behind = await startGateway({ upstream: fake.url, api_key: TEST_KEY, trusted_proxies: ['127.0.0.1'] });
+  try {
+    await request(behind.url).post('/gateway/api/users').set('X-API-Key', TEST_KEY).send({ username: 'pat', password: PW }).expect(201);
+    const s = await login(behind, 'pat');
+    const viaProxy = await request(behind.url)
+      .post('/gateway/api/tokens')
+      .set('Cookie', s.cookie)
+      .set('Host', 'comfyui-internal:8189')
+      .set('X-Forwarded-Host', 'comfy.example.org')
+      .set('X-Forwarded-Proto', 'https')
+      .set('Origin', 'https://comfy.example.org')
+      .send({ name: 'via-proxy' });
+    expect(viaProxy.status).toBe(201);
+  } finally {
+    await behind.close();
+  }
+  // Not a trusted proxy: X-Forwarded-Host is the client's word and changes nothing.
+  expectCsrf(
+    await request(gw.url).post('/gateway/api/tokens').set('Cookie', alice.cookie).set('X-Forwarded-Host', 'evil.example').set('Origin', 'http://evil.example').send({ name: 'x' }),
+  );
+});

@@ -54,3 +54,34 @@ describe('WebSocket through the gateway', () => {
     expect(clientTraffic(stack.fake)).toHaveLength(0);
   });
 });
+
+describe('WebSocket resource limits', () => {
+  const stack = useStack();
+
+  test('one principal holds at most 64 relayed sockets; the next is refused before ComfyUI sees it', async () => {
+    const open: Awaited<ReturnType<typeof openSocket>>[] = [];
+    for (let i = 0; i < 64; i++) {
+      const s = await openSocket(stack.wsUrl(`/ws?clientId=many-${i}`), { 'X-API-Key': TEST_KEY });
+      await s.next((f) => f.json?.type === 'status');
+      open.push(s);
+    }
+    const before = stack.fake.requests.filter((r) => r.ws).length;
+    await expect(openSocket(stack.wsUrl('/ws?clientId=one-too-many'), { 'X-API-Key': TEST_KEY })).rejects.toMatchObject({ status: 429 });
+    expect(stack.fake.requests.filter((r) => r.ws)).toHaveLength(before);
+    open.pop()!.close();
+    await new Promise((r) => setTimeout(r, 100));
+    const again = await openSocket(stack.wsUrl('/ws?clientId=room-again'), { 'X-API-Key': TEST_KEY });
+    await again.next((f) => f.json?.type === 'status');
+    for (const s of [...open, again]) s.close();
+    await Promise.all([...open, again].map((s) => s.closed));
+    await new Promise((r) => setTimeout(r, 100));
+  });
+
+  test('a client message over 4 MB closes that socket (1009); the gateway stays up', async () => {
+    const s = await openSocket(stack.wsUrl('/ws?clientId=big'), { 'X-API-Key': TEST_KEY });
+    await s.next((f) => f.json?.type === 'status');
+    s.ws.send(Buffer.alloc(5 * 1024 * 1024, 1));
+    expect((await s.closed).code).toBe(1009);
+    expect((await fetch(`${stack.gw.url}/health`)).status).toBe(200);
+  });
+});

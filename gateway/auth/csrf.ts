@@ -32,9 +32,10 @@ function crossSite(req: IncomingMessage, own: string): boolean {
 export function checkCsrf(
   req: IncomingMessage,
   principal: Principal | null,
-  opts: { isUpgrade?: boolean; sessionForm?: boolean; getChangesState?: boolean } = {},
+  opts: { ownHost?: string; isUpgrade?: boolean; sessionForm?: boolean; getChangesState?: boolean } = {},
 ): void {
-  const own = (req.headers.host ?? '').toLowerCase();
+  // Behind a trusted proxy that rewrites Host, the browser's origin is the one it forwarded.
+  const own = (opts.ownHost ?? req.headers.host ?? '').toLowerCase();
   const source = principal?.source;
   if (!opts.isUpgrade && SAFE.has(req.method ?? 'GET')) {
     if (opts.getChangesState && (source === 'cookie' || source === 'cf-access') && crossSite(req, own)) throw rejected(req);

@@ -12,7 +12,8 @@ export interface UpstreamResponse {
 export function createUpstream(base: string, opts: { timeoutMs?: number; maxBody?: number } = {}) {
   const url = new URL(base);
   const lib = url.protocol === 'https:' ? https : http;
-  const agent = new lib.Agent({ keepAlive: true, maxSockets: 64 });
+  // No socket cap: a cap shared by everyone lets one user's slow transfers stall all others.
+  const agent = new lib.Agent({ keepAlive: true });
   const timeoutMs = opts.timeoutMs ?? 10_000;
   const maxBody = opts.maxBody ?? 256 * 1024 * 1024;
   let lastProbe = { at: 0, up: false };

@@ -62,8 +62,12 @@ export function createWsRelay(deps: {
   logger: Logger;
   pingIntervalMs?: number;
   hooks?: WsHooks;
+  /** open relayed sockets one principal may hold (each holds one to ComfyUI) */
+  maxPerUser?: number;
 }) {
-  const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, maxPayload: 64 * 1024 * 1024 });
+  const maxPerUser = deps.maxPerUser ?? 64;
+  // ComfyUI itself refuses client messages over 4 MB; bigger ones are not buffered here either.
+  const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, maxPayload: 4 * 1024 * 1024 });
   const sessions = new Set<WsSession>();
   // The live session holding each upstream client id, and the clients a reconnect left behind (kept open, silent).
   const holders = new Map<string, WsSession>();
@@ -154,6 +158,11 @@ export function createWsRelay(deps: {
     handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
       const ctx = getContext(req);
       const principal = ctx.principal!;
+      const open = [...sessions].filter((x) => x.principal.username === principal.username).length;
+      if (open >= maxPerUser) {
+        rejectUpgrade(socket, new AppError(429, 'RATE_LIMITED', 'Too many open WebSockets for this user', { limit: maxPerUser }));
+        return;
+      }
       const params = new URLSearchParams(stripTokenQuery(ctx.route.query));
       const clientId = params.get('clientId');
       const s: WsSession = { principal, clientId, upstreamClientId: clientId };
