@@ -6,6 +6,17 @@ import { callUpstream, isObj, missingId, parseJsonObject, readBody, seesAll, seg
 
 /** GET /queue shows the caller's prompts only (admins: all, others' secrets stripped). */
 export function queueInterceptors(iso: IsolationContext): Interceptor[] {
+  // A JSON POST that acts on prompts: callers who see everything are forwarded as they are (null); for the others
+  // the body and upstream headers come back to be narrowed to their own prompts.
+  async function ownPost(req: Parameters<Interceptor['handle']>[0], res: Parameters<Interceptor['handle']>[1], ctx: Parameters<Interceptor['handle']>[2]) {
+    const raw = await readBody(req);
+    const headers = upstreamHeaders(req, ctx, iso.cookieName, iso.upstream);
+    headers['content-type'] = 'application/json';
+    if (!seesAll(ctx.principal!, iso.separate)) return { raw, headers };
+    sendUpstream(req, res, await callUpstream(iso.upstream, 'POST', upstreamUrl(ctx), headers, raw));
+    return null;
+  }
+
   const getQueue: Interceptor = {
     id: 'isolation-queue-get',
     matches: (ctx, m) => (m === 'GET' || m === 'HEAD') && segs(ctx).join('/') === 'queue',
@@ -34,10 +45,9 @@ export function queueInterceptors(iso: IsolationContext): Interceptor[] {
     matches: (ctx, m) => m === 'POST' && segs(ctx).join('/') === 'queue',
     async handle(req, res, ctx) {
       const p = ctx.principal!;
-      const raw = await readBody(req);
-      const headers = upstreamHeaders(req, ctx, iso.cookieName, iso.upstream);
-      headers['content-type'] = 'application/json';
-      if (seesAll(p, iso.separate)) return sendUpstream(req, res, await callUpstream(iso.upstream, 'POST', upstreamUrl(ctx), headers, raw));
+      const post = await ownPost(req, res, ctx);
+      if (!post) return;
+      const { raw, headers } = post;
       const body = parseJsonObject(raw);
       if ('delete' in body && !Array.isArray(body.delete)) throw new AppError(400, 'INVALID_BODY', '`delete` must be a list of prompt ids');
       const ids = new Set<string>();
@@ -58,10 +68,9 @@ export function queueInterceptors(iso: IsolationContext): Interceptor[] {
     matches: (ctx, m) => m === 'POST' && segs(ctx).join('/') === 'interrupt',
     async handle(req, res, ctx) {
       const p = ctx.principal!;
-      const raw = await readBody(req);
-      const headers = upstreamHeaders(req, ctx, iso.cookieName, iso.upstream);
-      headers['content-type'] = 'application/json';
-      if (seesAll(p, iso.separate)) return sendUpstream(req, res, await callUpstream(iso.upstream, 'POST', upstreamUrl(ctx), headers, raw));
+      const post = await ownPost(req, res, ctx);
+      if (!post) return;
+      const { raw, headers } = post;
       let body: Record<string, unknown> = {};
       try {
         body = parseJsonObject(raw, true);
