@@ -180,6 +180,23 @@ describe('blacklist_after_attempts', () => {
   });
 });
 
+describe('a trusted proxy is never blacklisted', () => {
+  test('failures charged to a trusted proxy that named no client lock it out for a while but never blacklist it', async () => {
+    const gw = await startGateway({ upstream: fake.url, api_key: TEST_KEY, blacklist_after_attempts: 2, trusted_proxies: ['127.0.0.4'] });
+    try {
+      for (let i = 0; i < 3; i++) expect((await loginFrom(gw, '127.0.0.4', `p${i}`, 'wrong-password')).status).toBe(401);
+      await new Promise((r) => setTimeout(r, 300));
+      expect(fs.existsSync(gw.config.paths.blacklist) ? fs.readFileSync(gw.config.paths.blacklist, 'utf8') : '').not.toContain('127.0.0.4');
+      // the same proxy naming its clients: those are blacklisted as usual
+      for (let i = 0; i < 2; i++) expect((await loginFrom(gw, '127.0.0.4', `q${i}`, 'wrong-password', { 'X-Forwarded-For': '198.51.100.77' })).status).toBe(401);
+      await waitFor(() => fs.existsSync(gw.config.paths.blacklist) && fs.readFileSync(gw.config.paths.blacklist, 'utf8').includes('198.51.100.77'), 2000);
+      expect(fs.readFileSync(gw.config.paths.blacklist, 'utf8')).not.toContain('127.0.0.4');
+    } finally {
+      await gw.close();
+    }
+  });
+});
+
 describe('the lockout grows to at most 5 minutes (unit, fake clock)', () => {
   test('30 s, then doubling per further failure, capped at 300 s', async () => {
     let t = 1_000_000;

@@ -124,3 +124,26 @@ describe('SIGTERM', () => {
     }
   });
 });
+
+describe('refused requests do not hold the connection', () => {
+  const stack = useStack();
+
+  test('a refused upload that keeps sending is answered at once and its connection closed', async () => {
+    const started = Date.now();
+    const out = await new Promise<{ text: string; closedAfterMs: number }>((resolve) => {
+      const s = net.connect(stack.gw.port, '127.0.0.1');
+      let text = '';
+      s.on('data', (d) => (text += d.toString('latin1')));
+      s.on('close', () => resolve({ text, closedAfterMs: Date.now() - started }));
+      s.on('error', () => undefined);
+      s.write(`POST /api/upload/image HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: ${200 * 1024 * 1024}\r\n\r\n`);
+      const trickle = setInterval(() => (s.writable ? s.write(Buffer.alloc(1024)) : clearInterval(trickle)), 50);
+      s.on('close', () => clearInterval(trickle));
+      setTimeout(() => s.destroy(), 5000);
+    });
+    expect(out.text).toMatch(/^HTTP\/1\.1 401/);
+    expect(out.text).toMatch(/connection: close/i);
+    expect(out.closedAfterMs).toBeLessThan(3000);
+    expect(clientTraffic(stack.fake)).toHaveLength(0);
+  });
+});

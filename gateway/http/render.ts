@@ -51,6 +51,9 @@ export function sendError(req: IncomingMessage, res: ServerResponse, err: unknow
   res.setHeader('Content-Length', Buffer.byteLength(body));
   res.setHeader('Cache-Control', 'no-store');
   res.setHeader('X-Content-Type-Options', 'nosniff');
+  // A refused request whose body is still coming: close the connection instead of reading the rest (a refused
+  // 200 MB upload, or a client trickling bytes, must not hold the socket).
+  if (!req.complete) res.setHeader('Connection', 'close');
   res.end(req.method === 'HEAD' ? undefined : body);
 }
 

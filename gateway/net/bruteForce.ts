@@ -7,7 +7,7 @@ import { TOKEN_QUERY_PARAMS } from '../auth/chain';
 import { AppError } from '../errors';
 import { peekContext } from '../http/context';
 import type { Logger } from '../log';
-import { parseIp, socketIp } from './clientIp';
+import { inRanges, parseIp, parseRange, socketIp } from './clientIp';
 import type { IpLists } from './ipLists';
 
 /** What the login/register routes call: refuse while locked, count a failure, note a success. */
@@ -69,7 +69,7 @@ export function clientUnit(ip: string): string {
  * `blacklist_after_attempts` N > 0 appends the IP (an IPv6 client's /64) to blacklist.txt after N failures (over 24 h).
  */
 export function createBruteForce(deps: {
-  config: { blacklist_after_attempts: number };
+  config: { blacklist_after_attempts: number; trusted_proxies?: string[] };
   audit: Audit;
   ipLists: IpLists;
   logger: Logger;
@@ -83,6 +83,9 @@ export function createBruteForce(deps: {
   const maxLockMs = o.maxLockMs ?? 5 * 60_000;
   const now = o.now ?? Date.now;
   const blacklistAfter = deps.config.blacklist_after_attempts;
+  // A trusted proxy is infrastructure: when it names no client, its own address collects the failures, and
+  // blacklisting it would lock out everyone behind it.
+  const proxies = (deps.config.trusted_proxies ?? []).map(parseRange);
 
   const failures = new MemoryStore();
   failures.init({ windowMs } as RateLimitOptions);
@@ -158,6 +161,10 @@ export function createBruteForce(deps: {
 
   function countForBlacklist(req: IncomingMessage): void {
     if (blacklistAfter <= 0) return;
+    if (inRanges(ipOf(req), proxies)) {
+      logger.warn({ ip: ipOf(req) }, 'failures counted against a trusted proxy (it sent no client address?); not blacklisting it');
+      return;
+    }
     const ip = unitOf(req);
     blacklistCounts
       .increment(ip)

@@ -111,6 +111,11 @@ export function promptInterceptor(iso: IsolationContext): Interceptor {
           confineReads: !seesAll(p, iso.separate),
         });
       }
+      // Jumping the shared queue (`front`, a chosen `number`) is an admin's call, not every user's.
+      if (!seesAll(p, iso.separate)) {
+        delete body.front;
+        delete body.number;
+      }
       const promptId = crypto.randomUUID();
       const cid = typeof body.client_id === 'string' || typeof body.client_id === 'number' ? String(body.client_id) : '';
       const upstreamCid = cid ? iso.clientIds.upstreamFor(p.username, cid) : iso.clientIds.nobody();
