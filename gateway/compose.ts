@@ -29,7 +29,7 @@ import { createSetup } from './users/setup';
 import { createUserStore } from './users/store';
 import type { UserStore } from './users/types';
 // server-side model downloads (issue 6)
-import { createDownloads } from './downloads';
+import { createDownloads, createDownloadsOff } from './downloads';
 import { freshPrincipal } from './routes/body';
 // multi-user isolation (issue 5)
 import { createIsolation } from './proxy/isolation';
@@ -139,6 +139,10 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
     closers.push(() => downloads.close());
     // A HuggingFace token belongs to the person: a later user of the same name must not inherit it.
     users.onRemoved((name) => downloads.forgetUser(name));
+  } else {
+    const off = createDownloadsOff({ upstream });
+    interceptors.push(...off.interceptors);
+    wsHooks.push(off.wsHooks);
   }
 
   if (!config.apiKey) {

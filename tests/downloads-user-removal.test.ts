@@ -28,3 +28,25 @@ test('deleting a gateway user deletes their HuggingFace token; a new user of the
     await gw.close();
   }
 });
+
+test('with model_downloads off, /features and the WebSocket feature_flags reply say so, and the routes are gone', async () => {
+  const { startFakeComfy } = await import('./helpers/fakeComfy');
+  const { openSocket } = await import('./helpers/ws');
+  const fake = await startFakeComfy();
+  const gw = await startGateway({ api_key: TEST_KEY, upstream: fake.url, model_downloads: { enabled: false } });
+  try {
+    const f = await request(gw.url).get('/api/features').set('X-API-Key', TEST_KEY);
+    expect(f.status).toBe(200);
+    expect(f.body).toMatchObject({ server_side_model_downloads: false, hf_auth_eligible: false });
+    expect(f.body).toHaveProperty('max_upload_size'); // ComfyUI's own flags pass through
+    const s = await openSocket(gw.url.replace('http', 'ws') + '/ws?clientId=ff', { 'X-API-Key': TEST_KEY });
+    s.ws.send(JSON.stringify({ type: 'feature_flags', data: {} }));
+    const ff = await s.next((fr) => fr.json?.type === 'feature_flags');
+    expect(ff.json.data).toMatchObject({ server_side_model_downloads: false, hf_auth_eligible: false });
+    s.close();
+    expect((await request(gw.url).post('/api/download-models').set('X-API-Key', TEST_KEY).send({ models: {} })).status).toBe(404);
+  } finally {
+    await gw.close();
+    await fake.close();
+  }
+});

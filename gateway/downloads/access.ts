@@ -15,6 +15,8 @@ export function mayDownload(p: Principal | null, allowedRoles: readonly string[]
 
 /** What eligibility depends on besides the caller. */
 export interface EligibilityConfig {
+  /** false when model_downloads is switched off: the flags then say so, whatever ComfyUI advertises */
+  enabled?: boolean;
   allowedRoles: readonly string[];
   clientId: string | null;
   redirectUri: string | null;

@@ -14,7 +14,8 @@ type Marked = Principal & { [DIRECT_LOOPBACK]?: boolean };
 
 /** The two flags the gateway adds to ComfyUI's feature flags, for one caller. */
 export function gatewayFlags(p: Principal | null, directLoopback: boolean, c: EligibilityConfig): Record<string, boolean> {
-  return { server_side_model_downloads: true, hf_auth_eligible: isEligible(p, directLoopback, c) };
+  const on = c.enabled !== false;
+  return { server_side_model_downloads: on, hf_auth_eligible: on && isEligible(p, directLoopback, c) };
 }
 
 /**

@@ -153,3 +153,12 @@ export function createDownloads(deps: DownloadsDeps): Downloads {
     },
   };
 }
+
+/**
+ * With model_downloads switched off the routes are gone, so the frontend must not be told they exist: ComfyUI's
+ * `/features` and `feature_flags` answers get both flags set to false.
+ */
+export function createDownloadsOff(deps: { upstream: Upstream }): { interceptors: Interceptor[]; wsHooks: WsHooks } {
+  const eligibility = { enabled: false, allowedRoles: [], clientId: null, redirectUri: null };
+  return { interceptors: [featuresInterceptor({ upstream: deps.upstream, eligibility })], wsHooks: featuresWsHooks(eligibility) };
+}

@@ -117,11 +117,13 @@ export function promptInterceptor(iso: IsolationContext): Interceptor {
         delete body.number;
       }
       const promptId = crypto.randomUUID();
-      const cid = typeof body.client_id === 'string' || typeof body.client_id === 'number' ? String(body.client_id) : '';
+      // ComfyUI falls back to extra_data.client_id when the top-level one is absent (scripts use either): both name
+      // the caller's own socket, so both are mapped to the caller's upstream id and never name a socket as given.
+      const given = 'client_id' in body ? body.client_id : isObj(body.extra_data) ? body.extra_data.client_id : undefined;
+      const cid = typeof given === 'string' || typeof given === 'number' ? String(given) : '';
       const upstreamCid = cid ? iso.clientIds.upstreamFor(p.username, cid) : iso.clientIds.nobody();
       body.prompt_id = promptId;
       body.client_id = upstreamCid;
-      // ComfyUI falls back to extra_data.client_id when the top-level one is absent; never let that name a socket.
       if (isObj(body.extra_data) && 'client_id' in body.extra_data) body.extra_data.client_id = upstreamCid;
       iso.ledger.add({ id: promptId, owner: p.username, clientId: cid, upstreamClientId: upstreamCid });
       const headers = upstreamHeaders(req, ctx, iso.cookieName, iso.upstream);
