@@ -8,7 +8,7 @@ import { checkCsrf } from './auth/csrf';
 import type { ResolvedConfig } from './config/load';
 import { AppError, errors } from './errors';
 import { getContext, setContext, peekContext, type RequestContext } from './http/context';
-import { rejectUpgrade, sendError, wantsHtml } from './http/render';
+import { rejectUpgrade, sendError, toAppError, wantsHtml } from './http/render';
 import { redactUrl, type Logger } from './log';
 import { canonicalize, encodePath } from './proxy/canonical';
 import { stripTokenQuery } from './proxy/headers';
@@ -120,7 +120,12 @@ export function createApp(deps: AppDeps): Gateway {
         if (!(e instanceof AppError) || e.status !== 401) throw e;
         ctx.principal = null;
       }
-      checkCsrf(req, ctx.principal, { ownHost: ownHost(req), isUpgrade, sessionForm: SESSION_FORMS.has(ctx.decision.rule.id) });
+      checkCsrf(req, ctx.principal, {
+        ownHost: ownHost(req),
+        isUpgrade,
+        sessionForm: SESSION_FORMS.has(ctx.decision.rule.id),
+        getChangesState: ctx.decision.getChangesState,
+      });
       return ctx;
     }
     ctx.principal = await chain.authenticate(req, ctx.query);
@@ -141,7 +146,7 @@ export function createApp(deps: AppDeps): Gateway {
     res.end();
   }
 
-  function accessLog(req: IncomingMessage, res: ServerResponse, rawUrl: string, started: bigint) {
+  function accessLog(req: IncomingMessage, res: Pick<ServerResponse, 'statusCode'>, rawUrl: string, started: bigint) {
     const ctx = peekContext(req);
     logger.info(
       {
@@ -197,14 +202,21 @@ export function createApp(deps: AppDeps): Gateway {
       );
     },
     upgrade(req, socket, head) {
+      const started = process.hrtime.bigint();
+      const rawUrl = req.url ?? '/';
       socket.on('error', () => undefined);
+      // A handshake the front door refuses gets its access line like any request (a guessed ?token= shows up, redacted).
+      const refuse = (err: unknown) => {
+        if (!(err instanceof AppError)) logger.error({ err }, 'front door error');
+        rejectUpgrade(socket, err);
+        accessLog(req, { statusCode: toAppError(err).status }, rawUrl, started);
+      };
       admit(req, true).then(
         (ctx) => {
-          if (ctx.decision.rule.owner !== 'comfy' || ctx.route.segments.join('/') !== 'ws')
-            return rejectUpgrade(socket, errors.notFound('No WebSocket here'));
+          if (ctx.decision.rule.owner !== 'comfy' || ctx.route.segments.join('/') !== 'ws') return refuse(errors.notFound('No WebSocket here'));
           relay.handleUpgrade(req, socket, head);
         },
-        (err) => rejectUpgrade(socket, err),
+        refuse,
       );
     },
     closeSockets: () => relay.closeAll(1001),

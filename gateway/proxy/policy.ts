@@ -43,7 +43,8 @@ export function createPolicy(opts: { manager_admin_only: boolean }) {
     { id: 'health', prefix: ['health'], exact: true, access: 'public', owner: 'gateway' },
     { id: 'login', prefix: ['login'], exact: true, access: 'public', owner: 'gateway' },
     { id: 'register', prefix: ['register'], exact: true, access: 'public', owner: 'gateway' },
-    { id: 'logout', prefix: ['logout'], exact: true, access: 'public', owner: 'gateway' },
+    // GET /logout ends the session (Sentinel's link), so a cross-site navigation carrying the Lax cookie is refused.
+    { id: 'logout', prefix: ['logout'], exact: true, access: 'public', owner: 'gateway', getChangesState: true },
     { id: 'gateway-static', prefix: ['gateway', 'static'], access: 'public', owner: 'gateway' },
     { id: 'gateway-admin-users', prefix: ['gateway', 'api', 'users'], access: 'admin', owner: 'gateway' },
     { id: 'gateway-admin-ip-lists', prefix: ['gateway', 'api', 'ip-lists'], access: 'admin', owner: 'gateway' },

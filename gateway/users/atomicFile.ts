@@ -60,3 +60,64 @@ export function sweepStaleTemps(file: string, olderThanMs = 60_000): void {
     }
   }
 }
+
+/** Who holds a lock: our pid and when this process started (a restarted gateway in a container gets the same pid). */
+const lockOwner = () => `${process.pid} ${Math.round(performance.timeOrigin)}`;
+
+/** A lock older than this is stale whoever holds it: a write takes milliseconds. */
+const LOCK_MAX_AGE_MS = 30_000;
+
+/** True when a lock file's holder is gone: a writer killed with -9 left it behind. */
+function lockIsStale(lock: string): boolean {
+  try {
+    const text = fs.readFileSync(lock, 'utf8').trim();
+    const age = Date.now() - fs.statSync(lock).mtimeMs;
+    if (age > LOCK_MAX_AGE_MS) return true;
+    const [pidText, started] = text.split(' ');
+    const pid = Number(pidText);
+    // Empty while its holder is still writing it; junk only once it has stayed that way for a while.
+    if (!Number.isInteger(pid) || pid <= 0) return age > 2000;
+    // Our own pid from an earlier life of this pid (the previous container run), not this process.
+    if (pid === process.pid) return started !== lockOwner().split(' ')[1];
+    try {
+      process.kill(pid, 0);
+      return false;
+    } catch (e) {
+      return (e as NodeJS.ErrnoException).code === 'ESRCH';
+    }
+  } catch {
+    return false; // released meanwhile: just try again
+  }
+}
+
+/**
+ * Runs `fn` holding `<file>.lock` (created exclusively, naming its holder), so that two processes rewriting the same
+ * file — the gateway and the users CLI — take turns: each one's check for the other's write and its own rename
+ * happen with nobody writing in between. A lock whose holder died is broken. When the lock cannot be had (a
+ * filesystem without exclusive create, a holder stuck past `timeoutMs`), `fn` runs anyway: a write is never refused.
+ */
+export async function withFileLock<T>(file: string, fn: () => Promise<T>, timeoutMs = 10_000): Promise<T> {
+  const lock = `${file}.lock`;
+  const deadline = Date.now() + timeoutMs;
+  let held = false;
+  for (let wait = 2; !held; wait = Math.min(wait * 2, 50)) {
+    try {
+      const fh = await fs.promises.open(lock, 'wx', 0o600);
+      try {
+        await fh.writeFile(lockOwner());
+      } finally {
+        await fh.close();
+      }
+      held = true;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST' || Date.now() > deadline) break;
+      if (lockIsStale(lock)) await fs.promises.unlink(lock).catch(() => undefined);
+      else await new Promise((r) => setTimeout(r, wait));
+    }
+  }
+  try {
+    return await fn();
+  } finally {
+    if (held) await fs.promises.unlink(lock).catch(() => undefined);
+  }
+}

@@ -4,7 +4,7 @@ import { Low, type Adapter } from 'lowdb';
 import { z } from 'zod';
 import { AppError, errors } from '../errors';
 import type { Logger } from '../log';
-import { sweepStaleTemps, writeFileAtomic } from './atomicFile';
+import { sweepStaleTemps, withFileLock, writeFileAtomic } from './atomicFile';
 import type { ApiTokenRecord, UserRecord, UserStore } from './types';
 
 /** The schema version this code reads and writes. */
@@ -118,6 +118,8 @@ function signature(file: string): string | null {
 }
 
 const copyUser = (u: UserRecord): UserRecord => ({ ...u, permissions: [...u.permissions] });
+/** One mutation of the users file, re-playable on a newer version of it (see createUserStore). */
+type Edit = (d: UsersFile) => void;
 const enabledAdmins = (users: UserRecord[]) => users.filter((u) => u.role === 'admin' && !u.disabled).length;
 
 /** How often a personal token's last_used_at is written at most (it would otherwise write the file per request). */
@@ -135,7 +137,8 @@ export interface GatewayUserStore extends UserStore {
  * Opens (or creates) users_db.json over lowdb. Memory is authoritative inside this process; every mutation is
  * applied synchronously (so checks such as USER_EXISTS and LAST_ADMIN cannot interleave) and then persisted by a
  * single writer that coalesces whatever changed while the previous write was in flight. Writes by another
- * process (the users CLI) are picked up before the next read when nothing of ours is pending.
+ * process (the users CLI) are picked up before the next read when nothing of ours is pending, and otherwise by the
+ * next write, which starts from that version and re-applies our own edits instead of overwriting it.
  */
 export async function createUserStore(opts: { file: string; logger?: Logger; now?: () => number }): Promise<GatewayUserStore> {
   const { file, logger } = opts;
@@ -143,6 +146,8 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
   fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
   sweepStaleTemps(file);
   const db = new Low<UsersFile>(new AtomicJsonFile(file, (t) => parseUsersFile(file, t)), emptyUsersFile());
+  // Taken before reading: a write by another process in between must look like a change still to pick up.
+  const readSig = signature(file);
   await db.read();
   try {
     // A file created by hand or an older tool may be readable by others; it holds hashes.
@@ -151,7 +156,7 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
     // not created yet: the first write creates it 0600
   }
 
-  let known = signature(file);
+  let known = readSig;
   let revoked = new Map<string, number>();
   let bySha = new Map<string, ApiTokenRecord>();
   const reindex = () => {
@@ -159,6 +164,14 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
     bySha = new Map(db.data.tokens.map((t) => [t.sha256, t]));
   };
   reindex();
+
+  // Every mutation is an edit applied to memory now and kept until it is written: another process may write the
+  // file meanwhile (the users CLI next to a busy gateway), and our write must then add to its version, not undo it.
+  let edits: Edit[] = [];
+  const change = (edit: Edit) => {
+    edit(db.data);
+    edits.push(edit);
+  };
 
   // --- the single writer -------------------------------------------------------------------------------
   let queued: Promise<void> | null = null;
@@ -169,10 +182,19 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
     unsaved++;
     const p = tail.then(async () => {
       queued = null; // from here on, new mutations need a write of their own
+      let mine: Edit[] = [];
       try {
-        await db.write();
-        known = signature(file);
+        await withFileLock(file, async () => {
+          // Nothing awaits from here to db.write()'s serialisation: exactly these edits go into this write.
+          mine = edits;
+          edits = [];
+          const sig = signature(file);
+          if (sig !== known && sig !== null) reload(sig, mine);
+          await db.write();
+          known = signature(file);
+        });
       } catch (e) {
+        edits = [...mine, ...edits];
         logger?.error({ err: e, file }, 'users file write failed');
         throw new AppError(500, 'STORE_WRITE_FAILED', 'Could not save the user database');
       } finally {
@@ -190,27 +212,44 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
     const sig = signature(file);
     if (sig === known) return;
     known = sig;
-    if (sig === null) return;
+    if (sig !== null) reload(sig, []);
+  }
+
+  /** Adopts the version on disk (signature `sig`) with our unwritten edits `mine` re-applied on top. */
+  function reload(sig: string, mine: Edit[]): void {
+    const before = db.data.users;
     try {
-      db.data = parseUsersFile(file, fs.readFileSync(file, 'utf8'));
+      const data = parseUsersFile(file, fs.readFileSync(file, 'utf8'));
+      for (const edit of mine) edit(data);
+      db.data = data;
+      known = sig;
       reindex();
-      logger?.info({ file }, 'users file changed on disk; reloaded');
+      logger?.info({ file, reapplied: mine.length }, 'users file changed on disk; reloaded');
     } catch (e) {
       logger?.error({ err: e, file }, 'users file changed on disk but cannot be read; keeping the version in memory');
+      return;
+    }
+    // Accounts another process removed (or removed and made again: another person) get the same clean-up as a
+    // removal here — their HuggingFace token and Access binding must not pass to a later user of the name.
+    for (const old of before) {
+      const current = find(old.username);
+      if (current && current.created_at === old.created_at) continue;
+      for (const l of removedListeners) {
+        try {
+          l(old.username);
+        } catch (err) {
+          logger?.warn({ err, user: old.username }, 'clean-up after an external removal failed');
+        }
+      }
     }
   }
 
   const find = (username: string) => db.data.users.find((u) => u.username === username);
-  const pruneRevoked = () => {
-    const t = Math.floor(now() / 1000);
-    db.data.revoked = db.data.revoked.filter((r) => r.exp > t);
-  };
   // Void every credential issued up to now; `+ 1` so that one issued later in this same millisecond is still
   // valid (issuers use max(now, tokens_valid_after), see auth/jwt.ts) while one issued earlier is not.
   const voidBefore = () => now() + 1;
-  const dropTokensOf = (username: string) => {
-    db.data.tokens = db.data.tokens.filter((t) => t.username !== username);
-  };
+  /** the same account, not a later one of the same name */
+  const same = (a: UserRecord, b: UserRecord) => a.username === b.username && a.created_at === b.created_at;
 
   const createdListeners: ((u: UserRecord) => void)[] = [];
   const removedListeners: ((username: string) => void)[] = [];
@@ -257,9 +296,11 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
         // tokens minted for an earlier user of the same name must not come back to life
         tokens_valid_after: voidBefore(),
       };
-      if (rec.role === 'admin' && !db.data.users.some((x) => x.role === 'admin'))
-        db.data.setup ??= { completed_at: rec.created_at, first_admin: rec.username };
-      db.data.users.push(rec);
+      change((d) => {
+        if (rec.role === 'admin' && !d.users.some((x) => x.role === 'admin')) d.setup ??= { completed_at: rec.created_at, first_admin: rec.username };
+        d.users = d.users.filter((x) => x.username !== rec.username);
+        d.users.push(copyUser(rec));
+      });
       await persist();
       for (const l of createdListeners) l(copyUser(rec));
       return copyUser(rec);
@@ -275,14 +316,21 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
         throw new AppError(409, 'LAST_ADMIN', 'That would leave no enabled administrator');
       const passwordChanged = patch.password_hash !== undefined && patch.password_hash !== cur.password_hash;
       const disabledNow = next.disabled && !cur.disabled;
-      if ((passwordChanged || disabledNow) && patch.tokens_valid_after === undefined) {
-        next.tokens_valid_after = Math.max(voidBefore(), cur.tokens_valid_after);
-        dropTokensOf(username);
-      }
-      Object.assign(cur, next);
+      const changed: Partial<UserRecord> = { ...patch, ...(patch.permissions && { permissions: [...patch.permissions] }) };
+      delete changed.username;
+      delete changed.created_at;
+      const voids = (passwordChanged || disabledNow) && patch.tokens_valid_after === undefined;
+      if (voids) changed.tokens_valid_after = Math.max(voidBefore(), cur.tokens_valid_after);
+      const target = copyUser(cur);
+      change((d) => {
+        const u = d.users.find((x) => same(x, target));
+        if (!u) return; // removed meanwhile by another process: the removal stands
+        Object.assign(u, changed, changed.permissions && { permissions: [...changed.permissions] });
+        if (voids) d.tokens = d.tokens.filter((t) => t.username !== username);
+      });
       reindex();
       await persist();
-      return copyUser(cur);
+      return copyUser(find(username) ?? cur);
     },
     async remove(username) {
       refresh();
@@ -291,8 +339,11 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
       const rest = db.data.users.filter((u) => u !== cur);
       if (enabledAdmins(db.data.users) > 0 && enabledAdmins(rest) === 0)
         throw new AppError(409, 'LAST_ADMIN', 'That would leave no enabled administrator');
-      db.data.users = rest;
-      dropTokensOf(username);
+      const target = copyUser(cur);
+      change((d) => {
+        d.users = d.users.filter((u) => !same(u, target));
+        d.tokens = d.tokens.filter((t) => t.username !== username);
+      });
       reindex();
       await persist();
       for (const l of removedListeners) l(username);
@@ -310,15 +361,18 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
       async add(t) {
         refresh();
         if (!find(t.username)) throw errors.notFound(`No user ${t.username}`);
-        db.data.tokens.push({ ...t });
+        change((d) => {
+          if (d.users.some((u) => u.username === t.username) && !d.tokens.some((x) => x.id === t.id)) d.tokens.push({ ...t });
+        });
         reindex();
         await persist();
       },
       async remove(username, id) {
         refresh();
-        const i = db.data.tokens.findIndex((t) => t.id === id && t.username === username);
-        if (i < 0) return false;
-        db.data.tokens.splice(i, 1);
+        if (!db.data.tokens.some((t) => t.id === id && t.username === username)) return false;
+        change((d) => {
+          d.tokens = d.tokens.filter((t) => !(t.id === id && t.username === username));
+        });
         reindex();
         await persist();
         return true;
@@ -328,15 +382,22 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
         if (!t) return;
         const at = now();
         if (t.last_used_at && at - Date.parse(t.last_used_at) < TOUCH_INTERVAL_MS) return;
-        t.last_used_at = new Date(at).toISOString();
+        const when = new Date(at).toISOString();
+        change((d) => {
+          const x = d.tokens.find((y) => y.id === id);
+          if (x) x.last_used_at = when;
+        });
         persist().catch(() => undefined); // logged by persist; a lost timestamp is harmless
       },
     },
     revocations: {
       async revoke(jti, exp) {
         refresh();
-        pruneRevoked();
-        if (!db.data.revoked.some((r) => r.jti === jti)) db.data.revoked.push({ jti, exp });
+        const t = Math.floor(now() / 1000);
+        change((d) => {
+          d.revoked = d.revoked.filter((r) => r.exp > t);
+          if (!d.revoked.some((r) => r.jti === jti)) d.revoked.push({ jti, exp });
+        });
         reindex();
         await persist();
       },

@@ -1,6 +1,9 @@
 import http from 'node:http';
 import https from 'node:https';
 
+/** A URL's hostname as a socket wants it: `[::1]` → `::1`. */
+const bare = (hostname: string) => hostname.replace(/^\[(.*)\]$/, '$1');
+
 /** A raw response: status, lower-cased headers, body text and (when JSON) the parsed body. */
 export interface Hit {
   status: number;
@@ -26,7 +29,7 @@ export function hit(
   return new Promise((resolve, reject) => {
     const req = mod.request(
       {
-        host: u.hostname,
+        host: bare(u.hostname),
         port: u.port,
         path,
         method: opts.method ?? 'GET',
@@ -61,7 +64,7 @@ export function upgradeStatus(base: string, path: string, opts: { headers?: Reco
   const u = new URL(base);
   return new Promise((resolve, reject) => {
     const req = http.request({
-      host: u.hostname,
+      host: bare(u.hostname),
       port: u.port,
       path,
       localAddress: opts.from,
