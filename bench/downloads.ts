@@ -6,6 +6,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { spawnBenchGateway } from './gateway';
 
 const KEY = 'bench-static-key-0123456789abcdef';
 
@@ -102,31 +103,19 @@ export async function benchDownloads(): Promise<Record<string, number>> {
 
     const modelsDir = path.join(dir, 'models');
     fs.mkdirSync(path.join(modelsDir, 'checkpoints'), { recursive: true });
-    fs.writeFileSync(
-      path.join(dir, 'config.json'),
-      JSON.stringify({
-        host: '127.0.0.1',
-        port: 0,
-        data_dir: 'data',
-        log: null,
-        log_levels: ['warn'],
+    const started = await spawnBenchGateway({
+      dir,
+      command: gatewayCommand(),
+      config: {
         api_key: KEY,
         upstream: 'http://127.0.0.1:9',
         comfyui: { models_dir: modelsDir },
         model_downloads: { allowed_hosts: [`127.0.0.1:${port}`] },
-      }),
-    );
-    const gw = spawn(process.execPath, [...gatewayCommand(), '--config', path.join(dir, 'config.json')], { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
-    procs.push(gw);
-    const gwUrl = await new Promise<string>((resolve, reject) => {
-      let err = '';
-      gw.stderr!.on('data', (d) => {
-        err += d;
-        const m = /listening on (\S+)/.exec(err);
-        if (m) resolve(m[1]);
-      });
-      gw.on('exit', (c) => reject(new Error(`gateway exited ${c}: ${err}`)));
+      },
     });
+    const gw = started.proc;
+    procs.push(gw);
+    const gwUrl = started.url;
 
     const id = 'checkpoints/big.safetensors';
     const finalPath = path.join(modelsDir, 'checkpoints', 'big.safetensors');

@@ -1,12 +1,13 @@
 /* Isolation benchmark (issue 5): WS messages/s through the isolating relay vs direct, and GET /history p99 with
  * 10,000 entries of which 100 are the caller's. Gateway, fake upstream and client each run in their own process. */
-import { fork, spawn, type ChildProcess } from 'node:child_process';
+import { fork, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import WebSocket, { WebSocketServer } from 'ws';
+import { spawnBenchGateway } from './gateway';
 
 const KEY = 'bench-isolation-key-0123456789abcdef';
 const ENTRIES = 10_000;
@@ -87,19 +88,8 @@ function runStub(ids: string[]): void {
 
 /* ───────────── the driver ───────────── */
 
-async function startGateway(upstream: string, dir: string): Promise<{ proc: ChildProcess; url: string }> {
-  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ host: '127.0.0.1', port: 0, data_dir: 'data', log_levels: ['warn'], log: null, bcrypt_cost: 4, model_downloads: { enabled: false } }));
-  const proc = spawn(process.execPath, [path.join(__dirname, '..', 'gateway', 'main.js'), '--config', path.join(dir, 'config.json'), '--upstream', upstream, '--api-key', KEY], { stdio: ['ignore', 'ignore', 'pipe'] });
-  const url = await new Promise<string>((resolve, reject) => {
-    let err = '';
-    proc.stderr!.on('data', (d) => {
-      err += d;
-      const m = /listening on (\S+)/.exec(err);
-      if (m) resolve(m[1]);
-    });
-    proc.on('exit', (c) => reject(new Error(`gateway exited ${c}: ${err}`)));
-  });
-  return { proc, url };
+function startGateway(upstream: string, dir: string): Promise<{ proc: ChildProcess; url: string }> {
+  return spawnBenchGateway({ dir, config: { bcrypt_cost: 4, model_downloads: { enabled: false } }, args: ['--upstream', upstream, '--api-key', KEY] });
 }
 
 function call(url: string, method: string, headers: Record<string, string>, body?: string): Promise<{ status: number; body: Buffer }> {

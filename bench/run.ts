@@ -1,10 +1,11 @@
 /* npm run bench: the gateway against direct ComfyUI (a fake one), side by side, reported as ratios. */
-import { fork, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { fork, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import autocannon from 'autocannon';
 import WebSocket from 'ws';
+import { spawnBenchGateway } from './gateway';
 
 const KEY = 'bench-static-key-0123456789abcdef';
 const DURATION = Number(process.env.BENCH_SECONDS ?? 5);
@@ -37,19 +38,7 @@ async function startFake(): Promise<Fake> {
 
 async function startGateway(upstream: string): Promise<{ proc: ChildProcess; url: string; dir: string }> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgw-bench-'));
-  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ host: '127.0.0.1', port: 0, data_dir: 'data', log_levels: ['warn'], log: null }));
-  const proc = spawn(process.execPath, [path.join(__dirname, '..', 'gateway', 'main.js'), '--config', path.join(dir, 'config.json'), '--upstream', upstream, '--api-key', KEY], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  const url = await new Promise<string>((resolve, reject) => {
-    let err = '';
-    proc.stderr!.on('data', (d) => {
-      err += d;
-      const m = /listening on (\S+)/.exec(err);
-      if (m) resolve(m[1]);
-    });
-    proc.on('exit', (c) => reject(new Error(`gateway exited ${c}: ${err}`)));
-  });
+  const { proc, url } = await spawnBenchGateway({ dir, config: {}, args: ['--upstream', upstream, '--api-key', KEY] });
   return { proc, url, dir };
 }
 
