@@ -154,7 +154,7 @@ export function createApp(deps: AppDeps): Gateway {
         path: redactUrl(rawUrl),
         status: res.statusCode,
         ms: Number(process.hrtime.bigint() - started) / 1e6,
-        ip: ctx?.clientIp ?? req.socket.remoteAddress,
+        ip: ctx?.clientIp ?? deps.clientIp(req),
         user: ctx?.principal?.username,
       },
       'request',
