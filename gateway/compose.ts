@@ -140,7 +140,7 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
     // A HuggingFace token belongs to the person: a later user of the same name must not inherit it.
     users.onRemoved((name) => downloads.forgetUser(name));
   } else {
-    const off = createDownloadsOff({ upstream });
+    const off = createDownloadsOff({ upstream, cookieName: config.cookie.name });
     interceptors.push(...off.interceptors);
     wsHooks.push(off.wsHooks);
   }

@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import pino, { type Logger } from 'pino';
+import { queryParamName, TOKEN_QUERY_PARAMS } from './auth/chain';
 
 export type { Logger };
 
@@ -36,7 +37,7 @@ export function createLogger(opts: { levels: string[]; file: string | null; stdo
   );
 }
 
-const SECRET_PARAMS = new Set(['api_key', 'token', 'access_token', 'code', 'state']);
+const SECRET_PARAMS = new Set([...TOKEN_QUERY_PARAMS, 'access_token', 'code', 'state']);
 
 /**
  * A URL safe for logs: credential-bearing query values replaced. Names are compared as a query parser reads them
@@ -49,12 +50,8 @@ export function redactUrl(url: string): string {
     const eq = part.indexOf('=');
     if (eq < 0) return part;
     const name = part.slice(0, eq);
-    let decoded = name;
-    try {
-      decoded = decodeURIComponent(name.replace(/\+/g, ' '));
-    } catch {
-      // a malformed escape: a query parser keeps it literally, so compare it literally
-    }
+    // a malformed escape: a query parser keeps it literally, so compare it literally
+    const decoded = queryParamName(part) ?? name;
     return SECRET_PARAMS.has(decoded.toLowerCase()) ? `${name}=[redacted]` : part;
   });
   return url.slice(0, q + 1) + parts.join('&');

@@ -27,6 +27,17 @@ export interface CredentialChainDeps {
 /** Query parameters that carry credentials; removed before proxying and redacted in logs. */
 export const TOKEN_QUERY_PARAMS = ['api_key', 'token'];
 
+/** A raw `name=value` query part's name as a query parser reads it (percent-decoded, `+` as space); null when malformed. */
+export function queryParamName(part: string): string | null {
+  const eq = part.indexOf('=');
+  const name = eq < 0 ? part : part.slice(0, eq);
+  try {
+    return decodeURIComponent(name.replace(/\+/g, ' '));
+  } catch {
+    return null;
+  }
+}
+
 const JWT_SHAPE = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
 
 /** The static key as a principal: an admin named `api-key`. */

@@ -1,9 +1,8 @@
 import type { Gate, Interceptor } from '../app';
 import type { Principal } from '../auth/principal';
-import { AppError } from '../errors';
 import { isDirectLoopback } from '../net/clientIp';
-import { upstreamUrl } from '../proxy/headers';
-import type { Upstream } from '../proxy/upstream';
+import { headersForRead, upstreamUrl } from '../proxy/headers';
+import { callUpstream, type Upstream } from '../proxy/upstream';
 import type { WsHooks } from '../proxy/ws';
 import { isEligible, type EligibilityConfig } from './access';
 
@@ -29,19 +28,12 @@ export function loopbackMarker(): Gate {
 }
 
 /** GET /features (and /api/features): ComfyUI's answer with the gateway's flags merged in, per caller. */
-export function featuresInterceptor(deps: { upstream: Upstream; eligibility: EligibilityConfig }): Interceptor {
+export function featuresInterceptor(deps: { upstream: Upstream; eligibility: EligibilityConfig; cookieName: string }): Interceptor {
   return {
     id: 'downloads-features',
     matches: (ctx, method) => (method === 'GET' || method === 'HEAD') && ctx.route.segments.length === 1 && ctx.route.segments[0].toLowerCase() === 'features',
     async handle(req, res, ctx) {
-      const headers: Record<string, string> = { accept: 'application/json' };
-      if (ctx.principal?.comfyUser) headers['comfy-user'] = ctx.principal.comfyUser;
-      let r;
-      try {
-        r = await deps.upstream.request('GET', upstreamUrl(ctx), { headers, timeoutMs: 10_000 });
-      } catch {
-        throw new AppError(502, 'UPSTREAM_UNAVAILABLE', 'ComfyUI is not reachable right now');
-      }
+      const r = await callUpstream(deps.upstream, 'GET', upstreamUrl(ctx), { ...headersForRead(req, ctx, { cookieName: deps.cookieName, upstreamOrigin: deps.upstream.origin }), accept: 'application/json' });
       let body: Buffer = r.body;
       let type = String(r.headers['content-type'] ?? 'application/json');
       if (r.status === 200) {

@@ -134,7 +134,7 @@ export function createDownloads(deps: DownloadsDeps): Downloads {
 
   return {
     routes: downloadRoutes({ eligibility, folders, hosts, prober, manager, tokens, oauth, hfApi, audit, freeSpace, sweepNew, recheck: deps.recheck }),
-    interceptors: [featuresInterceptor({ upstream, eligibility })],
+    interceptors: [featuresInterceptor({ upstream, eligibility, cookieName: config.cookie.name })],
     wsHooks: featuresWsHooks(eligibility),
     enrichers: [loopbackMarker()],
     forgetUser(username) {
@@ -158,7 +158,7 @@ export function createDownloads(deps: DownloadsDeps): Downloads {
  * With model_downloads switched off the routes are gone, so the frontend must not be told they exist: ComfyUI's
  * `/features` and `feature_flags` answers get both flags set to false.
  */
-export function createDownloadsOff(deps: { upstream: Upstream }): { interceptors: Interceptor[]; wsHooks: WsHooks } {
+export function createDownloadsOff(deps: { upstream: Upstream; cookieName: string }): { interceptors: Interceptor[]; wsHooks: WsHooks } {
   const eligibility = { enabled: false, allowedRoles: [], clientId: null, redirectUri: null };
-  return { interceptors: [featuresInterceptor({ upstream: deps.upstream, eligibility })], wsHooks: featuresWsHooks(eligibility) };
+  return { interceptors: [featuresInterceptor({ upstream: deps.upstream, eligibility, cookieName: deps.cookieName })], wsHooks: featuresWsHooks(eligibility) };
 }

@@ -7,6 +7,7 @@ import type { Logger } from '../log';
 import { dlErrors } from './errors';
 import type { HfApi } from './hfApi';
 import type { TokenStore } from './tokens';
+import { safeEqual } from '../auth/apiKey';
 
 /** Where HF sends the browser back to (upstream ComfyUI's path, on the loopback callback server). */
 export const CALLBACK_PATH = '/api/auth/huggingface/callback';
@@ -23,12 +24,6 @@ export function makePkce(): { verifier: string; challenge: string; state: string
   const challenge = b64url(crypto.createHash('sha256').update(verifier).digest());
   const state = b64url(crypto.randomBytes(32));
   return { verifier, challenge, state };
-}
-
-function sameSecret(a: string, b: string): boolean {
-  const ha = crypto.createHash('sha256').update(a).digest();
-  const hb = crypto.createHash('sha256').update(b).digest();
-  return crypto.timingSafeEqual(ha, hb);
 }
 
 /** Writes a callback result as a small script-free page. */
@@ -110,7 +105,7 @@ export function createHfOAuth(deps: {
   async function handleCallback(f: Flow, query: URLSearchParams): Promise<CallbackResult> {
     const state = query.get('state') ?? '';
     // A wrong state never reaches the token endpoint, and does not end the real user's login.
-    if (!state || !sameSecret(state, f.state)) return { status: 400, title: 'Login failed', text: 'state mismatch' };
+    if (!state || !safeEqual(state, f.state)) return { status: 400, title: 'Login failed', text: 'state mismatch' };
     if (f.exchanging) return { status: 409, title: 'Login already completing', text: 'This login is already being completed.' };
     const err = query.get('error');
     if (err) {
@@ -207,7 +202,7 @@ export function createHfOAuth(deps: {
     async gatewayCallback(user, query) {
       if (!flows.size || !deps.redirectUri) return { status: 400, title: 'Login failed', text: 'No HuggingFace login is in progress.' };
       const state = query.get('state') ?? '';
-      const f = state ? [...flows.values()].find((x) => sameSecret(state, x.state)) : undefined;
+      const f = state ? [...flows.values()].find((x) => safeEqual(state, x.state)) : undefined;
       if (!f) return { status: 400, title: 'Login failed', text: 'state mismatch' };
       // The state is bound to the user who started the login: another session cannot complete it.
       if (f.user !== user) return { status: 403, title: 'Login failed', text: 'This login was started by another user.' };

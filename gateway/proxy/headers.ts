@@ -1,5 +1,5 @@
-import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
-import { TOKEN_QUERY_PARAMS } from '../auth/chain';
+import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders } from 'node:http';
+import { queryParamName, TOKEN_QUERY_PARAMS } from '../auth/chain';
 import type { RequestContext } from '../http/context';
 
 /** Headers no client may pass to ComfyUI: our credentials, identity and forwarding claims. */
@@ -24,14 +24,9 @@ export function stripTokenQuery(query: string): string {
   return query
     .split('&')
     .filter((part) => {
-      const name = part.split('=')[0];
-      let decoded = name;
-      try {
-        decoded = decodeURIComponent(name.replace(/\+/g, ' '));
-      } catch {
-        return false;
-      }
-      return !TOKEN_QUERY_PARAMS.includes(decoded.toLowerCase());
+      // A name that cannot be decoded is dropped too: it cannot be shown not to be a credential.
+      const name = queryParamName(part);
+      return name !== null && !TOKEN_QUERY_PARAMS.includes(name.toLowerCase());
     })
     .join('&');
 }
@@ -76,3 +71,24 @@ export function isActiveContent(contentType: string | undefined): boolean {
 
 /** Routes that serve user-supplied files; their active content never renders in our origin. */
 export const FILE_ROUTES = new Set(['view', 'userdata', 'view_metadata', 'vhs']);
+
+/** Hop-by-hop headers: they describe one connection and never travel to the next hop (either direction). */
+export const HOP_BY_HOP: ReadonlySet<string> = new Set([
+  'connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'transfer-encoding', 'upgrade', 'te', 'trailer', 'expect',
+]);
+
+const CONDITIONAL = new Set(['if-none-match', 'if-modified-since', 'if-match', 'if-unmodified-since', 'if-range', 'range']);
+
+/**
+ * Headers for an upstream call whose answer the gateway reads and rewrites (isolation, index.html injection,
+ * /features): the sanitized client headers without hop-by-hop, conditional or length headers, uncompressed.
+ */
+export function headersForRead(req: IncomingMessage, ctx: RequestContext, opts: { cookieName: string; upstreamOrigin: string }): OutgoingHttpHeaders {
+  const out: OutgoingHttpHeaders = {};
+  for (const [k, v] of Object.entries(sanitizeHeaders(req, ctx, opts))) {
+    if (v === undefined || HOP_BY_HOP.has(k) || CONDITIONAL.has(k) || k === 'content-length' || k === 'accept-encoding') continue;
+    out[k] = v;
+  }
+  out['accept-encoding'] = 'identity';
+  return out;
+}

@@ -4,16 +4,11 @@ import type { Interceptor } from '../app';
 import { AppError } from '../errors';
 import type { RequestContext } from '../http/context';
 import { escapeHtml } from '../http/render';
-import { sanitizeHeaders, upstreamUrl } from './headers';
-import type { Upstream } from './upstream';
+import { HOP_BY_HOP, headersForRead, upstreamUrl } from './headers';
+import { callUpstream, type Upstream } from './upstream';
 
 /** The one script the gateway adds to ComfyUI's page (signed-in badge, logout, user pinning). */
 export const INJECT_SRC = '/gateway/static/inject.js';
-
-// Hop-by-hop and body-describing headers that cannot be copied from a buffered upstream response.
-const HOP = ['connection', 'keep-alive', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-connection', 'proxy-authenticate'];
-// Request headers that would make the upstream answer with something other than the whole page.
-const CONDITIONAL = ['if-none-match', 'if-modified-since', 'if-match', 'if-unmodified-since', 'if-range', 'range'];
 
 /** The script tag, carrying who is signed in so the page can pin its user before ComfyUI's app reads it. */
 export function injectTag(ctx: RequestContext): string {
@@ -61,7 +56,7 @@ function decode(body: Buffer, encoding: string | undefined): Buffer | null {
 function copyHeaders(from: IncomingHttpHeaders, drop: string[]): OutgoingHttpHeaders {
   const out: OutgoingHttpHeaders = {};
   for (const [k, v] of Object.entries(from)) {
-    if (v !== undefined && !HOP.includes(k) && !drop.includes(k)) out[k] = v;
+    if (v !== undefined && !HOP_BY_HOP.has(k) && !drop.includes(k)) out[k] = v;
   }
   return out;
 }
@@ -77,18 +72,7 @@ export function createInjectInterceptor(deps: { upstream: Upstream; cookieName: 
     },
     async handle(req: IncomingMessage, res: ServerResponse, ctx: RequestContext) {
       req.resume();
-      const headers = sanitizeHeaders(req, ctx, { cookieName: deps.cookieName, upstreamOrigin: deps.upstream.origin });
-      const out: OutgoingHttpHeaders = {};
-      for (const [k, v] of Object.entries(headers)) {
-        if (v !== undefined && !HOP.includes(k) && !CONDITIONAL.includes(k) && k !== 'content-length') out[k] = v;
-      }
-      out['accept-encoding'] = 'identity';
-      let up;
-      try {
-        up = await deps.upstream.request('GET', upstreamUrl(ctx), { headers: out });
-      } catch {
-        throw new AppError(502, 'UPSTREAM_UNAVAILABLE', 'ComfyUI is not reachable right now; try again shortly');
-      }
+      const up = await callUpstream(deps.upstream, 'GET', upstreamUrl(ctx), headersForRead(req, ctx, { cookieName: deps.cookieName, upstreamOrigin: deps.upstream.origin }));
       const isHtml = /^\s*text\/html\b/i.test(String(up.headers['content-type'] ?? ''));
       const plain = up.status === 200 && isHtml ? decode(up.body, up.headers['content-encoding'] as string | undefined) : null;
       if (!plain) {

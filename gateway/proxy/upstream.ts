@@ -1,5 +1,6 @@
 import http from 'node:http';
 import https from 'node:https';
+import { AppError } from '../errors';
 
 /** A buffered upstream response, for the routes the gateway must read (JSON rewrites, health). */
 export interface UpstreamResponse {
@@ -81,3 +82,14 @@ export function createUpstream(base: string, opts: { timeoutMs?: number; maxBody
 
 /** The upstream client's interface. */
 export type Upstream = ReturnType<typeof createUpstream>;
+
+/** A call the gateway makes for a client: a network failure becomes 502 UPSTREAM_UNAVAILABLE. */
+export async function callUpstream(upstream: Upstream, method: string, path: string, headers: http.OutgoingHttpHeaders, body?: Buffer | string): Promise<UpstreamResponse> {
+  const h = { ...headers };
+  if (body === undefined) delete h['content-type'];
+  try {
+    return await upstream.request(method, path, { headers: h, body });
+  } catch {
+    throw new AppError(502, 'UPSTREAM_UNAVAILABLE', 'ComfyUI is not reachable right now; try again shortly');
+  }
+}

@@ -4,14 +4,12 @@ import { TOKEN_QUERY_PARAMS } from '../../auth/chain';
 import type { Principal } from '../../auth/principal';
 import { AppError } from '../../errors';
 import type { RequestContext } from '../../http/context';
-import { sanitizeHeaders, stripTokenQuery, upstreamUrl } from '../headers';
-import type { Upstream, UpstreamResponse } from '../upstream';
+import { headersForRead, stripTokenQuery, upstreamUrl } from '../headers';
+import { callUpstream, type Upstream, type UpstreamResponse } from '../upstream';
 
 /** The largest JSON body the isolation routes read (a prompt with its embedded workflow). */
 export const MAX_JSON_BODY = 8 * 1024 * 1024;
 
-const HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer', 'expect']);
-const CONDITIONAL = new Set(['if-none-match', 'if-modified-since', 'if-match', 'if-unmodified-since', 'if-range', 'range']);
 
 /** Reads a request body up to `limit` bytes: 413 PAYLOAD_TOO_LARGE beyond it (checked on Content-Length first). */
 export function readBody(req: IncomingMessage, limit = MAX_JSON_BODY): Promise<Buffer> {
@@ -73,27 +71,10 @@ export function parseJsonObject(buf: Buffer, allowEmpty = false): Record<string,
 
 /** Headers for a request the gateway makes on the caller's behalf: the one header hygiene, minus what we re-frame. */
 export function upstreamHeaders(req: IncomingMessage, ctx: RequestContext, cookieName: string, upstream: Upstream): OutgoingHttpHeaders {
-  const h = sanitizeHeaders(req, ctx, { cookieName, upstreamOrigin: upstream.origin });
-  const out: OutgoingHttpHeaders = {};
-  for (const [k, v] of Object.entries(h)) {
-    if (v === undefined || HOP.has(k) || CONDITIONAL.has(k) || k === 'content-length' || k === 'accept-encoding') continue;
-    out[k] = v;
-  }
-  // We parse these answers, so they must come back uncompressed.
-  out['accept-encoding'] = 'identity';
-  return out;
+  return headersForRead(req, ctx, { cookieName, upstreamOrigin: upstream.origin });
 }
 
-/** Calls ComfyUI; a network failure becomes 502 UPSTREAM_UNAVAILABLE. */
-export async function callUpstream(upstream: Upstream, method: string, path: string, headers: OutgoingHttpHeaders, body?: Buffer | string): Promise<UpstreamResponse> {
-  const h = { ...headers };
-  if (body === undefined) delete h['content-type'];
-  try {
-    return await upstream.request(method, path, { headers: h, body });
-  } catch {
-    throw new AppError(502, 'UPSTREAM_UNAVAILABLE', 'ComfyUI is not reachable right now; try again shortly');
-  }
-}
+export { callUpstream };
 
 const PASS = ['content-type', 'content-disposition', 'cache-control', 'pragma', 'expires', 'last-modified', 'etag', 'allow', 'content-language'];
 

@@ -10,8 +10,8 @@ import type { IsolationContext } from './context';
 import { isObj, seesAll, segs, upstreamHeaders, upstreamUrl } from './http';
 import { formDataBoundary, multipartRewriter } from './multipart';
 import { isFileType, isUnderUser, normaliseRef, parseAnnotated, pathNotAllowed, splitUserPath, underUser } from './paths';
+import { HOP_BY_HOP } from '../headers';
 
-const HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer']);
 
 /**
  * POST /upload/image and /upload/mask. The multipart body is rewritten as it streams (never buffered, so a
@@ -112,7 +112,7 @@ function streamUpstream(req: IncomingMessage, res: ServerResponse, ctx: RequestC
       up.on('response', (upRes) => {
         answering = true;
         const h: OutgoingHttpHeaders = {};
-        for (const [k, v] of Object.entries(upRes.headers)) if (v !== undefined && !HOP.has(k)) h[k] = v;
+        for (const [k, v] of Object.entries(upRes.headers)) if (v !== undefined && !HOP_BY_HOP.has(k)) h[k] = v;
         h['x-content-type-options'] = 'nosniff';
         res.writeHead(upRes.statusCode ?? 502, h);
         upRes.pipe(res);
