@@ -8,12 +8,12 @@ import fs from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import jwt from 'jsonwebtoken';
-import { login, PW, registerFirstAdmin, registerUser } from './helpers/auth';
+import { PW, adminAndUser } from './helpers/auth';
 import { hit, waitFor } from './helpers/edge';
-import { startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
 import { flushedLogs, startGateway, TEST_KEY, type TestGateway } from './helpers/gateway';
 import { clientTraffic } from './helpers/traffic';
 import { openSocket } from './helpers/ws';
+import { useStack } from './helpers/stack';
 
 const EVIL = 'http://evil.example';
 
@@ -31,24 +31,14 @@ function raw(port: number, data: string, waitMs = 600): Promise<string> {
 }
 const statusOf = (response: string) => Number(/^HTTP\/1\.1 (\d{3})/.exec(response)?.[1] ?? 0);
 
-let fake: FakeComfy;
-let gw: TestGateway;
+const stack = useStack();
 let alice: { token: string; cookie: string };
 let admin: { token: string; cookie: string };
 
 beforeAll(async () => {
-  fake = await startFakeComfy();
-  gw = await startGateway({ upstream: fake.url, api_key: TEST_KEY });
-  await registerFirstAdmin(gw);
-  await registerUser(gw, 'alice');
-  alice = await login(gw, 'alice');
-  admin = await login(gw, 'admin');
+  ({ user: alice, admin } = await adminAndUser(stack.gw, 'alice'));
 });
-afterAll(async () => {
-  await gw.close();
-  await fake.close();
-});
-beforeEach(() => fake.clearRequests());
+beforeEach(() => stack.fake.clearRequests());
 
 describe('request targets and header games', () => {
   test('absolute-form, OPTIONS *, CONNECT, lower-case methods, TE+CL, two Content-Lengths, obs-fold: refused, nothing proxied', async () => {
@@ -64,19 +54,19 @@ describe('request targets and header games', () => {
       ['bad TE', `POST /prompt HTTP/1.1\r\nHost: x\r\n${key}Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n`, [400]],
     ];
     for (const [name, req, expected] of cases) {
-      const status = statusOf(await raw(gw.port, req));
+      const status = statusOf(await raw(stack.gw.port, req));
       if (!expected.includes(status)) throw new Error(`${name}: ${status}`);
     }
-    expect(clientTraffic(fake)).toHaveLength(0);
+    expect(clientTraffic(stack.fake)).toHaveLength(0);
   });
 
   test('two X-API-Key headers are one invalid credential; Connection cannot keep a client comfy-user', async () => {
-    const two = await raw(gw.port, `GET /prompt HTTP/1.1\r\nHost: x\r\nX-API-Key: ${TEST_KEY}\r\nX-API-Key: other\r\nConnection: close\r\n\r\n`);
+    const two = await raw(stack.gw.port, `GET /prompt HTTP/1.1\r\nHost: x\r\nX-API-Key: ${TEST_KEY}\r\nX-API-Key: other\r\nConnection: close\r\n\r\n`);
     expect(statusOf(two)).toBe(401);
-    expect(clientTraffic(fake)).toHaveLength(0);
-    const conn = await raw(gw.port, `GET /prompt?conn-trick HTTP/1.1\r\nHost: x\r\nX-API-Key: ${TEST_KEY}\r\nConnection: close, comfy-user, x-forwarded-for\r\ncomfy-user: someone-else\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n`);
+    expect(clientTraffic(stack.fake)).toHaveLength(0);
+    const conn = await raw(stack.gw.port, `GET /prompt?conn-trick HTTP/1.1\r\nHost: x\r\nX-API-Key: ${TEST_KEY}\r\nConnection: close, comfy-user, x-forwarded-for\r\ncomfy-user: someone-else\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n`);
     expect(statusOf(conn)).toBe(200);
-    const seen = clientTraffic(fake).find((r) => r.rawPath.includes('conn-trick'))!;
+    const seen = clientTraffic(stack.fake).find((r) => r.rawPath.includes('conn-trick'))!;
     expect(seen.headers['comfy-user']).not.toBe('someone-else');
     expect(seen.headers['x-forwarded-for']).toBe('127.0.0.1');
     expect(seen.headers['x-api-key']).toBeUndefined();
@@ -87,41 +77,41 @@ describe('gateway routes: the path Express routes on is the path the policy deci
   test('a signed-in user cannot reach the admin API through an encoded ? or # (no admin created, no list)', async () => {
     const auth = { Authorization: `Bearer ${alice.token}` };
     for (const p of ['/gateway/api/users%3F', '/gateway/api/users%3Fx', '/gateway/api/users%23', '/api/gateway/api/users%3F']) {
-      const list = await hit(gw.url, p, { headers: auth });
+      const list = await hit(stack.gw.url, p, { headers: auth });
       expect([p, list.status, list.body?.users]).toEqual([p, 404, undefined]);
     }
-    const made = await hit(gw.url, '/gateway/api/users%3F', { method: 'POST', headers: auth, body: { username: 'mallory', password: PW, role: 'admin' } });
+    const made = await hit(stack.gw.url, '/gateway/api/users%3F', { method: 'POST', headers: auth, body: { username: 'mallory', password: PW, role: 'admin' } });
     expect(made.status).toBe(404);
-    expect(gw.composed.users.get('mallory')).toBeUndefined();
+    expect(stack.gw.composed.users.get('mallory')).toBeUndefined();
     // the admin still reaches the real route, and route parameters are decoded exactly once
-    expect((await hit(gw.url, '/gateway/api/users', { headers: { Authorization: `Bearer ${admin.token}` } })).status).toBe(200);
-    const once = await hit(gw.url, '/gateway/api/users/%2561lice', { method: 'PATCH', headers: { 'X-API-Key': TEST_KEY }, body: { disabled: false } });
+    expect((await hit(stack.gw.url, '/gateway/api/users', { headers: { Authorization: `Bearer ${admin.token}` } })).status).toBe(200);
+    const once = await hit(stack.gw.url, '/gateway/api/users/%2561lice', { method: 'PATCH', headers: { 'X-API-Key': TEST_KEY }, body: { disabled: false } });
     expect(once.status).toBe(404);
-    expect((await hit(gw.url, '/gateway/api/users/%61lice', { method: 'PATCH', headers: { 'X-API-Key': TEST_KEY }, body: { disabled: false } })).status).toBe(200);
-    expect(clientTraffic(fake)).toHaveLength(0);
+    expect((await hit(stack.gw.url, '/gateway/api/users/%61lice', { method: 'PATCH', headers: { 'X-API-Key': TEST_KEY }, body: { disabled: false } })).status).toBe(200);
+    expect(clientTraffic(stack.fake)).toHaveLength(0);
   });
 });
 
 describe('credentials in the query', () => {
   test('a percent-encoded api_key/token parameter name is stripped upstream and redacted in the log', async () => {
-    const res = await hit(gw.url, `/prompt?enc-key=1&%61pi_key=${TEST_KEY}&%74oken=${alice.token}`);
+    const res = await hit(stack.gw.url, `/prompt?enc-key=1&%61pi_key=${TEST_KEY}&%74oken=${alice.token}`);
     expect(res.status).toBe(200);
-    const seen = clientTraffic(fake).find((r) => r.rawPath.includes('enc-key'))!;
+    const seen = clientTraffic(stack.fake).find((r) => r.rawPath.includes('enc-key'))!;
     expect(seen.rawPath).toBe('/prompt?enc-key=1');
-    const text = JSON.stringify(await flushedLogs(gw));
+    const text = JSON.stringify(await flushedLogs(stack.gw));
     expect(text).not.toContain(TEST_KEY);
     expect(text).not.toContain(alice.token);
   });
 });
 
 describe('streams that end early', () => {
-  const busyUpstreamSockets = () => Object.values(gw.composed.upstream.agent.sockets).reduce((n, list) => n + (list?.length ?? 0), 0);
+  const busyUpstreamSockets = () => Object.values(stack.gw.composed.upstream.agent.sockets).reduce((n, list) => n + (list?.length ?? 0), 0);
 
   test('a client that leaves mid-download releases the upstream socket (else 64 aborted videos stall every user)', async () => {
-    fs.writeFileSync(`${fake.outputDir}/big-abort.bin`, Buffer.alloc(32 * 1024 * 1024, 7));
+    fs.writeFileSync(`${stack.fake.outputDir}/big-abort.bin`, Buffer.alloc(32 * 1024 * 1024, 7));
     for (let i = 0; i < 3; i++) {
       await new Promise<void>((resolve, reject) => {
-        const req = http.get(`${gw.url}/view?filename=big-abort.bin&type=output&n=${i}`, { headers: { 'X-API-Key': TEST_KEY }, agent: false }, (res) => {
+        const req = http.get(`${stack.gw.url}/view?filename=big-abort.bin&type=output&n=${i}`, { headers: { 'X-API-Key': TEST_KEY }, agent: false }, (res) => {
           if (res.statusCode !== 200) return reject(new Error(`status ${res.statusCode}`));
           res.once('data', () => {
             req.destroy();
@@ -133,7 +123,7 @@ describe('streams that end early', () => {
     }
     await waitFor(() => busyUpstreamSockets() === 0, 3000).catch(() => undefined);
     expect(busyUpstreamSockets()).toBe(0);
-    expect((await hit(gw.url, '/queue', { headers: { 'X-API-Key': TEST_KEY } })).status).toBe(200);
+    expect((await hit(stack.gw.url, '/queue', { headers: { 'X-API-Key': TEST_KEY } })).status).toBe(200);
   });
 
   test('an upstream that dies mid-body does not leave the client waiting for bytes that never come', async () => {
@@ -169,7 +159,7 @@ describe('streams that end early', () => {
 });
 
 describe('WebSocket handshakes', () => {
-  const upgrade = (lines: string) => raw(gw.port, `${lines}Host: x\r\nX-API-Key: ${TEST_KEY}\r\n\r\n`, 400);
+  const upgrade = (lines: string) => raw(stack.gw.port, `${lines}Host: x\r\nX-API-Key: ${TEST_KEY}\r\n\r\n`, 400);
 
   test('malformed upgrades to /ws (wrong Upgrade, no or bad key, POST) are refused and leave no socket open on ComfyUI', async () => {
     const key = 'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: MDEyMzQ1Njc4OWFiY2RlZg==\r\n';
@@ -184,14 +174,14 @@ describe('WebSocket handshakes', () => {
       const status = statusOf(await upgrade(lines));
       if (status < 400) throw new Error(`accepted: ${lines.split('\r\n')[0]} → ${status}`);
     }
-    await waitFor(() => fake.wsClients().length === 0, 3000).catch(() => undefined);
-    expect(fake.wsClients()).toEqual([]);
+    await waitFor(() => stack.fake.wsClients().length === 0, 3000).catch(() => undefined);
+    expect(stack.fake.wsClients()).toEqual([]);
     // a proper handshake still works
-    const s = await openSocket(`${gw.url.replace(/^http/, 'ws')}/ws?clientId=ok-after`, { 'X-API-Key': TEST_KEY });
+    const s = await openSocket(`${stack.gw.url.replace(/^http/, 'ws')}/ws?clientId=ok-after`, { 'X-API-Key': TEST_KEY });
     await s.next((f) => f.json?.type === 'status');
-    expect(fake.wsClients()).toHaveLength(1);
+    expect(stack.fake.wsClients()).toHaveLength(1);
     s.close();
-    await waitFor(() => fake.wsClients().length === 0);
+    await waitFor(() => stack.fake.wsClients().length === 0);
   });
 });
 
@@ -205,20 +195,20 @@ describe('CSRF through ambient credentials', () => {
     for (const p of ['/api/manager/reboot', '/manager/queue/update_all', '/api/snapshot/restore?target=x', '/v2/manager/reboot', '/api/manager%2Freboot']) {
       for (const method of ['GET', 'HEAD']) {
         for (const h of crossSite) {
-          const res = await hit(gw.url, p, { method, headers: { Cookie: admin.cookie, ...h } });
+          const res = await hit(stack.gw.url, p, { method, headers: { Cookie: admin.cookie, ...h } });
           expect([p, method, res.status]).toEqual([p, method, 403]);
           if (method === 'GET') expect(res.body.error.code).toBe('CSRF_REJECTED');
         }
       }
     }
-    expect(clientTraffic(fake)).toHaveLength(0);
+    expect(clientTraffic(stack.fake)).toHaveLength(0);
     // the manager's own page (same origin), a typed URL, a script with a header credential: all reach it
-    expect((await hit(gw.url, '/api/manager/reboot', { headers: { Cookie: admin.cookie, 'Sec-Fetch-Site': 'same-origin', Referer: `${gw.url}/` } })).status).toBe(200);
-    expect((await hit(gw.url, '/api/manager/reboot', { headers: { Cookie: admin.cookie, 'Sec-Fetch-Site': 'none' } })).status).toBe(200);
-    expect((await hit(gw.url, '/api/manager/reboot', { headers: { 'X-API-Key': TEST_KEY, 'Sec-Fetch-Site': 'cross-site' } })).status).toBe(200);
-    expect(clientTraffic(fake).filter((r) => r.rawPath.includes('reboot'))).toHaveLength(3);
+    expect((await hit(stack.gw.url, '/api/manager/reboot', { headers: { Cookie: admin.cookie, 'Sec-Fetch-Site': 'same-origin', Referer: `${stack.gw.url}/` } })).status).toBe(200);
+    expect((await hit(stack.gw.url, '/api/manager/reboot', { headers: { Cookie: admin.cookie, 'Sec-Fetch-Site': 'none' } })).status).toBe(200);
+    expect((await hit(stack.gw.url, '/api/manager/reboot', { headers: { 'X-API-Key': TEST_KEY, 'Sec-Fetch-Site': 'cross-site' } })).status).toBe(200);
+    expect(clientTraffic(stack.fake).filter((r) => r.rawPath.includes('reboot'))).toHaveLength(3);
     // plain ComfyUI pages stay linkable from other sites
-    const page = await hit(gw.url, '/queue', { headers: { Cookie: alice.cookie, 'Sec-Fetch-Site': 'cross-site', 'Sec-Fetch-Mode': 'navigate' } });
+    const page = await hit(stack.gw.url, '/queue', { headers: { Cookie: alice.cookie, 'Sec-Fetch-Site': 'cross-site', 'Sec-Fetch-Mode': 'navigate' } });
     expect(page.status).toBe(200);
   });
 });
@@ -240,7 +230,7 @@ describe('CSRF with Cloudflare Access (the edge adds the assertion from its own 
     });
     await new Promise<void>((r) => jwks.listen(0, '127.0.0.1', () => r()));
     const certs = `http://127.0.0.1:${(jwks.address() as { port: number }).port}/cdn-cgi/access/certs`;
-    cf = await startGateway({ upstream: fake.url, api_key: TEST_KEY, cloudflare_access: { team_domain: TEAM, audience: AUD, certs_url: certs, auto_provision: true } });
+    cf = await startGateway({ upstream: stack.fake.url, api_key: TEST_KEY, cloudflare_access: { team_domain: TEAM, audience: AUD, certs_url: certs, auto_provision: true } });
   });
   afterAll(async () => {
     await cf.close();
@@ -258,7 +248,7 @@ describe('CSRF with Cloudflare Access (the edge adds the assertion from its own 
       expect([tok.status, tok.body.error.code]).toEqual([403, 'CSRF_REJECTED']);
     }
     await expect(openSocket(`${cf.url.replace(/^http/, 'ws')}/ws?clientId=cf-csrf`, { ...h(), Origin: EVIL })).rejects.toMatchObject({ status: 403 });
-    expect(clientTraffic(fake).filter((r) => r.rawPath.includes('cf-csrf'))).toHaveLength(0);
+    expect(clientTraffic(stack.fake).filter((r) => r.rawPath.includes('cf-csrf'))).toHaveLength(0);
     expect(cf.composed.users.tokens.list('carol')).toEqual([]);
 
     // a service-token script (no Origin) and the Access user's own pages keep working

@@ -3,6 +3,7 @@ import { login, PW, registerFirstAdmin, registerUser } from './helpers/auth';
 import { hit } from './helpers/edge';
 import { startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
 import { flushedLogs, startGateway, TEST_KEY, type TestGateway } from './helpers/gateway';
+import { clientTraffic } from './helpers/traffic';
 
 const WRONG_PASSWORD = 'Wr0ng-but-Secret-Guess!';
 const GUESSED_KEY = 'guessed-key-abcdef0123456789';
@@ -30,6 +31,7 @@ beforeAll(async () => {
   expect(failed.status).toBe(401);
   expect((await hit(gw.url, '/object_info', { from: '127.0.0.2', headers: { 'x-api-key': GUESSED_KEY } })).status).toBe(401);
   expect((await hit(gw.url, `/object_info?api_key=${GUESSED_KEY}`, { from: '127.0.0.2' })).status).toBe(401);
+  expect(clientTraffic(fake).filter((r) => r.rawPath.includes('object_info'))).toEqual([]);
   // the third failure auto-blacklists 127.0.0.2; its next request is an IP block
   await new Promise((r) => setTimeout(r, 200));
   expect((await hit(gw.url, '/health', { from: '127.0.0.2', headers: { 'user-agent': UA } })).status).toBe(403);

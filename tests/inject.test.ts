@@ -3,8 +3,8 @@ import type { AddressInfo } from 'node:net';
 import zlib from 'node:zlib';
 import type { RequestContext } from '../gateway/http/context';
 import { injectTag, insertTag } from '../gateway/proxy/inject';
-import { startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
 import { startGateway, TEST_KEY, type TestGateway } from './helpers/gateway';
+import { useStack } from './helpers/stack';
 
 const TAG = '<script src="/gateway/static/inject.js"';
 
@@ -30,20 +30,11 @@ function rawGet(base: string, path: string, headers: Record<string, string> = {}
 const count = (s: string, needle: string) => s.split(needle).length - 1;
 
 describe('index.html through the gateway (fake ComfyUI)', () => {
-  let fake: FakeComfy;
-  let gw: TestGateway;
-  beforeAll(async () => {
-    fake = await startFakeComfy();
-    gw = await startGateway({ upstream: fake.url, api_key: TEST_KEY });
-  });
-  afterAll(async () => {
-    await gw.close();
-    await fake.close();
-  });
-  beforeEach(() => fake.clearRequests());
+  const stack = useStack();
+  beforeEach(() => stack.fake.clearRequests());
 
   test.each(['/', '/index.html', '//index.html'])('GET %s carries exactly one inject script, before </head>, with a correct Content-Length', async (p) => {
-    const res = await rawGet(gw.url, p, { 'X-API-Key': TEST_KEY, 'Accept-Encoding': 'gzip, deflate, br', 'If-None-Match': '"x"' });
+    const res = await rawGet(stack.gw.url, p, { 'X-API-Key': TEST_KEY, 'Accept-Encoding': 'gzip, deflate, br', 'If-None-Match': '"x"' });
     expect(res.status).toBe(200);
     const html = res.body.toString('utf8');
     expect(count(html, TAG)).toBe(1);
@@ -60,7 +51,7 @@ describe('index.html through the gateway (fake ComfyUI)', () => {
     // The tag names the signed-in principal so the page can pin ComfyUI's user choice before the app starts.
     expect(html).toContain(`${TAG} data-user="api-key"`);
     // ComfyUI saw one plain request without our credentials, asked for an uncompressed, unconditional page.
-    const seen = fake.requests.filter((r) => r.rawPath === '/' || r.rawPath === '/index.html');
+    const seen = stack.fake.requests.filter((r) => r.rawPath === '/' || r.rawPath === '/index.html');
     expect(seen).toHaveLength(1);
     expect(seen[0].method).toBe('GET');
     expect(seen[0].headers['accept-encoding']).toBe('identity');
@@ -69,17 +60,17 @@ describe('index.html through the gateway (fake ComfyUI)', () => {
   });
 
   test('unauthenticated: a browser is sent to /login, a script gets 401, ComfyUI sees nothing', async () => {
-    const nav = await rawGet(gw.url, '/', { Accept: 'text/html' });
+    const nav = await rawGet(stack.gw.url, '/', { Accept: 'text/html' });
     expect(nav.status).toBe(302);
     expect(nav.headers.location).toBe('/login?next=%2F');
-    const api = await rawGet(gw.url, '/index.html', { Accept: 'application/json' });
+    const api = await rawGet(stack.gw.url, '/index.html', { Accept: 'application/json' });
     expect(api.status).toBe(401);
     expect(JSON.parse(api.body.toString()).error.code).toBe('AUTH_REQUIRED');
-    expect(fake.requests.filter((r) => r.rawPath === '/' || r.rawPath === '/index.html')).toHaveLength(0);
+    expect(stack.fake.requests.filter((r) => r.rawPath === '/' || r.rawPath === '/index.html')).toHaveLength(0);
   });
 
   test('other ComfyUI files are streamed untouched (no injection)', async () => {
-    const res = await rawGet(gw.url, '/scripts/app.js', { 'X-API-Key': TEST_KEY });
+    const res = await rawGet(stack.gw.url, '/scripts/app.js', { 'X-API-Key': TEST_KEY });
     expect(res.status).toBe(200);
     expect(res.body.toString()).not.toContain('inject.js');
   });

@@ -69,3 +69,10 @@ export function fromFreshIps(url: string): ReturnType<typeof request> {
     },
   });
 }
+
+/** The first admin (`admin`, from a loopback address) plus one user, both signed in. */
+export async function adminAndUser(gw: { url: string }, username: string): Promise<{ admin: Awaited<ReturnType<typeof login>>; user: Awaited<ReturnType<typeof login>> }> {
+  await registerFirstAdmin(gw);
+  await registerUser(gw, username);
+  return { user: await login(gw, username), admin: await login(gw, 'admin') };
+}
