@@ -14,7 +14,7 @@ import path from 'node:path';
 import zlib from 'node:zlib';
 import { spawnGateway } from './helpers/child';
 import { startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
-import { callApi, startFakeHf, waitFor, type FakeHf, type JsonReply } from './helpers/fakeHf';
+import { callApi, startFakeHf, userWith as userWithVia, waitFor, type FakeHf, type JsonReply } from './helpers/fakeHf';
 import { startGateway, TEST_KEY, type TestGateway } from './helpers/gateway';
 import { openSocket } from './helpers/ws';
 
@@ -67,13 +67,7 @@ const dir = (folder: string) => path.join(comfy.modelsDir, folder);
 const names = (folder: string) => (fs.existsSync(dir(folder)) ? fs.readdirSync(dir(folder)) : []);
 const tmpsOf = (folder: string, file: string) => names(folder).filter((n) => n.startsWith(`${file}.`) && n.endsWith('.tmp'));
 
-/** Creates a user with the given permissions and signs in; returns Bearer headers. */
-async function userWith(username: string, permissions: string[]): Promise<Record<string, string>> {
-  const c = await callApi(gw.url, 'POST', '/gateway/api/users', { username, password: PW, role: 'user', permissions }, KEY);
-  if (c.status !== 201 && c.status !== 200) throw new Error(`create ${username}: ${c.status} ${c.text}`);
-  const l = await callApi(gw.url, 'POST', '/login', { username, password: PW });
-  return { authorization: `Bearer ${l.body.token}` };
-}
+const userWith = (username: string, permissions: string[]) => userWithVia(gw.url, KEY, username, permissions, PW);
 
 beforeAll(async () => {
   hf = await startFakeHf();

@@ -18,7 +18,7 @@ import { BlockedError, createSafeHttp } from '../gateway/downloads/safeHttp';
 import { createTokenStore } from '../gateway/downloads/tokens';
 import { runDownload, tmpPathFor } from '../gateway/downloads/worker';
 import { flushedLogs, startGateway, TEST_KEY, type TestGateway } from './helpers/gateway';
-import { callApi, startFakeHf, waitFor, type FakeHf } from './helpers/fakeHf';
+import { callApi, startFakeHf, userWith as userWithVia, waitFor, type FakeHf } from './helpers/fakeHf';
 
 const KEY = { 'x-api-key': TEST_KEY };
 const PW = 'correct-horse-battery-1';
@@ -292,12 +292,7 @@ describe('through the gateway', () => {
     fs.writeFileSync(tokenFile(user), JSON.stringify({ scope: '', hf_username: null, refresh_token: null, ...t }), { mode: 0o600 });
   };
 
-  async function userWith(username: string, permissions: string[]): Promise<Record<string, string>> {
-    const c = await callApi(gw.url, 'POST', '/gateway/api/users', { username, password: PW, role: 'user', permissions }, KEY);
-    if (c.status !== 201 && c.status !== 200) throw new Error(`create ${username}: ${c.status} ${c.text}`);
-    const l = await callApi(gw.url, 'POST', '/login', { username, password: PW });
-    return { authorization: `Bearer ${l.body.token}` };
-  }
+  const userWith = (username: string, permissions: string[]) => userWithVia(gw.url, KEY, username, permissions, PW);
 
   beforeAll(async () => {
     hf = await startFakeHf();

@@ -14,21 +14,11 @@ import { flushedLogs, startGateway, TEST_KEY, type TestGateway } from './helpers
 import { clientTraffic } from './helpers/traffic';
 import { openSocket } from './helpers/ws';
 import { useStack } from './helpers/stack';
+import { rawExchange } from './helpers/rawSocket';
 
 const EVIL = 'http://evil.example';
 
-/** Sends raw bytes and returns whatever the server answered before closing (or `waitMs`). */
-function raw(port: number, data: string, waitMs = 600): Promise<string> {
-  return new Promise((resolve) => {
-    const s = net.connect(port, '127.0.0.1');
-    let out = '';
-    s.on('data', (d) => (out += d.toString('latin1')));
-    s.on('error', () => resolve(out));
-    s.on('close', () => resolve(out));
-    s.write(Buffer.from(data, 'latin1'));
-    setTimeout(() => s.destroy(), waitMs);
-  });
-}
+const raw = (port: number, data: string | Buffer, waitMs = 600) => rawExchange(port, data, waitMs);
 const statusOf = (response: string) => Number(/^HTTP\/1\.1 (\d{3})/.exec(response)?.[1] ?? 0);
 
 const stack = useStack();

@@ -10,19 +10,9 @@ import { TEST_KEY } from './helpers/gateway';
 import { useStack } from './helpers/stack';
 import { openSocket } from './helpers/ws';
 import { clientTraffic } from './helpers/traffic';
+import { rawExchange } from './helpers/rawSocket';
 
-/** Sends raw bytes and returns whatever the server answers before closing. */
-function raw(port: number, data: string | Buffer, waitMs = 1500): Promise<string> {
-  return new Promise((resolve) => {
-    const s = net.connect(port, '127.0.0.1');
-    let out = '';
-    s.on('data', (d) => (out += d.toString('latin1')));
-    s.on('error', () => resolve(out));
-    s.on('close', () => resolve(out));
-    s.write(data);
-    setTimeout(() => s.destroy(), waitMs);
-  });
-}
+const raw = (port: number, data: string | Buffer, waitMs = 1500) => rawExchange(port, data, waitMs);
 
 describe('ComfyUI down and back', () => {
   const stack = useStack();

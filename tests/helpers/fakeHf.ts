@@ -367,6 +367,14 @@ export async function callApi(
   return { status: res.status, body: parsed, text, headers: res.headers };
 }
 
+/** Creates a user with the given permissions through the admin API (as `admin` headers) and signs them in; Bearer headers. */
+export async function userWith(base: string, admin: Record<string, string>, username: string, permissions: string[], password = 'correct-horse-1'): Promise<Record<string, string>> {
+  const c = await callApi(base, 'POST', '/gateway/api/users', { username, password, role: 'user', permissions }, admin);
+  if (c.status !== 201 && c.status !== 200) throw new Error(`create ${username}: ${c.status} ${c.text}`);
+  const l = await callApi(base, 'POST', '/login', { username, password });
+  return { authorization: `Bearer ${l.body.token}` };
+}
+
 /** Polls `fn` until it returns a truthy value (or throws after `timeoutMs`); resolves to that value. */
 export async function waitFor<T>(fn: () => Promise<T> | T, timeoutMs = 10_000, stepMs = 25): Promise<NonNullable<T>> {
   const deadline = Date.now() + timeoutMs;
