@@ -14,10 +14,11 @@ function hostOf(value: string | undefined): string | null {
   }
 }
 
-/** True when a browser says the request comes from another site: Fetch metadata, else Origin, else Referer. */
-function crossSite(req: IncomingMessage, own: string): boolean {
+/** True when a browser says the request comes from another site than `own` (host[:port]): Fetch metadata, else
+ * Origin, else Referer. The one place that reads them (the loopback bypass asks it too). */
+export function crossSite(req: IncomingMessage, own: string): boolean {
   const site = req.headers['sec-fetch-site'];
-  if (site === 'cross-site' || site === 'same-site') return true;
+  if (site !== undefined && site !== 'same-origin' && site !== 'none') return true;
   if (req.headers.origin !== undefined) return hostOf(req.headers.origin) !== own;
   return req.headers.referer !== undefined && hostOf(req.headers.referer) !== own;
 }

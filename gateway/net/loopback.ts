@@ -1,6 +1,7 @@
 import os from 'node:os';
 import type { IncomingMessage } from 'node:http';
 import { API_KEY_PRINCIPAL } from '../auth/chain';
+import { crossSite } from '../auth/csrf';
 import type { Principal } from '../auth/principal';
 import type { Logger } from '../log';
 import type { UserStore } from '../users/types';
@@ -17,19 +18,6 @@ function hostIsLocal(req: IncomingMessage): boolean {
   return name === os.hostname().toLowerCase();
 }
 
-/** True when a browser sent this on behalf of another site (Fetch metadata, or an Origin that is not this host). */
-function crossSiteBrowser(req: IncomingMessage): boolean {
-  const site = req.headers['sec-fetch-site'];
-  if (site !== undefined && site !== 'same-origin' && site !== 'none') return true;
-  const origin = req.headers.origin;
-  if (origin === undefined) return false;
-  try {
-    return new URL(origin).host.toLowerCase() !== (req.headers.host ?? '').toLowerCase();
-  } catch {
-    return true;
-  }
-}
-
 /**
  * True for a request from a person or script on this machine itself — what first-run registration without the setup
  * code and `allow_loopback_without_auth` grant privilege for: direct loopback (no forwarding header), from a socket
@@ -38,7 +26,7 @@ function crossSiteBrowser(req: IncomingMessage): boolean {
  * this machine (DNS rebinding), and not a browser acting for another site.
  */
 export function createIsLocal(clientIp: Pick<ClientIp, 'fromTrustedProxy'>): (req: IncomingMessage) => boolean {
-  return (req) => isDirectLoopback(req) && !clientIp.fromTrustedProxy(req) && hostIsLocal(req) && !crossSiteBrowser(req);
+  return (req) => isDirectLoopback(req) && !clientIp.fromTrustedProxy(req) && hostIsLocal(req) && !crossSite(req, (req.headers.host ?? '').toLowerCase());
 }
 
 /**
