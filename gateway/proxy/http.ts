@@ -64,6 +64,3 @@ export function createHttpProxy(deps: { upstream: Upstream; cookieName: string; 
     },
   };
 }
-
-/** The HTTP proxy's interface. */
-export type HttpProxy = ReturnType<typeof createHttpProxy>;

@@ -247,6 +247,3 @@ export function createWsRelay(deps: {
     });
   }
 }
-
-/** The relay's interface. */
-export type WsRelay = ReturnType<typeof createWsRelay>;
