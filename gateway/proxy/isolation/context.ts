@@ -5,6 +5,7 @@ import type { Upstream } from '../upstream';
 import type { ClientIds } from './clientIds';
 import type { ComfyUsers } from './comfyUsers';
 import type { Ledger } from './ledger';
+import type { PromptIds } from './promptIds';
 import type { RunTracker } from './tracker';
 
 /** Everything the isolation interceptors share (built once by createIsolation). */
@@ -14,6 +15,8 @@ export interface IsolationContext {
   audit: Audit;
   upstream: Upstream;
   ledger: Ledger;
+  /** client (gateway) prompt ids <-> ComfyUI's */
+  promptIds: PromptIds;
   clientIds: ClientIds;
   tracker: RunTracker;
   comfyUsers: ComfyUsers;

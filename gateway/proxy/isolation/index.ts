@@ -16,6 +16,7 @@ import { createLedger, type Ledger } from './ledger';
 import { logsSubscribeInterceptor } from './logs';
 import { objectInfoInterceptor } from './objectInfo';
 import { promptInterceptor } from './prompt';
+import { createPromptIds } from './promptIds';
 import { queueInterceptors } from './queue';
 import { createRunTracker } from './tracker';
 import { uploadInterceptor } from './upload';
@@ -62,7 +63,8 @@ export function createIsolation(deps: { config: ResolvedConfig; logger: Logger; 
   const ledger = createLedger({ file: path.join(dataDir, 'prompt_ledger.json'), logger });
   const comfyUsers = createComfyUsers({ file: path.join(dataDir, 'comfy_users.json'), upstream, logger });
   const clientIds = createClientIds(path.join(dataDir, 'isolation.key'));
-  const tracker = createRunTracker({ upstream, ledger, logger });
+  const promptIds = createPromptIds({ ledger, logger });
+  const tracker = createRunTracker({ upstream, ledger, promptIds, logger });
   const base = config.configPath ? path.dirname(config.configPath) : process.cwd();
   const inputDir = config.comfyui.input_dir ?? (config.comfyui.base_dir ? path.join(config.comfyui.base_dir, 'input') : null);
 
@@ -72,6 +74,7 @@ export function createIsolation(deps: { config: ResolvedConfig; logger: Logger; 
     audit: deps.audit,
     upstream,
     ledger,
+    promptIds,
     clientIds,
     tracker,
     comfyUsers,
@@ -116,7 +119,7 @@ export function createIsolation(deps: { config: ResolvedConfig; logger: Logger; 
       usersInterceptor(iso),
       logsSubscribeInterceptor(iso),
     ],
-    wsHooks: createIsolationWsHooks({ clientIds, ledger, tracker }),
+    wsHooks: createIsolationWsHooks({ clientIds, ledger, tracker, promptIds }),
     ensureComfyUser: (username) => comfyUsers.resolve(username),
     ledger,
     async close() {
