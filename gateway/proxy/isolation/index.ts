@@ -18,6 +18,7 @@ import { objectInfoInterceptor } from './objectInfo';
 import { promptInterceptor } from './prompt';
 import { createPromptIds } from './promptIds';
 import { queueInterceptors } from './queue';
+import { systemStatsInterceptor } from './systemStats';
 import { createRunTracker } from './tracker';
 import { uploadInterceptor } from './upload';
 import { usersInterceptor } from './users';
@@ -118,6 +119,7 @@ export function createIsolation(deps: { config: ResolvedConfig; logger: Logger; 
       objectInfoInterceptor(iso),
       usersInterceptor(iso),
       logsSubscribeInterceptor(iso),
+      systemStatsInterceptor(iso),
     ],
     wsHooks: createIsolationWsHooks({ clientIds, ledger, tracker, promptIds }),
     ensureComfyUser: (username) => comfyUsers.resolve(username),
