@@ -34,7 +34,7 @@ export function upstreamPromptId(ledger: Pick<Ledger, 'get'>, clientId: string):
 }
 
 /** Builds the translator over the ledger. */
-export function createPromptIds(deps: { ledger: Ledger; logger: Logger }): PromptIds {
+export function createPromptIds(deps: { ledger: Ledger; logger: Logger; onLearned?: (honoured: boolean) => void }): PromptIds {
   const { ledger, logger } = deps;
   const flying = new Map<string, number>();
   const listeners: ((cid: string) => void)[] = [];
@@ -45,11 +45,10 @@ export function createPromptIds(deps: { ledger: Ledger; logger: Logger }): Promp
     toClient: (upstreamId) => clientPromptId(ledger, upstreamId),
     toUpstream: (clientId) => upstreamPromptId(ledger, clientId),
     answered(gatewayId, upstreamId) {
-      if (upstreamId === gatewayId) {
-        honoured = true;
-        return;
-      }
-      honoured = false;
+      const now = upstreamId === gatewayId;
+      if (honoured !== now) deps.onLearned?.(now);
+      honoured = now;
+      if (now) return;
       ledger.setUpstreamId(gatewayId, upstreamId);
       if (!warned) {
         warned = true;
