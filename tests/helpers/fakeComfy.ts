@@ -2460,6 +2460,8 @@ class FakeComfyServer implements FakeComfy {
   async postUserdata(c: Ctx): Promise<void> {
     const p = this.userDataPath(c, false);
     if (!p) return;
+    // 7914c47 reads request.query["overwrite"] without a default: a save or move without it is a 500 there.
+    if (this.legacy && c.query.get('overwrite') === null) return this.sendText(c, 500, '500 Internal Server Error\n\nServer got itself in trouble');
     const overwrite = (c.query.get('overwrite') ?? 'true') !== 'false';
     const fullInfo = (c.query.get('full_info') ?? 'false').toLowerCase() === 'true';
     if (!overwrite && fs.existsSync(p)) return this.sendText(c, 409, 'File already exists');
@@ -2491,6 +2493,8 @@ class FakeComfyServer implements FakeComfy {
     if (!src) return;
     const dest = this.userDataPath(c, false, 'dest');
     if (!dest) return;
+    // 7914c47 reads request.query["overwrite"] without a default: a save or move without it is a 500 there.
+    if (this.legacy && c.query.get('overwrite') === null) return this.sendText(c, 500, '500 Internal Server Error\n\nServer got itself in trouble');
     const overwrite = (c.query.get('overwrite') ?? 'true') !== 'false';
     const fullInfo = (c.query.get('full_info') ?? 'false').toLowerCase() === 'true';
     if (!overwrite && fs.existsSync(dest)) return this.sendText(c, 409, 'File already exists');

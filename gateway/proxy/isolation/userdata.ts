@@ -3,12 +3,14 @@ import type { Interceptor } from '../../app';
 import { AppError, errors } from '../../errors';
 import type { RequestContext } from '../../http/context';
 import type { IsolationContext } from './context';
-import { callUpstream, isObj, readBody, segs, sendJson, sendUpstream, upstreamHeaders, upstreamJson } from './http';
+import { callUpstream, isObj, readBody, segs, sendJson, sendUpstream, upstreamHeaders, upstreamJson, upstreamUrl } from './http';
 import { splitUserPath } from './paths';
 
 /** Where each gateway user's userdata lives inside ComfyUI's one shared user folder (no --multi-user). */
 export const USERDATA_ROOT = 'gateway-users';
 const SETTINGS_FILE = 'comfy.settings.json';
+/** The largest userdata file the gateway reads to rewrite ComfyUI's answer (workflows, settings, templates). */
+const MAX_USERDATA = 64 * 1024 * 1024;
 
 /**
  * Without --multi-user ComfyUI keeps one user folder (settings, workflows, …) for everyone and ignores comfy-user.
@@ -30,7 +32,7 @@ export function userdataInterceptors(iso: IsolationContext): Interceptor[] {
   const files: Interceptor = {
     id: 'isolation-userdata-single',
     matches: (ctx) => segs(ctx)[0] === 'userdata' && active(),
-    async handle(_req, _res, ctx, forward) {
+    async handle(req, res, ctx, forward) {
       const user = ctx.principal!.username;
       const s = ctx.route.segments;
       const q = new URLSearchParams(ctx.route.query);
@@ -46,7 +48,18 @@ export function userdataInterceptors(iso: IsolationContext): Interceptor[] {
         if (s.length === 4) parts.push('move', inside(user, s[3], 'dest'));
         const forwardPath = `${prefix(ctx)}/userdata/${parts.map((p, i) => (i === 1 ? p : encodeURIComponent(p))).join('/')}`;
         ctx.route = { ...ctx.route, forwardPath };
-        return forward();
+        if (req.method !== 'POST') return forward();
+        // A save or move answers with the path inside ComfyUI's shared folder: the client must see its own.
+        const body = await readBody(req, MAX_USERDATA);
+        const headers = headersFor(req, ctx);
+        if (req.headers['content-type']) headers['content-type'] = req.headers['content-type'];
+        const up = await callUpstream(iso.upstream, 'POST', upstreamUrl(ctx), headers, body);
+        const j = upstreamJson(up);
+        const root = `${rootOf(user)}/`;
+        const strip = (v: unknown) => (typeof v === 'string' && v.startsWith(root) ? v.slice(root.length) : v);
+        if (typeof j === 'string') return sendJson(req, res, strip(j), 200, up);
+        if (isObj(j) && 'path' in j) return sendJson(req, res, { ...j, path: strip(j.path) }, 200, up);
+        return sendUpstream(req, res, up);
       }
       throw errors.notFound();
     },
