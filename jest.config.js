@@ -3,6 +3,8 @@ module.exports = {
   testEnvironment: 'node',
   roots: ['<rootDir>/tests'],
   testMatch: ['**/*.test.ts'],
+  // the real-ComfyUI conformance suite runs only through `npm run test:comfyui` (jest.comfyui.config.js)
+  testPathIgnorePatterns: ['/node_modules/', '/tests/comfyui/'],
   transform: {
     '^.+\\.[tj]s$': ['ts-jest', { tsconfig: { isolatedModules: true, allowJs: true, module: 'commonjs', target: 'ES2022', esModuleInterop: true } }],
   },
