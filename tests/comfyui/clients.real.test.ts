@@ -66,7 +66,11 @@ describe.each(TREES)('npm clients through the gateway on ComfyUI %s', (tree: Tre
 
         const wf = new PromptBuilder<string, 'images', Record<string, any>>(emptyImageWorkflow(`saintno-${who.replace(' ', '-')}`) as never, [], ['images']).setOutputNode('images', '2');
         let failure: unknown;
-        const out = await new CallWrapper(api, wf).onFailed((e) => (failure = e)).run();
+        // run() never settles when the sdk misses its prompt's events; give it a deadline.
+        const out = await Promise.race([
+          new CallWrapper(api, wf).onFailed((e) => (failure = e)).run(),
+          new Promise((_, reject) => setTimeout(() => reject(new Error('the sdk\'s run() did not finish within 60 s')), 60_000).unref()),
+        ]);
         expect(failure).toBeUndefined();
         expect(out).toBeTruthy();
         const img = (out as { images: { images: { filename: string; subfolder: string; type: string }[] } }).images.images[0];
@@ -93,7 +97,7 @@ describe.each(TREES)('npm clients through the gateway on ComfyUI %s', (tree: Tre
         await expect(client.connect({ websocket: { enabled: true }, timeout_ms: 30_000 })).resolves.toBe(true);
         const stats = await client.getSystemStats();
         expect(typeof stats.system.os).toBe('string');
-        const out = (await client.enqueue(emptyImageWorkflow(`sc-headers-${who.replace(' ', '-')}`), { timeout_ms: 120_000 })) as WorkflowOutput;
+        const out = (await client.enqueue(emptyImageWorkflow(`sc-headers-${who.replace(' ', '-')}`), { timeout_ms: 60_000 })) as WorkflowOutput;
         expect(out.images).toHaveLength(1);
         expect(out.images[0].type).toBe('url');
         const url = out.images[0].data as string;
@@ -113,7 +117,7 @@ describe.each(TREES)('npm clients through the gateway on ComfyUI %s', (tree: Tre
       client.use(new plugins.LoginAuthPlugin({ token: cred[who] }));
       try {
         await expect(client.connect({ websocket: { enabled: true }, timeout_ms: 30_000 })).resolves.toBe(true);
-        const out = (await client.enqueue(emptyImageWorkflow(`sc-token-${who.replace(' ', '-')}`), { timeout_ms: 120_000 })) as WorkflowOutput;
+        const out = (await client.enqueue(emptyImageWorkflow(`sc-token-${who.replace(' ', '-')}`), { timeout_ms: 60_000 })) as WorkflowOutput;
         expect(out.images).toHaveLength(1);
         const url = out.images[0].data as string;
         expect((await fetch(url)).status).toBe(401);
