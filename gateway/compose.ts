@@ -32,7 +32,8 @@ import type { UserStore } from './users/types';
 import { createDownloads, createDownloadsOff } from './downloads';
 import { freshPrincipal } from './routes/body';
 // multi-user isolation (issue 5)
-import { createIsolation } from './proxy/isolation';
+import { createIsolation, configuredInputDir } from './proxy/isolation';
+import { createComfyServer } from './proxy/comfyServer';
 
 /** Knobs for tests and the CLI that are not user configuration. */
 export interface ComposeOptions {
@@ -119,7 +120,11 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   const wsHooks: WsHooks[] = [];
   // Multi-user isolation (issue 5): comfy-user binding, per-user files/queue/history, the isolating WS relay.
   // Its WS hooks go first: later hooks must only ever see frames this user may see.
-  const isolation = createIsolation({ config, logger, audit, upstream });
+  // Know the server (version, multi-user, input folder, prompt ids) before the first request, and again on reconnect.
+  const comfyServer = createComfyServer({ upstream, logger, upstreamUrl: config.upstream, configuredInputDir: configuredInputDir(config) });
+  closers.push(() => comfyServer.close());
+  await comfyServer.learn();
+  const isolation = createIsolation({ config, logger, audit, upstream, server: comfyServer });
   enrichers.push(...isolation.enrichers);
   interceptors.push(...isolation.interceptors);
   wsHooks.unshift(isolation.wsHooks);

@@ -326,7 +326,7 @@ describe('two browsers side by side', () => {
     const admin = [
       '/api/manager/reboot', '/api/v2/manager/queue/install', '/v2/customnode/install/git_url', '/api/%76%32/snapshot/restore',
       '/api/snapshot%2Frestore', '/API/Manager/reboot', '/api/externalmodel/getlist', '/comfyui_manager/comfyui_switch_version',
-      '/api/internal/logs', '/internal/files%2Finput', '/api/system_stats', '/extensions/ComfyUI-Manager/js/comfyui-manager.js',
+      '/api/internal/logs', '/internal/files%2Finput', '/api/system_stats/x', '/extensions/ComfyUI-Manager/js/comfyui-manager.js',
     ];
     for (const p of admin) {
       for (const method of ['GET', 'POST']) {

@@ -95,7 +95,8 @@ describe('policy table', () => {
     ['/internal/logs/subscribe', 'PATCH'],
     ['/free', 'POST'],
     ['/users', 'POST'],
-    ['/system_stats', 'GET'],
+    ['/system_stats', 'POST'],
+    ['/system_stats/x', 'GET'],
   ])('%s %s is admin-only on every twin', (path, method) => {
     for (const t of twins(path).filter((x) => !x.includes('v2'))) expect([t, decide(t, method).access]).toEqual([t, 'admin']);
   });
@@ -124,8 +125,7 @@ describe('policy table', () => {
         const adminOnly =
           /^\/(v2\/)?(manager|customnode|snapshot|externalmodel|comfyui_manager|model)(\/|$)/.test(concrete) ||
           concrete.startsWith('/internal/') ||
-          (r.method === 'POST' && (concrete === '/free' || concrete === '/users')) ||
-          concrete === '/system_stats';
+          (r.method === 'POST' && (concrete === '/free' || concrete === '/users'));
         if ((d.access === 'admin') !== adminOnly) wrong.push(`${r.method} ${p} → ${d.access}`);
         if (d.access === 'public') wrong.push(`${r.method} ${p} is public`);
       }
@@ -150,7 +150,7 @@ describe('admin families through the running gateway', () => {
     const paths = [
       ...MANAGER_FAMILIES.flatMap((f) => twins(`/${f}/reboot`)),
       ...twins('/internal/folder_paths').filter((x) => !x.includes('v2')),
-      ...twins('/system_stats').filter((x) => !x.includes('v2')),
+      ...twins('/system_stats/x').filter((x) => !x.includes('v2')),
       '/extensions/ComfyUI-Manager/js/comfyui-manager.js',
       '/extensions/%43omfyUI-Manager/js/x.js',
       '/api/extensions/comfyui-manager/x.js',

@@ -65,7 +65,9 @@ export function createPolicy(opts: { manager_admin_only: boolean }) {
     { id: 'internal', prefix: ['internal'], access: 'admin', owner: 'comfy' },
     { id: 'free', prefix: ['free'], exact: true, methods: ['POST'], access: 'admin', owner: 'comfy' },
     { id: 'users-create', prefix: ['users'], exact: true, methods: ['POST'], access: 'admin', owner: 'comfy' },
-    { id: 'system-stats', prefix: ['system_stats'], access: 'admin', owner: 'comfy' },
+    // The real frontend and API clients read it at start-up: users get a redacted copy (isolation/systemStats.ts).
+    { id: 'system-stats', prefix: ['system_stats'], exact: true, methods: ['GET', 'HEAD'], access: 'user', owner: 'comfy' },
+    { id: 'system-stats-other', prefix: ['system_stats'], access: 'admin', owner: 'comfy' },
     // ComfyUI's assets API (`/api/assets…`, opt-in upstream) lists and serves every user's files and is not
     // isolated yet; the frontend bundle under `/assets/<file>` is not the API and stays open to users.
     { id: 'assets-api', prefix: ['assets'], apiOnly: true, access: 'admin', owner: 'comfy' },

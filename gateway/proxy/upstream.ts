@@ -18,6 +18,14 @@ export function createUpstream(base: string, opts: { timeoutMs?: number; maxBody
   const timeoutMs = opts.timeoutMs ?? 10_000;
   const maxBody = opts.maxBody ?? 256 * 1024 * 1024;
   let lastProbe = { at: 0, up: false };
+  // Whether the last call reached ComfyUI; listeners hear when that changes (server discovery re-learns on reconnect).
+  let reachable: boolean | null = null;
+  const listeners: ((up: boolean) => void)[] = [];
+  const reached = (up: boolean) => {
+    if (reachable === up) return;
+    reachable = up;
+    for (const l of listeners) l(up);
+  };
 
   function request(
     method: string,
@@ -40,12 +48,16 @@ export function createUpstream(base: string, opts: { timeoutMs?: number; maxBody
             }
             chunks.push(c);
           });
+          reached(true);
           res.on('end', () => resolve({ status: res.statusCode ?? 502, headers: res.headers, body: Buffer.concat(chunks) }));
           res.on('error', reject);
         },
       );
       req.on('timeout', () => req.destroy(new Error('upstream timeout')));
-      req.on('error', reject);
+      req.on('error', (e: NodeJS.ErrnoException) => {
+        if (e.code === 'ECONNREFUSED' || e.code === 'ECONNRESET' || e.code === 'EHOSTUNREACH' || e.code === 'ENOTFOUND') reached(false);
+        reject(e);
+      });
       req.end(init.body);
     });
   }
@@ -73,6 +85,10 @@ export function createUpstream(base: string, opts: { timeoutMs?: number; maxBody
       }
       lastProbe = { at: Date.now(), up };
       return up;
+    },
+    /** `listener(up)` whenever ComfyUI becomes reachable again (true) or stops answering (false). */
+    onReachability(listener: (up: boolean) => void): void {
+      listeners.push(listener);
     },
     close(): void {
       agent.destroy();

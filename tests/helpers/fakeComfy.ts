@@ -78,6 +78,14 @@ export interface FakeComfyOptions {
   users?: Record<string, string>;
   /** write dummy model files (fake_model.safetensors, ...) if missing; default true */
   seedModels?: boolean;
+  /**
+   * Behave like mid-2024 ComfyUI (commit 7914c47), as seen against the real server: a client-chosen prompt_id is
+   * ignored (the server makes its own), there are no /internal/* routes (404), /system_stats has no
+   * comfyui_version, argv or RAM, and a prompt's execution_start reaches its socket before POST /prompt is answered.
+   */
+  legacy?: boolean;
+  /** the argv /system_stats reports (newer servers only); default ['main.py', '--listen'(, '--multi-user')] */
+  argv?: string[];
 }
 
 export interface WsClientInfo {
@@ -849,6 +857,8 @@ class FakeComfyServer implements FakeComfy {
   promptDelayMs: number;
   maxUploadSize: number;
   multiUser: boolean;
+  legacy: boolean;
+  argv: string[] | null;
   freeRequests: any[] = [];
 
   private createdBaseDir: boolean;
@@ -883,6 +893,8 @@ class FakeComfyServer implements FakeComfy {
     this.promptDelayMs = opts.promptDelayMs ?? 50;
     this.maxUploadSize = opts.maxUploadSize ?? 1024 * 1024 * 1024;
     this.multiUser = opts.multiUser ?? true;
+    this.legacy = opts.legacy ?? false;
+    this.argv = opts.argv ?? null;
     this.wss = new WebSocketServer({ noServer: true, maxPayload: WS_MAX_PAYLOAD, perMessageDeflate: true, clientTracking: false });
     this.log('Starting fake ComfyUI server');
   }
@@ -1209,6 +1221,7 @@ class FakeComfyServer implements FakeComfy {
     for (const [cand, viaApi] of candidates) {
       for (const r of ROUTES) {
         if (viaApi && !r.apiTwin) continue;
+        if (this.legacy && r.path.startsWith('/internal/')) continue;
         const params = matchRoute(r, cand);
         if (!params) continue;
         allow.add(r.method);
@@ -1429,6 +1442,12 @@ class FakeComfyServer implements FakeComfy {
   }
 
   systemStats(): any {
+    if (this.legacy) {
+      return {
+        system: { os: 'posix', python_version: '3.11.9 (main) [GCC 12.2.0]', embedded_python: false },
+        devices: [{ name: 'cuda:0 fake', type: 'cuda', index: 0, vram_total: 25769803776, vram_free: 21474836480, torch_vram_total: 0, torch_vram_free: 0 }],
+      };
+    }
     return {
       system: {
         os: 'posix',
@@ -1439,7 +1458,7 @@ class FakeComfyServer implements FakeComfy {
         python_version: '3.11.9 (main) [GCC 12.2.0]',
         pytorch_version: '2.4.0+cu121',
         embedded_python: false,
-        argv: ['main.py', '--listen', ...(this.multiUser ? ['--multi-user'] : [])],
+        argv: this.argv ?? ['main.py', '--listen', ...(this.multiUser ? ['--multi-user'] : [])],
       },
       devices: [{ name: 'cuda:0 fake', type: 'cuda', index: 0, vram_total: 25769803776, vram_free: 21474836480, torch_vram_total: 0, torch_vram_free: 0 }],
     };
@@ -1695,16 +1714,23 @@ class FakeComfyServer implements FakeComfy {
     const extra: Record<string, any> = isObj(j.extra_data) ? JSON.parse(JSON.stringify(j.extra_data)) : {};
     if ('client_id' in j) extra.client_id = j.client_id;
     for (const k of SENSITIVE_EXTRA_DATA_KEYS) delete extra[k];
-    const promptId = j.prompt_id !== undefined && j.prompt_id !== null ? String(j.prompt_id) : uuid4();
+    const promptId = !this.legacy && j.prompt_id !== undefined && j.prompt_id !== null ? String(j.prompt_id) : uuid4();
     const entry = this.makeEntry(promptId, number, prompt, extra, v.outputs);
     // a client-chosen prompt_id that already exists replaces the stored entry (real: history is overwritten)
     const old = this.prompts.get(promptId);
     if (old && old.state === 'pending') this.pending = this.pending.filter((x) => x !== old);
     this.prompts.set(promptId, entry);
+    const startsNow = !this.running && this.pending.length === 0;
     this.pending.push(entry);
     this.log('got prompt');
     this.queueUpdated();
     setImmediate(() => this.kick());
+    if (this.legacy && startsNow) {
+      // The old server's executor thread starts the prompt while the answer is still on its way.
+      const deadline = Date.now() + 2000;
+      while (entry.state === 'pending' && this.running !== entry && Date.now() < deadline) await this.sleep(5);
+      await this.sleep(20);
+    }
     return this.json(c, { prompt_id: promptId, number, node_errors: {} });
   }
 

@@ -1,10 +1,13 @@
 import type { Audit } from '../../audit';
 import type { ResolvedConfig } from '../../config/load';
 import type { Logger } from '../../log';
+import type { ComfyServer } from '../comfyServer';
 import type { Upstream } from '../upstream';
 import type { ClientIds } from './clientIds';
 import type { ComfyUsers } from './comfyUsers';
 import type { Ledger } from './ledger';
+import type { UploadList } from './uploadList';
+import type { PromptIds } from './promptIds';
 import type { RunTracker } from './tracker';
 
 /** Everything the isolation interceptors share (built once by createIsolation). */
@@ -14,6 +17,8 @@ export interface IsolationContext {
   audit: Audit;
   upstream: Upstream;
   ledger: Ledger;
+  /** client (gateway) prompt ids <-> ComfyUI's */
+  promptIds: PromptIds;
   clientIds: ClientIds;
   tracker: RunTracker;
   comfyUsers: ComfyUsers;
@@ -22,4 +27,8 @@ export interface IsolationContext {
   cookieName: string;
   /** ComfyUI's input directory when the gateway can read it (lists each user's own files in /object_info) */
   inputDir: string | null;
+  /** what each user uploaded through the gateway (their dropdowns when inputDir is unknown) */
+  uploads: UploadList;
+  /** what the gateway learned about the server (null in unit set-ups) */
+  server: ComfyServer | null;
 }

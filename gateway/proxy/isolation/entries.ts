@@ -1,5 +1,6 @@
 import type { Ledger } from './ledger';
 import { isObj } from './http';
+import { clientPromptId } from './promptIds';
 
 /** extra_data keys that carry credentials (Comfy.org API nodes, and anything named like one). */
 const SECRET_KEY = /^(auth_token_comfy_org|api_key_comfy_org)$|(^|_)(auth_token|api_key|apikey|access_token|token|secret|password)(_|$)/i;
@@ -20,8 +21,9 @@ export function viewExtraData(extra: unknown, promptId: string, viewer: string, 
 /** A queue/history prompt tuple `[number, prompt_id, prompt, extra_data, outputs(, sensitive)]` fit for `viewer`. */
 export function viewPromptTuple(entry: unknown, viewer: string, ledger: Ledger): unknown {
   if (!Array.isArray(entry) || typeof entry[1] !== 'string') return entry;
-  const pid = entry[1];
+  const pid = clientPromptId(ledger, entry[1]);
   const out = entry.slice();
+  out[1] = pid;
   out[3] = viewExtraData(entry[3], pid, viewer, ledger);
   // Older ComfyUI versions keep the secrets in a sixth element.
   if (out.length > 5 && ledger.owner(pid) !== viewer) out.length = 5;

@@ -10,6 +10,7 @@ import {
 import { scanObject } from './jsonScan';
 import { LEDGER_MAX } from './ledger';
 import { filesOfOutputs } from './outputs';
+import { upstreamIdsInBody } from './promptIds';
 
 /** Up to this many own prompts, GET /history asks ComfyUI for each by id instead of reading everyone's history. */
 const PER_ID_MAX = 256;
@@ -74,7 +75,10 @@ export function historyInterceptors(iso: IsolationContext): Interceptor[] {
         const j = upstreamJson(up);
         if (!isObj(j)) return sendUpstream(req, res, up);
         const out: Record<string, unknown> = {};
-        for (const [id, e] of Object.entries(j)) out[id] = viewEntry(id, e, p.username);
+        for (const [upId, e] of Object.entries(j)) {
+          const id = iso.promptIds.toClient(upId);
+          out[id] = viewEntry(id, e, p.username);
+        }
         return sendJson(req, res, out, 200, up);
       }
       const maxItems = intParam(ctx.query, 'max_items');
@@ -89,14 +93,17 @@ export function historyInterceptors(iso: IsolationContext): Interceptor[] {
       if (candidates.length <= PER_ID_MAX) {
         // Few prompts of theirs among many: ask for each one (O(own) work here and upstream, not O(everyone)).
         const prefix = ctx.route.apiPrefixed ? '/api' : '';
-        const answers = await mapLimit(candidates, PER_ID_CONCURRENCY, (id) => callUpstream(iso.upstream, 'GET', `${prefix}/history/${encodeURIComponent(id)}`, headers));
+        const answers = await mapLimit(candidates, PER_ID_CONCURRENCY, (id) =>
+          callUpstream(iso.upstream, 'GET', `${prefix}/history/${encodeURIComponent(iso.promptIds.toUpstream(id))}`, headers),
+        );
         const failed = answers.find((a) => a.status !== 200);
         if (failed) return sendUpstream(req, res, failed);
         const present: [string, unknown][] = [];
         candidates.forEach((id, i) => {
           const j = upstreamJson(answers[i]);
-          if (isObj(j) && isObj(j[id])) {
-            present.push([id, j[id]]);
+          const upId = iso.promptIds.toUpstream(id);
+          if (isObj(j) && isObj(j[upId])) {
+            present.push([id, j[upId]]);
             done.add(id);
           } else if (done.delete(id)) gone.add(id); // was in the history, is no more: deleted or ComfyUI restarted
         });
@@ -111,10 +118,11 @@ export function historyInterceptors(iso: IsolationContext): Interceptor[] {
       if (up.status !== 200) return sendUpstream(req, res, up);
       const members = scanObject(up.body);
       if (!members) return sendJson(req, res, {}, 200, up);
-      const mine = members.filter((m) => iso.ledger.owner(m.key) === p.username);
+      const mine = members.filter((m) => iso.ledger.owner(iso.promptIds.toClient(m.key)) === p.username);
       const out: Record<string, unknown> = {};
       for (const m of slice(mine, maxItems, offset)) {
-        out[m.key] = viewEntry(m.key, JSON.parse(up.body.toString('utf8', m.start, m.end)), p.username);
+        const id = iso.promptIds.toClient(m.key);
+        out[id] = viewEntry(id, JSON.parse(up.body.toString('utf8', m.start, m.end)), p.username);
       }
       sendJson(req, res, out, 200, up);
     },
@@ -132,11 +140,15 @@ export function historyInterceptors(iso: IsolationContext): Interceptor[] {
         // Someone else's id gets exactly ComfyUI's answer for an id that does not exist.
         return sendUpstream(req, res, await callUpstream(iso.upstream, 'GET', sibling(ctx, missingId()) + cleanQuery(ctx), headers));
       }
-      const up = await callUpstream(iso.upstream, 'GET', upstreamUrl(ctx), headers);
+      const upId = iso.promptIds.toUpstream(id);
+      const up = await callUpstream(iso.upstream, 'GET', upId === id ? upstreamUrl(ctx) : sibling(ctx, upId) + cleanQuery(ctx), headers);
       const j = upstreamJson(up);
       if (!isObj(j)) return sendUpstream(req, res, up);
       const out: Record<string, unknown> = {};
-      for (const [k, e] of Object.entries(j)) out[k] = viewEntry(k, e, p.username);
+      for (const [k, e] of Object.entries(j)) {
+        const cid = iso.promptIds.toClient(k);
+        out[cid] = viewEntry(cid, e, p.username);
+      }
       sendJson(req, res, out, 200, up);
     },
   };
@@ -150,12 +162,12 @@ export function historyInterceptors(iso: IsolationContext): Interceptor[] {
       const raw = await readBody(req);
       const headers = headersFor(req, ctx);
       headers['content-type'] = 'application/json';
-      if (seesAll(p, iso.separate)) return sendUpstream(req, res, await callUpstream(iso.upstream, 'POST', upstreamUrl(ctx), headers, raw));
+      if (seesAll(p, iso.separate)) return sendUpstream(req, res, await callUpstream(iso.upstream, 'POST', upstreamUrl(ctx), headers, upstreamIdsInBody(raw, iso.promptIds)));
       const body = parseJsonObject(raw);
       if ('delete' in body && !Array.isArray(body.delete)) throw new AppError(400, 'INVALID_BODY', '`delete` must be a list of prompt ids');
       const ids = new Set<string>();
-      for (const id of (body.delete as unknown[] | undefined) ?? []) if (typeof id === 'string' && iso.ledger.owner(id) === p.username) ids.add(id);
-      if (body.clear) for (const id of iso.ledger.idsOf(p.username)) ids.add(id);
+      for (const id of (body.delete as unknown[] | undefined) ?? []) if (typeof id === 'string' && iso.ledger.owner(id) === p.username) ids.add(iso.promptIds.toUpstream(id));
+      if (body.clear) for (const id of iso.ledger.idsOf(p.username)) ids.add(iso.promptIds.toUpstream(id));
       sendUpstream(req, res, await callUpstream(iso.upstream, 'POST', upstreamUrl(ctx), headers, JSON.stringify({ delete: [...ids] })));
     },
   };

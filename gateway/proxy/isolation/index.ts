@@ -5,6 +5,7 @@ import type { Audit } from '../../audit';
 import type { ResolvedConfig } from '../../config/load';
 import { AppError } from '../../errors';
 import type { Logger } from '../../log';
+import type { ComfyServer } from '../comfyServer';
 import type { Upstream } from '../upstream';
 import type { WsHooks } from '../ws';
 import { createClientIds } from './clientIds';
@@ -16,9 +17,12 @@ import { createLedger, type Ledger } from './ledger';
 import { logsSubscribeInterceptor } from './logs';
 import { objectInfoInterceptor } from './objectInfo';
 import { promptInterceptor } from './prompt';
+import { createPromptIds } from './promptIds';
 import { queueInterceptors } from './queue';
+import { systemStatsInterceptor } from './systemStats';
 import { createRunTracker } from './tracker';
 import { uploadInterceptor } from './upload';
+import { createUploadList } from './uploadList';
 import { usersInterceptor } from './users';
 import { pathListingInterceptor, viewInterceptor } from './view';
 import { createIsolationWsHooks } from './ws';
@@ -55,16 +59,22 @@ export interface Isolation {
  * prompt gets a client_id (nothing broadcast), WebSocket frames of other users' prompts are dropped, and
  * extra_data secrets are shown only to their owner.
  */
-export function createIsolation(deps: { config: ResolvedConfig; logger: Logger; audit: Audit; upstream: Upstream }): Isolation {
+/** comfyui.input_dir (or base_dir/input) from the config, resolved against the config file's folder. */
+export function configuredInputDir(config: ResolvedConfig): string | null {
+  const base = config.configPath ? path.dirname(config.configPath) : process.cwd();
+  const dir = config.comfyui.input_dir ?? (config.comfyui.base_dir ? path.join(config.comfyui.base_dir, 'input') : null);
+  return dir ? path.resolve(base, dir) : null;
+}
+
+export function createIsolation(deps: { config: ResolvedConfig; logger: Logger; audit: Audit; upstream: Upstream; server?: ComfyServer }): Isolation {
   const { config, logger, upstream } = deps;
   const dataDir = config.paths.dataDir;
   fs.mkdirSync(dataDir, { recursive: true });
   const ledger = createLedger({ file: path.join(dataDir, 'prompt_ledger.json'), logger });
   const comfyUsers = createComfyUsers({ file: path.join(dataDir, 'comfy_users.json'), upstream, logger });
   const clientIds = createClientIds(path.join(dataDir, 'isolation.key'));
-  const tracker = createRunTracker({ upstream, ledger, logger });
-  const base = config.configPath ? path.dirname(config.configPath) : process.cwd();
-  const inputDir = config.comfyui.input_dir ?? (config.comfyui.base_dir ? path.join(config.comfyui.base_dir, 'input') : null);
+  const promptIds = createPromptIds({ ledger, logger, onLearned: (h) => deps.server?.notePromptId(h) });
+  const tracker = createRunTracker({ upstream, ledger, promptIds, logger });
 
   const iso: IsolationContext = {
     config,
@@ -72,13 +82,20 @@ export function createIsolation(deps: { config: ResolvedConfig; logger: Logger; 
     audit: deps.audit,
     upstream,
     ledger,
+    promptIds,
     clientIds,
     tracker,
     comfyUsers,
     separate: config.separate_users,
     cookieName: config.cookie.name,
-    inputDir: inputDir ? path.resolve(base, inputDir) : null,
+    inputDir: deps.server?.info?.inputDir ?? configuredInputDir(config),
+    server: deps.server ?? null,
+    uploads: createUploadList({ file: path.join(dataDir, 'uploads.json'), logger }),
   };
+  // What the server discovery learns (again on reconnect) replaces what was known.
+  deps.server?.onLearned((info) => {
+    if (info.inputDir) iso.inputDir = info.inputDir;
+  });
 
   const enrich: Gate = async (_req, ctx) => {
     const p = ctx.principal;
@@ -115,13 +132,15 @@ export function createIsolation(deps: { config: ResolvedConfig; logger: Logger; 
       objectInfoInterceptor(iso),
       usersInterceptor(iso),
       logsSubscribeInterceptor(iso),
+      systemStatsInterceptor(iso),
     ],
-    wsHooks: createIsolationWsHooks({ clientIds, ledger, tracker }),
+    wsHooks: createIsolationWsHooks({ clientIds, ledger, tracker, promptIds }),
     ensureComfyUser: (username) => comfyUsers.resolve(username),
     ledger,
     async close() {
       await ledger.close();
       await comfyUsers.flush();
+      await iso.uploads.flush();
     },
   };
 }

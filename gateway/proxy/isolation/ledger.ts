@@ -14,6 +14,8 @@ export interface PromptRecord {
   /** the client_id ComfyUI was given */
   upstreamClientId: string;
   files: FileRef[];
+  /** the id ComfyUI gave the prompt when it ignored ours (older servers make their own); absent when equal */
+  upstreamId?: string;
 }
 
 /** The persistent prompt-ownership ledger (DESIGN §7): bounded like ComfyUI's history, written atomically. */
@@ -22,6 +24,10 @@ export interface Ledger {
   remove(id: string): void;
   get(id: string): PromptRecord | undefined;
   owner(id: string): string | undefined;
+  /** records the id ComfyUI answered with for the gateway's prompt `id` (when it differs) */
+  setUpstreamId(id: string, upstreamId: string): void;
+  /** the gateway's id of a prompt ComfyUI knows as `upstreamId` (undefined when not mapped) */
+  byUpstreamId(upstreamId: string): string | undefined;
   /** the user's prompt ids, oldest first */
   idsOf(owner: string): string[];
   /** remembers files a prompt produced (from history outputs and `executed` events) */
@@ -38,7 +44,7 @@ export interface Ledger {
 export const LEDGER_MAX = 10_000;
 const MAX_FILES_PER_PROMPT = 512;
 
-type Row = [string, string, number, string, string, [string, string, string][]];
+type Row = [string, string, number, string, string, [string, string, string][], string?];
 
 /** Loads (or starts) the ledger kept in `file`; corrupt files are moved aside, never silently overwritten. */
 export function createLedger(deps: { file: string; logger: Logger; max?: number; flushDelayMs?: number }): Ledger {
@@ -47,6 +53,7 @@ export function createLedger(deps: { file: string; logger: Logger; max?: number;
   const byId = new Map<string, PromptRecord>();
   const byOwner = new Map<string, Set<string>>();
   const byFile = new Map<string, Set<string>>();
+  const byUpstream = new Map<string, string>();
   let dirty = false;
   let timer: NodeJS.Timeout | null = null;
   let writing: Promise<void> = Promise.resolve();
@@ -57,6 +64,7 @@ export function createLedger(deps: { file: string; logger: Logger; max?: number;
     if (!s) byOwner.set(r.owner, (s = new Set()));
     s.add(r.id);
     for (const f of r.files) indexFile(r.id, f);
+    if (r.upstreamId) byUpstream.set(r.upstreamId, r.id);
   }
   function indexFile(id: string, f: FileRef) {
     const k = fileKey(f);
@@ -68,6 +76,7 @@ export function createLedger(deps: { file: string; logger: Logger; max?: number;
     const s = byOwner.get(r.owner);
     s?.delete(r.id);
     if (s && !s.size) byOwner.delete(r.owner);
+    if (r.upstreamId && byUpstream.get(r.upstreamId) === r.id) byUpstream.delete(r.upstreamId);
     for (const f of r.files) {
       const k = fileKey(f);
       const fs_ = byFile.get(k);
@@ -102,7 +111,8 @@ export function createLedger(deps: { file: string; logger: Logger; max?: number;
       for (const f of Array.isArray(row[5]) ? row[5] : []) {
         if (Array.isArray(f) && isFileType(f[0]) && typeof f[1] === 'string' && typeof f[2] === 'string') files.push({ type: f[0], subfolder: f[1], filename: f[2] });
       }
-      insert({ id: row[0], owner: row[1], at: Number(row[2]) || 0, clientId: String(row[3] ?? ''), upstreamClientId: String(row[4] ?? ''), files });
+      const upstreamId = typeof row[6] === 'string' && row[6] ? row[6] : undefined;
+      insert({ id: row[0], owner: row[1], at: Number(row[2]) || 0, clientId: String(row[3] ?? ''), upstreamClientId: String(row[4] ?? ''), files, ...(upstreamId ? { upstreamId } : {}) });
     }
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'ENOENT') {
@@ -118,7 +128,11 @@ export function createLedger(deps: { file: string; logger: Logger; max?: number;
 
   function snapshot(): string {
     const rows: Row[] = [];
-    for (const r of byId.values()) rows.push([r.id, r.owner, r.at, r.clientId, r.upstreamClientId, r.files.map((f) => [f.type, f.subfolder, f.filename])]);
+    for (const r of byId.values()) {
+      const row: Row = [r.id, r.owner, r.at, r.clientId, r.upstreamClientId, r.files.map((f) => [f.type, f.subfolder, f.filename])];
+      if (r.upstreamId) row.push(r.upstreamId);
+      rows.push(row);
+    }
     return JSON.stringify({ version: 1, prompts: rows });
   }
   function write(): Promise<void> {
@@ -158,6 +172,15 @@ export function createLedger(deps: { file: string; logger: Logger; max?: number;
     },
     get: (id) => byId.get(id),
     owner: (id) => byId.get(id)?.owner,
+    setUpstreamId(id, upstreamId) {
+      const r = byId.get(id);
+      if (!r || upstreamId === id || r.upstreamId === upstreamId) return;
+      if (r.upstreamId && byUpstream.get(r.upstreamId) === id) byUpstream.delete(r.upstreamId);
+      r.upstreamId = upstreamId;
+      byUpstream.set(upstreamId, id);
+      changed();
+    },
+    byUpstreamId: (upstreamId) => byUpstream.get(upstreamId),
     idsOf(owner) {
       return [...(byOwner.get(owner) ?? [])];
     },

@@ -49,25 +49,8 @@ function ownFiles(inputDir: string, user: string): string[] {
 /** GET /object_info(/{class}): loader option lists show only the caller's own input files. */
 export function objectInfoInterceptor(iso: IsolationContext): Interceptor {
   const cache = new Map<string, { at: number; files: string[] }>();
-  // Unconfigured, ComfyUI's input folder is found next to its models folder when both run on this host
-  // (ComfyUI lists only top-level input files, so a user's uploads under input/<user>/ are added from disk).
-  let learnedAt = 0;
-  async function learnInputDir(): Promise<void> {
-    if (iso.inputDir || Date.now() - learnedAt < 60_000) return;
-    learnedAt = Date.now();
-    try {
-      const folders = await iso.upstream.json<Record<string, unknown>>('GET', '/internal/folder_paths', { timeoutMs: 2000 });
-      const entry = folders.checkpoints;
-      const first = Array.isArray(entry) ? (Array.isArray(entry[0]) ? entry[0][0] : entry[0]) : undefined;
-      if (typeof first !== 'string' || !path.isAbsolute(first)) return;
-      const candidate = path.join(path.dirname(path.dirname(first)), 'input');
-      if (fs.statSync(candidate).isDirectory()) iso.inputDir = candidate;
-    } catch {
-      /* not on this host, or ComfyUI unreachable: the option lists keep ComfyUI's own (filtered) entries */
-    }
-  }
   const filesOf = (user: string): string[] => {
-    if (!iso.inputDir) return [];
+    if (!iso.inputDir) return iso.uploads.of(user);
     const hit = cache.get(user);
     if (hit && Date.now() - hit.at < 2000) return hit.files;
     const files = ownFiles(iso.inputDir, user);
@@ -108,7 +91,6 @@ export function objectInfoInterceptor(iso: IsolationContext): Interceptor {
       const p = ctx.principal!;
       if (seesAll(p, iso.separate)) return forward();
       req.resume();
-      await learnInputDir();
       const up = await callUpstream(iso.upstream, 'GET', upstreamUrl(ctx), upstreamHeaders(req, ctx, iso.cookieName, iso.upstream));
       const j = upstreamJson(up);
       if (!isObj(j)) {

@@ -1,7 +1,7 @@
 import crypto from 'node:crypto';
 import type { Interceptor } from '../../app';
 import type { IsolationContext } from './context';
-import { callUpstream, isObj, parseJsonObject, readBody, seesAll, segs, sendUpstream, upstreamHeaders, upstreamUrl } from './http';
+import { callUpstream, isObj, parseJsonObject, readBody, seesAll, segs, sendJson, sendUpstream, upstreamHeaders, upstreamJson, upstreamUrl } from './http';
 import { isUnderUser, parseAnnotated, pathNotAllowed, splitUserPath, underUser, type FileType } from './paths';
 
 /** Inputs that name where a node saves: `filename_prefix` and its relatives (a saver's bare `prefix`: SaveLoRA). */
@@ -128,14 +128,27 @@ export function promptInterceptor(iso: IsolationContext): Interceptor {
       iso.ledger.add({ id: promptId, owner: p.username, clientId: cid, upstreamClientId: upstreamCid });
       const headers = upstreamHeaders(req, ctx, iso.cookieName, iso.upstream);
       headers['content-type'] = 'application/json';
+      // Events of this prompt may beat ComfyUI's answer to the socket: ws.ts holds them until this ends.
+      const settle = iso.promptIds.begin(upstreamCid);
       let up;
       try {
         up = await callUpstream(iso.upstream, 'POST', upstreamUrl(ctx), headers, JSON.stringify(body));
       } catch (e) {
         iso.ledger.remove(promptId);
+        settle();
         throw e;
       }
-      if (up.status !== 200) iso.ledger.remove(promptId);
+      if (up.status !== 200) {
+        iso.ledger.remove(promptId);
+        settle();
+        return sendUpstream(req, res, up);
+      }
+      const answer = upstreamJson(up);
+      const theirs = isObj(answer) ? answer.prompt_id : undefined;
+      if (typeof theirs === 'string' && theirs) iso.promptIds.answered(promptId, theirs);
+      settle();
+      // The client always sees the gateway's id, whatever ComfyUI called the prompt.
+      if (isObj(answer) && typeof theirs === 'string' && theirs !== promptId) return sendJson(req, res, { ...answer, prompt_id: promptId }, 200, up);
       sendUpstream(req, res, up);
     },
   };

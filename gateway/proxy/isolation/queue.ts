@@ -2,6 +2,7 @@ import type { Interceptor } from '../../app';
 import { AppError } from '../../errors';
 import type { IsolationContext } from './context';
 import { viewPromptTuple } from './entries';
+import { upstreamIdsInBody } from './promptIds';
 import { callUpstream, isObj, missingId, parseJsonObject, readBody, seesAll, segs, sendJson, sendUpstream, unexpectedAnswer, upstreamHeaders, upstreamJson, upstreamUrl } from './http';
 
 /** GET /queue shows the caller's prompts only (admins: all, others' secrets stripped). */
@@ -13,7 +14,7 @@ export function queueInterceptors(iso: IsolationContext): Interceptor[] {
     const headers = upstreamHeaders(req, ctx, iso.cookieName, iso.upstream);
     headers['content-type'] = 'application/json';
     if (!seesAll(ctx.principal!, iso.separate)) return { raw, headers };
-    sendUpstream(req, res, await callUpstream(iso.upstream, 'POST', upstreamUrl(ctx), headers, raw));
+    sendUpstream(req, res, await callUpstream(iso.upstream, 'POST', upstreamUrl(ctx), headers, upstreamIdsInBody(raw, iso.promptIds)));
     return null;
   }
 
@@ -30,7 +31,7 @@ export function queueInterceptors(iso: IsolationContext): Interceptor[] {
         if (up.status === 200 && !all) throw unexpectedAnswer();
         return sendUpstream(req, res, up);
       }
-      const keep = (e: unknown) => all || (Array.isArray(e) && iso.ledger.owner(e[1]) === p.username);
+      const keep = (e: unknown) => all || (Array.isArray(e) && typeof e[1] === 'string' && iso.ledger.owner(iso.promptIds.toClient(e[1])) === p.username);
       const out: Record<string, unknown> = { ...j };
       for (const k of ['queue_running', 'queue_pending']) {
         if (Array.isArray(j[k])) out[k] = j[k].filter(keep).map((e: unknown) => viewPromptTuple(e, p.username, iso.ledger));
@@ -51,11 +52,11 @@ export function queueInterceptors(iso: IsolationContext): Interceptor[] {
       const body = parseJsonObject(raw);
       if ('delete' in body && !Array.isArray(body.delete)) throw new AppError(400, 'INVALID_BODY', '`delete` must be a list of prompt ids');
       const ids = new Set<string>();
-      for (const id of (body.delete as unknown[] | undefined) ?? []) if (typeof id === 'string' && iso.ledger.owner(id) === p.username) ids.add(id);
+      for (const id of (body.delete as unknown[] | undefined) ?? []) if (typeof id === 'string' && iso.ledger.owner(id) === p.username) ids.add(iso.promptIds.toUpstream(id));
       if (body.clear) {
         const q = upstreamJson(await callUpstream(iso.upstream, 'GET', '/queue', headers));
         const pending = isObj(q) && Array.isArray(q.queue_pending) ? q.queue_pending : [];
-        for (const e of pending) if (Array.isArray(e) && typeof e[1] === 'string' && iso.ledger.owner(e[1]) === p.username) ids.add(e[1]);
+        for (const e of pending) if (Array.isArray(e) && typeof e[1] === 'string' && iso.ledger.owner(iso.promptIds.toClient(e[1])) === p.username) ids.add(e[1]);
       }
       // Always ask ComfyUI, even with nothing left to delete: its answer is the answer for a missing id.
       sendUpstream(req, res, await callUpstream(iso.upstream, 'POST', upstreamUrl(ctx), headers, JSON.stringify({ delete: [...ids] })));
@@ -79,11 +80,11 @@ export function queueInterceptors(iso: IsolationContext): Interceptor[] {
       }
       let target: string;
       if (typeof body.prompt_id === 'string' && body.prompt_id) {
-        target = iso.ledger.owner(body.prompt_id) === p.username ? body.prompt_id : missingId();
+        target = iso.ledger.owner(body.prompt_id) === p.username ? iso.promptIds.toUpstream(body.prompt_id) : missingId();
       } else {
         const q = upstreamJson(await callUpstream(iso.upstream, 'GET', '/queue', headers));
         const running = isObj(q) && Array.isArray(q.queue_running) ? q.queue_running : [];
-        const mine = running.find((e: unknown) => Array.isArray(e) && typeof e[1] === 'string' && iso.ledger.owner(e[1]) === p.username) as unknown[] | undefined;
+        const mine = running.find((e: unknown) => Array.isArray(e) && typeof e[1] === 'string' && iso.ledger.owner(iso.promptIds.toClient(e[1])) === p.username) as unknown[] | undefined;
         target = mine ? (mine[1] as string) : missingId();
       }
       sendUpstream(req, res, await callUpstream(iso.upstream, 'POST', upstreamUrl(ctx), headers, JSON.stringify({ prompt_id: target })));

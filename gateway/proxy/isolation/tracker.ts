@@ -1,6 +1,7 @@
 import type { Logger } from '../../log';
 import type { Upstream } from '../upstream';
 import type { Ledger } from './ledger';
+import type { PromptIds } from './promptIds';
 
 /** What the gateway believes ComfyUI is running right now. */
 export type RunState = { kind: 'unknown' } | { kind: 'idle' } | { kind: 'running'; promptId: string; owner: string | null };
@@ -27,7 +28,7 @@ export interface RunTracker {
 const TERMINAL = new Set(['execution_success', 'execution_error', 'execution_interrupted']);
 
 /** Builds the tracker over the ledger (owners) and ComfyUI's GET /queue. */
-export function createRunTracker(deps: { upstream: Upstream; ledger: Ledger; logger: Logger }): RunTracker {
+export function createRunTracker(deps: { upstream: Upstream; ledger: Ledger; promptIds: PromptIds; logger: Logger }): RunTracker {
   let state: RunState = { kind: 'unknown' };
   let version = 0;
   let inflight = false;
@@ -44,7 +45,7 @@ export function createRunTracker(deps: { upstream: Upstream; ledger: Ledger; log
       const q = await deps.upstream.json<{ queue_running?: unknown[] }>('GET', '/queue', { timeoutMs: 5000 });
       if (version === asked) {
         const first = Array.isArray(q.queue_running) ? q.queue_running[0] : undefined;
-        const pid = Array.isArray(first) && typeof first[1] === 'string' ? first[1] : null;
+        const pid = Array.isArray(first) && typeof first[1] === 'string' ? deps.promptIds.toClient(first[1]) : null;
         state = pid ? { kind: 'running', promptId: pid, owner: deps.ledger.owner(pid) ?? null } : { kind: 'idle' };
       }
     } catch (e) {

@@ -116,7 +116,15 @@ function streamUpstream(req: IncomingMessage, res: ServerResponse, ctx: RequestC
         h['x-content-type-options'] = 'nosniff';
         res.writeHead(upRes.statusCode ?? 502, h);
         upRes.pipe(res);
+        // Remember what the user uploaded (ComfyUI's small JSON answer names it), for their loader dropdowns.
+        const answer: Buffer[] = [];
+        let answerSize = 0;
+        upRes.on('data', (c: Buffer) => {
+          answerSize += c.length;
+          if (answerSize <= 64 * 1024) answer.push(c);
+        });
         upRes.on('end', () => {
+          if (upRes.statusCode === 200 && answerSize <= 64 * 1024 && ctx.principal) rememberUpload(iso, ctx.principal.username, Buffer.concat(answer));
           if (stopped) up?.destroy(); // its body was cut short: the connection cannot be reused
           resolve();
         });
@@ -146,4 +154,19 @@ function streamUpstream(req: IncomingMessage, res: ServerResponse, ctx: RequestC
     });
     req.pipe(rewriter);
   });
+}
+
+/** Records an upload ComfyUI accepted into the user's own input folder (`{name, subfolder, type}`). */
+function rememberUpload(iso: IsolationContext, user: string, body: Buffer): void {
+  let j: unknown;
+  try {
+    j = JSON.parse(body.toString('utf8'));
+  } catch {
+    return;
+  }
+  if (typeof j !== 'object' || j === null) return;
+  const { name, subfolder, type } = j as Record<string, unknown>;
+  if (typeof name !== 'string' || !name || (type !== undefined && type !== 'input')) return;
+  const full = typeof subfolder === 'string' && subfolder ? `${subfolder}/${name}` : name;
+  if (full.startsWith(`${user}/`)) iso.uploads.add(user, full);
 }

@@ -2,6 +2,7 @@ import type { WsHooks, WsSession } from '../ws';
 import type { ClientIds } from './clientIds';
 import type { Ledger } from './ledger';
 import { filesOfOutput } from './outputs';
+import type { PromptIds } from './promptIds';
 import type { RunTracker } from './tracker';
 
 /** JSON events without a prompt id that are never about a run (queue size, handshake, admin log stream). */
@@ -12,6 +13,10 @@ const ENDS = new Set(['execution_success', 'execution_error', 'execution_interru
 const PROGRESS_HEADS = [Buffer.from('{"type": "progress", '), Buffer.from('{"type":"progress",')];
 const PROMPT_ID_KEYS = [Buffer.from('"prompt_id": "'), Buffer.from('"prompt_id":"')];
 const PROMPT_ID = Buffer.from('"prompt_id"');
+/** Frames held per socket while its POST /prompt is unanswered, and for how long at most. */
+const HOLD_MAX = 512;
+const HOLD_MS = 15_000;
+const SAME: Pick<PromptIds, 'toClient' | 'inFlight' | 'onSettled'> = { toClient: (id) => id, inFlight: () => false, onSettled: () => undefined };
 
 /**
  * The prompt id of a `progress` frame (one per sampler step, the bulk of the traffic) without parsing it: its data
@@ -42,8 +47,42 @@ function progressPromptId(data: Buffer): string | null {
  * of its user's prompts: ComfyUI writes each socket in order, so this holds even when sockets of different users
  * deliver out of step. Custom events also pass while the queue is known to be idle.
  */
-export function createIsolationWsHooks(deps: { clientIds: ClientIds; ledger: Ledger; tracker: RunTracker }): WsHooks {
+export function createIsolationWsHooks(deps: { clientIds: ClientIds; ledger: Ledger; tracker: RunTracker; promptIds?: Pick<PromptIds, 'toClient' | 'inFlight' | 'onSettled'> }): WsHooks {
   const { clientIds, ledger, tracker } = deps;
+  const ids = deps.promptIds ?? SAME;
+  // Frames naming a prompt the ledger cannot place yet, held while that socket's POST /prompt is unanswered (older
+  // ComfyUI makes its own ids, and its execution_start can beat its answer to the gateway). Kept in order per socket.
+  const held = new Map<WsSession, { frames: { data: Buffer; isBinary: boolean }[]; timer: NodeJS.Timeout }>();
+  const mayHold = (s: WsSession) => !!s.upstreamClientId && ids.inFlight(s.upstreamClientId);
+  function hold(s: WsSession, data: Buffer, isBinary: boolean): null {
+    let h = held.get(s);
+    if (!h) {
+      const timer = setTimeout(() => release(s), HOLD_MS);
+      timer.unref();
+      held.set(s, (h = { frames: [], timer }));
+    }
+    if (h.frames.length < HOLD_MAX) h.frames.push({ data, isBinary });
+    return null;
+  }
+  // Re-decides the held frames now that the answer is in: the socket's own prompts go out, the rest is dropped.
+  function release(s: WsSession): void {
+    const h = held.get(s);
+    if (!h) return;
+    clearTimeout(h.timer);
+    held.delete(s);
+    for (const f of h.frames) {
+      const out = f.isBinary ? binary(s, f.data, false) : json(s, f.data, false);
+      if (out !== null && s.client && s.client.readyState === 1) s.client.send(out, { binary: f.isBinary });
+    }
+  }
+  ids.onSettled((cid) => {
+    for (const s of [...held.keys()]) if (s.upstreamClientId === cid && !ids.inFlight(cid)) release(s);
+  });
+  /** The owner of a prompt ComfyUI names, with the id the client knows it by. */
+  const place = (upstreamId: string) => {
+    const id = ids.toClient(upstreamId);
+    return { id, owner: ledger.owner(id) };
+  };
   // upstream id → the clientId we invented for a socket that asked for none (to answer its `status` sid).
   const invented = new Map<string, string>();
   // socket → the prompt of its user it is currently showing (from that socket's own events)
@@ -53,14 +92,16 @@ export function createIsolationWsHooks(deps: { clientIds: ClientIds; ledger: Led
     return (s.upstreamClientId ? invented.get(s.upstreamClientId) : undefined) ?? s.clientId ?? null;
   }
 
-  function json(s: WsSession, data: Buffer): Buffer | string | null {
+  function json(s: WsSession, data: Buffer, canHold = true): Buffer | string | null {
+    if (canHold && held.has(s)) return hold(s, data, false);
     const fast = progressPromptId(data);
     if (fast !== null) {
-      const owner = ledger.owner(fast);
+      const { id, owner } = place(fast);
+      if (!owner && canHold && mayHold(s)) return hold(s, data, false);
       if (!owner || owner !== s.principal.username) return null;
-      tracker.onPromptEvent('progress', fast, owner, {});
-      if (showing.get(s) !== fast) showing.set(s, fast);
-      return data;
+      tracker.onPromptEvent('progress', id, owner, {});
+      if (showing.get(s) !== id) showing.set(s, id);
+      return id === fast ? data : data.toString('utf8').replace(`"${fast}"`, JSON.stringify(id));
     }
     let msg: { type?: unknown; data?: unknown };
     try {
@@ -72,6 +113,7 @@ export function createIsolationWsHooks(deps: { clientIds: ClientIds; ledger: Led
     const type = typeof msg.type === 'string' ? msg.type : '';
     const d = msg.data && typeof msg.data === 'object' && !Array.isArray(msg.data) ? (msg.data as Record<string, unknown>) : null;
     if (type === 'status') {
+      // queue counts for everyone: never held behind a prompt's frames
       tracker.onStatus();
       if (d && 'sid' in d) {
         // ComfyUI names the upstream id; the browser must see the id it knows (it reuses it for prompts).
@@ -83,9 +125,10 @@ export function createIsolationWsHooks(deps: { clientIds: ClientIds; ledger: Led
       }
       return data;
     }
-    const pid = d?.prompt_id;
-    if (typeof pid === 'string') {
-      const owner = ledger.owner(pid);
+    const upstreamPid = d?.prompt_id;
+    if (typeof upstreamPid === 'string') {
+      const { id: pid, owner } = place(upstreamPid);
+      if (!owner && canHold && mayHold(s)) return hold(s, data, false);
       if (!owner || owner !== s.principal.username) {
         // Its own prompt left the ledger (evicted by newer ones): this socket no longer shows a run of its user's.
         if (showing.get(s) === pid) showing.delete(s);
@@ -96,14 +139,15 @@ export function createIsolationWsHooks(deps: { clientIds: ClientIds; ledger: Led
         if (showing.get(s) === pid) showing.delete(s);
       } else if (showing.get(s) !== pid) showing.set(s, pid);
       if (type === 'executed') ledger.addFiles(pid, filesOfOutput(d!.output));
-      return data;
+      return pid === upstreamPid ? data : JSON.stringify({ ...msg, data: { ...d, prompt_id: pid } });
     }
     if (ALWAYS.has(type)) return data;
     // No prompt id: it belongs to whatever is running (or to nobody's run when the queue is known idle).
     return showing.has(s) || tracker.idle() ? data : null;
   }
 
-  function binary(s: WsSession, data: Buffer): Buffer | null {
+  function binary(s: WsSession, data: Buffer, canHold = true): Buffer | null {
+    if (canHold && held.has(s)) return hold(s, data, true);
     if (data.length < 4) return null;
     const type = data.readUInt32BE(0);
     if (type === 4 && data.length >= 8) {
@@ -116,7 +160,17 @@ export function createIsolationWsHooks(deps: { clientIds: ClientIds; ledger: Led
         } catch {
           pid = undefined;
         }
-        if (typeof pid === 'string') return ledger.owner(pid) === s.principal.username ? data : null;
+        if (typeof pid === 'string') {
+          const placed = place(pid);
+          if (!placed.owner && canHold && mayHold(s)) return hold(s, data, true);
+          if (placed.owner !== s.principal.username) return null;
+          if (placed.id === pid) return data;
+          const meta = Buffer.from(JSON.stringify({ ...JSON.parse(data.toString('utf8', 8, 8 + len)), prompt_id: placed.id }));
+          const head = Buffer.alloc(8);
+          head.writeUInt32BE(4, 0);
+          head.writeUInt32BE(meta.length, 4);
+          return Buffer.concat([head, meta, data.subarray(8 + len)]);
+        }
       }
     }
     // Legacy previews (1), progress text (3, sent with no sid at all) and anything else: the running prompt's owner only.
@@ -139,6 +193,11 @@ export function createIsolationWsHooks(deps: { clientIds: ClientIds; ledger: Led
       return isBinary ? binary(s, data) : json(s, data);
     },
     onClose(s) {
+      const h = held.get(s);
+      if (h) {
+        clearTimeout(h.timer);
+        held.delete(s);
+      }
       if (s.upstreamClientId) invented.delete(s.upstreamClientId);
     },
   };
