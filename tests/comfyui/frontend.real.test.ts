@@ -15,10 +15,12 @@ jest.setTimeout(180_000);
 
 /**
  * Failed requests that are expected and handled (README "Real frontend"): the sign-in page's "am I signed in
- * already?" probe, and ComfyUI's own 404 for a user's node-templates file before they saved any template.
+ * already?" probe, and ComfyUI's own 404s for a user's files that do not exist yet (the workflow favourites index
+ * until a favourite is set, the node-templates file until a template is saved).
  */
 const DOCUMENTED: { status: number; path: RegExp }[] = [
   { status: 401, path: /^\/gateway\/api\/me$/ },
+  { status: 404, path: /^\/userdata\/workflows%2F\.index\.json$/ },
   { status: 404, path: /^\/userdata\/comfy\.templates\.json$/ },
 ];
 const undocumented = (failed: FailedRequest[]) => failed.filter((f) => !DOCUMENTED.some((d) => d.status === f.status && d.path.test(f.path)));
