@@ -8,8 +8,8 @@ import { CallWrapper, ComfyApi, PromptBuilder } from '@saintno/comfyui-sdk';
 import { Client, Plugin, plugins, type WorkflowOutput } from '@stable-canvas/comfyui-client';
 import WebSocket from 'ws';
 import { TEST_KEY } from '../helpers/gateway';
-import { createPeople, personalToken, pngSize, until, type People } from './people';
-import { emptyImageWorkflow, TREES, useRealStack, type Tree } from './realComfy';
+import { createPeople, personalToken, pngSize, SERVERS, until, type People } from './people';
+import { emptyImageWorkflow, useRealStack } from './realComfy';
 
 jest.setTimeout(180_000);
 
@@ -33,8 +33,8 @@ function wsWithHeaders(headers: Record<string, string>): typeof WebSocket {
   } as unknown as typeof WebSocket;
 }
 
-describe.each(TREES)('npm clients through the gateway on ComfyUI %s', (tree: Tree) => {
-  const stack = useRealStack(tree, { args: ['--multi-user'] });
+describe.each(SERVERS)('npm clients through the gateway on ComfyUI $label', ({ tree, args }) => {
+  const stack = useRealStack(tree, { args });
   let people: People;
   const cred: Record<Who, string> = { user: '', 'static key': TEST_KEY };
 

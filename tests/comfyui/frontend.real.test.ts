@@ -7,8 +7,8 @@
 import type { Browser } from 'playwright-core';
 import { launchBrowser } from '../helpers/browser';
 import { TEST_KEY } from '../helpers/gateway';
-import { createPeople, until, type People } from './people';
-import { TREES, useRealStack, type Tree } from './realComfy';
+import { createPeople, SERVERS, until, type People } from './people';
+import { useRealStack } from './realComfy';
 import { buildEmptyImageGraph, nodeImages, openSession, panelEntries, signInToComfy, waitForApp, type FailedRequest, type UiSession } from './ui';
 
 jest.setTimeout(180_000);
@@ -25,14 +25,14 @@ const DOCUMENTED: { status: number; path: RegExp }[] = [
 ];
 const undocumented = (failed: FailedRequest[]) => failed.filter((f) => !DOCUMENTED.some((d) => d.status === f.status && d.path.test(f.path)));
 
-describe.each(TREES)('real frontend through the gateway on ComfyUI %s', (tree: Tree) => {
-  const stack = useRealStack(tree, { args: ['--multi-user'] });
+describe.each(SERVERS)('real frontend through the gateway on ComfyUI $label', ({ label, tree, args }) => {
+  const stack = useRealStack(tree, { args });
   let browser: Browser;
   let people: People;
   let alice: UiSession;
   let bob: UiSession;
   let aliceNumbers: number[] = [];
-  const server = `${tree}`;
+  const server = label;
   /** the queue as ComfyUI itself sees it (the static key is an admin) */
   const adminQueue = async () =>
     (await (await fetch(`${stack.gw.url}/queue`, { headers: { 'X-API-Key': TEST_KEY } })).json()) as { queue_running: unknown[][]; queue_pending: unknown[][] };

@@ -5,6 +5,13 @@
 import crypto from 'node:crypto';
 import { login, PW, registerFirstAdmin, registerUser } from '../helpers/auth';
 import type { TestGateway } from '../helpers/gateway';
+import { TREES, type Tree } from './realComfy';
+
+/** Every real server the client tests drive: each tree as started by default, and with `--multi-user`. */
+export const SERVERS: { label: string; tree: Tree; args: string[] }[] = TREES.flatMap((tree) => [
+  { label: tree, tree, args: [] },
+  { label: `${tree}-multi-user`, tree, args: ['--multi-user'] },
+]);
 
 /** The two normal users of a run and their passwords. */
 export interface People {

@@ -30,7 +30,8 @@ export function shotDir(server: string): string {
   return dir;
 }
 
-let shotCounter = 0;
+/** screenshots taken so far, per server folder, for their NN- prefix */
+const shotCounters = new Map<string, number>();
 
 /** A fresh profile whose requests to `gatewayUrl` are watched; nothing may leave for another host. */
 export async function openSession(browser: Browser, gatewayUrl: string, server: string, who: string): Promise<UiSession> {
@@ -51,7 +52,9 @@ export async function openSession(browser: Browser, gatewayUrl: string, server: 
     failed,
     errors,
     async shot(name) {
-      const file = path.join(dir, `${String(++shotCounter).padStart(2, '0')}-${who}-${name}.png`);
+      const n = (shotCounters.get(dir) ?? 0) + 1;
+      shotCounters.set(dir, n);
+      const file = path.join(dir, `${String(n).padStart(2, '0')}-${who}-${name}.png`);
       await page.screenshot({ path: file });
       return file;
     },
