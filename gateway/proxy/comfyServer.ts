@@ -168,8 +168,9 @@ export function createComfyServer(deps: { upstream: Upstream; logger: Logger; up
   }
 
   upstream.onReachability((up) => {
-    if (up) void learn();
-    else scheduleRetry();
+    if (up) return void learn();
+    lastAt = 0; // whatever answers next may be another server: ask again
+    scheduleRetry();
   });
 
   return {

@@ -20,6 +20,9 @@
  *    `execution_interrupted` is broadcast when there is no client_id; `status` is always broadcast;
  *  - SaveImage counter / subfolder logic follows folder_paths.get_save_image_path; PNGs carry tEXt `prompt`
  *    and extra_pnginfo (`workflow`) metadata like the real SaveImage.
+ *  - `legacy: true` is mid-2024 ComfyUI (7914c47) as the conformance suite saw it: its own prompt ids, no
+ *    /internal/*, no version/argv in /system_stats, execution_start before the POST /prompt answer, and a
+ *    userdata save/move without `?overwrite` is a 500; without --multi-user every request uses the `default` user;
  * Deliberately STRICTER than real ComfyUI:
  *  - any node validation error rejects the whole prompt (real only rejects when no output is valid);
  *  - SaveImage prefixes escaping the output dir are rejected at POST /prompt (real fails at execution);
@@ -1458,7 +1461,7 @@ class FakeComfyServer implements FakeComfy {
         python_version: '3.11.9 (main) [GCC 12.2.0]',
         pytorch_version: '2.4.0+cu121',
         embedded_python: false,
-        argv: this.argv ?? ['main.py', '--listen', ...(this.multiUser ? ['--multi-user'] : [])],
+        argv: this.argv ?? ['main.py', '--listen', '127.0.0.1', ...(this.multiUser ? ['--multi-user'] : [])],
       },
       devices: [{ name: 'cuda:0 fake', type: 'cuda', index: 0, vram_total: 25769803776, vram_free: 21474836480, torch_vram_total: 0, torch_vram_free: 0 }],
     };
@@ -2460,6 +2463,8 @@ class FakeComfyServer implements FakeComfy {
   async postUserdata(c: Ctx): Promise<void> {
     const p = this.userDataPath(c, false);
     if (!p) return;
+    // 7914c47 reads request.query["overwrite"] without a default: a save or move without it is a 500 there.
+    if (this.legacy && c.query.get('overwrite') === null) return this.sendText(c, 500, '500 Internal Server Error\n\nServer got itself in trouble');
     const overwrite = (c.query.get('overwrite') ?? 'true') !== 'false';
     const fullInfo = (c.query.get('full_info') ?? 'false').toLowerCase() === 'true';
     if (!overwrite && fs.existsSync(p)) return this.sendText(c, 409, 'File already exists');
@@ -2491,6 +2496,8 @@ class FakeComfyServer implements FakeComfy {
     if (!src) return;
     const dest = this.userDataPath(c, false, 'dest');
     if (!dest) return;
+    // 7914c47 reads request.query["overwrite"] without a default: a save or move without it is a 500 there.
+    if (this.legacy && c.query.get('overwrite') === null) return this.sendText(c, 500, '500 Internal Server Error\n\nServer got itself in trouble');
     const overwrite = (c.query.get('overwrite') ?? 'true') !== 'false';
     const fullInfo = (c.query.get('full_info') ?? 'false').toLowerCase() === 'true';
     if (!overwrite && fs.existsSync(dest)) return this.sendText(c, 409, 'File already exists');

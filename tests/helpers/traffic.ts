@@ -1,7 +1,7 @@
 import type { FakeComfy, RecordedRequest } from './fakeComfy';
 
 /**
- * The gateway's own calls to ComfyUI, made on nobody's request: learning model folders, provisioning ComfyUI
+ * The gateway's own calls to ComfyUI, made on nobody's request: learning model folders and the server (discovery), provisioning ComfyUI
  * users, health probes. They never carry X-Forwarded-For (every forwarded client request does).
  */
 export function isGatewayOwnCall(r: RecordedRequest): boolean {
@@ -9,7 +9,8 @@ export function isGatewayOwnCall(r: RecordedRequest): boolean {
   return (
     (r.method === 'GET' && r.rawPath === '/internal/folder_paths') ||
     ((r.method === 'GET' || r.method === 'POST') && r.rawPath === '/users') ||
-    (r.method === 'GET' && r.rawPath === '/prompt')
+    (r.method === 'GET' && r.rawPath === '/prompt') ||
+    (r.method === 'GET' && r.rawPath === '/system_stats') // server discovery
   );
 }
 

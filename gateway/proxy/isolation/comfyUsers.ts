@@ -68,7 +68,7 @@ export function createComfyUsers(deps: { file: string; upstream: Upstream; logge
     multiUser = false;
     if (!warned) {
       warned = true;
-      deps.logger.warn('ComfyUI runs without --multi-user: it ignores comfy-user, so saved workflows and settings are shared by everyone');
+      deps.logger.warn('ComfyUI runs without --multi-user: it ignores comfy-user, so the gateway keeps each user\'s workflows and settings apart itself (under gateway-users/<user>/ of its one user folder; with separate_users off they are shared)');
     }
     verified.add(username);
     return SINGLE_USER;

@@ -23,6 +23,7 @@ import { systemStatsInterceptor } from './systemStats';
 import { createRunTracker } from './tracker';
 import { uploadInterceptor } from './upload';
 import { createUploadList } from './uploadList';
+import { userdataInterceptors } from './userdata';
 import { usersInterceptor } from './users';
 import { pathListingInterceptor, viewInterceptor } from './view';
 import { createIsolationWsHooks } from './ws';
@@ -131,6 +132,7 @@ export function createIsolation(deps: { config: ResolvedConfig; logger: Logger; 
       uploadInterceptor(iso),
       objectInfoInterceptor(iso),
       usersInterceptor(iso),
+      ...userdataInterceptors(iso),
       logsSubscribeInterceptor(iso),
       systemStatsInterceptor(iso),
     ],
