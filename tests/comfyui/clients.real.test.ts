@@ -8,7 +8,7 @@ import { CallWrapper, ComfyApi, PromptBuilder } from '@saintno/comfyui-sdk';
 import { Client, Plugin, plugins, type WorkflowOutput } from '@stable-canvas/comfyui-client';
 import WebSocket from 'ws';
 import { TEST_KEY } from '../helpers/gateway';
-import { createPeople, personalToken, pngSize, SERVERS, until, type People } from './people';
+import { createPeople, personalToken, pngSize, removeUserFolders, SERVERS, until, type People } from './people';
 import { emptyImageWorkflow, useRealStack } from './realComfy';
 
 jest.setTimeout(180_000);
@@ -42,6 +42,7 @@ describe.each(SERVERS)('npm clients through the gateway on ComfyUI $label', ({ t
     people = await createPeople(stack.gw);
     cred.user = await personalToken(stack.gw, people.alice);
   }, 120_000);
+  afterAll(() => removeUserFolders(stack.comfy, people));
 
   /** Fetches `url` (with `headers`) and checks it is the 64x64 PNG the workflow made. */
   async function expectImage(url: string, headers: Record<string, string> = {}): Promise<void> {

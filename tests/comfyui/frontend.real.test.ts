@@ -7,7 +7,7 @@
 import type { Browser } from 'playwright-core';
 import { launchBrowser } from '../helpers/browser';
 import { TEST_KEY } from '../helpers/gateway';
-import { createPeople, SERVERS, until, type People } from './people';
+import { createPeople, removeUserFolders, SERVERS, until, type People } from './people';
 import { useRealStack } from './realComfy';
 import { buildEmptyImageGraph, nodeImages, openSession, panelEntries, signInToComfy, waitForApp, type FailedRequest, type UiSession } from './ui';
 
@@ -43,6 +43,7 @@ describe.each(SERVERS)('real frontend through the gateway on ComfyUI $label', ({
   }, 120_000);
   afterAll(async () => {
     await browser?.close();
+    removeUserFolders(stack.comfy, people);
   });
 
   test('a normal user signs in at /login and the UI loads with no undocumented 4xx/5xx', async () => {
@@ -149,6 +150,8 @@ describe.each(SERVERS)('real frontend through the gateway on ComfyUI $label', ({
     expect(again!.status()).toBe(200);
     expect(alice.page.url()).toBe(stack.gw.url + '/login?next=%2F');
     expect((await alice.ctx.cookies()).filter((c) => c.name === 'jwt_token')).toEqual([]);
+    expect(alice.errors).toEqual([]);
+    expect(bob.errors).toEqual([]);
     await alice.ctx.close();
     await bob.ctx.close();
   });

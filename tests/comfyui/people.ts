@@ -3,9 +3,11 @@
  * 7914c47 keeps one user folder for every run), a personal token for a user, and waiting with deadlines.
  */
 import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
 import { login, PW, registerFirstAdmin, registerUser } from '../helpers/auth';
 import type { TestGateway } from '../helpers/gateway';
-import { TREES, type Tree } from './realComfy';
+import { TREES, type RealComfy, type Tree } from './realComfy';
 
 /** Every real server the client tests drive: each tree as started by default, and with `--multi-user`. */
 export const SERVERS: { label: string; tree: Tree; args: string[] }[] = TREES.flatMap((tree) => [
@@ -57,4 +59,19 @@ export async function until<T>(what: string, probe: () => Promise<T | undefined>
 export function pngSize(buf: Buffer): { width: number; height: number } {
   if (buf.length < 24 || buf.readUInt32BE(0) !== 0x89504e47) throw new Error(`not a PNG (${buf.length} bytes)`);
   return { width: buf.readUInt32BE(16), height: buf.readUInt32BE(20) };
+}
+
+/**
+ * Removes what the run's users saved from the server's user folder: 7914c47 keeps one folder for every run
+ * (`default/gateway-users/<name>` without --multi-user, `<name>_<uuid>` with it). users.json is left alone: other
+ * runs may be writing it.
+ */
+export function removeUserFolders(comfy: RealComfy, people: People | undefined): void {
+  if (!people || !fs.existsSync(comfy.userDir)) return;
+  for (const name of [people.alice, people.bob]) {
+    fs.rmSync(path.join(comfy.userDir, 'default', 'gateway-users', name), { recursive: true, force: true });
+    for (const entry of fs.readdirSync(comfy.userDir)) {
+      if (entry.startsWith(`${name}_`)) fs.rmSync(path.join(comfy.userDir, entry), { recursive: true, force: true });
+    }
+  }
 }
