@@ -20,7 +20,11 @@ type Who = 'user' | 'static key';
 class HeadersPlugin extends Plugin {
   constructor(headers: Record<string, string>) {
     super();
-    this.addHook({ type: 'function', name: 'apiHeaders', fn: (orig: (...a: unknown[]) => object, ...args: unknown[]) => ({ ...orig(...args), ...headers }) } as never);
+    this.addHook({
+      type: 'function',
+      name: 'apiHeaders',
+      fn: (orig: (...a: unknown[]) => object, ...args: unknown[]) => ({ ...orig(...args), ...headers }),
+    } as never);
   }
 }
 
@@ -57,20 +61,25 @@ describe.each(SERVERS)('npm clients through the gateway on ComfyUI $label', ({ t
       const problems: string[] = [];
       let connected = false;
       api.on('connected', () => (connected = true));
-      for (const ev of ['auth_error', 'connection_error', 'queue_error', 'reconnection_failed'] as const) api.on(ev as never, () => problems.push(ev));
+      for (const ev of ['auth_error', 'connection_error', 'queue_error', 'reconnection_failed'] as const)
+        api.on(ev as never, () => problems.push(ev));
       try {
         await api.init(3, 500).waitForReady();
         // What the sdk reads at start-up (its pullOsType crashes on a refusal): /system_stats with an OS.
         const stats = await api.getSystemStats();
         expect(typeof stats.system.os).toBe('string');
-        await until('the sdk\'s WebSocket', () => (connected ? true : undefined));
+        await until("the sdk's WebSocket", () => (connected ? true : undefined));
 
-        const wf = new PromptBuilder<string, 'images', Record<string, any>>(emptyImageWorkflow(`saintno-${who.replace(' ', '-')}`) as never, [], ['images']).setOutputNode('images', '2');
+        const wf = new PromptBuilder<string, 'images', Record<string, any>>(
+          emptyImageWorkflow(`saintno-${who.replace(' ', '-')}`) as never,
+          [],
+          ['images'],
+        ).setOutputNode('images', '2');
         let failure: unknown;
         // run() never settles when the sdk misses its prompt's events; give it a deadline.
         const out = await Promise.race([
           new CallWrapper(api, wf).onFailed((e) => (failure = e)).run(),
-          new Promise((_, reject) => setTimeout(() => reject(new Error('the sdk\'s run() did not finish within 60 s')), 60_000).unref()),
+          new Promise((_, reject) => setTimeout(() => reject(new Error("the sdk's run() did not finish within 60 s")), 60_000).unref()),
         ]);
         expect(failure).toBeUndefined();
         expect(out).toBeTruthy();
@@ -92,13 +101,19 @@ describe.each(SERVERS)('npm clients through the gateway on ComfyUI $label', ({ t
 
     test('@stable-canvas/comfyui-client with custom headers: connects, enqueues over WebSocket, fetches the image', async () => {
       const headers: Record<string, string> = who === 'user' ? { Authorization: `Bearer ${cred[who]}` } : { 'X-API-Key': cred[who] };
-      const client = new Client({ api_host: new URL(stack.gw.url).host, WebSocket: wsWithHeaders(headers), clientId: `sc-h-${who.replace(' ', '-')}` });
+      const client = new Client({
+        api_host: new URL(stack.gw.url).host,
+        WebSocket: wsWithHeaders(headers),
+        clientId: `sc-h-${who.replace(' ', '-')}`,
+      });
       client.use(new HeadersPlugin(headers) as never);
       try {
         await expect(client.connect({ websocket: { enabled: true }, timeout_ms: 30_000 })).resolves.toBe(true);
         const stats = await client.getSystemStats();
         expect(typeof stats.system.os).toBe('string');
-        const out = (await client.enqueue(emptyImageWorkflow(`sc-headers-${who.replace(' ', '-')}`), { timeout_ms: 60_000 })) as WorkflowOutput;
+        const out = (await client.enqueue(emptyImageWorkflow(`sc-headers-${who.replace(' ', '-')}`), {
+          timeout_ms: 60_000,
+        })) as WorkflowOutput;
         expect(out.images).toHaveLength(1);
         expect(out.images[0].type).toBe('url');
         const url = out.images[0].data as string;
@@ -118,7 +133,9 @@ describe.each(SERVERS)('npm clients through the gateway on ComfyUI $label', ({ t
       client.use(new plugins.LoginAuthPlugin({ token: cred[who] }));
       try {
         await expect(client.connect({ websocket: { enabled: true }, timeout_ms: 30_000 })).resolves.toBe(true);
-        const out = (await client.enqueue(emptyImageWorkflow(`sc-token-${who.replace(' ', '-')}`), { timeout_ms: 60_000 })) as WorkflowOutput;
+        const out = (await client.enqueue(emptyImageWorkflow(`sc-token-${who.replace(' ', '-')}`), {
+          timeout_ms: 60_000,
+        })) as WorkflowOutput;
         expect(out.images).toHaveLength(1);
         const url = out.images[0].data as string;
         expect((await fetch(url)).status).toBe(401);

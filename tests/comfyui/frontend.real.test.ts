@@ -9,7 +9,16 @@ import { launchBrowser } from '../helpers/browser';
 import { TEST_KEY } from '../helpers/gateway';
 import { createPeople, removeUserFolders, SERVERS, until, type People } from './people';
 import { useRealStack } from './realComfy';
-import { buildEmptyImageGraph, nodeImages, openSession, panelEntries, signInToComfy, waitForApp, type FailedRequest, type UiSession } from './ui';
+import {
+  buildEmptyImageGraph,
+  nodeImages,
+  openSession,
+  panelEntries,
+  signInToComfy,
+  waitForApp,
+  type FailedRequest,
+  type UiSession,
+} from './ui';
 
 jest.setTimeout(180_000);
 
@@ -23,7 +32,8 @@ const DOCUMENTED: { status: number; path: RegExp }[] = [
   { status: 404, path: /^\/userdata\/workflows%2F\.index\.json$/ },
   { status: 404, path: /^\/userdata\/comfy\.templates\.json$/ },
 ];
-const undocumented = (failed: FailedRequest[]) => failed.filter((f) => !DOCUMENTED.some((d) => d.status === f.status && d.path.test(f.path)));
+const undocumented = (failed: FailedRequest[]) =>
+  failed.filter((f) => !DOCUMENTED.some((d) => d.status === f.status && d.path.test(f.path)));
 
 describe.each(SERVERS)('real frontend through the gateway on ComfyUI $label', ({ label, tree, args }) => {
   const stack = useRealStack(tree, { args });
@@ -35,7 +45,10 @@ describe.each(SERVERS)('real frontend through the gateway on ComfyUI $label', ({
   const server = label;
   /** the queue as ComfyUI itself sees it (the static key is an admin) */
   const adminQueue = async () =>
-    (await (await fetch(`${stack.gw.url}/queue`, { headers: { 'X-API-Key': TEST_KEY } })).json()) as { queue_running: unknown[][]; queue_pending: unknown[][] };
+    (await (await fetch(`${stack.gw.url}/queue`, { headers: { 'X-API-Key': TEST_KEY } })).json()) as {
+      queue_running: unknown[][];
+      queue_pending: unknown[][];
+    };
 
   beforeAll(async () => {
     browser = await launchBrowser();
@@ -74,29 +87,34 @@ describe.each(SERVERS)('real frontend through the gateway on ComfyUI $label', ({
     expect(undocumented(alice.failed)).toEqual([]);
   });
 
-  test('the history and queue panels show only the user\'s own runs while another user queues too', async () => {
+  test("the history and queue panels show only the user's own runs while another user queues too", async () => {
     bob = await openSession(browser, stack.gw.url, server, 'bob');
     await signInToComfy(bob, stack.gw.url, people.bob, people.password);
     // Bob's run is big enough to still be running while Alice's waits behind it and she opens her queue panel.
     await buildEmptyImageGraph(bob.page, { width: 4096, height: 4096, batch: 3, color: 0xcc3333, prefix: 'ui-bob' });
     await bob.page.click('#queue-button');
-    const bobRunning = await until('bob\'s run to start', async () => {
+    const bobRunning = await until("bob's run to start", async () => {
       const q = await adminQueue();
       return q.queue_running.length > 0 ? (q.queue_running[0][1] as string) : undefined;
     });
     const saveId = await buildEmptyImageGraph(alice.page, { width: 64, height: 64, batch: 1, color: 0x33cc66, prefix: 'ui-alice2' });
     await alice.page.click('#queue-button');
-    await until('alice\'s second run to be pending', async () => ((await adminQueue()).queue_pending.length > 0 ? true : undefined));
+    await until("alice's second run to be pending", async () => ((await adminQueue()).queue_pending.length > 0 ? true : undefined));
 
     const queue = await panelEntries(alice.page, 'queue');
     await alice.shot('queue-panel');
     const stillRunning = (await adminQueue()).queue_running.map((e) => e[1]);
-    if (!stillRunning.includes(bobRunning)) throw new Error('bob\'s run finished before alice\'s queue panel was read: the check proved nothing');
+    if (!stillRunning.includes(bobRunning))
+      throw new Error("bob's run finished before alice's queue panel was read: the check proved nothing");
     expect(queue.Running).toEqual([]);
     expect(queue.Pending).toHaveLength(1);
 
-    await until('alice\'s second image', async () => ((await nodeImages(alice.page, saveId)).some((i) => i.width === 64) ? true : undefined), 120_000);
-    await until('bob\'s run to finish', async () => ((await adminQueue()).queue_running.length === 0 ? true : undefined), 120_000);
+    await until(
+      "alice's second image",
+      async () => ((await nodeImages(alice.page, saveId)).some((i) => i.width === 64) ? true : undefined),
+      120_000,
+    );
+    await until("bob's run to finish", async () => ((await adminQueue()).queue_running.length === 0 ? true : undefined), 120_000);
 
     const history = await panelEntries(alice.page, 'history');
     const bobHistory = await panelEntries(bob.page, 'history');

@@ -36,7 +36,10 @@ const shotCounters = new Map<string, number>();
 /** A fresh profile whose requests to `gatewayUrl` are watched; nothing may leave for another host. */
 export async function openSession(browser: Browser, gatewayUrl: string, server: string, who: string): Promise<UiSession> {
   const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
-  await ctx.route((url) => !url.href.startsWith(gatewayUrl), (route) => route.abort());
+  await ctx.route(
+    (url) => !url.href.startsWith(gatewayUrl),
+    (route) => route.abort(),
+  );
   const page = await ctx.newPage();
   const failed: FailedRequest[] = [];
   const errors: string[] = [];
@@ -75,16 +78,23 @@ export async function signInToComfy(s: UiSession, gatewayUrl: string, username: 
 
 /** Waits for the legacy frontend's `window.app` (set after `app.setup()` resolved) and its node definitions. */
 export async function waitForApp(page: Page): Promise<void> {
-  await page.waitForFunction("window.app && window.app.graph && window.LiteGraph && window.LiteGraph.registered_node_types['SaveImage']", null, {
-    timeout: 60_000,
-  });
+  await page.waitForFunction(
+    "window.app && window.app.graph && window.LiteGraph && window.LiteGraph.registered_node_types['SaveImage']",
+    null,
+    {
+      timeout: 60_000,
+    },
+  );
 }
 
 /**
  * Replaces the graph with EmptyImage -> SaveImage built through LiteGraph (as a user dragging nodes would),
  * and returns the SaveImage node's id. Strings, not functions: the tests are type-checked without the DOM library.
  */
-export async function buildEmptyImageGraph(page: Page, o: { width: number; height: number; batch: number; color: number; prefix: string }): Promise<number> {
+export async function buildEmptyImageGraph(
+  page: Page,
+  o: { width: number; height: number; batch: number; color: number; prefix: string },
+): Promise<number> {
   return page.evaluate(`(() => {
     const o = ${JSON.stringify(o)};
     app.graph.clear();
