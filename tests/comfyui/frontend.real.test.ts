@@ -111,10 +111,18 @@ describe.each(SERVERS)('real frontend through the gateway on ComfyUI $label', ({
 
     await until(
       "alice's second image",
-      async () => ((await nodeImages(alice.page, saveId)).some((i) => i.width === 64) ? true : undefined),
+      // the UI keeps outputs per node id, so the new node may show the first run's image until its own arrives
+      async () => ((await nodeImages(alice.page, saveId)).some((i) => i.src.includes('ui-alice2') && i.width === 64) ? true : undefined),
       120_000,
     );
-    await until("bob's run to finish", async () => ((await adminQueue()).queue_running.length === 0 ? true : undefined), 120_000);
+    await until(
+      'the queue to empty',
+      async () => {
+        const q = await adminQueue();
+        return q.queue_running.length === 0 && q.queue_pending.length === 0 ? true : undefined;
+      },
+      120_000,
+    );
 
     const history = await panelEntries(alice.page, 'history');
     const bobHistory = await panelEntries(bob.page, 'history');
