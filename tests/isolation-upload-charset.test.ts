@@ -7,60 +7,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
-import { makePng } from './helpers/png';
+import { ALICE_PNG, ATTACKS, B, BOB_PNG, MASK_REF_UTF7, body, field, file, listFiles, type Part } from './helpers/uploadAttacks';
 import { raw, received, startIsolationEnv, type IsolationEnv } from './isolation-env';
-
-const ALICE_PNG = makePng({ color: [200, 10, 10] });
-const BOB_PNG = makePng({ color: [1, 2, 3] });
-const B = 'cgwCharsetBoundary42';
-
-/** One part as raw text lines: [headers…], body. */
-type Part = [string[], Buffer | string];
-const field = (name: string, value: string, headers: string[] = []): Part => [[`Content-Disposition: form-data; name="${name}"`, ...headers], value];
-const file = (name = 'image', filename = 'secret.png', data: Buffer = BOB_PNG, headers: string[] = ['Content-Type: image/png']): Part => [
-  [`Content-Disposition: form-data; name="${name}"; filename="${filename}"`, ...headers],
-  data,
-];
-function body(parts: Part[]): Buffer {
-  const out: Buffer[] = [];
-  for (const [h, v] of parts) out.push(Buffer.from(`--${B}\r\n${h.join('\r\n')}\r\n\r\n`, 'utf8'), Buffer.from(v), Buffer.from('\r\n'));
-  out.push(Buffer.from(`--${B}--\r\n`));
-  return Buffer.concat(out);
-}
-
-function listFiles(dir: string): string[] {
-  const out: string[] = [];
-  const walk = (d: string, rel: string) => {
-    if (!fs.existsSync(d)) return;
-    for (const e of fs.readdirSync(d, { withFileTypes: true })) {
-      if (e.isDirectory()) walk(path.join(d, e.name), rel ? `${rel}/${e.name}` : e.name);
-      else out.push(rel ? `${rel}/${e.name}` : e.name);
-    }
-  };
-  walk(dir, '');
-  return out.sort();
-}
-
-/**
- * The upload attacks: name, route, parts, the file of alice's each overwrites on the fake. The parts are made for a
- * subfolder prefix: '' as the attacker sends them to the gateway, 'bob/' as the gateway used to forward them.
- * UTF-7 spellings are written out by hand: `+AC4ALg-` is "..".
- */
-const ATTACKS: [string, string, (p: string) => Part[], string][] = [
-  ['_charset_=utf-7 subfolder (the reported one)', '/upload/image', (p) => [field('_charset_', 'utf-7'), file(), field('subfolder', `${p}+AC4ALg-/alice`), field('overwrite', 'true')], 'input/alice/secret.png'],
-  ['_charset_=utf-7 with type=output', '/api/upload/image', (p) => [field('_charset_', 'UTF-7'), file(), field('subfolder', `${p}+AC4ALg-/alice`), field('type', 'output'), field('overwrite', 'true')], 'output/alice/secret.png'],
-  ['part charset=utf-7 on the subfolder', '/upload/image', (p) => [file(), field('subfolder', `${p}+AC4ALg-/alice`, ['Content-Type: text/plain; charset=utf-7']), field('overwrite', 'true')], 'input/alice/secret.png'],
-  ['part charset spelled CHARSET="UTF-7"', '/api/upload/image', (p) => [file(), field('subfolder', `${p}+AC4ALg-/alice`, ['content-type: text/plain; CHARSET = "UTF-7"']), field('overwrite', '1')], 'input/alice/secret.png'],
-  ['base64 transfer encoding', '/upload/image', (p) => [file(), field('subfolder', Buffer.from(`${p}../alice`).toString('base64'), ['Content-Transfer-Encoding: base64']), field('overwrite', 'true')], 'input/alice/secret.png'],
-  ['quoted-printable transfer encoding', '/api/upload/image', (p) => [file(), field('subfolder', `${p}=2E=2E/alice`, ['Content-Transfer-Encoding: quoted-printable']), field('overwrite', 'true')], 'input/alice/secret.png'],
-  ['RFC 5987 name* wins over name', '/upload/image', (p) => [file(), [[`Content-Disposition: form-data; name="note"; name*=utf-8''subfolder`], `${p}../alice`], field('overwrite', 'true')], 'input/alice/secret.png'],
-  [
-    'RFC 5987 filename* in UTF-7',
-    '/upload/image',
-    (p) => [[[`Content-Disposition: form-data; name="image"; filename="x.png"; filename*=utf-7''+AC4ALg-%2Falice%2Fsecret.png`, 'Content-Type: image/png'], BOB_PNG], field('overwrite', 'true'), ...(p ? [field('subfolder', 'bob')] : [])],
-    'input/alice/secret.png',
-  ],
-];
 
 describe('multipart encodings on uploads', () => {
   let env: IsolationEnv;
@@ -108,7 +56,7 @@ describe('multipart encodings on uploads', () => {
     ['_charset_ in another case', '/upload/image', [field('_CHARSET_', 'utf-7'), file()]],
     ['_charset_ that names utf-8', '/upload/image', [field('_charset_', 'utf-8'), file()]],
     ['_charset_ on the mask route', '/api/upload/mask', [field('_charset_', 'utf-7'), file(), field('original_ref', JSON.stringify({ filename: 'secret.png', subfolder: 'bob', type: 'input' }))]],
-    ['UTF-7 original_ref gaining a second subfolder', '/upload/mask', [field('_charset_', 'utf-7'), file(), field('original_ref', '{"filename":"secret.png","subfolder":"bob","type":"input"+ACI-subfolder+ACI-:+ACI-alice+ACI-}')]],
+    ['UTF-7 original_ref gaining a second subfolder', '/upload/mask', [field('_charset_', 'utf-7'), file(), field('original_ref', MASK_REF_UTF7)]],
     ['a part charset on original_ref', '/upload/mask', [file(), field('original_ref', '{"filename":"secret.png"}', ['Content-Type: text/plain; charset=utf-16'])]],
     ['utf-16 on type', '/upload/image', [file(), field('type', 'output', ['Content-Type: text/plain; charset=utf-16le'])]],
     ['charset on the file part', '/upload/image', [file('image', 'a.png', BOB_PNG, ['Content-Type: image/png; charset=utf-7'])]],
