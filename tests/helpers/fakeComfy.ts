@@ -61,6 +61,8 @@ export interface RecordedRequest {
   remoteAddress?: string;
   /** true once the body has been fully read (and bodySha256 is final) */
   complete?: boolean;
+  /** the body as UTF-8 text, for complete bodies up to 64 kB (what the gateway really sent) */
+  bodyText?: string;
   /** true when the request was refused with 413 (body not read further) */
   tooLarge?: boolean;
   /** true when the client went away before the body was complete */
@@ -1111,6 +1113,7 @@ class FakeComfyServer implements FakeComfy {
         if (!b) return; // aborted or 413 already answered
         rec.bodySha256 = b.sha256;
         rec.bodyLength = b.length;
+        if (b.buf && b.length <= 64 * 1024) rec.bodyText = b.buf.toString('utf8');
         rec.complete = true;
         await this.dispatch(req, res, b);
       })

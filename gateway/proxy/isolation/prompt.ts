@@ -2,6 +2,7 @@ import crypto from 'node:crypto';
 import type { Interceptor } from '../../app';
 import type { IsolationContext } from './context';
 import { callUpstream, isObj, parseJsonObject, readBody, seesAll, segs, sendUpstream, upstreamHeaders, upstreamUrl } from './http';
+import { stringifyJson } from './json';
 import { isUnderUser, parseAnnotated, pathNotAllowed, splitUserPath, underUser, type FileType } from './paths';
 
 /** Inputs that name where a node saves: `filename_prefix` and its relatives (a saver's bare `prefix`: SaveLoRA). */
@@ -130,7 +131,7 @@ export function promptInterceptor(iso: IsolationContext): Interceptor {
       headers['content-type'] = 'application/json';
       let up;
       try {
-        up = await callUpstream(iso.upstream, 'POST', upstreamUrl(ctx), headers, JSON.stringify(body));
+        up = await callUpstream(iso.upstream, 'POST', upstreamUrl(ctx), headers, stringifyJson(body));
       } catch (e) {
         iso.ledger.remove(promptId);
         throw e;

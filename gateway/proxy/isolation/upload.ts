@@ -8,6 +8,7 @@ import type { RequestContext } from '../../http/context';
 import { sendError } from '../../http/render';
 import type { IsolationContext } from './context';
 import { isObj, seesAll, segs, upstreamHeaders, upstreamUrl } from './http';
+import { parseJson, stringifyJson } from './json';
 import { formDataBoundary, multipartRewriter } from './multipart';
 import { isFileType, isUnderUser, normaliseRef, parseAnnotated, pathNotAllowed, splitUserPath, underUser } from './paths';
 import { HOP_BY_HOP } from '../headers';
@@ -61,12 +62,7 @@ export function uploadInterceptor(iso: IsolationContext): Interceptor {
 
 /** Validates the mask's reference to the image it is painted on; returns it re-serialised from what was checked. */
 function originalRef(text: string, user: string, readsAll: boolean, iso: IsolationContext): string {
-  let ref: unknown;
-  try {
-    ref = JSON.parse(text);
-  } catch {
-    throw new AppError(400, 'INVALID_BODY', 'original_ref must be JSON');
-  }
+  const ref = parseJson(text);
   if (!isObj(ref) || typeof ref.filename !== 'string') throw new AppError(400, 'INVALID_BODY', 'original_ref needs a filename');
   const ann = parseAnnotated(ref.filename);
   const type = ann.type ?? (ref.type === undefined ? 'output' : ref.type);
@@ -74,7 +70,7 @@ function originalRef(text: string, user: string, readsAll: boolean, iso: Isolati
   // ComfyUI joins the subfolder with the whole filename here (no basename), so directories in it count.
   const { ref: f, segs } = normaliseRef(type, typeof ref.subfolder === 'string' ? ref.subfolder : '', ann.name, { keepDirs: true });
   if (!readsAll && !isUnderUser(user, segs) && !iso.ledger.ownsFile(user, f)) throw pathNotAllowed('not your file', { field: 'original_ref' });
-  return JSON.stringify({ ...ref, filename: f.filename, subfolder: f.subfolder, type });
+  return stringifyJson({ ...ref, filename: f.filename, subfolder: f.subfolder, type });
 }
 
 /** How much of a rewritten upload is held before ComfyUI is called (per upload in flight). */
