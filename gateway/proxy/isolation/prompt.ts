@@ -3,6 +3,7 @@ import type { Interceptor } from '../../app';
 import type { IsolationContext } from './context';
 import { callUpstream, isObj, parseJsonObject, readBody, seesAll, segs, sendUpstream, upstreamHeaders, upstreamUrl } from './http';
 import { stringifyJson } from './json';
+import { createUrlGuard } from './urlInputs';
 import { isUnderUser, parseAnnotated, pathNotAllowed, splitUserPath, underUser, type FileType } from './paths';
 
 /** Inputs that name where a node saves: `filename_prefix` and its relatives (a saver's bare `prefix`: SaveLoRA). */
@@ -99,14 +100,17 @@ function confineLoaderValue(value: string, user: string, where: Record<string, u
   return underUser(user, s, 'file').join('/') + suffix;
 }
 
-/** POST /prompt: the gateway's prompt id, a client_id bound to the user, confined paths, then the ledger. */
+/** POST /prompt: internal URLs refused, the gateway's prompt id, a client_id bound to the user, confined paths, then the ledger. */
 export function promptInterceptor(iso: IsolationContext): Interceptor {
+  const urls = createUrlGuard({ allow: iso.config.prompt_url_allow, upstreamOrigin: iso.upstream.origin });
   return {
     id: 'isolation-prompt',
     matches: (ctx, method) => method === 'POST' && segs(ctx).join('/') === 'prompt',
     async handle(req, res, ctx) {
       const p = ctx.principal!;
       const body = parseJsonObject(await readBody(req));
+      // URL-loading nodes fetch from the ComfyUI host, behind the gateway: a user may not point them inside.
+      if (p.role !== 'admin') await urls.check(body.prompt);
       if (iso.separate) {
         confinePromptPaths(body.prompt, p.username, (subfolder, filename) => iso.ledger.ownsFile(p.username, { type: 'temp', subfolder, filename }), {
           confineReads: !seesAll(p, iso.separate),
