@@ -1445,6 +1445,16 @@ class FakeComfyServer implements FakeComfy {
       LoadImage: { input: { required: { image: [images, { image_upload: true }] } }, output: ['IMAGE', 'MASK'], category: 'image', display_name: 'Load Image' },
       LoadImageMask: { input: { required: { image: [images, { image_upload: true }], channel: [['alpha', 'red', 'green', 'blue']] } }, output: ['MASK'], category: 'mask', display_name: 'Load Image (as Mask)' },
       LoadAudio: { input: { required: { audio: [this.inputFiles(AUDIO_VIDEO_EXT), { audio_upload: true }] } }, output: ['AUDIO'], category: 'audio', display_name: 'Load Audio' },
+      // Nodes whose names say nothing about files (core's WebcamCapture; custom packs' pickers and exporters):
+      WebcamCapture: {
+        input: { required: { image: ['WEBCAM', {}], width: INT(0, 0, 16384), height: INT(0, 0, 16384), capture_on_queue: ['BOOLEAN', { default: true }] } },
+        output: ['IMAGE', 'MASK'],
+        category: 'image',
+        display_name: 'Webcam Capture',
+      },
+      PhotoPicker: { input: { required: { photo: [images, { image_upload: true }] } }, output: ['IMAGE'], category: 'custom', display_name: 'Photo Picker' },
+      FolderPicker: { input: { required: { picture: [images] } }, output: ['IMAGE'], category: 'custom', display_name: 'Folder Picker' },
+      ExportFrames: { input: { required: { frames: ['IMAGE'], prefix: ['STRING', { default: 'frames' }] } }, output: [], category: 'custom', output_node: true, display_name: 'Export Frames' },
     };
   }
 

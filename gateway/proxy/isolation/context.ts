@@ -5,6 +5,7 @@ import type { Upstream } from '../upstream';
 import type { ClientIds } from './clientIds';
 import type { ComfyUsers } from './comfyUsers';
 import type { Ledger } from './ledger';
+import type { NodeSchemas } from './nodeSchema';
 import type { RunTracker } from './tracker';
 
 /** Everything the isolation interceptors share (built once by createIsolation). */
@@ -22,4 +23,6 @@ export interface IsolationContext {
   cookieName: string;
   /** ComfyUI's input directory when the gateway can read it (lists each user's own files in /object_info) */
   inputDir: string | null;
+  /** node schemas of the upstream: which nodes and inputs read or write files */
+  schemas: NodeSchemas;
 }

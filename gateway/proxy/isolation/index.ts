@@ -14,6 +14,7 @@ import { historyInterceptors } from './history';
 import { jobsInterceptors } from './jobs';
 import { createLedger, type Ledger } from './ledger';
 import { logsSubscribeInterceptor } from './logs';
+import { createNodeSchemas } from './nodeSchema';
 import { objectInfoInterceptor } from './objectInfo';
 import { promptInterceptor } from './prompt';
 import { queueInterceptors } from './queue';
@@ -78,6 +79,7 @@ export function createIsolation(deps: { config: ResolvedConfig; logger: Logger; 
     separate: config.separate_users,
     cookieName: config.cookie.name,
     inputDir: inputDir ? path.resolve(base, inputDir) : null,
+    schemas: createNodeSchemas({ upstream, logger, inputDir: () => iso.inputDir }),
   };
 
   const enrich: Gate = async (_req, ctx) => {

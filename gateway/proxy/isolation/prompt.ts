@@ -3,6 +3,7 @@ import type { Interceptor } from '../../app';
 import type { IsolationContext } from './context';
 import { callUpstream, isObj, parseJsonObject, readBody, seesAll, segs, sendUpstream, upstreamHeaders, upstreamUrl } from './http';
 import { stringifyJson } from './json';
+import type { NodeFacts } from './nodeSchema';
 import { createUrlGuard } from './urlInputs';
 import { isUnderUser, parseAnnotated, pathNotAllowed, splitUserPath, underUser, type FileType } from './paths';
 
@@ -12,11 +13,8 @@ const SAVE_PREFIX = /filename_prefix/i;
 const SAVE_DIR = /^(output|save)_(path|dir|directory|folder)$/i;
 /** Any other input named like a file or folder (`folder`, `file_path`, `folder_name`, …), read or written. */
 const PATH_NAME = /(^|_)(path|dir|directory|folder|file|filename|filepath|dirname|foldername)$|(^|_)(file|folder|dir)_name$/i;
-/** File inputs of loaders (LoadImage, WebcamCapture, LoadLatent, LoadAudio, LoadVideo, Load3D, VHS_LoadVideo, …). */
+/** Inputs confined as files whatever the schema says (a second net under the schema's file inputs). */
 const LOADER_INPUTS = new Set(['image', 'mask', 'file', 'audio', 'video', 'model_file', 'latent']);
-const LOADER_CLASS = /load/i;
-/** Savers: their `image`/`audio`/`video` inputs are the data to save, their path inputs name where. */
-const SAVER_CLASS = /save/i;
 const URL_SCHEME = /^([a-z][a-z0-9+.-]*):\/\//i;
 
 /** How an input is confined: a save prefix (names files), a loader value (annotated, URLs allowed), a folder. */
@@ -42,23 +40,29 @@ export function confinePromptPaths(
   prompt: unknown,
   user: string,
   ownsTemp: (subfolder: string, filename: string) => boolean,
-  opts: { confineReads?: boolean } = {},
+  opts: { confineReads?: boolean; facts?: (classType: string) => NodeFacts | null | undefined } = {},
 ): void {
   const confineReads = opts.confineReads ?? true;
   if (!isObj(prompt)) return;
   for (const [nodeId, node] of Object.entries(prompt)) {
     if (!isObj(node) || !isObj(node.inputs)) continue;
     const cls = typeof node.class_type === 'string' ? node.class_type : '';
-    const saver = SAVER_CLASS.test(cls);
-    const strict = saver || LOADER_CLASS.test(cls);
+    // From the node's schema (nodeSchema.ts); a class ComfyUI could not describe is held to the loaders' rules.
+    const facts = opts.facts?.(cls) ?? null;
+    const saver = facts?.saver ?? false;
+    const strict = facts ? facts.loader || facts.saver : true;
     for (const [name, value] of Object.entries(node.inputs)) {
-      const kind = kindOf(name, saver);
+      const kind = facts?.fileInputs.has(name) ? 'load' : kindOf(name, saver);
       if (!kind) continue;
       const writes = kind === 'prefix' || saver || SAVE_DIR.test(name);
       if (!confineReads && !writes) continue;
       const where = { node: nodeId, input: name };
       const one = (v: string, at: Record<string, unknown>) => confineValue(kind, v, user, at, ownsTemp);
       if (typeof value === 'string') node.inputs[name] = one(value, where);
+      else if (kind === 'load' && Array.isArray(value) && value.length && value.every((v) => typeof v === 'string')) {
+        // A batch of files (LoadImageSetNode's `images`); a link is [node id, output index], never all strings.
+        node.inputs[name] = value.map((v: string, i: number) => one(v, { ...where, index: i }));
+      }
       else if (typeof value === 'number' || typeof value === 'boolean') {
         if (kind === 'prefix') node.inputs[name] = one(String(value), where); // ComfyUI str()s it into a name
       } else if (strict && isObj(value)) {
@@ -112,8 +116,11 @@ export function promptInterceptor(iso: IsolationContext): Interceptor {
       // URL-loading nodes fetch from the ComfyUI host, behind the gateway: a user may not point them inside.
       if (p.role !== 'admin') await urls.check(body.prompt);
       if (iso.separate) {
+        const classes = isObj(body.prompt) ? Object.values(body.prompt).map((n) => (isObj(n) && typeof n.class_type === 'string' ? n.class_type : '')) : [];
+        const facts = await iso.schemas.factsFor(classes.filter(Boolean));
         confinePromptPaths(body.prompt, p.username, (subfolder, filename) => iso.ledger.ownsFile(p.username, { type: 'temp', subfolder, filename }), {
           confineReads: !seesAll(p, iso.separate),
+          facts: (cls) => facts.get(cls),
         });
       }
       // Jumping the shared queue (`front`, a chosen `number`) is an admin's call, not every user's.
