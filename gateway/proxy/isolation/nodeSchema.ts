@@ -10,7 +10,7 @@ import { parseAnnotated } from './paths';
  *  - a file input is one ComfyUI's frontend offers an upload or a folder for (`image_upload`, `audio_upload`,
  *    `video_upload`, `file_upload`, `animated_image_upload`, `upload`, `image_folder`), one of the file-capturing
  *    widget types (WebcamCapture's WEBCAM, Load3D's LOAD_3D…), or an option list holding files of ComfyUI's input
- *    folder (custom loaders that list `input/` without a flag);
+ *    folder (custom loaders that list `input/` without a flag) or named for a file (`latent`, `image`, …);
  *  - a node reads files when it has a file input, and writes them when it is an output node with a save prefix
  *    (`filename_prefix`, or `prefix`) or an output folder input.
  */
@@ -25,6 +25,8 @@ export interface NodeFacts {
 
 const UPLOAD_FLAGS = ['image_upload', 'audio_upload', 'video_upload', 'file_upload', 'animated_image_upload', 'upload', 'image_folder'];
 const FILE_WIDGETS = new Set(['WEBCAM', 'LOAD_3D', 'LOAD_3D_ANIMATION']);
+/** Choice inputs named for a file (LoadLatent's `latent` lists input/*.latent without a flag, even when empty). */
+const FILE_CHOICES = new Set(['image', 'mask', 'file', 'audio', 'video', 'model_file', 'latent']);
 const SAVE_INPUT = /^(filename_prefix|prefix|(output|save)_(path|dir|directory|folder))$/i;
 /** How many options of a list are looked up in the input folder (a folder-backed list shows in its first few). */
 const PROBE = 16;
@@ -65,7 +67,7 @@ export function fileInputsOf(info: Record<string, any>, inputDir: string | null)
     const cfg = isObj(spec[1]) ? spec[1] : {};
     const options = Array.isArray(spec[0]) ? spec[0] : spec[0] === 'COMBO' && Array.isArray(cfg.options) ? cfg.options : null;
     if (UPLOAD_FLAGS.some((f) => cfg[f] !== undefined && cfg[f] !== false) || (typeof spec[0] === 'string' && FILE_WIDGETS.has(spec[0]))) out.add(name);
-    else if (options && listsInputFiles(options, inputDir)) out.add(name);
+    else if (options && (FILE_CHOICES.has(name.toLowerCase()) || listsInputFiles(options, inputDir))) out.add(name);
   }
   return out;
 }

@@ -20,9 +20,10 @@ const URL_SCHEME = /^([a-z][a-z0-9+.-]*):\/\//i;
 /** How an input is confined: a save prefix (names files), a loader value (annotated, URLs allowed), a folder. */
 type Kind = 'prefix' | 'load' | 'dir';
 
-function kindOf(name: string, saver: boolean): Kind | null {
+function kindOf(name: string, saver: boolean, unknown: boolean): Kind | null {
   const lower = name.toLowerCase();
-  if (SAVE_PREFIX.test(name) || (saver && lower === 'prefix')) return 'prefix';
+  // A node ComfyUI could not describe might save: its bare `prefix` is held to a save prefix's rules.
+  if (SAVE_PREFIX.test(name) || ((saver || unknown) && lower === 'prefix')) return 'prefix';
   if (!saver && LOADER_INPUTS.has(lower)) return 'load';
   if (SAVE_DIR.test(name) || PATH_NAME.test(name)) return 'dir';
   return null;
@@ -52,17 +53,14 @@ export function confinePromptPaths(
     const saver = facts?.saver ?? false;
     const strict = facts ? facts.loader || facts.saver : true;
     for (const [name, value] of Object.entries(node.inputs)) {
-      const kind = facts?.fileInputs.has(name) ? 'load' : kindOf(name, saver);
+      const kind = facts?.fileInputs.has(name) ? 'load' : kindOf(name, saver, !facts);
       if (!kind) continue;
       const writes = kind === 'prefix' || saver || SAVE_DIR.test(name);
       if (!confineReads && !writes) continue;
       const where = { node: nodeId, input: name };
       const one = (v: string, at: Record<string, unknown>) => confineValue(kind, v, user, at, ownsTemp);
       if (typeof value === 'string') node.inputs[name] = one(value, where);
-      else if (kind === 'load' && Array.isArray(value) && value.length && value.every((v) => typeof v === 'string')) {
-        // A batch of files (LoadImageSetNode's `images`); a link is [node id, output index], never all strings.
-        node.inputs[name] = value.map((v: string, i: number) => one(v, { ...where, index: i }));
-      }
+
       else if (typeof value === 'number' || typeof value === 'boolean') {
         if (kind === 'prefix') node.inputs[name] = one(String(value), where); // ComfyUI str()s it into a name
       } else if (strict && isObj(value)) {
