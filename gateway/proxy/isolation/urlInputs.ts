@@ -1,5 +1,5 @@
 import dns from 'node:dns';
-import { AppError } from '../../errors';
+import { errors } from '../../errors';
 import { isPublicAddress } from '../../downloads/hosts';
 import { parseIp, parseRange, type Range } from '../../net/clientIp';
 import { isObj } from './http';
@@ -16,8 +16,7 @@ export interface UrlGuard {
 const URLISH = /^\s*https?:/i;
 const MAX_URLS = 64;
 
-const refused = (why: string, details: Record<string, unknown>) =>
-  new AppError(400, 'PROMPT_REFUSED', `Prompt refused: ${why}`, details);
+const refused = (why: string, details: Record<string, unknown>) => errors.promptRefused(`Prompt refused: ${why}`, details);
 
 /** An address or CIDR entry of the allow-list, or null for a host name. */
 export function asRange(entry: string): Range | null {
