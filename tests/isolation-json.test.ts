@@ -49,6 +49,20 @@ describe('JSON bodies read like Python reads them', () => {
     expect(errorsLogged).toEqual([]);
   });
 
+  it('the gateway’s own JSON routes answer deep nesting with a 4xx, never a 500', async () => {
+    const nest = `${'['.repeat(20_000)}${']'.repeat(20_000)}`;
+    for (const [path, headers] of [
+      ['/login', {}],
+      ['/gateway/api/users', env.admin.headers],
+      ['/gateway/api/tokens', env.bob.headers],
+    ] as [string, Record<string, string>][]) {
+      const before = (await flushedLogs(env.gw)).length;
+      const r = await raw(env.gw, 'POST', path, { headers: { ...headers, 'Content-Type': 'application/json' }, body: `{"username":${nest},"password":${nest},"name":${nest}}` });
+      expect([path, r.status >= 400 && r.status < 500]).toEqual([path, true]);
+      expect((await flushedLogs(env.gw)).slice(before).filter((l) => (l.level as number) >= 50)).toEqual([]);
+    }
+  });
+
   it('a body over 8 MB → 413 PAYLOAD_TOO_LARGE, nothing reaches ComfyUI', async () => {
     fake.clearRequests();
     const r = await send('/prompt', `{"prompt":{},"extra_data":{"pad":"${'a'.repeat(9 * 1024 * 1024)}"}}`);
