@@ -29,7 +29,7 @@ const FILE_WIDGETS = new Set(['WEBCAM', 'LOAD_3D', 'LOAD_3D_ANIMATION']);
 const FILE_CHOICES = new Set(['image', 'mask', 'file', 'audio', 'video', 'model_file', 'latent']);
 const SAVE_INPUT = /^(filename_prefix|prefix|(output|save)_(path|dir|directory|folder))$/i;
 /** How many options of a list are looked up in the input folder (a folder-backed list shows in its first few). */
-const PROBE = 16;
+const PROBE = 4;
 
 /** The inputs of one node's schema, required and optional, as [name, spec] pairs. */
 function inputsOf(info: Record<string, any>): [string, unknown[]][] {
