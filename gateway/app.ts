@@ -187,7 +187,13 @@ export function createApp(deps: AppDeps): Gateway {
             return;
           }
           const icpt = deps.interceptors?.find((i) => i.matches(ctx, req.method ?? 'GET'));
-          if (icpt) return void icpt.handle(req, res, ctx, () => proxy.forward(req, res)).catch((e) => sendError(req, res, e));
+          if (icpt) {
+            return void icpt.handle(req, res, ctx, () => proxy.forward(req, res)).catch((e) => {
+              // An AppError is an answer; anything else is a bug or an outage the log must show.
+              if (!(e instanceof AppError)) logger.error({ err: e, interceptor: icpt.id, user: ctx.principal?.username }, 'interceptor error');
+              sendError(req, res, e);
+            });
+          }
           proxy.forward(req, res);
         },
         (err) => {

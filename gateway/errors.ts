@@ -21,4 +21,6 @@ export const errors = {
   notFound: (message = 'Not found') => new AppError(404, 'NOT_FOUND', message),
   invalidBody: (message: string, details: Record<string, unknown> = {}) =>
     new AppError(400, 'INVALID_BODY', message, details),
+  /** a prompt the gateway will not queue for this caller (details name the node) */
+  promptRefused: (message: string, details: Record<string, unknown> = {}) => new AppError(400, 'PROMPT_REFUSED', message, details),
 };

@@ -1,4 +1,4 @@
-/** Issue 5 item 4: GET /history for a user with many prompts (one read of everyone's history, filtered). */
+/** Issue 5 item 4 / issue 9: GET /history is one read of everyone's history, filtered to the caller's, however many prompts. */
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -50,14 +50,31 @@ describe('GET /history with a long ledger', () => {
     expect(received(fake, /max_items|offset/)).toEqual([]);
   });
 
-  it('few own prompts: asked for one by one, same answer shape', async () => {
+  it('few own prompts: also one upstream read, never one per prompt (issue 9)', async () => {
     fake.clearRequests();
     const b = (await raw(env.gw, 'GET', '/history', { headers: env.bob.headers })).json();
     expect(Object.keys(b)).toEqual(bobs);
-    expect(received(fake, /^\/history$/)).toEqual([]);
-    expect(received(fake, /^\/history\//).length).toBe(2);
+    expect(received(fake, /^\/history$/)).toHaveLength(1);
+    expect(received(fake, /^\/(api\/)?history\//)).toEqual([]);
     const bad = await raw(env.gw, 'GET', '/history?max_items=lots', { headers: env.bob.headers });
     expect([bad.status, bad.json().error.code]).toEqual([400, 'INVALID_REQUEST']);
+  });
+
+  it('a user with 40 prompts (and 300 that ComfyUI forgot) costs one upstream read per GET /history, on both twins', async () => {
+    const many: string[] = [];
+    for (let i = 0; i < 40; i++) {
+      const r = await postJson(env.gw, '/prompt', env.bob, { prompt: sampleWorkflow() });
+      many.push(r.json().prompt_id as string);
+    }
+    await Promise.all(many.map((id) => fake.waitForPrompt(id)));
+    for (const p of ['/history', '/api/history', '/history?max_items=5', '/api/history?max_items=3&offset=2']) {
+      fake.clearRequests();
+      const r = await raw(env.gw, 'GET', p, { headers: env.bob.headers });
+      expect(r.status).toBe(200);
+      expect([p, fake.requests.length, received(fake, /^\/(api\/)?history(\?|$)/).length]).toEqual([p, 1, 1]);
+    }
+    const all = (await raw(env.gw, 'GET', '/history', { headers: env.bob.headers })).json();
+    expect(Object.keys(all)).toEqual([...bobs, ...many]);
   });
 
   it('admins read everything', async () => {

@@ -131,15 +131,17 @@ describe('multipart rewriter', () => {
     Buffer.from(`preamble junk\r\n--${B}\r\nContent-Disposition: form-data; name="type"\r\n\r\ninput\r\n`),
     Buffer.from(`--${B}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n`),
     file,
-    Buffer.from(`\r\n--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\nContent-Type: text/plain; charset=utf-7\r\n\r\nsub/dir\r\n`),
+    Buffer.from(`\r\n--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\nContent-Type: text/plain; charset="UTF-8"\r\n\r\nsub/dir\r\n`),
     Buffer.from(`--${B}--\r\nepilogue`),
   ]);
   const rules = (extra: Partial<Parameters<typeof multipartRewriter>[0]> = {}) => ({
     boundary: B,
-    rewrite: { subfolder: (v: string) => underUser('alice', splitUserPath(v)).join('/') },
+    fields: { subfolder: (v: string) => underUser('alice', splitUserPath(v)).join('/'), type: (v: string) => v },
     ensure: { subfolder: () => 'alice' },
-    checkFilename: (n: string) => {
-      if (splitUserPath(n).length !== 1) throw new AppError(400, 'PATH_NOT_ALLOWED', 'dir');
+    files: {
+      image: (n: string) => {
+        if (splitUserPath(n).length !== 1) throw new AppError(400, 'PATH_NOT_ALLOWED', 'dir');
+      },
     },
     ...extra,
   });
@@ -159,7 +161,7 @@ describe('multipart rewriter', () => {
   it('gives the same output however the body is chunked', async () => {
     const whole = await run(body, () => body.length);
     expect(whole.toString('latin1')).toContain(`--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\n\r\nalice/sub/dir\r\n--${B}--\r\n`);
-    expect(whole.toString('latin1')).not.toContain('charset=utf-7');
+    expect(whole.toString('latin1')).not.toContain('charset');
     expect(whole.toString('latin1')).not.toContain('preamble');
     expect(whole.toString('latin1')).not.toContain('epilogue');
     expect(whole.includes(file)).toBe(true);
@@ -187,6 +189,27 @@ describe('multipart rewriter', () => {
     ['a part without headers', `--${B}\r\n\r\n../x\r\n--${B}--\r\n`, 'INVALID_BODY'],
     ['a bad subfolder', `--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\n\r\n../x\r\n--${B}--\r\n`, 'PATH_NOT_ALLOWED'],
     ['a directory in the file name', `--${B}\r\nContent-Disposition: form-data; name="image"; filename="a/b.png"\r\n\r\nx\r\n--${B}--\r\n`, 'PATH_NOT_ALLOWED'],
+    ['a _charset_ part', `--${B}\r\nContent-Disposition: form-data; name="_charset_"\r\n\r\nutf-7\r\n--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\n\r\nx\r\n--${B}--\r\n`, 'INVALID_BODY'],
+    ['a utf-7 part charset', `--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\nContent-Type: text/plain; charset=utf-7\r\n\r\nx\r\n--${B}--\r\n`, 'INVALID_BODY'],
+    ['a quoted, upper-case utf-7 part charset', `--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\nContent-Type: text/plain; CHARSET = "UTF-7"\r\n\r\nx\r\n--${B}--\r\n`, 'INVALID_BODY'],
+    ['a second charset after utf-8', `--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\nContent-Type: text/plain; charset=utf-8; charset=utf-7\r\n\r\nx\r\n--${B}--\r\n`, 'INVALID_BODY'],
+    ['a charset on the file part', `--${B}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\nContent-Type: image/png; charset=utf-16\r\n\r\nx\r\n--${B}--\r\n`, 'INVALID_BODY'],
+    ['base64 transfer encoding', `--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\nContent-Transfer-Encoding: base64\r\n\r\nLi4vYm9i\r\n--${B}--\r\n`, 'INVALID_BODY'],
+    ['quoted-printable transfer encoding', `--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\ncontent-transfer-encoding: Quoted-Printable\r\n\r\n=2E=2E/bob\r\n--${B}--\r\n`, 'INVALID_BODY'],
+    ['7bit transfer encoding on the file', `--${B}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\nContent-Transfer-Encoding: 7bit\r\n\r\nx\r\n--${B}--\r\n`, 'INVALID_BODY'],
+    ['another part header', `--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\nContent-Encoding: gzip\r\n\r\nx\r\n--${B}--\r\n`, 'INVALID_BODY'],
+    ['two content types', `--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\nContent-Type: text/plain\r\nContent-Type: text/plain; charset=utf-7\r\n\r\nx\r\n--${B}--\r\n`, 'INVALID_BODY'],
+    ['an unknown field', `--${B}\r\nContent-Disposition: form-data; name="comfy_user"\r\n\r\nx\r\n--${B}--\r\n`, 'INVALID_BODY'],
+    ['a field name in another case', `--${B}\r\nContent-Disposition: form-data; name="Subfolder"\r\n\r\nx\r\n--${B}--\r\n`, 'INVALID_BODY'],
+    ['a duplicate field', `--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\n\r\nx\r\n--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\n\r\ny\r\n--${B}--\r\n`, 'INVALID_BODY'],
+    ['a duplicate file', `--${B}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\nx\r\n--${B}\r\nContent-Disposition: form-data; name="image"; filename="b.png"\r\n\r\ny\r\n--${B}--\r\n`, 'INVALID_BODY'],
+    ['a field sent as a file', `--${B}\r\nContent-Disposition: form-data; name="subfolder"; filename="x"\r\n\r\nx\r\n--${B}--\r\n`, 'INVALID_BODY'],
+    ['a file sent as a field', `--${B}\r\nContent-Disposition: form-data; name="image"\r\n\r\nx\r\n--${B}--\r\n`, 'INVALID_BODY'],
+    ['an empty file name', `--${B}\r\nContent-Disposition: form-data; name="image"; filename=""\r\n\r\nx\r\n--${B}--\r\n`, 'INVALID_BODY'],
+    ['name*0 continuation', `--${B}\r\nContent-Disposition: form-data; name*0="sub"; name*1="folder"\r\n\r\nx\r\n--${B}--\r\n`, 'INVALID_BODY'],
+    ['an unquoted non-token value', `--${B}\r\nContent-Disposition: form-data; name="image"; filename=a/b.png\r\n\r\nx\r\n--${B}--\r\n`, 'INVALID_BODY'],
+    ['a non-ASCII parameter name', `--${B}\r\nContent-Disposition: form-data; \u212Aey="x"; name="subfolder"\r\n\r\nx\r\n--${B}--\r\n`, 'INVALID_BODY'],
+    ['two semicolons in a quoted value', `--${B}\r\nContent-Disposition: form-data; name="image"; filename="a;b;c.png"\r\n\r\nx\r\n--${B}--\r\n`, 'INVALID_BODY'],
     ['an oversized subfolder', `--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\n\r\n${'a'.repeat(70_000)}\r\n--${B}--\r\n`, 'INVALID_BODY'],
   ])('refuses %s', async (_n, text, expected) => {
     const err = await run(Buffer.from(text), () => 7).catch((e) => e);
@@ -200,6 +223,8 @@ describe('multipart rewriter', () => {
     expect(formDataBoundary('multipart/form-data; boundary=a; boundary=b')).toBeNull();
     expect(formDataBoundary('multipart/mixed; boundary=a')).toBeNull();
     expect(formDataBoundary('application/json')).toBeNull();
+    expect(formDataBoundary('multipart/form-data; charset=utf-8; boundary=a')).toBe('a');
+    expect(formDataBoundary('multipart/form-data; charset=utf-7; boundary=a')).toBeNull();
     expect(parseDisposition('form-data; name="a;b"; filename="x.png"')).toEqual({ name: 'a;b', filename: 'x.png' });
     expect(code(() => parseDisposition('form-data; name="a"; NAME="b"'))).toBe('INVALID_BODY');
     expect(code(() => parseDisposition('attachment; name="a"'))).toBe('INVALID_BODY');

@@ -19,6 +19,15 @@ export const configSchema = z
     force_https: z.boolean().default(false),
     separate_users: z.boolean().default(true),
     manager_admin_only: z.boolean().default(true),
+    // hosts (exact names) and IP addresses/CIDRs non-admins' prompts may name in http(s) URL inputs although private
+    prompt_url_allow: z
+      .array(
+        z
+          .string()
+          .trim()
+          .regex(/^(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.?|[0-9A-Fa-f.:]+(?:\/\d{1,3})?)$/, 'must be a host name, an IP address or a CIDR'),
+      )
+      .default([]),
     // gateway keys
     host: z.string().min(1).default('0.0.0.0'),
     port: z.number().int().min(0).max(65535).default(8189),

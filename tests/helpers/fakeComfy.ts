@@ -27,7 +27,9 @@
  *  - any node validation error rejects the whole prompt (real only rejects when no output is valid);
  *  - SaveImage prefixes escaping the output dir are rejected at POST /prompt (real fails at execution);
  *  - LoadImage rejects `..`, absolute paths and anything resolving outside its dir (real only checks existence);
- *  - uploads reject `..`/absolute/slashes in filename and `..`/absolute subfolders with 400; bad `type` is 400;
+ *  - uploads: a subfolder or file name (directories allowed, as real) that leaves the type's folder is 400; bad
+ *    `type` is 400 (real: 500). Form fields are decoded as aiohttp does (`_charset_`, part charset, base64 /
+ *    quoted-printable transfer encodings, RFC 5987 `name*`/`filename*`), so the fake is as exploitable as real;
  *  - malformed JSON bodies are 400 (real: 500); unknown `comfy-user` is 401 (real: 500 / 403);
  *  - /view and uploads also reject paths whose realpath escapes the type dir (symlinks);
  *  - the body-size limit (413) applies to every route, not only those reading the body.
@@ -43,6 +45,7 @@ import * as crypto from 'node:crypto';
 import { Readable } from 'node:stream';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, WebSocket } from 'ws';
+import iconv from 'iconv-lite';
 import { makePng } from './png';
 
 // ───────────────────────────────────────────── public API ─────────────────────────────────────────────
@@ -61,6 +64,8 @@ export interface RecordedRequest {
   remoteAddress?: string;
   /** true once the body has been fully read (and bodySha256 is final) */
   complete?: boolean;
+  /** the body as UTF-8 text, for complete bodies up to 64 kB (what the gateway really sent) */
+  bodyText?: string;
   /** true when the request was refused with 413 (body not read further) */
   tooLarge?: boolean;
   /** true when the client went away before the body was complete */
@@ -412,6 +417,25 @@ interface Multipart {
   tmpFiles: string[];
 }
 
+/** Decodes bytes the way Python's bytes.decode(charset) would (UTF-7, UTF-16, Latin-1, …); unknown charsets throw. */
+function decodeCharset(data: Buffer, charset: string): string {
+  const c = charset.trim().toLowerCase();
+  if (c === 'utf-8' || c === 'utf8') return new TextDecoder('utf-8', { fatal: true }).decode(data);
+  if (!iconv.encodingExists(c)) throw new HttpError(500, `unknown charset ${charset}`);
+  return iconv.decode(data, c);
+}
+
+/** Undoes a Content-Transfer-Encoding the way aiohttp's BodyPartReader does (base64, quoted-printable). */
+function decodeTransfer(data: Buffer, cte: string | undefined): Buffer {
+  const e = (cte ?? '').trim().toLowerCase();
+  if (!e || e === 'binary' || e === '8bit' || e === '7bit') return data;
+  if (e === 'base64') return Buffer.from(data.toString('latin1').replace(/\s+/g, ''), 'base64');
+  if (e === 'quoted-printable') {
+    return Buffer.from(data.toString('latin1').replace(/=\r?\n/g, '').replace(/=([0-9A-Fa-f]{2})/g, (_m, h: string) => String.fromCharCode(parseInt(h, 16))), 'latin1');
+  }
+  throw new HttpError(500, `unknown content transfer encoding ${cte}`);
+}
+
 function parseHeaderParams(v: string): { value: string; params: Record<string, string> } {
   const semi = v.indexOf(';');
   const value = (semi === -1 ? v : v.slice(0, semi)).trim().toLowerCase();
@@ -422,17 +446,19 @@ function parseHeaderParams(v: string): { value: string; params: Record<string, s
     let m: RegExpExecArray | null;
     while ((m = re.exec(rest))) {
       const key = m[1].toLowerCase();
-      const val = m[2] !== undefined ? m[2].replace(/\\(.)/g, '$1') : (m[3] ?? '').trim();
+      // like aiohttp: quoted values lose leading slashes and backslashes, then backslash escapes
+      const val = m[2] !== undefined ? m[2].replace(/^[\\/]+/, '').replace(/\\(.)/g, '$1') : (m[3] ?? '').trim();
       if (!(key in params)) params[key] = val;
     }
   }
-  if (params['filename*']) {
-    const m = /^([^']*)'[^']*'(.*)$/.exec(params['filename*']);
+  // like aiohttp's content_disposition_filename: an RFC 5987 `name*` / `filename*` (any charset) wins
+  for (const k of ['name', 'filename']) {
+    const m = params[`${k}*`] !== undefined ? /^([^']*)'[^']*'(.*)$/.exec(params[`${k}*`]) : null;
     if (m) {
       try {
-        params.filename = decodeURIComponent(m[2]);
+        params[k] = decodeCharset(Buffer.from(unescape(m[2]), 'latin1'), m[1] || 'utf-8');
       } catch {
-        /* keep plain filename */
+        /* keep the plain parameter */
       }
     }
   }
@@ -445,7 +471,10 @@ async function parseMultipart(src: Readable, boundary: string, stagingDir: strin
   let buf: Buffer = Buffer.from('\r\n'); // so the very first boundary also matches `\r\n--boundary`
   type State = 'preamble' | 'after' | 'headers' | 'body' | 'done';
   let state = 'preamble' as State;
-  let cur: { name: string; filename?: string; contentType: string; chunks?: Buffer[]; size: number; ws?: fs.WriteStream; file?: string; hash?: crypto.Hash } | null = null;
+  let cur: { name: string; filename?: string; contentType: string; cte?: string; explicitType: boolean; chunks?: Buffer[]; size: number; ws?: fs.WriteStream; file?: string; hash?: crypto.Hash } | null = null;
+  // aiohttp (RFC 7578 §4.6): a first part named `_charset_` sets the charset of every later text field
+  let partIndex = 0;
+  let defaultCharset: string | null = null;
 
   const write = (ws: fs.WriteStream, data: Buffer) =>
     new Promise<void>((resolve, reject) => {
@@ -471,8 +500,16 @@ async function parseMultipart(src: Readable, boundary: string, stagingDir: strin
       if (!result.files.has(c.name) && !result.fields.has(c.name)) {
         result.files.set(c.name, { filename: c.filename!, file: c.file!, size: c.size, sha256: c.hash!.digest('hex'), contentType: c.contentType });
       }
-    } else if (!result.fields.has(c.name) && !result.files.has(c.name)) {
-      result.fields.set(c.name, Buffer.concat(c.chunks!).toString('utf8'));
+    } else {
+      const data = decodeTransfer(Buffer.concat(c.chunks!), c.cte);
+      if (partIndex === 1 && c.name === '_charset_') {
+        defaultCharset = data.toString('latin1').trim();
+        return;
+      }
+      if (result.fields.has(c.name) || result.files.has(c.name)) return;
+      const charsetParam = /;\s*charset\s*=\s*"?([^";\s]+)"?/i.exec(c.contentType)?.[1];
+      const text = !c.explicitType || c.contentType.startsWith('text/');
+      result.fields.set(c.name, text ? decodeCharset(data, charsetParam ?? defaultCharset ?? 'utf-8') : data.toString('latin1'));
     }
   };
   const startPart = async (headerText: string) => {
@@ -481,21 +518,25 @@ async function parseMultipart(src: Readable, boundary: string, stagingDir: strin
       if (!line) continue;
       const i = line.indexOf(':');
       if (i <= 0) throw new HttpError(400, 'malformed multipart header');
-      headers[line.slice(0, i).trim().toLowerCase()] = line.slice(i + 1).trim();
+      const key = line.slice(0, i).trim().toLowerCase();
+      if (!(key in headers)) headers[key] = line.slice(i + 1).trim(); // aiohttp's CIMultiDict.get: the first wins
     }
     const cd = headers['content-disposition'];
     if (!cd) throw new HttpError(400, 'multipart part without Content-Disposition');
     const { value, params } = parseHeaderParams(cd);
     if (value !== 'form-data' || params.name === undefined) throw new HttpError(400, 'bad Content-Disposition');
     const contentType = headers['content-type'] ?? 'text/plain';
+    const cte = headers['content-transfer-encoding'];
+    const explicitType = headers['content-type'] !== undefined;
+    partIndex++;
     if (params.filename) {
       const file = path.join(stagingDir, 'part-' + crypto.randomBytes(8).toString('hex'));
       result.tmpFiles.push(file);
       const ws = fs.createWriteStream(file);
       ws.on('error', () => {});
-      cur = { name: params.name, filename: params.filename, contentType, size: 0, ws, file, hash: crypto.createHash('sha256') };
+      cur = { name: params.name, filename: params.filename, contentType, cte, explicitType, size: 0, ws, file, hash: crypto.createHash('sha256') };
     } else {
-      cur = { name: params.name, contentType, size: 0, chunks: [] };
+      cur = { name: params.name, contentType, cte, explicitType, size: 0, chunks: [] };
     }
   };
 
@@ -1087,6 +1128,7 @@ class FakeComfyServer implements FakeComfy {
         if (!b) return; // aborted or 413 already answered
         rec.bodySha256 = b.sha256;
         rec.bodyLength = b.length;
+        if (b.buf && b.length <= 64 * 1024) rec.bodyText = b.buf.toString('utf8');
         rec.complete = true;
         await this.dispatch(req, res, b);
       })
@@ -1419,6 +1461,16 @@ class FakeComfyServer implements FakeComfy {
       LoadImage: { input: { required: { image: [images, { image_upload: true }] } }, output: ['IMAGE', 'MASK'], category: 'image', display_name: 'Load Image' },
       LoadImageMask: { input: { required: { image: [images, { image_upload: true }], channel: [['alpha', 'red', 'green', 'blue']] } }, output: ['MASK'], category: 'mask', display_name: 'Load Image (as Mask)' },
       LoadAudio: { input: { required: { audio: [this.inputFiles(AUDIO_VIDEO_EXT), { audio_upload: true }] } }, output: ['AUDIO'], category: 'audio', display_name: 'Load Audio' },
+      // Nodes whose names say nothing about files (core's WebcamCapture; custom packs' pickers and exporters):
+      WebcamCapture: {
+        input: { required: { image: ['WEBCAM', {}], width: INT(0, 0, 16384), height: INT(0, 0, 16384), capture_on_queue: ['BOOLEAN', { default: true }] } },
+        output: ['IMAGE', 'MASK'],
+        category: 'image',
+        display_name: 'Webcam Capture',
+      },
+      PhotoPicker: { input: { required: { photo: [images, { image_upload: true }] } }, output: ['IMAGE'], category: 'custom', display_name: 'Photo Picker' },
+      FolderPicker: { input: { required: { picture: [images] } }, output: ['IMAGE'], category: 'custom', display_name: 'Folder Picker' },
+      ExportFrames: { input: { required: { frames: ['IMAGE'], prefix: ['STRING', { default: 'frames' }] } }, output: [], category: 'custom', output_node: true, display_name: 'Export Frames' },
     };
   }
 
@@ -1601,11 +1653,12 @@ class FakeComfyServer implements FakeComfy {
       if (!uploadDir) return this.sendEmpty(c, 400);
       if (!image) return this.sendEmpty(c, 400);
       let filename = image.filename;
-      if (!filename || filename.includes('..') || filename.startsWith('/') || filename.includes('/') || filename.includes('\\') || filename.includes('\0')) {
-        return this.sendEmpty(c, 400);
-      }
+      // like the real server, a name with directories is fine while the file stays in the type's folder
+      if (!filename || filename.includes('\0')) return this.sendEmpty(c, 400);
       const subfolder = mp.fields.get('subfolder') ?? '';
-      if (subfolder.startsWith('/') || subfolder.split(/[\\/]/).includes('..') || subfolder.includes('\0')) return this.sendEmpty(c, 400);
+      // like the real server: `..` inside the subfolder is fine as long as the result stays in the type's folder
+      // (so `bob/../alice`, e.g. from a UTF-7 `_charset_` trick, lands in input/alice/)
+      if (subfolder.includes('\0')) return this.sendEmpty(c, 400);
       const fullOutputFolder = pyJoin(uploadDir, pyNormpath(subfolder));
       let filepath = path.resolve(pyJoin(fullOutputFolder, filename));
       if (!isInside(uploadDir, filepath) || !realInside(uploadDir, filepath)) return this.sendEmpty(c, 400);

@@ -8,6 +8,7 @@ import type { ComfyUsers } from './comfyUsers';
 import type { Ledger } from './ledger';
 import type { UploadList } from './uploadList';
 import type { PromptIds } from './promptIds';
+import type { NodeSchemas } from './nodeSchema';
 import type { RunTracker } from './tracker';
 
 /** Everything the isolation interceptors share (built once by createIsolation). */
@@ -31,4 +32,6 @@ export interface IsolationContext {
   uploads: UploadList;
   /** what the gateway learned about the server (null in unit set-ups) */
   server: ComfyServer | null;
+  /** node schemas of the upstream: which nodes and inputs read or write files */
+  schemas: NodeSchemas;
 }

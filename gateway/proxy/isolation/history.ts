@@ -8,27 +8,8 @@ import {
   callUpstream, cleanQuery, isObj, missingId, parseJsonObject, readBody, seesAll, segs, sendJson, sendUpstream, sibling, upstreamHeaders, upstreamJson, upstreamUrl, withQuery,
 } from './http';
 import { scanObject } from './jsonScan';
-import { LEDGER_MAX } from './ledger';
 import { filesOfOutputs } from './outputs';
 import { upstreamIdsInBody } from './promptIds';
-
-/** Up to this many own prompts, GET /history asks ComfyUI for each by id instead of reading everyone's history. */
-const PER_ID_MAX = 256;
-const PER_ID_CONCURRENCY = 32;
-
-/** Runs `fn` over `items` with at most `limit` in flight, keeping order. */
-async function mapLimit<T, R>(items: T[], limit: number, fn: (x: T) => Promise<R>): Promise<R[]> {
-  const out = new Array<R>(items.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) {
-      const i = next++;
-      out[i] = await fn(items[i]);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  return out;
-}
 
 function intParam(q: URLSearchParams, name: string): number | null {
   const v = q.get(name);
@@ -59,9 +40,15 @@ export function historyInterceptors(iso: IsolationContext): Interceptor[] {
   }
 
   const headersFor = (req: IncomingMessage, ctx: RequestContext) => upstreamHeaders(req, ctx, iso.cookieName, iso.upstream);
-  // Prompt ids seen in ComfyUI's history, and those that left it since (ids are never reused): skipped when asking one by one.
-  const done = new Set<string>();
-  const gone = new Set<string>();
+
+  /**
+   * The id under which the viewer sees an entry of ComfyUI's history, or null when it is not theirs. The one place
+   * that maps ComfyUI's history keys to the gateway's prompts (a server that picks its own prompt ids hooks in here).
+   */
+  function shownAs(upstreamKey: string, viewer: string): string | null {
+    const id = iso.promptIds.toClient(upstreamKey);
+    return iso.ledger.owner(id) === viewer ? id : null;
+  }
 
   const list: Interceptor = {
     id: 'isolation-history-list',
@@ -83,34 +70,10 @@ export function historyInterceptors(iso: IsolationContext): Interceptor[] {
       }
       const maxItems = intParam(ctx.query, 'max_items');
       const offset = intParam(ctx.query, 'offset');
-      const own = iso.ledger.idsOf(p.username);
       // Nothing of theirs: no need to make ComfyUI serialise everyone's history.
-      if (!own.length) return sendJson(req, res, {});
-      if (done.size + gone.size > 2 * LEDGER_MAX) {
-        for (const set of [done, gone]) for (const id of set) if (!iso.ledger.get(id)) set.delete(id);
-      }
-      const candidates = own.filter((id) => !gone.has(id));
-      if (candidates.length <= PER_ID_MAX) {
-        // Few prompts of theirs among many: ask for each one (O(own) work here and upstream, not O(everyone)).
-        const prefix = ctx.route.apiPrefixed ? '/api' : '';
-        const answers = await mapLimit(candidates, PER_ID_CONCURRENCY, (id) =>
-          callUpstream(iso.upstream, 'GET', `${prefix}/history/${encodeURIComponent(iso.promptIds.toUpstream(id))}`, headers),
-        );
-        const failed = answers.find((a) => a.status !== 200);
-        if (failed) return sendUpstream(req, res, failed);
-        const present: [string, unknown][] = [];
-        candidates.forEach((id, i) => {
-          const j = upstreamJson(answers[i]);
-          const upId = iso.promptIds.toUpstream(id);
-          if (isObj(j) && isObj(j[upId])) {
-            present.push([id, j[upId]]);
-            done.add(id);
-          } else if (done.delete(id)) gone.add(id); // was in the history, is no more: deleted or ComfyUI restarted
-        });
-        const out: Record<string, unknown> = {};
-        for (const [id, e] of slice(present, maxItems, offset)) out[id] = viewEntry(id, e, p.username);
-        return sendJson(req, res, out, 200, answers[0]);
-      }
+      if (!iso.ledger.idsOf(p.username).length) return sendJson(req, res, {});
+      // One read of the whole history, however many prompts are theirs; paging applies to their entries only,
+      // so ComfyUI never gets max_items/offset (it would page everyone's).
       const q = new URLSearchParams(ctx.query);
       q.delete('max_items');
       q.delete('offset');
@@ -118,11 +81,14 @@ export function historyInterceptors(iso: IsolationContext): Interceptor[] {
       if (up.status !== 200) return sendUpstream(req, res, up);
       const members = scanObject(up.body);
       if (!members) return sendJson(req, res, {}, 200, up);
-      const mine = members.filter((m) => iso.ledger.owner(iso.promptIds.toClient(m.key)) === p.username);
+      const mine: { id: string; start: number; end: number }[] = [];
+      for (const m of members) {
+        const id = shownAs(m.key, p.username);
+        if (id !== null) mine.push({ id, start: m.start, end: m.end });
+      }
       const out: Record<string, unknown> = {};
       for (const m of slice(mine, maxItems, offset)) {
-        const id = iso.promptIds.toClient(m.key);
-        out[id] = viewEntry(id, JSON.parse(up.body.toString('utf8', m.start, m.end)), p.username);
+        out[m.id] = viewEntry(m.id, JSON.parse(up.body.toString('utf8', m.start, m.end)), p.username);
       }
       sendJson(req, res, out, 200, up);
     },

@@ -6,6 +6,7 @@ import { AppError } from '../../errors';
 import type { RequestContext } from '../../http/context';
 import { headersForRead, stripTokenQuery, upstreamUrl } from '../headers';
 import { callUpstream, type Upstream, type UpstreamResponse } from '../upstream';
+import { parseJson } from './json';
 
 /** The largest JSON body the isolation routes read (a prompt with its embedded workflow). */
 export const MAX_JSON_BODY = 8 * 1024 * 1024;
@@ -50,21 +51,17 @@ export function readBody(req: IncomingMessage, limit = MAX_JSON_BODY): Promise<B
   });
 }
 
-/** True for plain JSON objects (not arrays, not null). */
+/** True for plain JSON objects (not arrays, not null, not a number parseJson kept as text). */
 export function isObj(v: unknown): v is Record<string, any> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return false;
+  const proto = Object.getPrototypeOf(v);
+  return proto === Object.prototype || proto === null;
 }
 
-/** Parses a JSON object body; 400 INVALID_BODY otherwise. `allowEmpty` treats an empty body as `{}`. */
+/** Parses a JSON object body (see json.ts); 400 INVALID_BODY otherwise. `allowEmpty` treats an empty body as `{}`. */
 export function parseJsonObject(buf: Buffer, allowEmpty = false): Record<string, any> {
-  const text = buf.toString('utf8');
-  if (allowEmpty && !text.trim()) return {};
-  let v: unknown;
-  try {
-    v = JSON.parse(text);
-  } catch {
-    throw new AppError(400, 'INVALID_BODY', 'The body must be valid JSON');
-  }
+  if (allowEmpty && !buf.toString('utf8').trim()) return {};
+  const v = parseJson(buf);
   if (!isObj(v)) throw new AppError(400, 'INVALID_BODY', 'The body must be a JSON object');
   return v;
 }

@@ -15,6 +15,7 @@ import { historyInterceptors } from './history';
 import { jobsInterceptors } from './jobs';
 import { createLedger, type Ledger } from './ledger';
 import { logsSubscribeInterceptor } from './logs';
+import { createNodeSchemas } from './nodeSchema';
 import { objectInfoInterceptor } from './objectInfo';
 import { promptInterceptor } from './prompt';
 import { createPromptIds } from './promptIds';
@@ -92,6 +93,7 @@ export function createIsolation(deps: { config: ResolvedConfig; logger: Logger; 
     inputDir: deps.server?.info?.inputDir ?? configuredInputDir(config),
     server: deps.server ?? null,
     uploads: createUploadList({ file: path.join(dataDir, 'uploads.json'), logger }),
+    schemas: createNodeSchemas({ upstream, logger, inputDir: () => iso.inputDir }),
   };
   // What the server discovery learns (again on reconnect) replaces what was known.
   deps.server?.onLearned((info) => {

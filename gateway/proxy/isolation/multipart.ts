@@ -1,88 +1,38 @@
 import { Transform, type TransformCallback } from 'node:stream';
-import { AppError } from '../../errors';
+import { badMultipart, parsePartHeaders } from './formHeaders';
 
 /** What the rewriter does to a multipart/form-data body as it streams. */
 export interface MultipartRules {
   boundary: string;
-  /** fields whose value is replaced (buffered, small): name → new value (may throw an AppError) */
-  rewrite: Record<string, (value: string) => string>;
+  /**
+   * the plain fields the route knows: name → the value forwarded, from the checked UTF-8 value (may throw an
+   * AppError). Each is buffered (small) and re-sent with a bare Content-Disposition, so ComfyUI decodes it as UTF-8.
+   */
+  fields: Record<string, (value: string) => string>;
+  /** the file parts the route knows: name → a check of the part's filename (may throw an AppError) */
+  files: Record<string, (filename: string) => void>;
   /** fields added at the end when the body had none: name → value */
   ensure: Record<string, () => string>;
-  /** checks the filename of every file part (may throw an AppError) */
-  checkFilename(name: string): void;
 }
 
 const MAX_HEADERS = 16 * 1024;
 const MAX_FIELD = 64 * 1024;
 const CRLF = Buffer.from('\r\n');
 const HEADER_END = Buffer.from('\r\n\r\n');
-const TOKEN_LINE = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\u0000-\u0008\u000a-\u001f\u007f]*$/;
+const own = (o: object, k: string) => Object.prototype.hasOwnProperty.call(o, k);
+const bad = (why: string) => badMultipart(why);
 
-const bad = (why: string) => new AppError(400, 'INVALID_BODY', `Malformed multipart body: ${why}`);
-
-/** The boundary of a multipart/form-data Content-Type, or null when it is not one we accept. */
-export function formDataBoundary(contentType: string | undefined): string | null {
-  if (!contentType) return null;
-  const m = /^\s*multipart\/form-data\s*;(.*)$/i.exec(contentType);
-  if (!m) return null;
-  const found: string[] = [];
-  for (const part of m[1].split(';')) {
-    const kv = /^\s*([A-Za-z0-9_-]+)\s*=\s*(?:"([^"\\]*)"|([^\s";]+))\s*$/.exec(part);
-    if (!kv) {
-      if (part.trim()) return null;
-      continue;
-    }
-    if (kv[1].toLowerCase() === 'boundary') found.push(kv[2] ?? kv[3]);
-  }
-  if (found.length !== 1) return null;
-  // RFC 2046 bchars, 1..70, not ending in a space.
-  return /^[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]$/.test(found[0]) ? found[0] : null;
-}
-
-/**
- * Parses a Content-Disposition of a form-data part, refusing everything a browser never sends but a server might
- * read differently: RFC 2231/5987 `name*`/`filename*` parameters, backslash escapes, duplicate parameters, and
- * quoted values starting with `/` (aiohttp strips leading slashes: `name="/subfolder"` is ComfyUI's `subfolder`).
- */
-export function parseDisposition(value: string): { name: string; filename: string | null } {
-  const parts: string[] = [];
-  let cur = '';
-  let quoted = false;
-  for (const ch of value) {
-    if (ch === '"') quoted = !quoted;
-    if (ch === ';' && !quoted) {
-      parts.push(cur);
-      cur = '';
-    } else cur += ch;
-  }
-  if (quoted) throw bad('unterminated quoted string');
-  parts.push(cur);
-  if (parts[0].trim().toLowerCase() !== 'form-data') throw bad('part is not form-data');
-  const params = new Map<string, string>();
-  for (const p of parts.slice(1)) {
-    if (!p.trim()) continue;
-    const m = /^\s*([^\s=*"]+)\s*=\s*(?:"([^"]*)"|([^\s";]*))\s*$/.exec(p);
-    if (!m) throw bad('unsupported Content-Disposition parameter');
-    const key = m[1].toLowerCase();
-    const v = m[2] ?? m[3];
-    if (v.includes('\\')) throw bad('escaped characters in Content-Disposition');
-    if (v.startsWith('/')) throw bad('Content-Disposition value starting with a slash');
-    if (params.has(key)) throw bad('duplicate Content-Disposition parameter');
-    params.set(key, v);
-  }
-  const name = params.get('name');
-  if (name === undefined) throw bad('part without a name');
-  return { name, filename: params.has('filename') ? params.get('filename')! : null };
-}
+export { formDataBoundary, parseDisposition } from './formHeaders';
 
 type State = 'preamble' | 'after' | 'headers' | 'body' | 'field' | 'done';
 
 /**
- * A streaming multipart/form-data rewriter: file parts flow through untouched (never buffered), the few small
- * fields named in `rules.rewrite` are replaced (their headers too, so no charset or transfer encoding can change
- * how ComfyUI reads the new value), missing `ensure` fields are appended, preamble and epilogue are dropped.
- * Only CRLF-delimited boundaries count; a bare `--boundary` anywhere else is refused, so no parser can see a part
- * this one did not.
+ * A streaming multipart/form-data rewriter: file parts flow through untouched (never buffered), every plain field
+ * is replaced by the value `rules.fields` makes of it (headers too, so no charset or transfer encoding can change
+ * how ComfyUI reads it), missing `ensure` fields are appended, preamble and epilogue are dropped. A part the route
+ * does not know (`_charset_` included), a field sent twice, a file where a field is expected (or the reverse), and
+ * any header outside formHeaders.ts's grammar are refused. Only CRLF-delimited boundaries count; a bare
+ * `--boundary` anywhere else is refused, so no parser can see a part this one did not.
  */
 export function multipartRewriter(rules: MultipartRules): Transform {
   const needle = Buffer.from(`--${rules.boundary}`, 'latin1');
@@ -110,39 +60,27 @@ export function multipartRewriter(rules: MultipartRules): Transform {
     } catch {
       throw bad(`field ${f.name} is not UTF-8`);
     }
-    const value = rules.rewrite[f.name](text);
-    if (/["\r\n]/.test(f.name)) throw bad('bad field name');
-    push(plainPart(f.name, value));
+    push(plainPart(f.name, rules.fields[f.name](text)));
   }
 
   function startPart(block: Buffer, push: (b: Buffer) => void) {
-    let text: string;
-    try {
-      text = new TextDecoder('utf-8', { fatal: true }).decode(block);
-    } catch {
-      throw bad('part headers are not UTF-8');
-    }
-    const lines = text.split('\r\n');
-    let disposition: string | null = null;
-    for (const line of lines) {
-      if (!TOKEN_LINE.test(line)) throw bad('malformed part header');
-      const i = line.indexOf(':');
-      if (line.slice(0, i).toLowerCase() === 'content-disposition') {
-        if (disposition !== null) throw bad('duplicate Content-Disposition');
-        disposition = line.slice(i + 1).trim();
-      }
-    }
-    if (disposition === null) throw bad('part without Content-Disposition');
-    const d = parseDisposition(disposition);
+    const d = parsePartHeaders(block);
+    if (seen.has(d.name)) throw bad(`field ${d.name} sent twice`);
     seen.add(d.name);
-    if (Object.prototype.hasOwnProperty.call(rules.rewrite, d.name)) {
+    if (d.filename === null && own(rules.fields, d.name)) {
       field = { name: d.name, chunks: [], size: 0 };
       state = 'field';
       return;
     }
-    if (d.filename !== null) rules.checkFilename(d.filename);
-    push(Buffer.concat([delimiter(), block, HEADER_END]));
-    state = 'body';
+    if (d.filename !== null && own(rules.files, d.name)) {
+      if (!d.filename) throw bad(`file part ${d.name} without a file name`);
+      rules.files[d.name](d.filename);
+      push(Buffer.concat([delimiter(), block, HEADER_END]));
+      state = 'body';
+      return;
+    }
+    if (own(rules.fields, d.name) || own(rules.files, d.name)) throw bad(`${d.name} must be ${own(rules.files, d.name) ? 'a file' : 'a plain field'}`);
+    throw badMultipart(`unknown field ${JSON.stringify(d.name)}`, { field: d.name });
   }
 
   function step(push: (b: Buffer) => void) {

@@ -3,10 +3,9 @@ import path from 'node:path';
 import type { Interceptor } from '../../app';
 import type { IsolationContext } from './context';
 import { callUpstream, isObj, seesAll, segs, sendJson, sendUpstream, unexpectedAnswer, upstreamHeaders, upstreamJson, upstreamUrl } from './http';
+import { fileInputsOf } from './nodeSchema';
 import { parseAnnotated } from './paths';
 
-const LOADER_CLASS = /load/i;
-const LOADER_INPUTS = new Set(['image', 'mask', 'file', 'audio', 'video', 'model_file']);
 const EXT: Record<string, Set<string>> = {
   image: new Set(['.png', '.jpg', '.jpeg', '.webp', '.gif', '.bmp', '.tif', '.tiff', '.avif', '.jfif']),
   audio: new Set(['.wav', '.mp3', '.ogg', '.flac', '.m4a', '.aac', '.opus']),
@@ -69,11 +68,13 @@ export function objectInfoInterceptor(iso: IsolationContext): Interceptor {
 
   function filterNode(info: Record<string, any>, user: string): void {
     if (!isObj(info.input)) return;
+    // The node's own schema says which inputs list files (nodeSchema.ts), whatever the node is called.
+    const files = fileInputsOf(info, iso.inputDir);
     for (const group of ['required', 'optional']) {
       const inputs = info.input[group];
       if (!isObj(inputs)) continue;
       for (const [name, spec] of Object.entries(inputs)) {
-        if (!LOADER_INPUTS.has(name.toLowerCase()) || !Array.isArray(spec)) continue;
+        if (!files.has(name) || !Array.isArray(spec)) continue;
         const cfg = isObj(spec[1]) ? spec[1] : {};
         if (Array.isArray(spec[0])) {
           inputs[name] = [filterOptions(spec[0], user, kindOf(name, cfg)), ...spec.slice(1)];
@@ -97,7 +98,7 @@ export function objectInfoInterceptor(iso: IsolationContext): Interceptor {
         if (up.status === 200) throw unexpectedAnswer();
         return sendUpstream(req, res, up);
       }
-      for (const [cls, info] of Object.entries(j)) if (LOADER_CLASS.test(cls) && isObj(info)) filterNode(info, p.username);
+      for (const info of Object.values(j)) if (isObj(info)) filterNode(info, p.username);
       sendJson(req, res, j, 200, up);
     },
   };

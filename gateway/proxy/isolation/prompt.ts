@@ -2,6 +2,9 @@ import crypto from 'node:crypto';
 import type { Interceptor } from '../../app';
 import type { IsolationContext } from './context';
 import { callUpstream, isObj, parseJsonObject, readBody, seesAll, segs, sendJson, sendUpstream, upstreamHeaders, upstreamJson, upstreamUrl } from './http';
+import { stringifyJson } from './json';
+import type { NodeFacts } from './nodeSchema';
+import { createUrlGuard } from './urlInputs';
 import { isUnderUser, parseAnnotated, pathNotAllowed, splitUserPath, underUser, type FileType } from './paths';
 
 /** Inputs that name where a node saves: `filename_prefix` and its relatives (a saver's bare `prefix`: SaveLoRA). */
@@ -10,19 +13,17 @@ const SAVE_PREFIX = /filename_prefix/i;
 const SAVE_DIR = /^(output|save)_(path|dir|directory|folder)$/i;
 /** Any other input named like a file or folder (`folder`, `file_path`, `folder_name`, …), read or written. */
 const PATH_NAME = /(^|_)(path|dir|directory|folder|file|filename|filepath|dirname|foldername)$|(^|_)(file|folder|dir)_name$/i;
-/** File inputs of loaders (LoadImage, WebcamCapture, LoadLatent, LoadAudio, LoadVideo, Load3D, VHS_LoadVideo, …). */
+/** Inputs confined as files whatever the schema says (a second net under the schema's file inputs). */
 const LOADER_INPUTS = new Set(['image', 'mask', 'file', 'audio', 'video', 'model_file', 'latent']);
-const LOADER_CLASS = /load/i;
-/** Savers: their `image`/`audio`/`video` inputs are the data to save, their path inputs name where. */
-const SAVER_CLASS = /save/i;
 const URL_SCHEME = /^([a-z][a-z0-9+.-]*):\/\//i;
 
 /** How an input is confined: a save prefix (names files), a loader value (annotated, URLs allowed), a folder. */
 type Kind = 'prefix' | 'load' | 'dir';
 
-function kindOf(name: string, saver: boolean): Kind | null {
+function kindOf(name: string, saver: boolean, unknown: boolean): Kind | null {
   const lower = name.toLowerCase();
-  if (SAVE_PREFIX.test(name) || (saver && lower === 'prefix')) return 'prefix';
+  // A node ComfyUI could not describe might save: its bare `prefix` is held to a save prefix's rules.
+  if (SAVE_PREFIX.test(name) || ((saver || unknown) && lower === 'prefix')) return 'prefix';
   if (!saver && LOADER_INPUTS.has(lower)) return 'load';
   if (SAVE_DIR.test(name) || PATH_NAME.test(name)) return 'dir';
   return null;
@@ -40,23 +41,26 @@ export function confinePromptPaths(
   prompt: unknown,
   user: string,
   ownsTemp: (subfolder: string, filename: string) => boolean,
-  opts: { confineReads?: boolean } = {},
+  opts: { confineReads?: boolean; facts?: (classType: string) => NodeFacts | null | undefined } = {},
 ): void {
   const confineReads = opts.confineReads ?? true;
   if (!isObj(prompt)) return;
   for (const [nodeId, node] of Object.entries(prompt)) {
     if (!isObj(node) || !isObj(node.inputs)) continue;
     const cls = typeof node.class_type === 'string' ? node.class_type : '';
-    const saver = SAVER_CLASS.test(cls);
-    const strict = saver || LOADER_CLASS.test(cls);
+    // From the node's schema (nodeSchema.ts); a class ComfyUI could not describe is held to the loaders' rules.
+    const facts = opts.facts?.(cls) ?? null;
+    const saver = facts?.saver ?? false;
+    const strict = facts ? facts.loader || facts.saver : true;
     for (const [name, value] of Object.entries(node.inputs)) {
-      const kind = kindOf(name, saver);
+      const kind = facts?.fileInputs.has(name) ? 'load' : kindOf(name, saver, !facts);
       if (!kind) continue;
       const writes = kind === 'prefix' || saver || SAVE_DIR.test(name);
       if (!confineReads && !writes) continue;
       const where = { node: nodeId, input: name };
       const one = (v: string, at: Record<string, unknown>) => confineValue(kind, v, user, at, ownsTemp);
       if (typeof value === 'string') node.inputs[name] = one(value, where);
+
       else if (typeof value === 'number' || typeof value === 'boolean') {
         if (kind === 'prefix') node.inputs[name] = one(String(value), where); // ComfyUI str()s it into a name
       } else if (strict && isObj(value)) {
@@ -98,17 +102,23 @@ function confineLoaderValue(value: string, user: string, where: Record<string, u
   return underUser(user, s, 'file').join('/') + suffix;
 }
 
-/** POST /prompt: the gateway's prompt id, a client_id bound to the user, confined paths, then the ledger. */
+/** POST /prompt: internal URLs refused, the gateway's prompt id, a client_id bound to the user, confined paths, then the ledger. */
 export function promptInterceptor(iso: IsolationContext): Interceptor {
+  const urls = createUrlGuard({ allow: iso.config.prompt_url_allow, upstreamOrigin: iso.upstream.origin });
   return {
     id: 'isolation-prompt',
     matches: (ctx, method) => method === 'POST' && segs(ctx).join('/') === 'prompt',
     async handle(req, res, ctx) {
       const p = ctx.principal!;
       const body = parseJsonObject(await readBody(req));
+      // URL-loading nodes fetch from the ComfyUI host, behind the gateway: a user may not point them inside.
+      if (p.role !== 'admin') await urls.check(body.prompt);
       if (iso.separate) {
+        const classes = isObj(body.prompt) ? Object.values(body.prompt).map((n) => (isObj(n) && typeof n.class_type === 'string' ? n.class_type : '')) : [];
+        const facts = await iso.schemas.factsFor(classes.filter(Boolean));
         confinePromptPaths(body.prompt, p.username, (subfolder, filename) => iso.ledger.ownsFile(p.username, { type: 'temp', subfolder, filename }), {
           confineReads: !seesAll(p, iso.separate),
+          facts: (cls) => facts.get(cls),
         });
       }
       // Jumping the shared queue (`front`, a chosen `number`) is an admin's call, not every user's.
@@ -132,7 +142,7 @@ export function promptInterceptor(iso: IsolationContext): Interceptor {
       const settle = iso.promptIds.begin(upstreamCid);
       let up;
       try {
-        up = await callUpstream(iso.upstream, 'POST', upstreamUrl(ctx), headers, JSON.stringify(body));
+        up = await callUpstream(iso.upstream, 'POST', upstreamUrl(ctx), headers, stringifyJson(body));
       } catch (e) {
         iso.ledger.remove(promptId);
         settle();

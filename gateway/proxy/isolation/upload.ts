@@ -8,6 +8,7 @@ import type { RequestContext } from '../../http/context';
 import { sendError } from '../../http/render';
 import type { IsolationContext } from './context';
 import { isObj, seesAll, segs, upstreamHeaders, upstreamUrl } from './http';
+import { parseJson, stringifyJson } from './json';
 import { formDataBoundary, multipartRewriter } from './multipart';
 import { isFileType, isUnderUser, normaliseRef, parseAnnotated, pathNotAllowed, splitUserPath, underUser } from './paths';
 import { HOP_BY_HOP } from '../headers';
@@ -15,9 +16,10 @@ import { HOP_BY_HOP } from '../headers';
 
 /**
  * POST /upload/image and /upload/mask. The multipart body is rewritten as it streams (never buffered, so a
- * 200 MB upload costs a few chunks of memory): every `subfolder` field becomes `<user>/<subfolder>` (one is added
- * when the client sent none), file names must be a single plain segment, and the mask's `original_ref` must name
- * a file the user may read. A refusal found before the first byte is forwarded never reaches ComfyUI; one found
+ * 200 MB upload costs a few chunks of memory): only the fields ComfyUI reads are accepted, each once and as UTF-8
+ * (no `_charset_`, part charset or transfer encoding: see formHeaders.ts); `subfolder` becomes
+ * `<user>/<subfolder>` (one is added when the client sent none), `type` must name an area, file names must be a
+ * single plain segment, and the mask's `original_ref` must name a file the user may read. A refusal found before the first byte is forwarded never reaches ComfyUI; one found
  * later aborts the upstream request, and ComfyUI (which parses the whole body before writing) writes nothing.
  */
 export function uploadInterceptor(iso: IsolationContext): Interceptor {
@@ -32,17 +34,26 @@ export function uploadInterceptor(iso: IsolationContext): Interceptor {
         throw new AppError(400, 'INVALID_BODY', 'Uploads must be multipart/form-data with a boundary');
       }
       const readsAll = seesAll(p, iso.separate);
+      const isMask = segs(ctx)[1] === 'mask';
       const rewriter = multipartRewriter({
         boundary,
-        rewrite: {
+        // Exactly the fields ComfyUI's upload routes read (server.py image_upload / upload_mask); nothing else passes.
+        fields: {
           subfolder: (v) => underUser(p.username, splitUserPath(v, { field: 'subfolder' })).join('/'),
-          original_ref: (v) => originalRef(v, p.username, readsAll, iso),
+          type: (v) => {
+            if (!isFileType(v)) throw new AppError(400, 'INVALID_BODY', 'type must be input, output or temp', { field: 'type' });
+            return v;
+          },
+          overwrite: (v) => v,
+          ...(isMask ? { original_ref: (v: string) => originalRef(v, p.username, readsAll, iso) } : {}),
+        },
+        files: {
+          image(name) {
+            const s = splitUserPath(name, { field: 'filename' });
+            if (s.length !== 1) throw pathNotAllowed('file names may not contain directories', { field: 'filename' });
+          },
         },
         ensure: { subfolder: () => p.username },
-        checkFilename(name) {
-          const s = splitUserPath(name, { field: 'filename' });
-          if (s.length !== 1) throw pathNotAllowed('file names may not contain directories', { field: 'filename' });
-        },
       });
       await streamUpstream(req, res, ctx, rewriter, iso);
     },
@@ -51,12 +62,7 @@ export function uploadInterceptor(iso: IsolationContext): Interceptor {
 
 /** Validates the mask's reference to the image it is painted on; returns it re-serialised from what was checked. */
 function originalRef(text: string, user: string, readsAll: boolean, iso: IsolationContext): string {
-  let ref: unknown;
-  try {
-    ref = JSON.parse(text);
-  } catch {
-    throw new AppError(400, 'INVALID_BODY', 'original_ref must be JSON');
-  }
+  const ref = parseJson(text);
   if (!isObj(ref) || typeof ref.filename !== 'string') throw new AppError(400, 'INVALID_BODY', 'original_ref needs a filename');
   const ann = parseAnnotated(ref.filename);
   const type = ann.type ?? (ref.type === undefined ? 'output' : ref.type);
@@ -64,8 +70,11 @@ function originalRef(text: string, user: string, readsAll: boolean, iso: Isolati
   // ComfyUI joins the subfolder with the whole filename here (no basename), so directories in it count.
   const { ref: f, segs } = normaliseRef(type, typeof ref.subfolder === 'string' ? ref.subfolder : '', ann.name, { keepDirs: true });
   if (!readsAll && !isUnderUser(user, segs) && !iso.ledger.ownsFile(user, f)) throw pathNotAllowed('not your file', { field: 'original_ref' });
-  return JSON.stringify({ ...ref, filename: f.filename, subfolder: f.subfolder, type });
+  return stringifyJson({ ...ref, filename: f.filename, subfolder: f.subfolder, type });
 }
+
+/** How much of a rewritten upload is held before ComfyUI is called (per upload in flight). */
+const HOLD_BACK = 1024 * 1024;
 
 /** Pipes the rewritten body to ComfyUI (opened only once there is something to send) and its answer back. */
 function streamUpstream(req: IncomingMessage, res: ServerResponse, ctx: RequestContext, rewriter: Transform, iso: IsolationContext): Promise<void> {
@@ -136,14 +145,32 @@ function streamUpstream(req: IncomingMessage, res: ServerResponse, ctx: RequestC
       return up;
     };
 
-    rewriter.on('data', (chunk: Buffer) => {
+    // The first HOLD_BACK bytes are held until the body is checked to its end or grows past them: a refused small
+    // upload (every trick here fits) never reaches ComfyUI; a longer one is streamed and aborted on refusal.
+    let held: Buffer[] | null = [];
+    let heldSize = 0;
+    const send = (chunk: Buffer) => {
       const u = up ?? open();
       if (!u.write(chunk)) {
         rewriter.pause();
         u.once('drain', () => rewriter.resume());
       }
+    };
+    const release = () => {
+      const h = held;
+      held = null;
+      if (h?.length) send(Buffer.concat(h));
+    };
+    rewriter.on('data', (chunk: Buffer) => {
+      if (held) {
+        held.push(chunk);
+        if ((heldSize += chunk.length) > HOLD_BACK) release();
+      } else send(chunk);
     });
-    rewriter.on('end', () => (up ?? open()).end());
+    rewriter.on('end', () => {
+      release();
+      (up ?? open()).end();
+    });
     rewriter.on('error', fail);
     req.on('error', fail);
     req.on('close', () => {
