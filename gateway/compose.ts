@@ -21,6 +21,7 @@ import { staticRoutes } from './routes/static';
 // users, sessions, tokens (issue 3)
 import { createJwtService, loadJwtSecret } from './auth/jwt';
 import { createPasswords } from './auth/passwords';
+import { createRevocations } from './auth/revocations';
 import { createApiTokenVerifier } from './auth/tokens';
 import { accountRoutes } from './routes/account';
 import { authRoutes } from './routes/auth';
@@ -77,7 +78,10 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   closers.push(() => bruteForce.close());
 
   // Users, sessions and personal tokens: the store, the JWT key, and the verifiers the chain calls.
-  const users = await createUserStore({ file: config.paths.usersDb, logger });
+  // "A credential was invalidated" (logout, token revoked, password change, disable, deletion): the store emits,
+  // the WebSocket relay closes what was opened with it.
+  const revocations = createRevocations((err, e) => logger.error({ err, event: e.kind }, 'a credential-invalidation listener failed'));
+  const users = await createUserStore({ file: config.paths.usersDb, logger, revocations });
   closers.push(() => users.flush());
   const jwtSecret = await loadJwtSecret({ env: opts.env ?? process.env, envName: config.secret_key_env, dataDir: config.paths.dataDir });
   if (jwtSecret.warning) notices.push(jwtSecret.warning);
@@ -165,6 +169,7 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
     interceptors,
     enrichers,
     wsHooks: composeWsHooks(wsHooks),
+    revocations,
     pingIntervalMs: opts.pingIntervalMs,
     // HTTPS = TLS socket, or a trusted proxy's X-Forwarded-Proto (never an untrusted client's header).
     isSecure: clientIp.isSecure,

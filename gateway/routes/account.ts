@@ -31,6 +31,8 @@ export interface AccountRouteDeps {
 
 /** Personal tokens one user may hold at once (each is a row in the users file). */
 export const MAX_TOKENS_PER_USER = 100;
+/** Shortest personal-token lifetime: anything shorter is expired by the time the caller can use it. */
+export const MIN_TOKEN_LIFETIME_MS = 1000;
 
 const publicToken = (t: ApiTokenRecord) => ({
   id: t.id,
@@ -122,6 +124,9 @@ export function accountRoutes(deps: AccountRouteDeps): RouteMount {
         if (typeof h !== 'number' || !Number.isFinite(h) || h <= 0 || h > max) fields.expires_in_hours = `a number of hours, more than 0 and at most ${max}`;
         else hours = h;
       }
+      const lifetimeMs = Math.round(hours * 3600_000);
+      // A lifetime that rounds below a second would make a token already expired (or expiring as it is handed out).
+      if (!fields.expires_in_hours && lifetimeMs < MIN_TOKEN_LIFETIME_MS) fields.expires_in_hours = `the token would expire at once; at least ${MIN_TOKEN_LIFETIME_MS / 1000} s`;
       if (Object.keys(fields).length) throw errors.invalidBody('Invalid token request', { fields });
       if (store.tokens.list(user.username).length >= MAX_TOKENS_PER_USER)
         throw new AppError(409, 'TOO_MANY_TOKENS', `At most ${MAX_TOKENS_PER_USER} personal tokens per user; revoke some first`);
@@ -134,7 +139,7 @@ export function accountRoutes(deps: AccountRouteDeps): RouteMount {
         prefix,
         sha256,
         created_at: new Date(created).toISOString(),
-        expires_at: new Date(created + Math.round(hours * 3600_000)).toISOString(),
+        expires_at: new Date(created + lifetimeMs).toISOString(),
         last_used_at: null,
       };
       await store.tokens.add(rec);
