@@ -103,9 +103,8 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   };
   const cfAccess = config.cloudflare_access ? createCloudflareAccess({ config, users, logger, audit }) : null;
   if (cfAccess) {
+    // The email an identity binds to is stored on the account: a deleted account's goes with it.
     chainDeps.verifyCfAccess = (assertion) => cfAccess.verify(assertion);
-    // A deleted account's email binding goes with it: a later account of that name is someone else.
-    users.onRemoved((name) => void cfAccess.forgetUser(name).catch((e) => logger.warn({ err: (e as Error).message }, 'could not drop a Cloudflare Access binding')));
   }
   // Routes that read a body ask the chain again once it has arrived (routes/body.ts freshPrincipal).
   const chain = createCredentialChain(chainDeps);
