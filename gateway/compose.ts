@@ -114,7 +114,6 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   routes.push(
     authRoutes({ config, store: users, passwords, jwt, setup, audit, logger, upstream, limiter: bruteForce, isLocal, chain }),
     accountRoutes({ config, store: users, passwords, jwt, audit, chain, limiter: bruteForce }),
-    userAdminRoutes({ store: users, passwords, audit, chain }),
   );
   const interceptors: Interceptor[] = [];
   interceptors.push(createInjectInterceptor({ upstream, cookieName: config.cookie.name }));
@@ -122,18 +121,21 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   const wsHooks: WsHooks[] = [];
   // Multi-user isolation (issue 5): comfy-user binding, per-user files/queue/history, the isolating WS relay.
   // Its WS hooks go first: later hooks must only ever see frames this user may see.
-  const isolation = createIsolation({ config, logger, audit, upstream });
+  const isolation = createIsolation({ config, logger, audit, upstream, keys: users.accounts });
+  // A deleted account's folders leave its name at once (kept for admins or removed), however it was removed.
+  users.onRemoved((name, accountId) => isolation.folders.retire(name, accountId));
   enrichers.push(...isolation.enrichers);
   interceptors.push(...isolation.interceptors);
   wsHooks.unshift(isolation.wsHooks);
   closers.push(() => isolation.close());
+  routes.push(userAdminRoutes({ store: users, passwords, audit, chain, folders: isolation.folders }));
   // Each gateway user gets its ComfyUI user when it is created (first use covers users made before this ran).
   users.onCreated((u) => {
     isolation.ensureComfyUser(u.username).catch((e) => logger.warn({ err: (e as Error).message, user: u.username }, 'could not create the ComfyUI user yet; will retry on first use'));
   });
   // ComfyUI's server-side model-download API, served here behind the gateway's identity (issue 6).
   if (config.model_downloads.enabled) {
-    const downloads = createDownloads({ config, logger, audit, upstream, recheck: freshPrincipal(chain) });
+    const downloads = createDownloads({ config, logger, audit, upstream, recheck: freshPrincipal(chain), keys: users.accounts });
     await downloads.start();
     routes.push(downloads.routes);
     interceptors.push(...downloads.interceptors);
@@ -141,7 +143,7 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
     wsHooks.push(downloads.wsHooks);
     closers.push(() => downloads.close());
     // A HuggingFace token belongs to the person: a later user of the same name must not inherit it.
-    users.onRemoved((name) => downloads.forgetUser(name));
+    users.onRemoved((_name, _id, key) => downloads.forgetUser(key));
   } else {
     const off = createDownloadsOff({ upstream, cookieName: config.cookie.name });
     interceptors.push(...off.interceptors);

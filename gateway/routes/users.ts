@@ -7,6 +7,7 @@ import type { Role } from '../auth/principal';
 import { AppError, errors } from '../errors';
 import { getContext } from '../http/context';
 import { emailProblem, passwordProblem, permissionsProblem, usernameProblem } from '../users/rules';
+import type { FilesOnDelete, UserFolders } from '../proxy/isolation/folders';
 import type { UserRecord, UserStore } from '../users/types';
 import { bodyObject, freshPrincipal, onlyKeys, origin, parseBody } from './body';
 
@@ -17,6 +18,8 @@ export interface UserAdminDeps {
   audit: Audit;
   /** the credential chain, asked again once a body has arrived (routes/body.ts freshPrincipal) */
   chain: Pick<CredentialChain, 'authenticate'>;
+  /** a deleted account's input/output folders (`?files=keep|delete`) */
+  folders?: Pick<UserFolders, 'check' | 'plan'>;
 }
 
 /** A user as the admin API shows it: never the hash. */
@@ -113,8 +116,21 @@ export function userAdminRoutes(deps: UserAdminDeps): RouteMount {
 
     app.delete('/gateway/api/users/:username', async (req, res) => {
       const target = String(req.params.username);
-      await store.remove(target);
-      audit.record({ event: 'user_delete', user: actor(req), target, ...origin(req) });
+      const q = getContext(req).query;
+      const files = q.getAll('files');
+      if (files.length > 1 || (files.length === 1 && files[0] !== 'keep' && files[0] !== 'delete'))
+        throw errors.invalidBody('files must be "keep" (default: readable by admins only) or "delete"', { fields: { files: 'keep or delete' } });
+      const mode: FilesOnDelete = files[0] === 'delete' ? 'delete' : 'keep';
+      if (!store.get(target)) throw errors.notFound(`No user ${target}`);
+      await deps.folders?.check(mode);
+      deps.folders?.plan(target, mode);
+      try {
+        await store.remove(target);
+      } catch (e) {
+        deps.folders?.plan(target, 'keep');
+        throw e;
+      }
+      audit.record({ event: 'user_delete', user: actor(req), target, files: mode, ...origin(req) });
       res.status(204).end();
     });
   };

@@ -6,6 +6,7 @@ import type { Revocations } from '../auth/revocations';
 import { AppError, errors } from '../errors';
 import type { Logger } from '../log';
 import { sweepStaleTemps, withFileLock } from './atomicFile';
+import { RESERVED_USERNAMES } from './rules';
 import type { ApiTokenRecord, UserRecord, UserStore } from './types';
 import { AtomicJsonFile, emptyUsersFile, parseUsersFile, signature, type UsersFile } from './usersFile';
 
@@ -18,6 +19,8 @@ const enabledAdmins = (users: UserRecord[]) => users.filter((u) => u.role === 'a
 
 /** How often a personal token's last_used_at is written at most (it would otherwise write the file per request). */
 const TOUCH_INTERVAL_MS = 60_000;
+/** Longest username (rules.ts): account ids are longer, so a key tells which kind it is. */
+const USERNAME_MAX = 32;
 
 /** The user store extended with what the gateway's auth parts need beyond types.ts. */
 export interface GatewayUserStore extends UserStore {
@@ -137,7 +140,7 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
       announce(old, 'deleted');
       for (const l of removedListeners) {
         try {
-          l(old.username, old.id);
+          l(old.username, old.id, keyOfRecord(old));
         } catch (err) {
           logger?.warn({ err, user: old.username }, 'clean-up after an external removal failed');
         }
@@ -162,7 +165,9 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
   const same = (a: UserRecord, b: UserRecord) => a.id === b.id;
 
   const createdListeners: ((u: UserRecord) => void)[] = [];
-  const removedListeners: ((username: string, accountId: string) => void)[] = [];
+  const removedListeners: ((username: string, accountId: string, key: string) => void)[] = [];
+  /** the key an account's records are kept under (see AccountKeys) */
+  const keyOfRecord = (u: UserRecord) => (u.legacy ? u.username : u.id);
   const store: GatewayUserStore = {
     file,
     setupInfo() {
@@ -194,15 +199,16 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
     },
     // No refresh here: these run per history entry; the request's principal was resolved (and the file re-read) first.
     accounts: {
-      idOf(username) {
-        return find(username)?.id;
-      },
-      nameOf(id) {
-        return byAccount.get(id)?.username;
-      },
-      legacyIdOf(username) {
+      keyOf(username) {
         const u = find(username);
-        return u?.legacy ? u.id : undefined;
+        return u ? keyOfRecord(u) : username;
+      },
+      nameOf(key) {
+        if (key.length > USERNAME_MAX) return byAccount.get(key)?.username;
+        const u = find(key);
+        // A name-keyed record is a legacy account's, or a non-account's (`api-key`); never a later account's.
+        if (u) return u.legacy ? u.username : undefined;
+        return RESERVED_USERNAMES.has(key) ? key : undefined;
       },
     },
     onCreated(listener) {
@@ -286,7 +292,7 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
       reindex();
       await persist();
       announce(target, 'deleted');
-      for (const l of removedListeners) l(username, target.id);
+      for (const l of removedListeners) l(username, target.id, keyOfRecord(target));
     },
     tokens: {
       list(username) {

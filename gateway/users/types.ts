@@ -49,8 +49,8 @@ export interface UserStore {
   update(username: string, patch: Partial<Omit<UserRecord, 'id' | 'username' | 'created_at' | 'legacy'>>): Promise<UserRecord>;
   /** the account holding exactly this email (compared lower-cased) */
   byEmail(email: string): UserRecord | undefined;
-  /** name ↔ stable account id */
-  accounts: AccountIds;
+  /** usernames ↔ the keys ownership records are kept under */
+  accounts: AccountKeys;
   /** throws AppError 404 NOT_FOUND; 409 LAST_ADMIN */
   remove(username: string): Promise<void>;
   tokens: {
@@ -67,20 +67,23 @@ export interface UserStore {
   /** subscribes to user creation (e.g. to create the matching ComfyUI user at once) */
   onCreated(listener: (u: UserRecord) => void): void;
   /** subscribes to user deletion (e.g. to drop credentials held for them elsewhere) */
-  onRemoved(listener: (username: string, accountId: string) => void): void;
+  onRemoved(listener: (username: string, accountId: string, key: string) => void): void;
   /** waits for pending writes */
   flush(): Promise<void>;
 }
 
-/** Maps usernames to stable account ids and back: what ownership records are keyed by. */
-export interface AccountIds {
-  /** the id of the account now holding `username` */
-  idOf(username: string): string | undefined;
-  /** the current name of account `id`; undefined once it is deleted */
-  nameOf(id: string): string | undefined;
-  /**
-   * For records written before account ids existed (keyed by name): the id of the account they belong to — the
-   * account of that name only if it too predates ids; a later account of the name is someone else.
-   */
-  legacyIdOf(username: string): string | undefined;
+/**
+ * The keys ownership records (prompt ledger, ComfyUI user id, HF token, client ids) are kept under: the stable
+ * account id — except for accounts from before account ids, whose records were kept under their name and stay so
+ * (their name cannot pass to anyone while they exist, and a later account of the name gets an id-keyed start).
+ * Ids are longer than any username can be, so the two kinds of key never meet.
+ */
+export interface AccountKeys {
+  /** the key of `username`'s current account; names of non-accounts (the static key's `api-key`) are their own key */
+  keyOf(username: string): string;
+  /** who owns records kept under `key` now: a username, or undefined when that account is gone */
+  nameOf(key: string): string | undefined;
 }
+
+/** Keys for a gateway without accounts (unit tests): every name is its own key. */
+export const NAME_KEYS: AccountKeys = { keyOf: (u) => u, nameOf: (k) => k };

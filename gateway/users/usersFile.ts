@@ -92,7 +92,7 @@ export function parseUsersFile(file: string, text: string): UsersFile {
 
 /** The id given to an account that predates account ids (stable: its name and creation time). */
 export function legacyAccountId(username: string, createdAt: string): string {
-  return `acct-${crypto.createHash('sha256').update(`${username}\u0000${createdAt}`).digest('hex').slice(0, 24)}`;
+  return `acct-${crypto.createHash('sha256').update(`${username}\u0000${createdAt}`).digest('hex').slice(0, 32)}`;
 }
 
 /** lowdb adapter writing through writeFileAtomic (temp + fsync + rename, mode 0600); reads refuse corrupt files. */
