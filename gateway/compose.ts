@@ -22,6 +22,8 @@ import { staticRoutes } from './routes/static';
 import { createJwtService, loadJwtSecret } from './auth/jwt';
 import { createPasswords } from './auth/passwords';
 import { createRevocations } from './auth/revocations';
+import { createPasswordSlots } from './auth/passwordSlots';
+import { getContext } from './http/context';
 import { createApiTokenVerifier } from './auth/tokens';
 import { accountRoutes } from './routes/account';
 import { authRoutes } from './routes/auth';
@@ -87,6 +89,8 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   if (jwtSecret.warning) notices.push(jwtSecret.warning);
   const jwt = createJwtService({ key: jwtSecret.key, store: users, expiryHours: config.access_token_expiration_hours });
   const passwords = createPasswords(config.bcrypt_cost);
+  // A burst of guesses is refused (429) beyond a few checks in flight per client, before anything is hashed.
+  const passwordSlots = createPasswordSlots({ clientIp: (req) => getContext(req).clientIp });
   const setup = createSetup(users);
   const setupNotice = setup.notice();
   if (setupNotice) notices.push(setupNotice);
@@ -112,8 +116,8 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   const gates: Gate[] = [ipLists.gate, createHttpsUpgradeGate({ config }), ...(cfAccess ? [cfAccess.gate] : []), bruteForce.gate];
   const routes: RouteMount[] = [securityHeaders(), staticRoutes(), healthRoutes({ upstream }), edgeRoutes({ ipLists, audit, chain })];
   routes.push(
-    authRoutes({ config, store: users, passwords, jwt, setup, audit, logger, upstream, limiter: bruteForce, isLocal, chain }),
-    accountRoutes({ config, store: users, passwords, jwt, audit, chain, limiter: bruteForce }),
+    authRoutes({ config, store: users, passwords, jwt, setup, audit, logger, upstream, limiter: bruteForce, isLocal, chain, slots: passwordSlots }),
+    accountRoutes({ config, store: users, passwords, jwt, audit, chain, limiter: bruteForce, slots: passwordSlots }),
   );
   const interceptors: Interceptor[] = [];
   interceptors.push(createInjectInterceptor({ upstream, cookieName: config.cookie.name }));

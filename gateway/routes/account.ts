@@ -5,6 +5,7 @@ import type { Audit } from '../audit';
 import type { CredentialChain } from '../auth/chain';
 import { cookieSecure, sessionCookie } from '../auth/cookie';
 import { tokenRevoked, type JwtService } from '../auth/jwt';
+import type { PasswordSlots } from '../auth/passwordSlots';
 import type { Passwords } from '../auth/passwords';
 import type { Principal } from '../auth/principal';
 import { generateApiToken } from '../auth/tokens';
@@ -27,6 +28,8 @@ export interface AccountRouteDeps {
   chain: Pick<CredentialChain, 'authenticate'>;
   /** brute-force limiter: a stolen session must not guess the current password without limit */
   limiter?: AuthLimiter;
+  /** caps on password checks in flight per client and overall (429 before hashing) */
+  slots?: PasswordSlots;
 }
 
 /** Personal tokens one user may hold at once (each is a row in the users file). */
@@ -82,7 +85,9 @@ export function accountRoutes(deps: AccountRouteDeps): RouteMount {
       const problem = passwordProblem(body.new_password);
       if (problem) throw errors.invalidBody('Invalid new password', { fields: { new_password: problem } });
       limiter?.check(req);
-      const ok = await passwords.verify(body.current_password, user.password_hash);
+      const current_password = body.current_password;
+      const verify = () => passwords.verify(current_password, user.password_hash);
+      const ok = await (deps.slots ? deps.slots.run(req, verify) : verify());
       if (!ok) {
         audit.record({ event: 'password_change_failure', user: user.username, ...origin(req) });
         limiter?.fail(req);

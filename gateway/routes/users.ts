@@ -24,6 +24,7 @@ export interface UserAdminDeps {
 
 /** A user as the admin API shows it: never the hash. */
 export const publicUser = (u: UserRecord) => ({
+  id: u.id,
   username: u.username,
   email: u.email ?? null,
   role: u.role,
