@@ -8,6 +8,7 @@ import type { Logger } from '../log';
 import { sweepStaleTemps, withFileLock } from './atomicFile';
 import { RESERVED_USERNAMES } from './rules';
 import type { ApiTokenRecord, UserRecord, UserStore } from './types';
+import { credentialParts } from './storeCredentials';
 import { AtomicJsonFile, emptyUsersFile, parseUsersFile, signature, type UsersFile } from './usersFile';
 
 export { AtomicJsonFile, emptyUsersFile, parseUsersFile, USERS_FILE_VERSION, UserStoreError, type UsersFile } from './usersFile';
@@ -17,8 +18,6 @@ const copyUser = (u: UserRecord): UserRecord => ({ ...u, permissions: [...u.perm
 type Edit = (d: UsersFile) => void;
 const enabledAdmins = (users: UserRecord[]) => users.filter((u) => u.role === 'admin' && !u.disabled).length;
 
-/** How often a personal token's last_used_at is written at most (it would otherwise write the file per request). */
-const TOUCH_INTERVAL_MS = 60_000;
 /** Longest username (rules.ts): account ids are longer, so a key tells which kind it is. */
 const USERNAME_MAX = 32;
 
@@ -156,13 +155,11 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
     const holder = email === null ? undefined : findEmail(email);
     if (holder && holder !== self) throw new AppError(409, 'EMAIL_EXISTS', `Another account (${holder.username}) already has that email`);
   };
-  const announce = (u: UserRecord, reason: 'password' | 'disabled' | 'deleted') =>
-    bus?.emit({ kind: 'user', username: u.username, accountId: u.id, reason });
+  const announce = (u: UserRecord, reason: 'password' | 'disabled' | 'deleted') => bus?.emit({ kind: 'user', username: u.username, accountId: u.id, reason });
   // Void every credential issued up to now; `+ 1` so that one issued later in this same millisecond is still
   // valid (issuers use max(now, tokens_valid_after), see auth/jwt.ts) while one issued earlier is not.
   const voidBefore = () => now() + 1;
-  /** the same account, not a later one of the same name */
-  const same = (a: UserRecord, b: UserRecord) => a.id === b.id;
+  const same = (a: UserRecord, b: UserRecord) => a.id === b.id; // the same account, not a later one of the name
 
   const createdListeners: ((u: UserRecord) => void)[] = [];
   const removedListeners: ((username: string, accountId: string, key: string) => void)[] = [];
@@ -294,66 +291,7 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
       announce(target, 'deleted');
       for (const l of removedListeners) l(username, target.id, keyOfRecord(target));
     },
-    tokens: {
-      list(username) {
-        refresh();
-        return db.data.tokens.filter((t) => t.username === username).map((t) => ({ ...t }));
-      },
-      findBySha256(sha256) {
-        refresh();
-        const t = bySha.get(sha256);
-        return t && { ...t };
-      },
-      async add(t) {
-        refresh();
-        if (!find(t.username)) throw errors.notFound(`No user ${t.username}`);
-        change((d) => {
-          if (d.users.some((u) => u.username === t.username) && !d.tokens.some((x) => x.id === t.id)) d.tokens.push({ ...t });
-        });
-        reindex();
-        await persist();
-      },
-      async remove(username, id) {
-        refresh();
-        if (!db.data.tokens.some((t) => t.id === id && t.username === username)) return false;
-        change((d) => {
-          d.tokens = d.tokens.filter((t) => !(t.id === id && t.username === username));
-        });
-        reindex();
-        await persist();
-        bus?.emit({ kind: 'token', tokenId: id });
-        return true;
-      },
-      touch(id) {
-        const t = db.data.tokens.find((x) => x.id === id);
-        if (!t) return;
-        const at = now();
-        if (t.last_used_at && at - Date.parse(t.last_used_at) < TOUCH_INTERVAL_MS) return;
-        const when = new Date(at).toISOString();
-        change((d) => {
-          const x = d.tokens.find((y) => y.id === id);
-          if (x) x.last_used_at = when;
-        });
-        persist().catch(() => undefined); // logged by persist; a lost timestamp is harmless
-      },
-    },
-    revocations: {
-      async revoke(jti, exp) {
-        refresh();
-        const t = Math.floor(now() / 1000);
-        change((d) => {
-          d.revoked = d.revoked.filter((r) => r.exp > t);
-          if (!d.revoked.some((r) => r.jti === jti)) d.revoked.push({ jti, exp });
-        });
-        reindex();
-        await persist();
-        bus?.emit({ kind: 'jti', jti });
-      },
-      isRevoked(jti) {
-        refresh();
-        return revoked.has(jti);
-      },
-    },
+    ...credentialParts({ data: () => db.data, change, refresh, reindex, persist, exists: (u) => !!find(u), bySha: () => bySha, revoked: () => revoked, now, bus }),
     async flush() {
       while (queued || unsaved > 0) await tail;
     },

@@ -1,7 +1,7 @@
 /** users_db.json: its schema, parsing (with the account-id migration) and the atomic lowdb adapter. */
-import fs from 'node:fs';
 import crypto from 'node:crypto';
-import { Low, type Adapter } from 'lowdb';
+import fs from 'node:fs';
+import type { Adapter } from 'lowdb';
 import { z } from 'zod';
 import { writeFileAtomic } from './atomicFile';
 import type { ApiTokenRecord, UserRecord } from './types';
