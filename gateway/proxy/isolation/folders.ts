@@ -28,7 +28,8 @@ export interface UserFolders {
 
 /**
  * ComfyUI's input and output folders as the gateway sees them: configured (`comfyui.input_dir` / `output_dir` /
- * `base_dir`), else learned next to the models folder from `/internal/folder_paths` (same host only).
+ * `base_dir`), else learned from ComfyUI's command line (`/system_stats` argv) or next to its models folder
+ * (`/internal/folder_paths`) — same host only: a learned folder must exist here.
  */
 export function createUserFolders(deps: { config: ResolvedConfig; upstream: Upstream; logger: Logger; audit: Audit; inputDir: () => string | null }): UserFolders {
   const { config, logger } = deps;
@@ -40,22 +41,37 @@ export function createUserFolders(deps: { config: ResolvedConfig; upstream: Upst
   let learned: { input: string | null; output: string | null } = { input: null, output: null };
   const planned = new Map<string, FilesOnDelete>();
 
+  const isDir = (d: string) => !!fs.statSync(d, { throwIfNoEntry: false })?.isDirectory();
   async function learn(): Promise<void> {
     if (learned.input && learned.output) return;
     try {
+      // ComfyUI's own command line names moved folders (--input-directory, --output-directory, --base-directory).
+      const stats = await deps.upstream.json<{ system?: { argv?: unknown } }>('GET', '/system_stats', { timeoutMs: 2000 });
+      const argv = Array.isArray(stats.system?.argv) ? stats.system.argv.filter((a): a is string => typeof a === 'string') : [];
+      const flag = (name: string) => {
+        for (let i = 0; i < argv.length; i++) {
+          if (argv[i] === name && argv[i + 1]) return argv[i + 1];
+          if (argv[i].startsWith(`${name}=`)) return argv[i].slice(name.length + 1);
+        }
+        return null;
+      };
+      const fromArgs = (name: string) => {
+        const d = flag(`--${name}-directory`) ?? (flag('--base-directory') ? path.join(flag('--base-directory')!, name) : null);
+        return d && path.isAbsolute(d) && isDir(d) ? d : null;
+      };
+      // Otherwise next to the models folder, as ComfyUI lays them out by default.
       const folders = await deps.upstream.json<Record<string, unknown>>('GET', '/internal/folder_paths', { timeoutMs: 2000 });
       const entry = folders.checkpoints;
       const first = Array.isArray(entry) ? (Array.isArray(entry[0]) ? entry[0][0] : entry[0]) : undefined;
-      if (typeof first !== 'string' || !path.isAbsolute(first)) return;
-      const root = path.dirname(path.dirname(first));
-      const dirOf = (name: string) => (fs.statSync(path.join(root, name), { throwIfNoEntry: false })?.isDirectory() ? path.join(root, name) : null);
-      learned = { input: dirOf('input'), output: dirOf('output') };
+      const root = typeof first === 'string' && path.isAbsolute(first) ? path.dirname(path.dirname(first)) : null;
+      const beside = (name: string) => (root && isDir(path.join(root, name)) ? path.join(root, name) : null);
+      learned = { input: fromArgs('input') ?? beside('input'), output: fromArgs('output') ?? beside('output') };
     } catch {
       /* ComfyUI elsewhere or unreachable */
     }
   }
   const areas = () => ({
-    input: configured(config.comfyui.input_dir, 'input') ?? deps.inputDir() ?? learned.input,
+    input: configured(config.comfyui.input_dir, 'input') ?? learned.input ?? deps.inputDir(),
     output: configured(config.comfyui.output_dir, 'output') ?? learned.output,
   });
 
