@@ -192,7 +192,7 @@
         var files = confirm('Also delete ' + u.username + '’s input and output files?\nOK: delete them. Cancel: keep them, readable by administrators only.') ? 'delete' : 'keep';
         GW.show(msg, '', '');
         call(msg, 'DELETE', path + '?files=' + files).then(function () {
-          GW.show(msg, 'ok', 'User ' + u.username + ' deleted' + (files === 'delete' ? ' with their files.' : '; their files are kept for administrators.'));
+          GW.show(msg, 'ok', 'User ' + u.username + ' deleted. ' + (files === 'delete' ? 'Their files were deleted too.' : 'Their files are kept, readable by administrators only.'));
           loadUsers();
         }, function () {});
       },
