@@ -16,6 +16,7 @@ import { createHttpProxy } from './proxy/http';
 import type { Policy } from './proxy/policy';
 import type { Upstream } from './proxy/upstream';
 import { createWsRelay, type WsHooks } from './proxy/ws';
+import type { Revocations } from './auth/revocations';
 
 /** A check run on every request after the route is known and before authentication (IP lists, CF Access). */
 export type Gate = (req: IncomingMessage, ctx: RequestContext) => void | Promise<void>;
@@ -50,6 +51,8 @@ export interface AppDeps {
   routes?: RouteMount[];
   interceptors?: Interceptor[];
   wsHooks?: WsHooks;
+  /** credential invalidations: the WebSockets opened with a voided credential are closed (1008) */
+  revocations?: Revocations;
   pingIntervalMs?: number;
   /** handles a request before the front door at all (force_https redirects); returns true when it answered */
   preflight?: (req: IncomingMessage, res: ServerResponse) => boolean;
@@ -80,6 +83,7 @@ export function createApp(deps: AppDeps): Gateway {
     logger,
     pingIntervalMs: deps.pingIntervalMs,
     hooks: deps.wsHooks,
+    revocations: deps.revocations,
   });
   const isSecure = deps.isSecure ?? ((req: IncomingMessage) => !!(req.socket as { encrypted?: boolean }).encrypted);
   const ownHost = deps.originalHost ?? ((req: IncomingMessage) => req.headers.host);

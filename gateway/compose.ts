@@ -21,6 +21,9 @@ import { staticRoutes } from './routes/static';
 // users, sessions, tokens (issue 3)
 import { createJwtService, loadJwtSecret } from './auth/jwt';
 import { createPasswords } from './auth/passwords';
+import { createRevocations } from './auth/revocations';
+import { createPasswordSlots } from './auth/passwordSlots';
+import { getContext } from './http/context';
 import { createApiTokenVerifier } from './auth/tokens';
 import { accountRoutes } from './routes/account';
 import { authRoutes } from './routes/auth';
@@ -78,12 +81,17 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   closers.push(() => bruteForce.close());
 
   // Users, sessions and personal tokens: the store, the JWT key, and the verifiers the chain calls.
-  const users = await createUserStore({ file: config.paths.usersDb, logger });
+  // "A credential was invalidated" (logout, token revoked, password change, disable, deletion): the store emits,
+  // the WebSocket relay closes what was opened with it.
+  const revocations = createRevocations((err, e) => logger.error({ err, event: e.kind }, 'a credential-invalidation listener failed'));
+  const users = await createUserStore({ file: config.paths.usersDb, logger, revocations });
   closers.push(() => users.flush());
   const jwtSecret = await loadJwtSecret({ env: opts.env ?? process.env, envName: config.secret_key_env, dataDir: config.paths.dataDir });
   if (jwtSecret.warning) notices.push(jwtSecret.warning);
   const jwt = createJwtService({ key: jwtSecret.key, store: users, expiryHours: config.access_token_expiration_hours });
   const passwords = createPasswords(config.bcrypt_cost);
+  // A burst of guesses is refused (429) beyond a few checks in flight per client, before anything is hashed.
+  const passwordSlots = createPasswordSlots({ clientIp: (req) => getContext(req).clientIp });
   const setup = createSetup(users);
   const setupNotice = setup.notice();
   if (setupNotice) notices.push(setupNotice);
@@ -100,9 +108,8 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   };
   const cfAccess = config.cloudflare_access ? createCloudflareAccess({ config, users, logger, audit }) : null;
   if (cfAccess) {
+    // The email an identity binds to is stored on the account: a deleted account's goes with it.
     chainDeps.verifyCfAccess = (assertion) => cfAccess.verify(assertion);
-    // A deleted account's email binding goes with it: a later account of that name is someone else.
-    users.onRemoved((name) => void cfAccess.forgetUser(name).catch((e) => logger.warn({ err: (e as Error).message }, 'could not drop a Cloudflare Access binding')));
   }
   // Routes that read a body ask the chain again once it has arrived (routes/body.ts freshPrincipal).
   const chain = createCredentialChain(chainDeps);
@@ -110,9 +117,8 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   const gates: Gate[] = [ipLists.gate, createHttpsUpgradeGate({ config }), ...(cfAccess ? [cfAccess.gate] : []), bruteForce.gate];
   const routes: RouteMount[] = [securityHeaders(), staticRoutes(), healthRoutes({ upstream }), edgeRoutes({ ipLists, audit, chain })];
   routes.push(
-    authRoutes({ config, store: users, passwords, jwt, setup, audit, logger, upstream, limiter: bruteForce, isLocal, chain }),
-    accountRoutes({ config, store: users, passwords, jwt, audit, chain, limiter: bruteForce }),
-    userAdminRoutes({ store: users, passwords, audit, chain }),
+    authRoutes({ config, store: users, passwords, jwt, setup, audit, logger, upstream, limiter: bruteForce, isLocal, chain, slots: passwordSlots }),
+    accountRoutes({ config, store: users, passwords, jwt, audit, chain, limiter: bruteForce, slots: passwordSlots }),
   );
   const interceptors: Interceptor[] = [];
   interceptors.push(createInjectInterceptor({ upstream, cookieName: config.cookie.name }));
@@ -124,18 +130,21 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   const comfyServer = createComfyServer({ upstream, logger, upstreamUrl: config.upstream, configuredInputDir: configuredInputDir(config) });
   closers.push(() => comfyServer.close());
   await comfyServer.learn();
-  const isolation = createIsolation({ config, logger, audit, upstream, server: comfyServer });
+  const isolation = createIsolation({ config, logger, audit, upstream, server: comfyServer, keys: users.accounts });
+  // A deleted account's folders leave its name at once (kept for admins or removed), however it was removed.
+  users.onRemoved((name, accountId) => isolation.folders.retire(name, accountId));
   enrichers.push(...isolation.enrichers);
   interceptors.push(...isolation.interceptors);
   wsHooks.unshift(isolation.wsHooks);
   closers.push(() => isolation.close());
+  routes.push(userAdminRoutes({ store: users, passwords, audit, chain, folders: isolation.folders }));
   // Each gateway user gets its ComfyUI user when it is created (first use covers users made before this ran).
   users.onCreated((u) => {
     isolation.ensureComfyUser(u.username).catch((e) => logger.warn({ err: (e as Error).message, user: u.username }, 'could not create the ComfyUI user yet; will retry on first use'));
   });
   // ComfyUI's server-side model-download API, served here behind the gateway's identity (issue 6).
   if (config.model_downloads.enabled) {
-    const downloads = createDownloads({ config, logger, audit, upstream, recheck: freshPrincipal(chain) });
+    const downloads = createDownloads({ config, logger, audit, upstream, recheck: freshPrincipal(chain), keys: users.accounts });
     await downloads.start();
     routes.push(downloads.routes);
     interceptors.push(...downloads.interceptors);
@@ -143,7 +152,7 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
     wsHooks.push(downloads.wsHooks);
     closers.push(() => downloads.close());
     // A HuggingFace token belongs to the person: a later user of the same name must not inherit it.
-    users.onRemoved((name) => downloads.forgetUser(name));
+    users.onRemoved((_name, _id, key) => downloads.forgetUser(key));
   } else {
     const off = createDownloadsOff({ upstream, cookieName: config.cookie.name });
     interceptors.push(...off.interceptors);
@@ -170,6 +179,7 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
     interceptors,
     enrichers,
     wsHooks: composeWsHooks(wsHooks),
+    revocations,
     pingIntervalMs: opts.pingIntervalMs,
     // HTTPS = TLS socket, or a trusted proxy's X-Forwarded-Proto (never an untrusted client's header).
     isSecure: clientIp.isSecure,

@@ -17,6 +17,9 @@ export function createLogger(opts: { levels: string[]; file: string | null; stdo
   if (opts.stdout !== false) streams.push({ level: level as pino.Level, stream: pino.destination({ fd: 1, sync: false }) });
   if (opts.file) {
     fs.mkdirSync(path.dirname(opts.file), { recursive: true });
+    // Created 0600 like every other data file (it names users and addresses); an older, wider file is narrowed.
+    fs.closeSync(fs.openSync(opts.file, 'a', 0o600));
+    if ((fs.statSync(opts.file).mode & 0o077) !== 0) fs.chmodSync(opts.file, 0o600);
     streams.push({ level: level as pino.Level, stream: pino.destination({ dest: opts.file, sync: false, mkdir: true }) });
   }
   return pino(

@@ -175,6 +175,13 @@
       if (!newPass.value) return GW.show(msg, 'error', 'Type the new password for ' + u.username + ' first.');
       patch({ password: newPass.value }, 'Password of ' + u.username + ' changed; their old sessions and tokens no longer work.');
     });
+    var email = el('input', { type: 'email', className: 'grow', placeholder: 'Email (for Cloudflare Access)', value: u.email || '', autocomplete: 'off', 'aria-label': 'Email of ' + u.username });
+    var emailForm = el('form', { className: 'row grow' }, [email, el('button', { type: 'submit', className: 'secondary small', text: 'Save email' })]);
+    emailForm.addEventListener('submit', function (ev) {
+      ev.preventDefault();
+      var v = email.value.trim();
+      patch({ email: v || null }, v ? 'Email of ' + u.username + ' set to ' + v + '.' : u.username + ' has no email now.');
+    });
     var del = el('button', {
       type: 'button',
       className: 'danger small',
@@ -182,9 +189,10 @@
       'aria-label': 'Delete ' + u.username,
       onclick: function () {
         if (!confirm('Delete the user "' + u.username + '"? This cannot be undone.')) return;
+        var files = confirm('Also delete ' + u.username + '’s input and output files?\nOK: delete them. Cancel: keep them, readable by administrators only.') ? 'delete' : 'keep';
         GW.show(msg, '', '');
-        call(msg, 'DELETE', path).then(function () {
-          GW.show(msg, 'ok', 'User ' + u.username + ' deleted.');
+        call(msg, 'DELETE', path + '?files=' + files).then(function () {
+          GW.show(msg, 'ok', 'User ' + u.username + ' deleted. ' + (files === 'delete' ? 'Their files were deleted too.' : 'Their files are kept, readable by administrators only.'));
           loadUsers();
         }, function () {});
       },
@@ -201,6 +209,7 @@
         el('label', { className: 'check', for: 'dis-' + u.username }, [disabled, 'Disabled']),
         perms,
       ]),
+      el('div', { className: 'row' }, [emailForm]),
       el('div', { className: 'row' }, [reset, del]),
       u.created_at ? el('div', { className: 'muted', text: 'created ' + when(u.created_at) }) : null,
     ]);
@@ -228,6 +237,8 @@
     if (!USERNAME.test(username)) return GW.show(msg, 'error', 'The username must be 2–32 characters: lower-case letters, digits, - and _, starting with a letter or digit.');
     if (!password) return GW.show(msg, 'error', 'Choose a password for the new user.');
     var body = { username: username, password: password, role: $('user-role').value, permissions: checkedPermissions($('user-perms')) };
+    var newEmail = $('user-email').value.trim();
+    if (newEmail) body.email = newEmail;
     call(msg, 'POST', '/gateway/api/users', body).then(function () {
       ev.target.reset();
       GW.show(msg, 'ok', 'User ' + username + ' created. They can sign in now.');

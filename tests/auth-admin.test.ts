@@ -27,7 +27,7 @@ test('GET /gateway/api/users lists users without hashes; users and anonymous cal
   const res = await api().get('/gateway/api/users').set('Authorization', admin);
   expect(res.status).toBe(200);
   const alice = res.body.users.find((u: { username: string }) => u.username === 'alice');
-  expect(alice).toEqual({ username: 'alice', role: 'user', disabled: false, permissions: [], created_at: expect.any(String) });
+  expect(alice).toEqual({ id: expect.any(String), username: 'alice', email: null, role: 'user', disabled: false, permissions: [], created_at: expect.any(String) });
   expect(JSON.stringify(res.body)).not.toMatch(/\$2[aby]\$/);
 
   const user = `Bearer ${(await login(gw, 'alice')).token}`;
@@ -174,7 +174,8 @@ test('admin actions are audited without secrets', async () => {
   await api().patch('/gateway/api/users/audited').set('Authorization', admin).send({ password: 'audited-pass-10', role: 'admin' }).expect(200);
   await api().delete('/gateway/api/users/audited').set('Authorization', admin).expect(204);
   const logs = (await flushedLogs(gw)).filter((l) => l.audit && (l.new_user === 'audited' || l.target === 'audited'));
-  expect(logs.map((l) => l.event)).toEqual(['register', 'user_update', 'password_change', 'user_delete']);
+  // user_files: what became of the deleted account's folders (kept for admins by default)
+  expect(logs.map((l) => l.event)).toEqual(['register', 'user_update', 'password_change', 'user_files', 'user_delete']);
   expect(logs[1]).toMatchObject({ user: 'admin', changes: ['password', 'role'] });
   const text = logText(await flushedLogs(gw));
   expect(text).not.toContain('audited-pass-9');

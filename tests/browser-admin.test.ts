@@ -225,6 +225,19 @@ describe('browser: the admin page (users, tokens, own password, IP lists) in rea
     await page.close();
   });
 
+  test('an admin sets and clears a user’s email (what Cloudflare Access binds to) from the list', async () => {
+    await admin.reload();
+    const email = userRow('carol').locator('input[type=email]');
+    await email.fill('Carol@Example.com');
+    await userRow('carol').locator('button', { hasText: 'Save email' }).click();
+    await msg(admin, 'users-msg', 'Email of carol set to Carol@Example.com.');
+    expect(gw.composed.users.get('carol')?.email).toBe('carol@example.com');
+    await userRow('carol').locator('input[type=email]').fill('');
+    await userRow('carol').locator('button', { hasText: 'Save email' }).click();
+    await msg(admin, 'users-msg', 'carol has no email now.');
+    expect(gw.composed.users.get('carol')?.email).toBeNull();
+  });
+
   test('deleting a user removes it after confirmation', async () => {
     await admin.reload();
     await userRow('carol').locator('button', { hasText: 'Delete' }).click();

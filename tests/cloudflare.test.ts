@@ -161,38 +161,125 @@ describe('cloudflare_access (optional): assertions as credentials', () => {
 });
 
 describe('without auto_provision', () => {
-  test('an unknown email is 403; an existing account with that name is used', async () => {
+  const admin = { 'x-api-key': TEST_KEY };
+  test('an email binds only to the account holding exactly that email; never by local part, whatever the spelling', async () => {
     const gw = await startGateway({ upstream: fake.url, api_key: TEST_KEY, ...cfConfig({ auto_provision: false }) });
     try {
-      const res = await hit(gw.url, '/object_info?edge-cf', { headers: { 'Cf-Access-Jwt-Assertion': sign(key1, { email: 'bob@example.com' }) } });
-      expect([res.status, res.body.error.code]).toEqual([403, 'CF_ACCESS_UNKNOWN_USER']);
-      expect(reached(fake, 'edge-cf')).toBe(0);
-      const users = (await hit(gw.url, '/gateway/api/users', { headers: { 'x-api-key': TEST_KEY } })).body.users as unknown[];
-      expect(users).toHaveLength(0);
-      await hit(gw.url, '/gateway/api/users', { method: 'POST', headers: { 'x-api-key': TEST_KEY }, body: { username: 'bob', password: 'bob-password-1', role: 'user' } });
-      const me = await hit(gw.url, '/gateway/api/me', { headers: { 'Cf-Access-Jwt-Assertion': sign(key1, { email: 'bob@example.com' }) } });
-      expect(me.body).toMatchObject({ username: 'bob', source: 'cf-access' });
+      const asEmail = (email: string, p = '/object_info?edge-cf') => hit(gw.url, p, { headers: { 'Cf-Access-Jwt-Assertion': sign(key1, { email }) } });
+      const refused = async (email: string) => {
+        const before = reached(fake, 'edge-cf');
+        const res = await asEmail(email);
+        expect([email, res.status, res.body.error?.code]).toEqual([email, 403, 'CF_ACCESS_UNKNOWN_USER']);
+        expect(reached(fake, 'edge-cf')).toBe(before);
+      };
+      await refused('bob@example.com');
+      expect((await hit(gw.url, '/gateway/api/users', { headers: admin })).body.users).toHaveLength(0);
+      // an account named after the local part, created by an admin without an email: not anyone's by email
+      expect((await hit(gw.url, '/gateway/api/users', { method: 'POST', headers: admin, body: { username: 'bob', password: 'bob-password-1' } })).status).toBe(201);
+      for (const e of ['bob@example.com', 'Bob+x@attacker.example', 'BOB@example.com', 'bob@attacker.example', 'b.o.b@example.com']) await refused(e);
+      // the admin sets bob's email: exactly that address (lower-cased) binds, nothing around it
+      const set = await hit(gw.url, '/gateway/api/users/bob', { method: 'PATCH', headers: admin, body: { email: 'Bob@Example.com' } });
+      expect([set.status, set.body.email]).toEqual([200, 'bob@example.com']);
+      expect((await asEmail('bob@example.com', '/gateway/api/me')).body).toMatchObject({ username: 'bob', source: 'cf-access' });
+      expect((await asEmail('BOB@EXAMPLE.COM', '/gateway/api/me')).body).toMatchObject({ username: 'bob' });
+      for (const e of ['bob+x@example.com', 'bob@example.com.attacker.example', 'bob@sub.example.com', 'xbob@example.com']) await refused(e);
+      const list = (await hit(gw.url, '/gateway/api/users', { headers: admin })).body.users as { username: string; email: string | null }[];
+      expect(list.find((u) => u.username === 'bob')?.email).toBe('bob@example.com');
     } finally {
       await gw.close();
     }
   });
 
-  test('an admin account is never claimed by an Access email; a deleted account takes its email binding with it', async () => {
+  test('emails are unique (any case), validated, and cleared with null; an admin account binds only by its own email', async () => {
     const gw = await startGateway({ upstream: fake.url, api_key: TEST_KEY, ...cfConfig({ auto_provision: false }) });
     try {
       const asEmail = (email: string) => hit(gw.url, '/gateway/api/me', { headers: { 'Cf-Access-Jwt-Assertion': sign(key1, { email }) } });
-      await hit(gw.url, '/gateway/api/users', { method: 'POST', headers: { 'x-api-key': TEST_KEY }, body: { username: 'root', password: 'root-password-1', role: 'admin' } });
-      const res = await asEmail('root@attacker.example');
-      expect([res.status, res.body.error.code]).toEqual([403, 'CF_ACCESS_UNKNOWN_USER']);
+      const post = (body: Record<string, unknown>) => hit(gw.url, '/gateway/api/users', { method: 'POST', headers: admin, body });
+      const patch = (name: string, body: Record<string, unknown>) => hit(gw.url, `/gateway/api/users/${name}`, { method: 'PATCH', headers: admin, body });
+      expect((await post({ username: 'root', password: 'root-password-1', role: 'admin' })).status).toBe(201);
+      const r0 = await asEmail('root@attacker.example');
+      expect([r0.status, r0.body.error.code]).toEqual([403, 'CF_ACCESS_UNKNOWN_USER']);
+      expect((await post({ username: 'erin', password: 'erin-password-1', email: 'erin@example.com' })).status).toBe(201);
+      const dup = await post({ username: 'erin2', password: 'erin-password-1', email: 'ERIN@example.com' });
+      expect([dup.status, dup.body.error.code]).toEqual([409, 'EMAIL_EXISTS']);
+      const dupPatch = await patch('root', { email: 'Erin@Example.com' });
+      expect([dupPatch.status, dupPatch.body.error.code]).toEqual([409, 'EMAIL_EXISTS']);
+      for (const bad of ['not-an-email', 'a@b@c', 'x y@z', 42, ['a@b']]) {
+        const r = await post({ username: 'frank', password: 'frank-password-1', email: bad });
+        expect([r.status, r.body.error.code]).toEqual([400, 'INVALID_BODY']);
+        const q = await patch('erin', { email: bad });
+        expect([q.status, q.body.error.code]).toEqual([400, 'INVALID_BODY']);
+      }
+      const users = (await hit(gw.url, '/gateway/api/users', { headers: admin })).body.users as { username: string; email: string | null }[];
+      expect(users.map((u) => u.username).sort()).toEqual(['erin', 'root']);
+      expect(users.find((u) => u.username === 'erin')?.email).toBe('erin@example.com');
+      // an admin's own email, set by an admin, binds (an explicit decision, not a guess)
+      expect((await patch('root', { email: 'root@example.com' })).status).toBe(200);
+      expect((await asEmail('root@example.com')).body).toMatchObject({ username: 'root', role: 'admin' });
+      expect((await patch('root', { email: null })).body.email).toBeNull();
+      expect((await asEmail('root@example.com')).status).toBe(403);
+    } finally {
+      await gw.close();
+    }
+  });
 
-      await hit(gw.url, '/gateway/api/users', { method: 'POST', headers: { 'x-api-key': TEST_KEY }, body: { username: 'erin', password: 'erin-password-1', role: 'user' } });
+  test('a deleted account takes its email with it: a new account of that name is nobody’s by email', async () => {
+    const gw = await startGateway({ upstream: fake.url, api_key: TEST_KEY, ...cfConfig({ auto_provision: false }) });
+    try {
+      const asEmail = (email: string) => hit(gw.url, '/gateway/api/me', { headers: { 'Cf-Access-Jwt-Assertion': sign(key1, { email }) } });
+      await hit(gw.url, '/gateway/api/users', { method: 'POST', headers: admin, body: { username: 'erin', password: 'erin-password-1', email: 'erin@example.com' } });
       expect((await asEmail('erin@example.com')).body).toMatchObject({ username: 'erin', source: 'cf-access' });
-      expect((await hit(gw.url, '/gateway/api/users/erin', { method: 'DELETE', headers: { 'x-api-key': TEST_KEY } })).status).toBe(204);
-      await hit(gw.url, '/gateway/api/users', { method: 'POST', headers: { 'x-api-key': TEST_KEY }, body: { username: 'erin', password: 'erin-password-2', role: 'user' } });
-      // the new erin is claimed afresh by whoever maps to it first — here a different email of the same local part
-      expect((await asEmail('erin@other.example')).body).toMatchObject({ username: 'erin', source: 'cf-access' });
-      const old = await asEmail('erin@example.com');
-      expect([old.status, old.body.error.code]).toEqual([403, 'CF_ACCESS_UNKNOWN_USER']);
+      expect((await hit(gw.url, '/gateway/api/users/erin', { method: 'DELETE', headers: admin })).status).toBe(204);
+      await hit(gw.url, '/gateway/api/users', { method: 'POST', headers: admin, body: { username: 'erin', password: 'erin-password-2' } });
+      for (const e of ['erin@example.com', 'erin@other.example']) {
+        const r = await asEmail(e);
+        expect([r.status, r.body.error.code]).toEqual([403, 'CF_ACCESS_UNKNOWN_USER']);
+      }
+    } finally {
+      await gw.close();
+    }
+  });
+
+  test('old bindings carry over only for accounts Access created (no password); local-part bindings are dropped', async () => {
+    const at = '2026-01-01T00:00:00.000Z';
+    const user = (username: string, hash: string) => ({ username, role: 'user', password_hash: hash, disabled: false, permissions: [], created_at: at, tokens_valid_after: 0 });
+    const gw = await startGateway(
+      { upstream: fake.url, api_key: TEST_KEY, ...cfConfig({ auto_provision: false }) },
+      {
+        files: {
+          'data/users_db.json': JSON.stringify({ version: 1, users: [user('prov', '!'), user('alice', `$2b$04$${'a'.repeat(53)}`)], tokens: [], revoked: [] }),
+          'data/cf_access_bindings.json': JSON.stringify({ emails: { 'prov@example.com': 'prov', 'alice+x@attacker.example': 'alice' } }),
+        },
+      },
+    );
+    try {
+      const asEmail = (email: string) => hit(gw.url, '/gateway/api/me', { headers: { 'Cf-Access-Jwt-Assertion': sign(key1, { email }) } });
+      expect((await asEmail('prov@example.com')).body).toMatchObject({ username: 'prov', source: 'cf-access' });
+      const r = await asEmail('alice+x@attacker.example');
+      expect([r.status, r.body.error.code]).toEqual([403, 'CF_ACCESS_UNKNOWN_USER']);
+      const users = (await hit(gw.url, '/gateway/api/users', { headers: admin })).body.users as { username: string; email: string | null }[];
+      expect(Object.fromEntries(users.map((u) => [u.username, u.email]))).toEqual({ prov: 'prov@example.com', alice: null });
+    } finally {
+      await gw.close();
+    }
+  });
+});
+
+describe('auto_provision never takes over an existing account', () => {
+  test('an identity whose local part names a password account gets a new account of its own, holding its email', async () => {
+    const gw = await startGateway({ upstream: fake.url, api_key: TEST_KEY, ...cfConfig({ auto_provision: true }) });
+    try {
+      const admin = { 'x-api-key': TEST_KEY };
+      await hit(gw.url, '/gateway/api/users', { method: 'POST', headers: admin, body: { username: 'carol', password: 'carol-password-1' } });
+      const me = await hit(gw.url, '/gateway/api/me', { headers: { 'Cf-Access-Jwt-Assertion': sign(key1, { email: 'Carol+x@attacker.example' }) } });
+      expect(me.status).toBe(200);
+      expect(me.body.username).not.toBe('carol');
+      const users = (await hit(gw.url, '/gateway/api/users', { headers: admin })).body.users as { username: string; email: string | null }[];
+      expect(users.find((u) => u.username === 'carol')?.email).toBeNull();
+      expect(users.find((u) => u.username === me.body.username)?.email).toBe('carol+x@attacker.example');
+      // the same identity comes back to the account it created
+      const again = await hit(gw.url, '/gateway/api/me', { headers: { 'Cf-Access-Jwt-Assertion': sign(key1, { email: 'carol+X@attacker.example' }) } });
+      expect(again.body.username).toBe(me.body.username);
     } finally {
       await gw.close();
     }

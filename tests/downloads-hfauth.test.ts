@@ -12,6 +12,8 @@ import { startGateway, TEST_KEY, flushedLogs, type TestGateway } from './helpers
 import { callApi, startFakeHf, waitFor, type FakeHf, type JsonReply } from './helpers/fakeHf';
 
 const KEY = { 'x-api-key': TEST_KEY };
+/** A user's HF token file: kept per account id, not per name. */
+const tokenFile = (gw: TestGateway, user: string) => path.join(gw.config.paths.dataDir, 'hf_tokens', `${gw.composed.users.get(user)!.id}.json`);
 const PW = 'correct-horse-battery-1';
 
 let hf: FakeHf;
@@ -142,9 +144,9 @@ describe('per-user HuggingFace login (loopback callback)', () => {
     expect((await call(gw, 'GET', '/api/hf-auth-token-status', undefined, alice)).body).toEqual({ token_available: true, username: 'hf-alice' });
     expect((await call(gw, 'GET', '/api/hf-auth-token-status', undefined, bob)).body).toEqual({ token_available: false, username: null });
 
-    const file = path.join(gw.config.paths.dataDir, 'hf_tokens', 'alice.json');
+    const file = tokenFile(gw, 'alice');
     expect(fs.statSync(file).mode & 0o777).toBe(0o600);
-    expect(fs.existsSync(path.join(gw.config.paths.dataDir, 'hf_tokens', 'bob.json'))).toBe(false);
+    expect(fs.existsSync(tokenFile(gw, 'bob'))).toBe(false);
     const logs = await flushedLogs(gw);
     expect(logs.some((l) => l.event === 'hf_auth_login' && l.user === 'alice')).toBe(true);
   });
@@ -166,7 +168,7 @@ describe('per-user HuggingFace login (loopback callback)', () => {
     const ok = await call(gw, 'POST', '/api/download-models', { models }, alice);
     expect(ok.status).toBe(202);
     await waitFor(async () => (await poll(alice, models)).body.models['checkpoints/g.safetensors'].state === 'available');
-    const tok = JSON.parse(fs.readFileSync(path.join(gw.config.paths.dataDir, 'hf_tokens', 'alice.json'), 'utf8')).access_token;
+    const tok = JSON.parse(fs.readFileSync(tokenFile(gw, 'alice'), 'utf8')).access_token;
     const resolves = hf.requests.filter((r) => r.server === 'hf' && r.url.includes('/resolve/') && r.method === 'GET');
     expect(resolves.length).toBeGreaterThan(0);
     expect(resolves.every((r) => r.headers.authorization === `Bearer ${tok}`)).toBe(true);
@@ -197,7 +199,7 @@ describe('per-user HuggingFace login (loopback callback)', () => {
     hf.oauthUser = 'hf-bob';
     const { callback } = await hfLogin(gw, bob);
     expect(callback.status).toBe(200);
-    const file = path.join(gw.config.paths.dataDir, 'hf_tokens', 'bob.json');
+    const file = tokenFile(gw, 'bob');
     const first = JSON.parse(fs.readFileSync(file, 'utf8')).access_token;
     hf.tokenTtlSec = 3600;
     const r = await poll(bob, { 'checkpoints/g2.safetensors': gated.url });
@@ -212,7 +214,7 @@ describe('per-user HuggingFace login (loopback callback)', () => {
     const out = await call(gw, 'POST', '/api/hf-auth-logout', {}, bob);
     expect([out.status, out.body]).toEqual([200, { logged_out: true }]);
     expect(fs.existsSync(file)).toBe(false);
-    expect(fs.existsSync(path.join(gw.config.paths.dataDir, 'hf_tokens', 'alice.json'))).toBe(true);
+    expect(fs.existsSync(tokenFile(gw, 'alice'))).toBe(true);
     expect((await call(gw, 'GET', '/api/hf-auth-token-status', undefined, alice)).body.token_available).toBe(true);
     expect((await poll(bob, { 'checkpoints/g2.safetensors': gated.url })).body.models['checkpoints/g2.safetensors'].is_hf_downloadable).toBe(false);
     // idempotent, also for someone who never logged in

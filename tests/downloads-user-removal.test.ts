@@ -9,11 +9,16 @@ test('deleting a gateway user deletes their HuggingFace token; a new user of the
   const gw = await startGateway({ api_key: TEST_KEY, comfyui: { models_dir: '/nonexistent-models' } });
   try {
     const create = () => request(gw.url).post('/gateway/api/users').set('X-API-Key', TEST_KEY).send({ username: 'dana', password: PW });
-    expect((await create()).status).toBe(201);
+    const made = await create();
+    expect(made.status).toBe(201);
+    // HF tokens are kept per account id, not per name
     const dir = path.join(gw.config.paths.dataDir, 'hf_tokens');
     fs.mkdirSync(dir, { recursive: true });
-    const file = path.join(dir, tokenFileName('dana'));
-    fs.writeFileSync(file, JSON.stringify({ access_token: 'hf_secret_of_dana', refresh_token: null, expires_at: Date.now() / 1000 + 3600, scope: 'openid', hf_username: 'dana-hf' }), { mode: 0o600 });
+    const file = path.join(dir, tokenFileName(made.body.id));
+    const stored = (who: string) => JSON.stringify({ access_token: 'hf_secret_of_dana', refresh_token: null, expires_at: Date.now() / 1000 + 3600, scope: 'openid', hf_username: who });
+    fs.writeFileSync(file, stored('dana-hf'), { mode: 0o600 });
+    // a file under the bare name (another account's, say) is not this account's
+    fs.writeFileSync(path.join(dir, tokenFileName('dana')), stored('not-dana'), { mode: 0o600 });
     const dana = await login(gw, 'dana');
     const status = await request(gw.url).get('/api/hf-auth-token-status').set('Authorization', `Bearer ${dana.token}`);
     expect(status.body).toEqual({ token_available: true, username: 'dana-hf' });

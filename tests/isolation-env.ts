@@ -26,7 +26,8 @@ export interface IsolationEnv {
 /** Creates a user through the admin API and signs them in. */
 export async function addUser(gw: TestGateway, name: string, role: 'user' | 'admin' = 'user'): Promise<Caller> {
   const r = await request(gw.url).post('/gateway/api/users').set('X-API-Key', TEST_KEY).send({ username: name, password: PW, role });
-  if (r.status !== 201 && r.status !== 200) throw new Error(`create ${name}: ${r.status} ${JSON.stringify(r.body)}`);
+  // 409: an account a test seeded in users_db.json (with password PW) before the gateway started
+  if (r.status !== 201 && r.status !== 200 && r.status !== 409) throw new Error(`create ${name}: ${r.status} ${JSON.stringify(r.body)}`);
   const { token } = await login(gw, name);
   return { name, headers: { Authorization: `Bearer ${token}` } };
 }

@@ -1,10 +1,11 @@
 /** Issue 5 item 4 / issue 9: GET /history is one read of everyone's history, filtered to the caller's, however many prompts. */
+import bcrypt from 'bcrypt';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { sampleWorkflow, startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
-import { postJson, raw, received, startIsolationEnv, type Caller, type IsolationEnv } from './isolation-env';
+import { PW, postJson, raw, received, startIsolationEnv, type Caller, type IsolationEnv } from './isolation-env';
 
 describe('GET /history with a long ledger', () => {
   let env: IsolationEnv;
@@ -22,9 +23,12 @@ describe('GET /history with a long ledger', () => {
 
   beforeAll(async () => {
     dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgw-iso-hist-'));
-    // 300 earlier prompts of alice's that ComfyUI no longer has (its history was restarted, say).
+    // 300 earlier prompts of alice's that ComfyUI no longer has (its history was restarted, say). alice's account
+    // predates account ids, so the ledger keeps her prompts under her name.
     const rows = Array.from({ length: 300 }, (_, i) => [crypto.randomUUID(), 'alice', 1_700_000_000_000 + i, '', 'x', []]);
     fs.writeFileSync(path.join(dataDir, 'prompt_ledger.json'), JSON.stringify({ version: 1, prompts: rows }), { mode: 0o600 });
+    const alice = { username: 'alice', role: 'user', password_hash: bcrypt.hashSync(PW, 4), disabled: false, permissions: [], created_at: '2026-01-01T00:00:00.000Z', tokens_valid_after: 0 };
+    fs.writeFileSync(path.join(dataDir, 'users_db.json'), JSON.stringify({ version: 1, users: [alice], tokens: [], revoked: [] }), { mode: 0o600 });
     fake = await startFakeComfy({ promptDelayMs: 5 });
     env = await startIsolationEnv({ fakeInstance: fake, config: { data_dir: dataDir } });
     for (let i = 0; i < 3; i++) alices.push(await queue(env.alice));

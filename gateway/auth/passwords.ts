@@ -14,19 +14,46 @@ export interface Passwords {
 
 const looksLikeBcrypt = (h: string | null | undefined): h is string => !!h && /^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$/.test(h);
 
+/**
+ * bcrypt hashes that may run at once. Native bcrypt runs on libuv's thread pool, which file I/O, DNS and zlib share:
+ * leaving two of its threads free keeps a burst of logins from stalling every store write behind the hashes.
+ */
+export function hashingThreads(env: NodeJS.ProcessEnv = process.env): number {
+  const pool = Number(env.UV_THREADPOOL_SIZE) || 4;
+  return Math.max(1, pool - 2);
+}
+
 /** Builds the password service; the dummy hash is made once, up front, at the same cost as real ones. */
-export function createPasswords(cost: number): Passwords {
+export function createPasswords(cost: number, opts: { parallel?: number } = {}): Passwords {
   // Started now so the first unknown-user login is not the slow one.
   const dummy = bcrypt.hash(crypto.randomBytes(18).toString('base64'), cost);
   const dummyHash = () => dummy;
+  const lane = createLane(opts.parallel ?? hashingThreads());
   return {
-    hash: (password) => bcrypt.hash(password, cost),
+    hash: (password) => lane(() => bcrypt.hash(password, cost)),
     async verify(password, hash) {
       // The native binding stops at NUL and bcrypt at 72 bytes: such input could match a shorter password.
       const acceptable = typeof password === 'string' && !password.includes('\0') && Buffer.byteLength(password) <= PASSWORD_MAX_BYTES;
       const target = looksLikeBcrypt(hash) ? hash : await dummyHash();
-      const ok = await bcrypt.compare(acceptable ? password : '', target);
+      const ok = await lane(() => bcrypt.compare(acceptable ? password : '', target));
       return ok && acceptable && target === hash;
     },
+  };
+}
+
+/** At most `n` tasks at once, the rest waiting in order (a waiting task holds no pool thread). */
+function createLane(n: number): <T>(task: () => Promise<T>) => Promise<T> {
+  let running = 0;
+  const waiting: (() => void)[] = [];
+  return async (task) => {
+    if (running >= n) await new Promise<void>((r) => waiting.push(r));
+    else running++;
+    try {
+      return await task();
+    } finally {
+      const next = waiting.shift();
+      if (next) next(); // the slot passes straight on
+      else running--;
+    }
   };
 }

@@ -1,47 +1,37 @@
 import fs from 'node:fs';
 import type { Logger } from '../log';
-import { writeFileAtomic } from '../users/atomicFile';
-
-/** Which gateway user each Cloudflare Access email is bound to (data_dir/cf_access_bindings.json). */
-export interface EmailBindings {
-  get(email: string): string | undefined;
-  /** the email a username is bound to, if any */
-  emailOf(username: string): string | undefined;
-  set(email: string, username: string): Promise<void>;
-  remove(email: string): Promise<void>;
-}
+import type { UserStore } from '../users/types';
 
 /**
- * Email → username bindings, persisted so that once an email owns a username no other email (say, the same local
- * part at another domain) can be mapped onto it. Written atomically (temp + rename), mode 0600.
+ * Carries the email → username bindings of earlier versions (data_dir/cf_access_bindings.json) onto the accounts,
+ * where emails now live, then renames the file aside. Only bindings to accounts Cloudflare Access itself created
+ * (no password) carry over: the others were made by matching the email's local part to an existing name, which is
+ * exactly what may no longer bind; an admin sets those accounts' emails instead.
  */
-export function createEmailBindings(deps: { file: string; logger: Logger }): EmailBindings {
-  let map: Record<string, string> = {};
+export async function migrateLegacyBindings(deps: { file: string; users: UserStore; logger: Logger }): Promise<void> {
+  let emails: Record<string, unknown>;
   try {
-    const parsed = JSON.parse(fs.readFileSync(deps.file, 'utf8')) as { emails?: unknown };
-    if (parsed && typeof parsed.emails === 'object' && parsed.emails) {
-      for (const [k, v] of Object.entries(parsed.emails)) if (typeof v === 'string') map[k] = v;
-    }
+    emails = ((JSON.parse(fs.readFileSync(deps.file, 'utf8')) as { emails?: Record<string, unknown> }).emails ?? {}) as Record<string, unknown>;
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') deps.logger.error({ file: deps.file, err: (e as Error).message }, 'Cloudflare Access bindings unreadable; starting empty');
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') deps.logger.error({ file: deps.file, err: (e as Error).message }, 'old Cloudflare Access bindings unreadable; not carried over');
+    return;
   }
-  let writes: Promise<void> = Promise.resolve();
-  const save = () => {
-    const text = JSON.stringify({ emails: map }, null, 2) + '\n';
-    writes = writes.then(() => writeFileAtomic(deps.file, text, 0o600)).catch((err) => deps.logger.error({ err: (err as Error).message }, 'could not save Cloudflare Access bindings'));
-    return writes;
-  };
-  return {
-    get: (email) => (Object.prototype.hasOwnProperty.call(map, email) ? map[email] : undefined),
-    emailOf: (username) => Object.keys(map).find((e) => map[e] === username),
-    set(email, username) {
-      map = { ...map, [email]: username };
-      return save();
-    },
-    remove(email) {
-      const { [email]: _gone, ...rest } = map;
-      map = rest;
-      return save();
-    },
-  };
+  for (const [email, name] of Object.entries(emails)) {
+    if (typeof name !== 'string') continue;
+    const u = deps.users.get(name);
+    if (!u || u.email || u.password_hash !== '!' || deps.users.byEmail(email)) {
+      deps.logger.warn({ email, user: name }, 'Cloudflare Access binding not carried over; an admin can set this email on the account');
+      continue;
+    }
+    try {
+      await deps.users.update(name, { email });
+    } catch (e) {
+      deps.logger.warn({ email, user: name, err: (e as Error).message }, 'Cloudflare Access binding not carried over');
+    }
+  }
+  try {
+    fs.renameSync(deps.file, `${deps.file}.migrated`);
+  } catch (e) {
+    deps.logger.warn({ file: deps.file, err: (e as Error).message }, 'could not rename the old Cloudflare Access bindings file');
+  }
 }

@@ -8,7 +8,7 @@ import type { ResolvedConfig } from '../config/load';
 import { AppError } from '../errors';
 import type { Logger } from '../log';
 import type { UserRecord, UserStore } from '../users/types';
-import { createEmailBindings } from './bindings';
+import { migrateLegacyBindings } from './bindings';
 import { createJwksCache, type JwksCache } from './jwks';
 import { verifyAccessJwt, type AccessClaims } from './verify';
 
@@ -40,14 +40,13 @@ export interface CloudflareAccess {
   /** `required: true`: every request but /health must carry a valid assertion (403 CF_ACCESS_REQUIRED) */
   gate: Gate;
   jwks: JwksCache;
-  /** drops the email binding of a deleted gateway user */
-  forgetUser(username: string): Promise<void>;
 }
 
 /**
  * Builds Cloudflare Access support (DESIGN §9). `iss` must be `https://<team_domain>`, `aud` the configured
  * audience, keys come from `certs_url` (default https://<team_domain>/cdn-cgi/access/certs; any URL, e.g. a local
- * http JWKS server in tests). Identity: a user token's `email` → the user bound to it (see `usernameFromEmail`),
+ * http JWKS server in tests). Identity: a user token's `email` → the account holding exactly that email (set by an
+ * admin, or stored on the account Access provisioned for it) — never an account found by the email's local part;
  * a service token's `common_name` → `service_tokens[common_name]` (a username, or `api-key` for the static-key admin).
  */
 export function createCloudflareAccess(deps: {
@@ -64,7 +63,8 @@ export function createCloudflareAccess(deps: {
   const host = teamHost(cf.team_domain);
   const issuer = `https://${host}`;
   const jwks = createJwksCache({ url: cf.certs_url ?? `${issuer}/cdn-cgi/access/certs`, logger, fetchImpl: deps.fetchImpl, ...deps.jwksOptions });
-  const bindings = createEmailBindings({ file: path.join(deps.config.paths.dataDir, 'cf_access_bindings.json'), logger });
+  // Bindings kept by earlier versions (email → name, made on first sight) carry over only where Access made the account.
+  const migrated = users ? migrateLegacyBindings({ file: path.join(deps.config.paths.dataDir, 'cf_access_bindings.json'), users, logger }) : Promise.resolve();
   const opts = { jwks, audience: cf.audience, issuer };
 
   // Verified assertions, briefly: the browser sends the same one with every asset request.
@@ -91,8 +91,7 @@ export function createCloudflareAccess(deps: {
       const name = i === 1 ? base : `${base.slice(0, 32 - String(i).length - 1)}-${i}`;
       if (store.get(name)) continue;
       try {
-        const rec = await store.create({ username: name, password_hash: '!', role: 'user' });
-        await bindings.set(email, rec.username);
+        const rec = await store.create({ username: name, password_hash: '!', role: 'user', email });
         audit?.record({ event: 'cf_access_user_provisioned', user: rec.username, email, role: rec.role });
         return rec;
       } catch (e) {
@@ -106,21 +105,11 @@ export function createCloudflareAccess(deps: {
     const email = rawEmail.trim().toLowerCase();
     if (!/^[^@\s]+@[^@\s]+$/.test(email) || email.length > 320) throw new AppError(401, 'INVALID_CREDENTIALS', 'Cloudflare Access assertion refused', { reason: 'bad email' });
     if (!users) throw new AppError(403, 'CF_ACCESS_UNKNOWN_USER', 'No gateway user store to map Cloudflare Access identities to');
-    const bound = bindings.get(email);
-    if (bound) {
-      const u = users.get(bound);
-      if (u) return u;
-      await bindings.remove(email); // the user was deleted: map afresh
-    }
-    // An existing account whose name is the email's local part, not yet claimed by another email, is this person's —
-    // never an admin account: whoever the Access policy admits as `admin@…` must not become the gateway's admin.
-    const name = usernameFromEmail(email);
-    const existing = users.get(name);
-    if (existing && existing.role !== 'admin' && !bindings.emailOf(existing.username)) {
-      await bindings.set(email, existing.username);
-      audit?.record({ event: 'cf_access_user_bound', user: existing.username, email });
-      return existing;
-    }
+    await migrated;
+    // Exactly this email, stored on the account (compared lower-cased). Nothing else binds: a name that happens to
+    // equal the email's local part is someone else's account.
+    const holder = users.byEmail(email);
+    if (holder) return holder;
     if (!cf!.auto_provision)
       throw new AppError(403, 'CF_ACCESS_UNKNOWN_USER', 'This Cloudflare Access identity has no gateway account', { email });
     let p = provisioning.get(email);
@@ -161,13 +150,5 @@ export function createCloudflareAccess(deps: {
     }
   };
 
-  return {
-    verify,
-    gate,
-    jwks,
-    async forgetUser(username: string) {
-      const email = bindings.emailOf(username);
-      if (email) await bindings.remove(email);
-    },
-  };
+  return { verify, gate, jwks };
 }

@@ -17,11 +17,14 @@ import { createHfOAuth } from './oauth';
 import { createProber } from './probe';
 import { downloadRoutes } from './routes';
 import { createSafeHttp, type Resolver } from './safeHttp';
-import { createTokenStore } from './tokens';
+import { createTokenStore, keyedTokenStore } from './tokens';
+import type { AccountKeys } from '../users/types';
 
 /** What the download subsystem needs from the gateway; the optional hooks exist for tests. */
 export interface DownloadsDeps {
   config: ResolvedConfig;
+  /** account keys: HuggingFace tokens are kept per account, not per name */
+  keys?: AccountKeys;
   logger: Logger;
   audit: Audit;
   upstream: Upstream;
@@ -44,8 +47,8 @@ export interface Downloads {
   wsHooks: WsHooks;
   /** run after authentication: remembers where a WebSocket's browser is, for its feature_flags reply */
   enrichers: Gate[];
-  /** drops everything held for a deleted gateway user (their HuggingFace token) */
-  forgetUser(username: string): void;
+  /** drops everything held for a deleted account, by its account key (their HuggingFace token) */
+  forgetUser(key: string): void;
   /** sweeps orphaned partial downloads */
   start(): Promise<void>;
   /** cancels running downloads (their temp files are removed) and closes the login callback server */
@@ -89,7 +92,8 @@ export function createDownloads(deps: DownloadsDeps): Downloads {
   const hosts = createHostPolicy({ allowedHosts: md.allowed_hosts, redirectHosts: md.redirect_hosts, hfEndpoint: config.hfEndpoint });
   const http = createSafeHttp({ hosts, resolver: deps.resolver });
   const hfApi = createHfApi({ endpoint: config.hfEndpoint, fetchImpl: deps.fetchImpl });
-  const tokens = createTokenStore({ dir: path.join(config.paths.dataDir, 'hf_tokens'), hfApi, clientId: config.hf_oauth.client_id, logger });
+  const byKey = createTokenStore({ dir: path.join(config.paths.dataDir, 'hf_tokens'), hfApi, clientId: config.hf_oauth.client_id, logger });
+  const tokens = keyedTokenStore(byKey, (user) => deps.keys?.keyOf(user) ?? user);
   // Roots learned from ComfyUI are remembered, so the next start can sweep orphans without asking ComfyUI.
   const rootsFile = path.join(config.paths.dataDir, 'model_download_roots.json');
   const folders = createModelFolders({
@@ -137,8 +141,8 @@ export function createDownloads(deps: DownloadsDeps): Downloads {
     interceptors: [featuresInterceptor({ upstream, eligibility, cookieName: config.cookie.name })],
     wsHooks: featuresWsHooks(eligibility),
     enrichers: [loopbackMarker()],
-    forgetUser(username) {
-      tokens.remove(username);
+    forgetUser(key) {
+      byKey.remove(key);
     },
     async start() {
       // Partial files of a previous run (crash, kill -9) never became models; remove them before anything runs.

@@ -182,3 +182,18 @@ export function createTokenStore(deps: { dir: string; hfApi: HfApi; clientId: st
     remove: drop,
   };
 }
+
+/**
+ * The token store addressed by username but kept per account key (users/types.ts AccountKeys): a later account
+ * of a deleted account's name never finds the earlier one's HuggingFace token.
+ */
+export function keyedTokenStore(inner: TokenStore, keyOf: (user: string) => string): TokenStore {
+  return {
+    has: (u) => inner.has(keyOf(u)),
+    valid: (u) => inner.valid(keyOf(u)),
+    hfUsername: (u) => inner.hfUsername(keyOf(u)),
+    save: (u, t, name) => inner.save(keyOf(u), t, name),
+    setHfUsername: (u, name) => inner.setHfUsername(keyOf(u), name),
+    remove: (u) => inner.remove(keyOf(u)),
+  };
+}

@@ -2,6 +2,7 @@ import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import WebSocket, { WebSocketServer, type RawData } from 'ws';
 import type { Principal } from '../auth/principal';
+import { invalidates, type Invalidation, type Revocations } from '../auth/revocations';
 import { AppError } from '../errors';
 import { getContext } from '../http/context';
 import { rejectUpgrade } from '../http/render';
@@ -19,7 +20,12 @@ export interface WsSession {
   upstream?: WebSocket;
   /** replaced by a newer socket with the same upstream id: the client stays open but hears nothing more */
   detached?: boolean;
+  /** its credential was invalidated while the upstream socket was still connecting */
+  revoked?: boolean;
 }
+
+/** Close code for sockets whose credential was invalidated (RFC 6455 "policy violation"). */
+export const WS_REVOKED_CODE = 1008;
 
 /** Isolation hooks; every one optional. Returning null drops a frame. */
 export interface WsHooks {
@@ -64,6 +70,8 @@ export function createWsRelay(deps: {
   hooks?: WsHooks;
   /** open relayed sockets one principal may hold (each holds one to ComfyUI) */
   maxPerUser?: number;
+  /** credential invalidations to act on: the sockets opened with that credential are closed */
+  revocations?: Revocations;
 }) {
   const maxPerUser = deps.maxPerUser ?? 64;
   // ComfyUI itself refuses client messages over 4 MB; bigger ones are not buffered here either.
@@ -71,14 +79,17 @@ export function createWsRelay(deps: {
   const sessions = new Set<WsSession>();
   // The live session holding each upstream client id, and the clients a reconnect left behind (kept open, silent).
   const holders = new Map<string, WsSession>();
-  const silenced = new Set<WebSocket>();
+  // The clients a reconnect left behind, with the session each was opened in (its credential can still be revoked).
+  const silenced = new Map<WebSocket, WsSession>();
+  // Upgrades admitted but still connecting upstream: a revocation meanwhile must stop them too.
+  const connecting = new Set<WsSession>();
   const alive = new WeakMap<WebSocket, boolean>();
   const hooks = deps.hooks ?? {};
   const wsOrigin = deps.upstreamOrigin.replace(/^http/, 'ws');
 
   // ComfyUI sends no pings; we ping clients so middleboxes keep idle sockets, and drop the dead ones.
   const pinger = setInterval(() => {
-    for (const c of [...[...sessions].map((s) => s.client), ...silenced]) {
+    for (const c of [...[...sessions].map((s) => s.client), ...silenced.keys()]) {
       if (!c || c.readyState !== WebSocket.OPEN) continue;
       if (alive.get(c) === false) {
         c.terminate();
@@ -89,6 +100,30 @@ export function createWsRelay(deps: {
     }
   }, deps.pingIntervalMs ?? 25_000);
   pinger.unref();
+
+  /** Closes what was opened with a credential that is no longer valid: the client with 1008, its upstream at once. */
+  function revoke(e: Invalidation): void {
+    const hit = (x: WsSession) => invalidates(e, x.principal);
+    const closeClient = (c: WebSocket) => {
+      if (c.readyState !== WebSocket.OPEN && c.readyState !== WebSocket.CONNECTING) return;
+      c.close(WS_REVOKED_CODE, 'credential revoked');
+      // A client that never answers the close frame is cut off instead of held for ws's 30 s closing timeout.
+      setTimeout(() => c.terminate(), 1000).unref();
+    };
+    for (const x of connecting) if (hit(x)) x.revoked = true;
+    for (const [c, x] of [...silenced]) {
+      if (!hit(x)) continue;
+      silenced.delete(c);
+      closeClient(c);
+    }
+    for (const x of [...sessions]) {
+      if (!hit(x)) continue;
+      // Client first: the upstream's close handler then finds it closing and leaves the 1008 alone.
+      if (x.client) closeClient(x.client);
+      x.upstream?.terminate();
+    }
+  }
+  const unsubscribe = deps.revocations?.on(revoke);
 
   function relay(s: WsSession, client: WebSocket, upstream: WebSocket) {
     s.client = client;
@@ -135,7 +170,7 @@ export function createWsRelay(deps: {
     const prev = upstreamClientId ? holders.get(upstreamClientId) : undefined;
     if (!prev?.upstream) return Promise.resolve();
     prev.detached = true;
-    if (prev.client) silenced.add(prev.client);
+    if (prev.client) silenced.set(prev.client, prev);
     holders.delete(upstreamClientId!);
     const up = prev.upstream;
     return new Promise<void>((resolve) => {
@@ -166,6 +201,7 @@ export function createWsRelay(deps: {
       const params = new URLSearchParams(stripTokenQuery(ctx.route.query));
       const clientId = params.get('clientId');
       const s: WsSession = { principal, clientId, upstreamClientId: clientId };
+      connecting.add(s);
       if (hooks.upstreamClientId) {
         s.upstreamClientId = hooks.upstreamClientId(principal, clientId);
         if (s.upstreamClientId) params.set('clientId', s.upstreamClientId);
@@ -182,7 +218,8 @@ export function createWsRelay(deps: {
     /** Closes every relayed socket with `code` (1001 on shutdown). */
     closeAll(code = 1001, reason = 'server shutting down'): void {
       clearInterval(pinger);
-      for (const c of silenced) c.close(code, reason);
+      unsubscribe?.();
+      for (const c of silenced.keys()) c.close(code, reason);
       for (const s of sessions) {
         s.client?.close(code, reason);
         s.upstream?.close(1000);
@@ -192,7 +229,11 @@ export function createWsRelay(deps: {
 
   // Opens the upstream socket, then completes the client's handshake (or refuses it with 502).
   function connectUpstream(req: IncomingMessage, socket: Duplex, head: Buffer, s: WsSession, forwardPath: string, qs: string, headers: IncomingHttpHeaders): void {
-    if (socket.destroyed) return void hooks.onClose?.(s);
+    if (socket.destroyed || s.revoked) {
+      connecting.delete(s);
+      if (!socket.destroyed) rejectUpgrade(socket, new AppError(401, 'TOKEN_REVOKED', 'This credential was revoked'));
+      return void hooks.onClose?.(s);
+    }
     const fwd: Record<string, string> = {};
     for (const k of ['comfy-user', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'user-agent', 'cookie', 'origin']) {
       const v = headers[k];
@@ -213,17 +254,18 @@ export function createWsRelay(deps: {
     let abandoned = false;
     // A session that never reached relay(): its upstream socket goes, and its hooks still hear the end of it once.
     const abandon = () => {
+      connecting.delete(s);
       if (abandoned || s.client) return;
       abandoned = true;
       upstream.terminate();
       hooks.onClose?.(s);
     };
-    const fail = (why: string) => {
+    const fail = (why: string, err = new AppError(502, 'UPSTREAM_UNAVAILABLE', 'ComfyUI is not reachable right now')) => {
       if (settled) return;
       settled = true;
-      deps.logger.warn({ why }, 'websocket upstream unavailable');
+      deps.logger.warn({ why }, 'websocket upstream not connected');
       abandon();
-      rejectUpgrade(socket, new AppError(502, 'UPSTREAM_UNAVAILABLE', 'ComfyUI is not reachable right now'));
+      rejectUpgrade(socket, err);
     };
     upstream.once('error', (e) => fail(e.message));
     upstream.once('unexpected-response', (_r, res) => fail(`upstream answered ${res.statusCode}`));
@@ -235,7 +277,9 @@ export function createWsRelay(deps: {
     });
     upstream.once('open', () => {
       if (settled) return;
+      if (s.revoked) return fail('credential revoked while connecting', new AppError(401, 'TOKEN_REVOKED', 'This credential was revoked'));
       settled = true;
+      connecting.delete(s);
       wss.handleUpgrade(req, socket, head, (client) => {
         upstream.off('message', onEarly);
         relay(s, client, upstream);

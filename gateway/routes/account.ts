@@ -5,6 +5,7 @@ import type { Audit } from '../audit';
 import type { CredentialChain } from '../auth/chain';
 import { cookieSecure, sessionCookie } from '../auth/cookie';
 import { tokenRevoked, type JwtService } from '../auth/jwt';
+import type { PasswordSlots } from '../auth/passwordSlots';
 import type { Passwords } from '../auth/passwords';
 import type { Principal } from '../auth/principal';
 import { generateApiToken } from '../auth/tokens';
@@ -27,10 +28,14 @@ export interface AccountRouteDeps {
   chain: Pick<CredentialChain, 'authenticate'>;
   /** brute-force limiter: a stolen session must not guess the current password without limit */
   limiter?: AuthLimiter;
+  /** caps on password checks in flight per client and overall (429 before hashing) */
+  slots?: PasswordSlots;
 }
 
 /** Personal tokens one user may hold at once (each is a row in the users file). */
 export const MAX_TOKENS_PER_USER = 100;
+/** Shortest personal-token lifetime: anything shorter is expired by the time the caller can use it. */
+export const MIN_TOKEN_LIFETIME_MS = 1000;
 
 const publicToken = (t: ApiTokenRecord) => ({
   id: t.id,
@@ -80,7 +85,9 @@ export function accountRoutes(deps: AccountRouteDeps): RouteMount {
       const problem = passwordProblem(body.new_password);
       if (problem) throw errors.invalidBody('Invalid new password', { fields: { new_password: problem } });
       limiter?.check(req);
-      const ok = await passwords.verify(body.current_password, user.password_hash);
+      const current_password = body.current_password;
+      const verify = () => passwords.verify(current_password, user.password_hash);
+      const ok = await (deps.slots ? deps.slots.run(req, verify) : verify());
       if (!ok) {
         audit.record({ event: 'password_change_failure', user: user.username, ...origin(req) });
         limiter?.fail(req);
@@ -122,6 +129,9 @@ export function accountRoutes(deps: AccountRouteDeps): RouteMount {
         if (typeof h !== 'number' || !Number.isFinite(h) || h <= 0 || h > max) fields.expires_in_hours = `a number of hours, more than 0 and at most ${max}`;
         else hours = h;
       }
+      const lifetimeMs = Math.round(hours * 3600_000);
+      // A lifetime that rounds below a second would make a token already expired (or expiring as it is handed out).
+      if (!fields.expires_in_hours && lifetimeMs < MIN_TOKEN_LIFETIME_MS) fields.expires_in_hours = `the token would expire at once; at least ${MIN_TOKEN_LIFETIME_MS / 1000} s`;
       if (Object.keys(fields).length) throw errors.invalidBody('Invalid token request', { fields });
       if (store.tokens.list(user.username).length >= MAX_TOKENS_PER_USER)
         throw new AppError(409, 'TOO_MANY_TOKENS', `At most ${MAX_TOKENS_PER_USER} personal tokens per user; revoke some first`);
@@ -134,7 +144,7 @@ export function accountRoutes(deps: AccountRouteDeps): RouteMount {
         prefix,
         sha256,
         created_at: new Date(created).toISOString(),
-        expires_at: new Date(created + Math.round(hours * 3600_000)).toISOString(),
+        expires_at: new Date(created + lifetimeMs).toISOString(),
         last_used_at: null,
       };
       await store.tokens.add(rec);

@@ -7,6 +7,7 @@ import type { Audit } from '../audit';
 import type { CredentialChain } from '../auth/chain';
 import { clearedCookie, cookieSecure, sessionCookie } from '../auth/cookie';
 import type { JwtService } from '../auth/jwt';
+import type { PasswordSlots } from '../auth/passwordSlots';
 import type { Passwords } from '../auth/passwords';
 import type { ResolvedConfig } from '../config/load';
 import { AppError, errors } from '../errors';
@@ -42,6 +43,8 @@ export interface AuthRouteDeps {
   isLocal: (req: IncomingMessage) => boolean;
   /** the credential chain, asked again once a body has arrived (routes/body.ts freshPrincipal) */
   chain: Pick<CredentialChain, 'authenticate'>;
+  /** caps on password checks in flight per client and overall (429 before hashing) */
+  slots?: PasswordSlots;
 }
 
 /** The CSP for the gateway's pages: scripts and styles only from /gateway/static, no framing. */
@@ -67,9 +70,10 @@ export function authRoutes(deps: AuthRouteDeps): RouteMount {
   const fresh = freshPrincipal(deps.chain);
 
   /** Checks a username and password; the same work and the same answer for unknown, wrong and disabled. */
-  async function checkCredentials(username: string, password: string): Promise<UserRecord | null> {
+  async function checkCredentials(req: IncomingMessage, username: string, password: string): Promise<UserRecord | null> {
     const user = store.get(username);
-    const ok = await passwords.verify(password, user?.password_hash);
+    const verify = () => passwords.verify(password, user?.password_hash);
+    const ok = await (deps.slots ? deps.slots.run(req, verify) : verify());
     // Judged on the account as it is now: its password may have changed, or it been disabled, while bcrypt ran.
     const current = store.get(username);
     return ok && user && current && !current.disabled && current.password_hash === user.password_hash ? current : null;
@@ -101,7 +105,7 @@ export function authRoutes(deps: AuthRouteDeps): RouteMount {
         });
       const name = username.trim().toLowerCase().slice(0, 64);
       limiter?.check(req, name);
-      const user = await checkCredentials(name, password);
+      const user = await checkCredentials(req, name, password);
       if (!user) {
         audit.record({ event: 'login_failure', user: null, username: name, ...origin(req) });
         limiter?.fail(req, name);
@@ -181,7 +185,7 @@ export function authRoutes(deps: AuthRouteDeps): RouteMount {
       };
       const given = (v: unknown) => v !== undefined && v !== '';
       if (given(body.username) || given(body.password)) {
-        const admin = adminName && typeof body.password === 'string' ? await checkCredentials(adminName, body.password) : null;
+        const admin = adminName && typeof body.password === 'string' ? await checkCredentials(req, adminName, body.password) : null;
         if (!admin) deny(errors.invalidCredentials());
         else {
           limiter?.check(req, adminName); // a parallel burst: see /login

@@ -4,9 +4,10 @@ import type { Audit } from '../audit';
 import type { CredentialChain } from '../auth/chain';
 import type { Passwords } from '../auth/passwords';
 import type { Role } from '../auth/principal';
-import { errors } from '../errors';
+import { AppError, errors } from '../errors';
 import { getContext } from '../http/context';
-import { passwordProblem, permissionsProblem, usernameProblem } from '../users/rules';
+import { emailProblem, passwordProblem, permissionsProblem, usernameProblem } from '../users/rules';
+import type { FilesOnDelete, UserFolders } from '../proxy/isolation/folders';
 import type { UserRecord, UserStore } from '../users/types';
 import { bodyObject, freshPrincipal, onlyKeys, origin, parseBody } from './body';
 
@@ -17,11 +18,15 @@ export interface UserAdminDeps {
   audit: Audit;
   /** the credential chain, asked again once a body has arrived (routes/body.ts freshPrincipal) */
   chain: Pick<CredentialChain, 'authenticate'>;
+  /** a deleted account's input/output folders (`?files=keep|delete`) */
+  folders?: Pick<UserFolders, 'check' | 'plan'>;
 }
 
 /** A user as the admin API shows it: never the hash. */
 export const publicUser = (u: UserRecord) => ({
+  id: u.id,
   username: u.username,
+  email: u.email ?? null,
   role: u.role,
   disabled: u.disabled,
   permissions: u.permissions,
@@ -29,6 +34,7 @@ export const publicUser = (u: UserRecord) => ({
 });
 
 const isRole = (v: unknown): v is Role => v === 'admin' || v === 'user';
+const emailTaken = () => new AppError(409, 'EMAIL_EXISTS', 'Another account already has that email');
 
 /**
  * GET|POST /gateway/api/users, PATCH|DELETE /gateway/api/users/:username. Admin-only by the policy table;
@@ -46,7 +52,7 @@ export function userAdminRoutes(deps: UserAdminDeps): RouteMount {
 
     app.post('/gateway/api/users', ...parseBody, fresh, async (req, res) => {
       const body = bodyObject(req);
-      onlyKeys(body, ['username', 'password', 'role', 'permissions']);
+      onlyKeys(body, ['username', 'password', 'role', 'permissions', 'email']);
       const fields: Record<string, string> = {};
       const u = usernameProblem(body.username);
       const p = passwordProblem(body.password);
@@ -55,12 +61,17 @@ export function userAdminRoutes(deps: UserAdminDeps): RouteMount {
       if (body.role !== undefined && !isRole(body.role)) fields.role = 'must be "admin" or "user"';
       const perm = body.permissions === undefined ? null : permissionsProblem(body.permissions);
       if (perm) fields.permissions = perm;
+      const mail = body.email === undefined || body.email === null ? null : emailProblem(body.email);
+      if (mail) fields.email = mail;
       if (Object.keys(fields).length) throw errors.invalidBody('Invalid user', { fields });
+      // Checked before the (slow) hash; the store checks again when it writes.
+      if (typeof body.email === 'string' && store.byEmail(body.email)) throw emailTaken();
       const rec = await store.create({
         username: body.username as string,
         password_hash: await passwords.hash(body.password as string),
         role: isRole(body.role) ? body.role : 'user',
         permissions: [...new Set((body.permissions as string[] | undefined) ?? [])],
+        email: typeof body.email === 'string' ? body.email : null,
       });
       audit.record({ event: 'register', user: actor(req), new_user: rec.username, role: rec.role, via: 'admin-api', ...origin(req) });
       res.status(201).set('Cache-Control', 'no-store').json(publicUser(rec));
@@ -68,7 +79,7 @@ export function userAdminRoutes(deps: UserAdminDeps): RouteMount {
 
     app.patch('/gateway/api/users/:username', ...parseBody, fresh, async (req, res) => {
       const body = bodyObject(req);
-      onlyKeys(body, ['role', 'disabled', 'password', 'permissions']);
+      onlyKeys(body, ['role', 'disabled', 'password', 'permissions', 'email']);
       const fields: Record<string, string> = {};
       if (body.role !== undefined && !isRole(body.role)) fields.role = 'must be "admin" or "user"';
       if (body.disabled !== undefined && typeof body.disabled !== 'boolean') fields.disabled = 'must be true or false';
@@ -80,14 +91,22 @@ export function userAdminRoutes(deps: UserAdminDeps): RouteMount {
         const p = permissionsProblem(body.permissions);
         if (p) fields.permissions = p;
       }
+      // null or '' clears the email
+      if (body.email !== undefined && body.email !== null && body.email !== '') {
+        const mail = emailProblem(body.email);
+        if (mail) fields.email = mail;
+      }
       if (Object.keys(body).length === 0) fields['(body)'] = 'nothing to change';
       if (Object.keys(fields).length) throw errors.invalidBody('Invalid change', { fields });
       const target = String(req.params.username);
       if (!store.get(target)) throw errors.notFound(`No user ${target}`);
+      const holder = typeof body.email === 'string' && body.email ? store.byEmail(body.email) : undefined;
+      if (holder && holder.username !== target) throw emailTaken();
       const patch: Partial<UserRecord> = {};
       if (isRole(body.role)) patch.role = body.role;
       if (typeof body.disabled === 'boolean') patch.disabled = body.disabled;
       if (body.permissions !== undefined) patch.permissions = [...new Set(body.permissions as string[])];
+      if (body.email !== undefined) patch.email = typeof body.email === 'string' && body.email ? body.email : null;
       if (typeof body.password === 'string') patch.password_hash = await passwords.hash(body.password);
       const rec = await store.update(target, patch);
       const changes = Object.keys(body).sort();
@@ -98,8 +117,21 @@ export function userAdminRoutes(deps: UserAdminDeps): RouteMount {
 
     app.delete('/gateway/api/users/:username', async (req, res) => {
       const target = String(req.params.username);
-      await store.remove(target);
-      audit.record({ event: 'user_delete', user: actor(req), target, ...origin(req) });
+      const q = getContext(req).query;
+      const files = q.getAll('files');
+      if (files.length > 1 || (files.length === 1 && files[0] !== 'keep' && files[0] !== 'delete'))
+        throw errors.invalidBody('files must be "keep" (default: readable by admins only) or "delete"', { fields: { files: 'keep or delete' } });
+      const mode: FilesOnDelete = files[0] === 'delete' ? 'delete' : 'keep';
+      if (!store.get(target)) throw errors.notFound(`No user ${target}`);
+      await deps.folders?.check(mode);
+      deps.folders?.plan(target, mode);
+      try {
+        await store.remove(target);
+      } catch (e) {
+        deps.folders?.plan(target, 'keep');
+        throw e;
+      }
+      audit.record({ event: 'user_delete', user: actor(req), target, files: mode, ...origin(req) });
       res.status(204).end();
     });
   };

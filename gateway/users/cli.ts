@@ -5,11 +5,13 @@ import { parseArgs } from 'node:util';
 import { createPasswords } from '../auth/passwords';
 import { ConfigError, loadConfig } from '../config/load';
 import { AppError } from '../errors';
-import { passwordProblem, usernameProblem } from './rules';
+import { emailProblem, passwordProblem, usernameProblem } from './rules';
 import { createUserStore, UserStoreError } from './store';
 
 const USAGE = `usage: npm run users -- <command> [--config FILE] [--data-dir DIR]
-  add NAME [--admin]     create a user (password read from stdin)
+  add NAME [--admin] [--email ADDR]
+                         create a user (password read from stdin)
+  email NAME ADDR|-      set (or with - clear) the email a Cloudflare Access identity binds to
   list                   list users
   remove NAME            delete a user and their tokens
   passwd NAME            set a user's password (read from stdin); signs them out everywhere
@@ -73,7 +75,7 @@ export async function runUsersCli(
       args: argv,
       allowPositionals: true,
       strict: true,
-      options: { config: { type: 'string' }, 'data-dir': { type: 'string' }, admin: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+      options: { config: { type: 'string' }, 'data-dir': { type: 'string' }, admin: { type: 'boolean' }, email: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
     });
   } catch (e) {
     stderr.write(`${(e as Error).message}\n${USAGE}\n`);
@@ -102,7 +104,9 @@ export async function runUsersCli(
       if ([name, extra, ...rest].filter((x) => x !== undefined).length > n) throw new UsageError(`too many arguments\n${USAGE}`);
     };
     if (values.admin && cmd !== 'add') throw new UsageError('--admin only applies to add');
-    if (!['add', 'list', 'remove', 'passwd', 'role'].includes(cmd)) throw new UsageError(`unknown command ${cmd}\n${USAGE}`);
+    if (values.email !== undefined && cmd !== 'add') throw new UsageError('--email only applies to add');
+    if (values.email !== undefined && emailProblem(values.email)) throw new UsageError(`email ${emailProblem(values.email)}`);
+    if (!['add', 'list', 'remove', 'passwd', 'role', 'email'].includes(cmd)) throw new UsageError(`unknown command ${cmd}\n${USAGE}`);
 
     const store = await createUserStore({ file: config.paths.usersDb });
     const passwords = createPasswords(config.bcrypt_cost);
@@ -120,7 +124,8 @@ export async function runUsersCli(
         const problem = usernameProblem(u);
         if (problem) throw new UsageError(`user name ${problem}`);
         if (store.get(u)) throw new UsageError(`user ${u} already exists`);
-        const rec = await store.create({ username: u, password_hash: await newPassword(), role: values.admin ? 'admin' : 'user' });
+        if (values.email !== undefined && store.byEmail(values.email)) throw new UsageError(`another account already has the email ${values.email}`);
+        const rec = await store.create({ username: u, password_hash: await newPassword(), role: values.admin ? 'admin' : 'user', email: values.email ?? null });
         stdout.write(`added ${rec.username} (${rec.role})\n`);
         break;
       }
@@ -129,7 +134,7 @@ export async function runUsersCli(
         const users = store.list();
         if (!users.length) stdout.write('no users\n');
         for (const u of users)
-          stdout.write(`${u.username}\t${u.role}\t${u.disabled ? 'disabled' : 'enabled'}\t${u.permissions.join(',') || '-'}\t${u.created_at}\n`);
+          stdout.write(`${u.username}\t${u.role}\t${u.disabled ? 'disabled' : 'enabled'}\t${u.permissions.join(',') || '-'}\t${u.created_at}\t${u.email ?? '-'}\n`);
         break;
       }
       case 'remove': {
@@ -144,6 +149,15 @@ export async function runUsersCli(
         if (!store.get(u)) throw new UsageError(`no user ${u}`);
         await store.update(u, { password_hash: await newPassword() });
         stdout.write(`password changed for ${u}; their sessions and tokens were revoked\n`);
+        break;
+      }
+      case 'email': {
+        expectArgs(2);
+        const u = needName();
+        if (extra === undefined) throw new UsageError(`email needs an address (or - to clear)\n${USAGE}`);
+        if (extra !== '-' && emailProblem(extra)) throw new UsageError(`email ${emailProblem(extra)}`);
+        const rec = await store.update(u, { email: extra === '-' ? null : extra });
+        stdout.write(rec.email ? `${rec.username} has the email ${rec.email}\n` : `${rec.username} has no email\n`);
         break;
       }
       case 'role': {

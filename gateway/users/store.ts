@@ -1,129 +1,25 @@
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { Low, type Adapter } from 'lowdb';
-import { z } from 'zod';
+import { Low } from 'lowdb';
+import type { Revocations } from '../auth/revocations';
 import { AppError, errors } from '../errors';
 import type { Logger } from '../log';
-import { sweepStaleTemps, withFileLock, writeFileAtomic } from './atomicFile';
+import { sweepStaleTemps, withFileLock } from './atomicFile';
+import { RESERVED_USERNAMES } from './rules';
 import type { ApiTokenRecord, UserRecord, UserStore } from './types';
+import { credentialParts } from './storeCredentials';
+import { AtomicJsonFile, emptyUsersFile, parseUsersFile, signature, type UsersFile } from './usersFile';
 
-/** The schema version this code reads and writes. */
-export const USERS_FILE_VERSION = 1;
-
-/** users_db.json as persisted. */
-export interface UsersFile {
-  version: 1;
-  users: UserRecord[];
-  tokens: ApiTokenRecord[];
-  /** logged-out JWT ids, kept until their own expiry (unix seconds) */
-  revoked: { jti: string; exp: number }[];
-  /** when and how the first administrator was created */
-  setup?: { completed_at: string; first_admin: string };
-}
-
-const userSchema = z.looseObject({
-  username: z.string(),
-  role: z.enum(['admin', 'user']),
-  password_hash: z.string(),
-  disabled: z.boolean(),
-  permissions: z.array(z.string()),
-  created_at: z.string(),
-  tokens_valid_after: z.number(),
-});
-const tokenSchema = z.looseObject({
-  id: z.string(),
-  username: z.string(),
-  name: z.string(),
-  prefix: z.string(),
-  sha256: z.string(),
-  created_at: z.string(),
-  expires_at: z.string().nullable(),
-  last_used_at: z.string().nullable(),
-});
-const fileSchema = z.looseObject({
-  version: z.literal(USERS_FILE_VERSION),
-  users: z.array(userSchema),
-  tokens: z.array(tokenSchema),
-  revoked: z.array(z.looseObject({ jti: z.string(), exp: z.number() })),
-  setup: z.looseObject({ completed_at: z.string(), first_admin: z.string() }).optional(),
-});
-
-/** The users file cannot be used (unparsable, wrong shape, newer version); the gateway refuses to start. */
-export class UserStoreError extends Error {
-  constructor(file: string, why: string) {
-    super(`${file}: ${why}`);
-    this.name = 'UserStoreError';
-  }
-}
-
-/** An empty, current-version users file. */
-export function emptyUsersFile(): UsersFile {
-  return { version: USERS_FILE_VERSION, users: [], tokens: [], revoked: [] };
-}
-
-/** Parses and checks users_db.json text; whitespace-only counts as empty. Throws UserStoreError. */
-export function parseUsersFile(file: string, text: string): UsersFile {
-  if (!text.trim()) return emptyUsersFile();
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (e) {
-    throw new UserStoreError(file, `not valid JSON (${(e as Error).message}); fix or move it away — it is never overwritten`);
-  }
-  const v = (raw as { version?: unknown } | null)?.version;
-  if (typeof v === 'number' && v > USERS_FILE_VERSION)
-    throw new UserStoreError(file, `schema version ${v} is newer than this gateway understands (${USERS_FILE_VERSION})`);
-  const r = fileSchema.safeParse(raw);
-  if (!r.success) {
-    const first = r.error.issues[0];
-    throw new UserStoreError(file, `not a comfyui-gateway users file (${first.path.join('.') || '(root)'}: ${first.message})`);
-  }
-  return r.data as UsersFile;
-}
-
-/** lowdb adapter writing through writeFileAtomic (temp + fsync + rename, mode 0600); reads refuse corrupt files. */
-export class AtomicJsonFile<T> implements Adapter<T> {
-  constructor(
-    private readonly file: string,
-    private readonly parse: (text: string) => T,
-    private readonly mode = 0o600,
-  ) {}
-
-  async read(): Promise<T | null> {
-    let text: string;
-    try {
-      text = await fs.promises.readFile(this.file, 'utf8');
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
-      throw e;
-    }
-    return this.parse(text);
-  }
-
-  write(data: T): Promise<void> {
-    // Serialised now, synchronously: later mutations belong to the next write.
-    const text = JSON.stringify(data, null, 2) + '\n';
-    return writeFileAtomic(this.file, text, this.mode);
-  }
-}
-
-/** What identifies one version of the file on disk, to notice another process's writes (the users CLI). */
-function signature(file: string): string | null {
-  try {
-    const s = fs.statSync(file);
-    return `${s.ino}:${s.size}:${s.mtimeMs}`;
-  } catch {
-    return null;
-  }
-}
+export { AtomicJsonFile, emptyUsersFile, parseUsersFile, USERS_FILE_VERSION, UserStoreError, type UsersFile } from './usersFile';
 
 const copyUser = (u: UserRecord): UserRecord => ({ ...u, permissions: [...u.permissions] });
 /** One mutation of the users file, re-playable on a newer version of it (see createUserStore). */
 type Edit = (d: UsersFile) => void;
 const enabledAdmins = (users: UserRecord[]) => users.filter((u) => u.role === 'admin' && !u.disabled).length;
 
-/** How often a personal token's last_used_at is written at most (it would otherwise write the file per request). */
-const TOUCH_INTERVAL_MS = 60_000;
+/** Longest username (rules.ts): account ids are longer, so a key tells which kind it is. */
+const USERNAME_MAX = 32;
 
 /** The user store extended with what the gateway's auth parts need beyond types.ts. */
 export interface GatewayUserStore extends UserStore {
@@ -140,8 +36,8 @@ export interface GatewayUserStore extends UserStore {
  * process (the users CLI) are picked up before the next read when nothing of ours is pending, and otherwise by the
  * next write, which starts from that version and re-applies our own edits instead of overwriting it.
  */
-export async function createUserStore(opts: { file: string; logger?: Logger; now?: () => number }): Promise<GatewayUserStore> {
-  const { file, logger } = opts;
+export async function createUserStore(opts: { file: string; logger?: Logger; now?: () => number; revocations?: Revocations }): Promise<GatewayUserStore> {
+  const { file, logger, revocations: bus } = opts;
   const now = opts.now ?? Date.now;
   fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
   sweepStaleTemps(file);
@@ -159,7 +55,9 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
   let known = readSig;
   let revoked = new Map<string, number>();
   let bySha = new Map<string, ApiTokenRecord>();
+  let byAccount = new Map<string, UserRecord>();
   const reindex = () => {
+    byAccount = new Map(db.data.users.map((u) => [u.id, u]));
     revoked = new Map(db.data.revoked.map((r) => [r.jti, r.exp]));
     bySha = new Map(db.data.tokens.map((t) => [t.sha256, t]));
   };
@@ -230,13 +128,18 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
       return;
     }
     // Accounts another process removed (or removed and made again: another person) get the same clean-up as a
-    // removal here — their HuggingFace token and Access binding must not pass to a later user of the name.
+    // removal here; a password changed or an account disabled there voids credentials here too.
     for (const old of before) {
       const current = find(old.username);
-      if (current && current.created_at === old.created_at) continue;
+      if (current && current.id === old.id) {
+        if (current.disabled && !old.disabled) announce(current, 'disabled');
+        else if (current.tokens_valid_after > old.tokens_valid_after) announce(current, 'password');
+        continue;
+      }
+      announce(old, 'deleted');
       for (const l of removedListeners) {
         try {
-          l(old.username);
+          l(old.username, old.id, keyOfRecord(old));
         } catch (err) {
           logger?.warn({ err, user: old.username }, 'clean-up after an external removal failed');
         }
@@ -245,14 +148,23 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
   }
 
   const find = (username: string) => db.data.users.find((u) => u.username === username);
+  const emailKey = (e: string | null | undefined) => (typeof e === 'string' && e.trim() ? e.trim().toLowerCase() : null);
+  const findEmail = (email: string) => db.data.users.find((u) => emailKey(u.email) === email);
+  /** 409 when another account already holds `email` */
+  const emailFree = (email: string | null, self?: UserRecord) => {
+    const holder = email === null ? undefined : findEmail(email);
+    if (holder && holder !== self) throw new AppError(409, 'EMAIL_EXISTS', `Another account (${holder.username}) already has that email`);
+  };
+  const announce = (u: UserRecord, reason: 'password' | 'disabled' | 'deleted') => bus?.emit({ kind: 'user', username: u.username, accountId: u.id, reason });
   // Void every credential issued up to now; `+ 1` so that one issued later in this same millisecond is still
   // valid (issuers use max(now, tokens_valid_after), see auth/jwt.ts) while one issued earlier is not.
   const voidBefore = () => now() + 1;
-  /** the same account, not a later one of the same name */
-  const same = (a: UserRecord, b: UserRecord) => a.username === b.username && a.created_at === b.created_at;
+  const same = (a: UserRecord, b: UserRecord) => a.id === b.id; // the same account, not a later one of the name
 
   const createdListeners: ((u: UserRecord) => void)[] = [];
-  const removedListeners: ((username: string) => void)[] = [];
+  const removedListeners: ((username: string, accountId: string, key: string) => void)[] = [];
+  /** the key an account's records are kept under (see AccountKeys) */
+  const keyOfRecord = (u: UserRecord) => (u.legacy ? u.username : u.id);
   const store: GatewayUserStore = {
     file,
     setupInfo() {
@@ -276,6 +188,26 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
       refresh();
       return db.data.users.some((u) => u.role === 'admin');
     },
+    byEmail(email) {
+      refresh();
+      const key = emailKey(email);
+      const u = key ? findEmail(key) : undefined;
+      return u && copyUser(u);
+    },
+    // No refresh here: these run per history entry; the request's principal was resolved (and the file re-read) first.
+    accounts: {
+      keyOf(username) {
+        const u = find(username);
+        return u ? keyOfRecord(u) : username;
+      },
+      nameOf(key) {
+        if (key.length > USERNAME_MAX) return byAccount.get(key)?.username;
+        const u = find(key);
+        // A name-keyed record is a legacy account's, or a non-account's (`api-key`); never a later account's.
+        if (u) return u.legacy ? u.username : undefined;
+        return RESERVED_USERNAMES.has(key) ? key : undefined;
+      },
+    },
     onCreated(listener) {
       createdListeners.push(listener);
     },
@@ -285,9 +217,13 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
     async create(u) {
       refresh();
       if (find(u.username)) throw new AppError(409, 'USER_EXISTS', `User ${u.username} already exists`);
+      const email = emailKey(u.email);
+      emailFree(email);
       const t = now();
       const rec: UserRecord = {
+        id: crypto.randomUUID(),
         username: u.username,
+        email,
         role: u.role,
         password_hash: u.password_hash,
         disabled: false,
@@ -301,6 +237,7 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
         d.users = d.users.filter((x) => x.username !== rec.username);
         d.users.push(copyUser(rec));
       });
+      reindex();
       await persist();
       for (const l of createdListeners) l(copyUser(rec));
       return copyUser(rec);
@@ -309,7 +246,8 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
       refresh();
       const cur = find(username);
       if (!cur) throw errors.notFound(`No user ${username}`);
-      const next: UserRecord = { ...cur, ...patch, username: cur.username, created_at: cur.created_at };
+      const next: UserRecord = { ...cur, ...patch, id: cur.id, username: cur.username, created_at: cur.created_at };
+      if (patch.email !== undefined) emailFree((next.email = emailKey(patch.email)), cur);
       if (patch.permissions) next.permissions = [...patch.permissions];
       const others = db.data.users.filter((u) => u !== cur);
       if (enabledAdmins([...others, cur]) > 0 && enabledAdmins([...others, next]) === 0)
@@ -317,8 +255,11 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
       const passwordChanged = patch.password_hash !== undefined && patch.password_hash !== cur.password_hash;
       const disabledNow = next.disabled && !cur.disabled;
       const changed: Partial<UserRecord> = { ...patch, ...(patch.permissions && { permissions: [...patch.permissions] }) };
+      if (patch.email !== undefined) changed.email = next.email;
+      delete changed.id;
       delete changed.username;
       delete changed.created_at;
+      delete changed.legacy;
       const voids = (passwordChanged || disabledNow) && patch.tokens_valid_after === undefined;
       if (voids) changed.tokens_valid_after = Math.max(voidBefore(), cur.tokens_valid_after);
       const target = copyUser(cur);
@@ -330,6 +271,7 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
       });
       reindex();
       await persist();
+      if (voids) announce(cur, disabledNow ? 'disabled' : 'password');
       return copyUser(find(username) ?? cur);
     },
     async remove(username) {
@@ -346,66 +288,10 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
       });
       reindex();
       await persist();
-      for (const l of removedListeners) l(username);
+      announce(target, 'deleted');
+      for (const l of removedListeners) l(username, target.id, keyOfRecord(target));
     },
-    tokens: {
-      list(username) {
-        refresh();
-        return db.data.tokens.filter((t) => t.username === username).map((t) => ({ ...t }));
-      },
-      findBySha256(sha256) {
-        refresh();
-        const t = bySha.get(sha256);
-        return t && { ...t };
-      },
-      async add(t) {
-        refresh();
-        if (!find(t.username)) throw errors.notFound(`No user ${t.username}`);
-        change((d) => {
-          if (d.users.some((u) => u.username === t.username) && !d.tokens.some((x) => x.id === t.id)) d.tokens.push({ ...t });
-        });
-        reindex();
-        await persist();
-      },
-      async remove(username, id) {
-        refresh();
-        if (!db.data.tokens.some((t) => t.id === id && t.username === username)) return false;
-        change((d) => {
-          d.tokens = d.tokens.filter((t) => !(t.id === id && t.username === username));
-        });
-        reindex();
-        await persist();
-        return true;
-      },
-      touch(id) {
-        const t = db.data.tokens.find((x) => x.id === id);
-        if (!t) return;
-        const at = now();
-        if (t.last_used_at && at - Date.parse(t.last_used_at) < TOUCH_INTERVAL_MS) return;
-        const when = new Date(at).toISOString();
-        change((d) => {
-          const x = d.tokens.find((y) => y.id === id);
-          if (x) x.last_used_at = when;
-        });
-        persist().catch(() => undefined); // logged by persist; a lost timestamp is harmless
-      },
-    },
-    revocations: {
-      async revoke(jti, exp) {
-        refresh();
-        const t = Math.floor(now() / 1000);
-        change((d) => {
-          d.revoked = d.revoked.filter((r) => r.exp > t);
-          if (!d.revoked.some((r) => r.jti === jti)) d.revoked.push({ jti, exp });
-        });
-        reindex();
-        await persist();
-      },
-      isRevoked(jti) {
-        refresh();
-        return revoked.has(jti);
-      },
-    },
+    ...credentialParts({ data: () => db.data, change, refresh, reindex, persist, exists: (u) => !!find(u), bySha: () => bySha, revoked: () => revoked, now, bus }),
     async flush() {
       while (queued || unsaved > 0) await tail;
     },

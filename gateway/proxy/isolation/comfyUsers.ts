@@ -1,9 +1,10 @@
 import fs from 'node:fs';
 import type { Logger } from '../../log';
 import { writeFileAtomic } from '../../users/atomicFile';
+import { NAME_KEYS, type AccountKeys } from '../../users/types';
 import type { Upstream } from '../upstream';
 
-/** Gateway username → ComfyUI user id (the value the gateway sends as `comfy-user`). */
+/** Gateway account → ComfyUI user id (the value the gateway sends as `comfy-user`); asked for by username. */
 export interface ComfyUsers {
   /** the id, creating the ComfyUI user (POST /users) on first use; throws when ComfyUI cannot be asked */
   resolve(username: string): Promise<string>;
@@ -22,7 +23,9 @@ const SINGLE_USER = 'default';
  * user at a time (single-flight), and each stored id is checked against ComfyUI's list once per process, so a
  * reinstalled ComfyUI gets its users re-created instead of answering "Unknown user".
  */
-export function createComfyUsers(deps: { file: string; upstream: Upstream; logger: Logger }): ComfyUsers {
+export function createComfyUsers(deps: { file: string; upstream: Upstream; logger: Logger; keys?: AccountKeys }): ComfyUsers {
+  // Kept per account key (users/types.ts), so a later account of a deleted account's name gets a ComfyUI user of its own.
+  const keys = deps.keys ?? NAME_KEYS;
   const ids = new Map<string, string>();
   const verified = new Set<string>();
   const inflight = new Map<string, Promise<string>>();
@@ -51,10 +54,10 @@ export function createComfyUsers(deps: { file: string; upstream: Upstream; logge
     return j.users as Record<string, string>;
   }
 
-  async function create(username: string): Promise<string | null> {
+  async function create(name: string): Promise<string | null> {
     const r = await deps.upstream.request('POST', '/users', {
       headers: { 'content-type': 'application/json', accept: 'application/json' },
-      body: JSON.stringify({ username }),
+      body: JSON.stringify({ username: name }),
     });
     if (r.status === 200) {
       const id = JSON.parse(r.body.toString('utf8')) as unknown;
@@ -64,31 +67,31 @@ export function createComfyUsers(deps: { file: string; upstream: Upstream; logge
     return null; // e.g. "Duplicate username." after a race: look it up again
   }
 
-  function singleUser(username: string): string {
+  function singleUser(key: string): string {
     multiUser = false;
     if (!warned) {
       warned = true;
       deps.logger.warn('ComfyUI runs without --multi-user: it ignores comfy-user, so the gateway keeps each user\'s workflows and settings apart itself (under gateway-users/<user>/ of its one user folder; with separate_users off they are shared)');
     }
-    verified.add(username);
+    verified.add(key);
     return SINGLE_USER;
   }
 
-  async function remember(username: string, id: string): Promise<string> {
-    if (ids.get(username) !== id) {
-      ids.set(username, id);
+  async function remember(key: string, id: string): Promise<string> {
+    if (ids.get(key) !== id) {
+      ids.set(key, id);
       await persist();
     }
-    verified.add(username);
+    verified.add(key);
     return id;
   }
 
-  async function lookup(username: string): Promise<string> {
-    const known = ids.get(username);
+  async function lookup(username: string, key: string): Promise<string> {
+    const known = ids.get(key);
     if (!known) {
       // A new user: one request in the usual case.
       const created = await create(username);
-      if (created) return remember(username, created);
+      if (created) return remember(key, created);
     }
     let users: Record<string, string> | null;
     try {
@@ -97,29 +100,32 @@ export function createComfyUsers(deps: { file: string; upstream: Upstream; logge
       if (known) return known; // ComfyUI unreachable: keep using what we had, check again next time
       throw e;
     }
-    if (users === null) return singleUser(username);
+    if (users === null) return singleUser(key);
     multiUser = true;
-    if (known && Object.prototype.hasOwnProperty.call(users, known)) return remember(username, known);
-    // Our id is gone (ComfyUI reinstalled?) or the name was taken before: find it by name, else create it.
-    let id = Object.keys(users).find((k) => users![k] === username);
-    id ??= (await create(username)) ?? undefined;
+    if (known && Object.prototype.hasOwnProperty.call(users, known)) return remember(key, known);
+    // Our id is gone (ComfyUI reinstalled?) or the name was taken before. Found by name only for a name-keyed account
+    // (from before account ids: that ComfyUI user is its own); an id-keyed one may carry a deleted account's name,
+    // whose ComfyUI user (workflows, settings) is not its to inherit, so it gets a ComfyUI user of its own.
+    let id = key === username ? Object.keys(users).find((k) => users![k] === username) : undefined;
+    id ??= (await create(username)) ?? (await create(`${username}-${key.slice(0, 8)}`)) ?? undefined;
     if (!id) throw new Error(`could not create the ComfyUI user for ${username}`);
-    return remember(username, id);
+    return remember(key, id);
   }
 
   return {
     resolve(username) {
-      if (verified.has(username)) return Promise.resolve(multiUser === false ? SINGLE_USER : ids.get(username)!);
-      let p = inflight.get(username);
+      const key = keys.keyOf(username);
+      if (verified.has(key)) return Promise.resolve(multiUser === false ? SINGLE_USER : ids.get(key)!);
+      let p = inflight.get(key);
       if (!p) {
-        p = lookup(username).finally(() => inflight.delete(username));
-        inflight.set(username, p);
+        p = lookup(username, key).finally(() => inflight.delete(key));
+        inflight.set(key, p);
       }
       return p;
     },
     cached(username) {
       if (multiUser === false) return SINGLE_USER;
-      return ids.get(username);
+      return ids.get(keys.keyOf(username));
     },
     get multiUser() {
       return multiUser;

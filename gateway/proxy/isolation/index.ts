@@ -10,6 +10,8 @@ import type { Upstream } from '../upstream';
 import type { WsHooks } from '../ws';
 import { createClientIds } from './clientIds';
 import { createComfyUsers } from './comfyUsers';
+import { createUserFolders, type UserFolders } from './folders';
+import { NAME_KEYS, type AccountKeys } from '../../users/types';
 import type { IsolationContext } from './context';
 import { historyInterceptors } from './history';
 import { jobsInterceptors } from './jobs';
@@ -52,6 +54,8 @@ export interface Isolation {
   ensureComfyUser(username: string): Promise<string>;
   /** the prompt-ownership ledger (for tests and benchmarks) */
   ledger: Ledger;
+  /** a deleted account's input/output folders: kept for admins or removed */
+  folders: UserFolders;
   close(): Promise<void>;
 }
 
@@ -68,13 +72,16 @@ export function configuredInputDir(config: ResolvedConfig): string | null {
   return dir ? path.resolve(base, dir) : null;
 }
 
-export function createIsolation(deps: { config: ResolvedConfig; logger: Logger; audit: Audit; upstream: Upstream; server?: ComfyServer }): Isolation {
+export function createIsolation(deps: { config: ResolvedConfig; logger: Logger; audit: Audit; upstream: Upstream; server?: ComfyServer; keys?: AccountKeys }): Isolation {
   const { config, logger, upstream } = deps;
+  // Ownership hangs on account keys, not names: a later account of a deleted account's name starts empty.
+  const keys = deps.keys ?? NAME_KEYS;
   const dataDir = config.paths.dataDir;
   fs.mkdirSync(dataDir, { recursive: true });
-  const ledger = createLedger({ file: path.join(dataDir, 'prompt_ledger.json'), logger });
-  const comfyUsers = createComfyUsers({ file: path.join(dataDir, 'comfy_users.json'), upstream, logger });
-  const clientIds = createClientIds(path.join(dataDir, 'isolation.key'));
+  const ledger = createLedger({ file: path.join(dataDir, 'prompt_ledger.json'), logger, keys });
+  const comfyUsers = createComfyUsers({ file: path.join(dataDir, 'comfy_users.json'), upstream, logger, keys });
+  const byName = createClientIds(path.join(dataDir, 'isolation.key'));
+  const clientIds = { ...byName, upstreamFor: (user: string, clientId: string) => byName.upstreamFor(keys.keyOf(user), clientId) };
   const promptIds = createPromptIds({ ledger, logger, onLearned: (h) => deps.server?.notePromptId(h) });
   const tracker = createRunTracker({ upstream, ledger, promptIds, logger });
 
@@ -141,6 +148,7 @@ export function createIsolation(deps: { config: ResolvedConfig; logger: Logger; 
     wsHooks: createIsolationWsHooks({ clientIds, ledger, tracker, promptIds }),
     ensureComfyUser: (username) => comfyUsers.resolve(username),
     ledger,
+    folders: createUserFolders({ config, upstream, logger, audit: deps.audit, inputDir: () => iso.inputDir }),
     async close() {
       await ledger.close();
       await comfyUsers.flush();

@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import type { Logger } from '../../log';
 import { sweepStaleTemps, writeFileAtomic } from '../../users/atomicFile';
+import { NAME_KEYS, type AccountKeys } from '../../users/types';
 import { fileKey, isFileType, type FileRef } from './paths';
 
 /** One prompt the gateway queued: whose it is and what it produced. */
@@ -47,7 +48,12 @@ const MAX_FILES_PER_PROMPT = 512;
 type Row = [string, string, number, string, string, [string, string, string][], string?];
 
 /** Loads (or starts) the ledger kept in `file`; corrupt files are moved aside, never silently overwritten. */
-export function createLedger(deps: { file: string; logger: Logger; max?: number; flushDelayMs?: number }): Ledger {
+/**
+ * Owners are kept as account keys (users/types.ts AccountKeys) and shown as the current username: a prompt of a
+ * deleted account has no owner any more (admins only), and a later account of the same name does not inherit it.
+ */
+export function createLedger(deps: { file: string; logger: Logger; max?: number; flushDelayMs?: number; keys?: AccountKeys }): Ledger {
+  const keys = deps.keys ?? NAME_KEYS;
   const max = deps.max ?? LEDGER_MAX;
   const delay = deps.flushDelayMs ?? 200;
   const byId = new Map<string, PromptRecord>();
@@ -160,7 +166,7 @@ export function createLedger(deps: { file: string; logger: Logger; max?: number;
 
   return {
     add(r) {
-      insert({ ...r, at: r.at ?? Date.now(), files: [] });
+      insert({ ...r, owner: keys.keyOf(r.owner), at: r.at ?? Date.now(), files: [] });
       changed();
     },
     remove(id) {
@@ -170,8 +176,14 @@ export function createLedger(deps: { file: string; logger: Logger; max?: number;
       unindex(r);
       changed();
     },
-    get: (id) => byId.get(id),
-    owner: (id) => byId.get(id)?.owner,
+    get(id) {
+      const r = byId.get(id);
+      return r && { ...r, owner: keys.nameOf(r.owner) ?? '' };
+    },
+    owner(id) {
+      const r = byId.get(id);
+      return r && keys.nameOf(r.owner);
+    },
     setUpstreamId(id, upstreamId) {
       const r = byId.get(id);
       if (!r || upstreamId === id || r.upstreamId === upstreamId) return;
@@ -182,7 +194,7 @@ export function createLedger(deps: { file: string; logger: Logger; max?: number;
     },
     byUpstreamId: (upstreamId) => byUpstream.get(upstreamId),
     idsOf(owner) {
-      return [...(byOwner.get(owner) ?? [])];
+      return [...(byOwner.get(keys.keyOf(owner)) ?? [])];
     },
     addFiles(id, files) {
       const r = byId.get(id);
@@ -200,7 +212,8 @@ export function createLedger(deps: { file: string; logger: Logger; max?: number;
     ownsFile(user, f) {
       const ids = byFile.get(fileKey(f));
       if (!ids) return false;
-      for (const id of ids) if (byId.get(id)?.owner === user) return true;
+      const key = keys.keyOf(user);
+      for (const id of ids) if (byId.get(id)?.owner === key) return true;
       return false;
     },
     get size() {
