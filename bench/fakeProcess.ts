@@ -11,7 +11,9 @@ async function main(): Promise<void> {
       for (let i = 0; i < (m.count ?? 0); i++) fake.sendWs(null, msg);
       process.send!({ cmd: 'blasted' });
     } else if (m.cmd === 'file') {
-      require('node:fs').writeFileSync(require('node:path').join(fake.outputDir, m.name!), Buffer.alloc(m.bytes!, 0x42));
+      const file = require('node:path').join(fake.outputDir, m.name!);
+      require('node:fs').mkdirSync(require('node:path').dirname(file), { recursive: true });
+      require('node:fs').writeFileSync(file, Buffer.alloc(m.bytes!, 0x42));
       process.send!({ cmd: 'filed' });
     } else if (m.cmd === 'exit') {
       void fake.close().then(() => process.exit(0));

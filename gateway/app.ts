@@ -73,7 +73,7 @@ const SESSION_FORMS = new Set(['login', 'register', 'logout']);
 export function createApp(deps: AppDeps): Gateway {
   const { config, logger, chain, policy } = deps;
   const cookieName = config.cookie.name;
-  const proxy = createHttpProxy({ upstream: deps.upstream, cookieName, logger });
+  const proxy = createHttpProxy({ upstream: deps.upstream, cookieName, logger, headerTimeoutMs: (config.upstream_timeout_s ?? 300) * 1000 });
   const relay = createWsRelay({
     upstreamOrigin: deps.upstream.origin,
     cookieName,

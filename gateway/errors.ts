@@ -21,4 +21,8 @@ export const errors = {
   notFound: (message = 'Not found') => new AppError(404, 'NOT_FOUND', message),
   invalidBody: (message: string, details: Record<string, unknown> = {}) =>
     new AppError(400, 'INVALID_BODY', message, details),
+  upstreamUnavailable: () => new AppError(502, 'UPSTREAM_UNAVAILABLE', 'ComfyUI is not reachable right now; try again shortly'),
+  /** ComfyUI took longer than `upstream_timeout_s` to start answering */
+  upstreamTimeout: (seconds: number) =>
+    new AppError(504, 'UPSTREAM_TIMEOUT', `ComfyUI did not start answering within ${seconds} s`, { timeout_s: seconds }),
 };
