@@ -22,6 +22,7 @@ import { staticRoutes } from './routes/static';
 import { createJwtService, loadJwtSecret } from './auth/jwt';
 import { createPasswords } from './auth/passwords';
 import { createApiTokenVerifier } from './auth/tokens';
+import { createCredentialCache } from './auth/credentialCache';
 import { accountRoutes } from './routes/account';
 import { authRoutes } from './routes/auth';
 import { userAdminRoutes } from './routes/users';
@@ -89,11 +90,13 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
 
   // "From this machine itself": first-run registration without the code, allow_loopback_without_auth.
   const isLocal = createIsLocal(clientIp);
+  // Verified sessions and tokens are remembered for 2 s while the user store is unchanged (revocation is immediate).
+  const credentialCache = createCredentialCache({ generation: () => users.generation() });
   const chainDeps: CredentialChainDeps = {
     apiKey: config.apiKey,
     cookieName: config.cookie.name,
-    verifyJwt: (token, source) => jwt.verify(token, source),
-    verifyApiToken: createApiTokenVerifier(users),
+    verifyJwt: credentialCache.jwt((token, source) => jwt.verify(token, source)),
+    verifyApiToken: credentialCache.token(createApiTokenVerifier(users)),
     onInvalid: (req, kind) => bruteForce.onInvalidCredential(req, kind),
     loopbackPrincipal: createLoopbackPrincipal({ config, users, logger, isLocal }),
   };
