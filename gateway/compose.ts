@@ -67,7 +67,7 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   const audit = createAudit(
     logger.isLevelEnabled('info') ? logger : opts.logger ?? createLogger({ levels: ['info'], file: config.paths.log, stdout: opts.stdout }),
   );
-  const upstream = createUpstream(config.upstream);
+  const upstream = createUpstream(config.upstream, { headerTimeoutMs: (config.upstream_timeout_s ?? 300) * 1000 });
   const clientIp = createClientIp(config);
   const notices: string[] = [];
   const closers: (() => Promise<void> | void)[] = [() => upstream.close()];
