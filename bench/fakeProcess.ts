@@ -5,9 +5,9 @@ async function main(): Promise<void> {
   const fake = await startFakeComfy({ port: 0 });
   // keep the request log from growing without bound during load
   setInterval(() => fake.clearRequests(), 500).unref();
-  process.on('message', (m: { cmd: string; count?: number; bytes?: number; name?: string }) => {
+  process.on('message', (m: { cmd: string; count?: number; bytes?: number; name?: string; msg?: object }) => {
     if (m.cmd === 'blast') {
-      const msg = { type: 'status', data: { status: { exec_info: { queue_remaining: 0 } } } };
+      const msg = m.msg ?? { type: 'status', data: { status: { exec_info: { queue_remaining: 0 } } } };
       for (let i = 0; i < (m.count ?? 0); i++) fake.sendWs(null, msg);
       process.send!({ cmd: 'blasted' });
     } else if (m.cmd === 'file') {

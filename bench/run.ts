@@ -9,6 +9,7 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import WebSocket from 'ws';
+import { sampleWorkflow } from '../tests/helpers/fakeComfy';
 import { load, loadTool, median, type LoadResult } from './load';
 import { findNginx, rssOf, startFake, startGateway, startNginx, stop, type BenchGateway, type Fake } from './procs';
 
@@ -23,11 +24,11 @@ const NGINX_PORTS = Array.from({ length: 20 }, (_, i) => 18160 + i);
 const PASSWORD = 'bench-password-1';
 
 const agent = new http.Agent({ keepAlive: true, maxSockets: 8 });
-function call(url: string, method: string, headers: Record<string, string>, body?: object): Promise<{ status: number; json: any; ms: number }> {
+function call(url: string, method: string, headers: Record<string, string>, body?: object, via = agent): Promise<{ status: number; json: any; ms: number }> {
   const t0 = process.hrtime.bigint();
   return new Promise((resolve, reject) => {
     const data = body ? JSON.stringify(body) : undefined;
-    const req = http.request(url, { method, agent, headers: { ...headers, ...(data ? { 'content-type': 'application/json' } : {}) } }, (res) => {
+    const req = http.request(url, { method, agent: via, headers: { ...headers, ...(data ? { 'content-type': 'application/json' } : {}) } }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('end', () => {
@@ -67,7 +68,7 @@ function summary(rs: LoadResult[]) {
   return { rps: median(rs.map((r) => r.rps)), p99_ms: median(rs.map((r) => r.p99_ms)), MBps: median(rs.map((r) => r.MBps)), errors: rs.reduce((a, r) => a + r.errors, 0), all_rps: rs.map((r) => Math.round(r.rps)) };
 }
 
-async function wsRate(url: string, fake: Fake, headers: Record<string, string>): Promise<number> {
+async function wsRate(url: string, fake: Fake, headers: Record<string, string>, msg: object): Promise<number> {
   const ws = new WebSocket(url, { headers, perMessageDeflate: false });
   await new Promise((r, j) => {
     ws.once('open', r);
@@ -81,7 +82,7 @@ async function wsRate(url: string, fake: Fake, headers: Record<string, string>):
     }),
   );
   const t0 = process.hrtime.bigint();
-  await fake.send({ cmd: 'blast', count: WS_COUNT }, 'blasted');
+  await fake.send({ cmd: 'blast', count: WS_COUNT, msg }, 'blasted');
   await Promise.race([done, new Promise((r) => setTimeout(r, 60_000))]);
   const secs = Number(process.hrtime.bigint() - t0) / 1e9;
   const closed = new Promise((r) => ws.once('close', r));
@@ -162,46 +163,56 @@ async function main(): Promise<void> {
     }
 
     if (ONLY.has('ws')) {
+      // Sampler progress of alice's own prompt: the bulk of real WebSocket traffic, and what isolation must let through.
+      const queued = await must(`${gw.url}/prompt`, 'POST', session, { prompt: sampleWorkflow('bench') });
+      const msg = { type: 'progress', data: { value: 1, max: 20, prompt_id: queued.prompt_id, node: '3' } };
       const wsu = (base: string) => `${base.replace(/^http/, 'ws')}/ws?clientId=bench`;
       const targets: Record<string, () => Promise<number>> = {
-        direct: () => wsRate(wsu(fake.url), fake, {}),
-        gw_user: () => wsRate(wsu(gw.url), fake, session),
+        direct: () => wsRate(wsu(fake.url), fake, {}, msg),
+        gw_user: () => wsRate(wsu(gw.url), fake, session, msg),
       };
-      if (nginx) targets.nginx = () => wsRate(wsu(nginx.url), fake, {});
+      if (nginx) targets.nginx = () => wsRate(wsu(nginx.url), fake, {}, msg);
       await targets.gw_user();
       const r: Record<string, number[]> = {};
       for (let i = 0; i < ROUNDS; i++) for (const n of rotate(Object.keys(targets), i)) (r[n] ??= []).push(await targets[n]());
       const s = Object.fromEntries(Object.entries(r).map(([k, v]) => [k, { msgs_per_s: Math.round(median(v)), all: v.map(Math.round) }]));
       results.websocket = s;
-      rows.push([`WebSocket messages/s (${WS_COUNT} status frames), normal user`, `${s.direct.msgs_per_s}`, nginx ? `${s.nginx.msgs_per_s}` : '–', `${s.gw_user.msgs_per_s}`, `${ratio(s.gw_user.msgs_per_s, s.direct.msgs_per_s)}`, `${ratio(s.gw_user.msgs_per_s, s.nginx?.msgs_per_s) ?? '–'}`, '≥ 0.8× nginx']);
+      rows.push([`WebSocket messages/s (${WS_COUNT} progress frames of the user's prompt), normal user`, `${s.direct.msgs_per_s}`, nginx ? `${s.nginx.msgs_per_s}` : '–', `${s.gw_user.msgs_per_s}`, `${ratio(s.gw_user.msgs_per_s, s.direct.msgs_per_s)}`, `${ratio(s.gw_user.msgs_per_s, s.nginx?.msgs_per_s) ?? '–'}`, '≥ 0.8× nginx']);
     }
 
     if (ONLY.has('storm')) {
       // 50 parallel logins (bcrypt at the default cost) while another client keeps asking for /prompt.
-      const probeOnce = () => call(`${gw.url}/prompt`, 'GET', admin);
+      // its own connection: the logins must not hold up the probe inside this process's agent
+      const probeAgent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+      const probeOnce = () => call(`${gw.url}/prompt`, 'GET', admin, undefined, probeAgent);
       const probeFor = async (ms: number) => {
         const lat: number[] = [];
         const end = Date.now() + ms;
         while (Date.now() < end) lat.push((await probeOnce()).ms);
         return lat;
       };
-      const base = await probeFor(1500);
+      // The same probe without a storm first: on a shared machine the event loop is delayed by others too.
+      await gw.ask('eld-start');
+      const base = await probeFor(3000);
+      const quiet = await gw.ask<{ p50_ms: number; p99_ms: number; max_ms: number }>('eld-stop');
       await gw.ask('eld-start');
       let stormDone = false;
       const storm = Promise.all(Array.from({ length: 50 }, () => call(`${gw.url}/login`, 'POST', {}, { username: 'alice', password: PASSWORD }))).finally(() => (stormDone = true));
       const during: number[] = [];
       while (!stormDone) during.push((await probeOnce()).ms);
       const logins = await storm;
+      probeAgent.destroy();
       const eld = await gw.ask<{ p50_ms: number; p99_ms: number; max_ms: number }>('eld-stop');
       const ok = logins.filter((l) => l.status === 200).length;
       results.login_storm = {
         logins_ok: ok,
         storm_ms: round(Math.max(...logins.map((l) => l.ms))),
         event_loop_delay: eld,
+        event_loop_delay_without_storm: quiet,
         other_requests: { before_p50_ms: round(median(base), 2), during_p50_ms: round(median(during), 2), during_max_ms: round(Math.max(...during), 2), count: during.length },
       };
-      rows.push(['50 parallel logins: gateway event-loop delay max (ms)', '', '', `${eld.max_ms} (p99 ${eld.p99_ms})`, '', '', '≤ 10 ms']);
-      rows.push(['  other requests during the storm, max latency (ms)', '', '', `${round(Math.max(...during), 1)} (p50 ${round(median(during), 1)}, before ${round(median(base), 1)})`, '', '', '']);
+      rows.push(['50 parallel logins: gateway event-loop delay max (ms)', '', '', `${eld.max_ms} (p99 ${eld.p99_ms}; without a storm: max ${quiet.max_ms}, p99 ${quiet.p99_ms})`, '', '', '≤ 10 ms']);
+      rows.push(['  other requests during the storm, latency (ms)', '', '', `max ${round(Math.max(...during), 1)}, p50 ${round(median(during), 1)} (without: max ${round(Math.max(...base), 1)}, p50 ${round(median(base), 1)})`, '', '', '']);
     }
 
     if (ONLY.has('idle')) {
