@@ -76,7 +76,7 @@ const SESSION_FORMS = new Set(['login', 'register', 'logout']);
 export function createApp(deps: AppDeps): Gateway {
   const { config, logger, chain, policy } = deps;
   const cookieName = config.cookie.name;
-  const proxy = createHttpProxy({ upstream: deps.upstream, cookieName, logger });
+  const proxy = createHttpProxy({ upstream: deps.upstream, cookieName, logger, headerTimeoutMs: (config.upstream_timeout_s ?? 300) * 1000 });
   const relay = createWsRelay({
     upstreamOrigin: deps.upstream.origin,
     cookieName,
@@ -104,11 +104,15 @@ export function createApp(deps: AppDeps): Gateway {
   async function admit(req: IncomingMessage, isUpgrade: boolean): Promise<RequestContext> {
     const clientIp = deps.clientIp(req);
     const route = canonicalize(req.url ?? '/');
+    let query: URLSearchParams | undefined;
     const ctx: RequestContext = {
       clientIp,
       route,
       decision: policy.decide(route, req.method ?? 'GET'),
-      query: new URLSearchParams(route.query),
+      // parsed when first asked for: most requests never look at their query
+      get query() {
+        return (query ??= new URLSearchParams(route.query));
+      },
       principal: null,
       secure: isSecure(req),
       startedAt: process.hrtime.bigint(),
@@ -119,7 +123,7 @@ export function createApp(deps: AppDeps): Gateway {
     if (access === 'public') {
       // Public routes may still use who is calling (health details, logout, admin registration).
       try {
-        ctx.principal = await chain.authenticate(req, ctx.query);
+        ctx.principal = await chain.authenticate(req, route.query ? ctx.query : undefined);
       } catch (e) {
         if (!(e instanceof AppError) || e.status !== 401) throw e;
         ctx.principal = null;
@@ -132,7 +136,7 @@ export function createApp(deps: AppDeps): Gateway {
       });
       return ctx;
     }
-    ctx.principal = await chain.authenticate(req, ctx.query);
+    ctx.principal = await chain.authenticate(req, route.query ? ctx.query : undefined);
     if (!ctx.principal) throw errors.authRequired();
     checkCsrf(req, ctx.principal, { ownHost: ownHost(req), isUpgrade, getChangesState: ctx.decision.getChangesState });
     if (access === 'admin' && ctx.principal.role !== 'admin') throw errors.forbidden('This route is for administrators');

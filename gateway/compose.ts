@@ -25,6 +25,7 @@ import { createRevocations } from './auth/revocations';
 import { createPasswordSlots } from './auth/passwordSlots';
 import { getContext } from './http/context';
 import { createApiTokenVerifier } from './auth/tokens';
+import { createCredentialCache } from './auth/credentialCache';
 import { accountRoutes } from './routes/account';
 import { authRoutes } from './routes/auth';
 import { userAdminRoutes } from './routes/users';
@@ -70,7 +71,7 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   const audit = createAudit(
     logger.isLevelEnabled('info') ? logger : opts.logger ?? createLogger({ levels: ['info'], file: config.paths.log, stdout: opts.stdout }),
   );
-  const upstream = createUpstream(config.upstream);
+  const upstream = createUpstream(config.upstream, { headerTimeoutMs: (config.upstream_timeout_s ?? 300) * 1000 });
   const clientIp = createClientIp(config);
   const notices: string[] = [];
   const closers: (() => Promise<void> | void)[] = [() => upstream.close()];
@@ -98,11 +99,13 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
 
   // "From this machine itself": first-run registration without the code, allow_loopback_without_auth.
   const isLocal = createIsLocal(clientIp);
+  // Verified sessions and tokens are remembered for 2 s while the user store is unchanged (revocation is immediate).
+  const credentialCache = createCredentialCache({ generation: () => users.generation() });
   const chainDeps: CredentialChainDeps = {
     apiKey: config.apiKey,
     cookieName: config.cookie.name,
-    verifyJwt: (token, source) => jwt.verify(token, source),
-    verifyApiToken: createApiTokenVerifier(users),
+    verifyJwt: credentialCache.jwt((token, source) => jwt.verify(token, source)),
+    verifyApiToken: credentialCache.token(createApiTokenVerifier(users)),
     onInvalid: (req, kind) => bruteForce.onInvalidCredential(req, kind),
     loopbackPrincipal: createLoopbackPrincipal({ config, users, logger, isLocal }),
   };

@@ -23,4 +23,8 @@ export const errors = {
     new AppError(400, 'INVALID_BODY', message, details),
   /** a prompt the gateway will not queue for this caller (details name the node) */
   promptRefused: (message: string, details: Record<string, unknown> = {}) => new AppError(400, 'PROMPT_REFUSED', message, details),
+  upstreamUnavailable: () => new AppError(502, 'UPSTREAM_UNAVAILABLE', 'ComfyUI is not reachable right now; try again shortly'),
+  /** ComfyUI took longer than `upstream_timeout_s` to start answering */
+  upstreamTimeout: (seconds: number) =>
+    new AppError(504, 'UPSTREAM_TIMEOUT', `ComfyUI did not start answering within ${seconds} s`, { timeout_s: seconds }),
 };

@@ -122,9 +122,11 @@ describe('createPasswordSlots (unit)', () => {
     await Promise.all([s.run(req('a'), async () => 1), s.run(req('a'), async () => 2)]);
   });
 
-  it('bcrypt leaves two pool threads free for file I/O', () => {
-    expect(hashingThreads({})).toBe(2);
-    expect(hashingThreads({ UV_THREADPOOL_SIZE: '16' })).toBe(14);
-    expect(hashingThreads({ UV_THREADPOOL_SIZE: '2' })).toBe(1);
+  it('bcrypt leaves two pool threads free for file I/O and one core for the event loop', () => {
+    expect(hashingThreads({}, 8)).toBe(2);
+    expect(hashingThreads({ UV_THREADPOOL_SIZE: '16' }, 32)).toBe(14);
+    expect(hashingThreads({ UV_THREADPOOL_SIZE: '2' }, 8)).toBe(1);
+    expect(hashingThreads({ UV_THREADPOOL_SIZE: '16' }, 2)).toBe(1);
+    expect(hashingThreads({}, 1)).toBe(1);
   });
 });

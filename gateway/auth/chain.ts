@@ -1,7 +1,7 @@
 import type { IncomingMessage } from 'node:http';
 import { parse as parseCookie } from 'cookie';
 import { AppError, errors } from '../errors';
-import { safeEqual } from './apiKey';
+import { matcherFor } from './apiKey';
 import type { CredentialSource, Principal } from './principal';
 
 /** Verifies a personal API token; null when the string is not one of ours. */
@@ -45,8 +45,9 @@ export const API_KEY_PRINCIPAL: Omit<Principal, 'source'> = { username: 'api-key
 
 /** The one credential chain (DESIGN §4): the first credential present decides; present-but-invalid is 401. */
 export function createCredentialChain(deps: CredentialChainDeps) {
+  const isApiKey = deps.apiKey ? matcherFor(deps.apiKey) : () => false;
   function keyOrToken(value: string, source: CredentialSource): Principal | null {
-    if (deps.apiKey && safeEqual(value, deps.apiKey)) return { ...API_KEY_PRINCIPAL, source: source === 'query' ? 'query' : 'api-key' };
+    if (isApiKey(value)) return { ...API_KEY_PRINCIPAL, source: source === 'query' ? 'query' : 'api-key' };
     const p = deps.verifyApiToken?.(value);
     return p ? { ...p, source: source === 'query' ? 'query' : 'api-token' } : null;
   }

@@ -1,4 +1,5 @@
 import crypto from 'node:crypto';
+import os from 'node:os';
 import bcrypt from 'bcrypt';
 import { PASSWORD_MAX_BYTES } from '../users/rules';
 
@@ -16,19 +17,21 @@ const looksLikeBcrypt = (h: string | null | undefined): h is string => !!h && /^
 
 /**
  * bcrypt hashes that may run at once. Native bcrypt runs on libuv's thread pool, which file I/O, DNS and zlib share:
- * leaving two of its threads free keeps a burst of logins from stalling every store write behind the hashes.
+ * leaving two of its threads free keeps a burst of logins from stalling every store write behind the hashes; and
+ * each hash keeps a core busy for a quarter of a second, so one core stays free for the event loop (every other
+ * request) during a login storm.
  */
-export function hashingThreads(env: NodeJS.ProcessEnv = process.env): number {
+export function hashingThreads(env: NodeJS.ProcessEnv = process.env, cores = os.availableParallelism()): number {
   const pool = Number(env.UV_THREADPOOL_SIZE) || 4;
-  return Math.max(1, pool - 2);
+  return Math.max(1, Math.min(pool - 2, cores - 1));
 }
 
 /** Builds the password service; the dummy hash is made once, up front, at the same cost as real ones. */
 export function createPasswords(cost: number, opts: { parallel?: number } = {}): Passwords {
-  // Started now so the first unknown-user login is not the slow one.
-  const dummy = bcrypt.hash(crypto.randomBytes(18).toString('base64'), cost);
-  const dummyHash = () => dummy;
   const lane = createLane(opts.parallel ?? hashingThreads());
+  // Started now so the first unknown-user login is not the slow one.
+  const dummy = lane(() => bcrypt.hash(crypto.randomBytes(18).toString('base64'), cost));
+  const dummyHash = () => dummy;
   return {
     hash: (password) => lane(() => bcrypt.hash(password, cost)),
     async verify(password, hash) {

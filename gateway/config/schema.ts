@@ -32,6 +32,8 @@ export const configSchema = z
     host: z.string().min(1).default('0.0.0.0'),
     port: z.number().int().min(0).max(65535).default(8189),
     upstream: z.url({ protocol: /^https?$/ }).default('http://127.0.0.1:8188'),
+    /** how long ComfyUI may take to send a response's headers; once they came, a body streams for as long as it needs */
+    upstream_timeout_s: z.number().positive().max(86_400).default(300),
     data_dir: z.string().min(1).default('./data'),
     api_key: z.string().min(16, 'must be at least 16 characters').nullable().default(null),
     api_key_file: z.string().min(1).nullable().default(null),

@@ -141,11 +141,24 @@ export function createClientIp(opts: { trusted_proxies: string[]; client_ip_head
   if (problems.length) throw new ConfigError(problems);
   const header = opts.client_ip_header.toLowerCase();
 
-  const fromTrustedProxy = (req: IncomingMessage) => trusted.length > 0 && inRanges(socketIp(req), trusted);
+  // A socket's peer and whether it is trusted never change: worked out once per connection, not per question
+  // (the front door asks several times per request, and a keep-alive connection carries many requests).
+  const peers = new WeakMap<object, { ip: string; trusted: boolean }>();
+  const peer = (req: IncomingMessage) => {
+    let p = peers.get(req.socket);
+    if (!p || req.socket.remoteAddress === undefined) {
+      const ip = socketIp(req);
+      p = { ip, trusted: trusted.length > 0 && inRanges(ip, trusted) };
+      // a socket without an address yet (or any more) is not remembered
+      if (req.socket.remoteAddress !== undefined) peers.set(req.socket, p);
+    }
+    return p;
+  };
+  const fromTrustedProxy = (req: IncomingMessage) => peer(req).trusted;
 
   const clientIp = ((req: IncomingMessage): string => {
-    const sock = socketIp(req);
-    if (!trusted.length || !inRanges(sock, trusted)) return sock;
+    const { ip: sock, trusted: viaProxy } = peer(req);
+    if (!viaProxy) return sock;
     const raw = req.headers[header];
     // Node joins repeated custom headers with ", "; for XFF that is the same list, so the walk below still holds.
     const value = Array.isArray(raw) ? raw.join(',') : raw;

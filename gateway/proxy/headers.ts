@@ -41,7 +41,7 @@ export function upstreamUrl(ctx: RequestContext): string {
 export function sanitizeHeaders(
   req: IncomingMessage,
   ctx: RequestContext,
-  opts: { cookieName: string; upstreamOrigin: string },
+  opts: { cookieName: string; upstreamOrigin: string; upstreamHost?: string },
 ): IncomingHttpHeaders {
   const h = req.headers;
   const originalHost = h.host;
@@ -57,7 +57,7 @@ export function sanitizeHeaders(
   if (originalHost) h['x-forwarded-host'] = originalHost;
   // The gateway has done the CSRF check; ComfyUI's own check compares Origin with Host, so make them agree.
   if (h.origin !== undefined) h.origin = opts.upstreamOrigin;
-  h.host = new URL(opts.upstreamOrigin).host;
+  h.host = opts.upstreamHost ?? new URL(opts.upstreamOrigin).host;
   return h;
 }
 

@@ -1,6 +1,6 @@
 import http from 'node:http';
 import https from 'node:https';
-import { AppError } from '../errors';
+import { errors } from '../errors';
 
 /** A buffered upstream response, for the routes the gateway must read (JSON rewrites, health). */
 export interface UpstreamResponse {
@@ -10,7 +10,7 @@ export interface UpstreamResponse {
 }
 
 /** Plain client for ComfyUI calls the gateway makes itself (health probes, rewrites, user creation). */
-export function createUpstream(base: string, opts: { timeoutMs?: number; maxBody?: number } = {}) {
+export function createUpstream(base: string, opts: { timeoutMs?: number; maxBody?: number; headerTimeoutMs?: number } = {}) {
   const url = new URL(base);
   const lib = url.protocol === 'https:' ? https : http;
   // No socket cap: a cap shared by everyone lets one user's slow transfers stall all others.
@@ -53,7 +53,7 @@ export function createUpstream(base: string, opts: { timeoutMs?: number; maxBody
           res.on('error', reject);
         },
       );
-      req.on('timeout', () => req.destroy(new Error('upstream timeout')));
+      req.on('timeout', () => req.destroy(Object.assign(new Error('upstream timeout'), { code: 'UPSTREAM_TIMEOUT' })));
       req.on('error', (e: NodeJS.ErrnoException) => {
         if (e.code === 'ECONNREFUSED' || e.code === 'ECONNRESET' || e.code === 'EHOSTUNREACH' || e.code === 'ENOTFOUND') reached(false);
         reject(e);
@@ -65,6 +65,8 @@ export function createUpstream(base: string, opts: { timeoutMs?: number; maxBody
   return {
     origin: url.origin,
     agent,
+    /** how long a call made for a client may wait for ComfyUI (`upstream_timeout_s`) */
+    headerTimeoutMs: opts.headerTimeoutMs ?? 300_000,
     request,
     /** GET + JSON parse; throws on non-2xx or bad JSON. */
     async json<T = unknown>(method: string, path: string, init: Parameters<typeof request>[2] = {}): Promise<T> {
@@ -99,13 +101,14 @@ export function createUpstream(base: string, opts: { timeoutMs?: number; maxBody
 /** The upstream client's interface. */
 export type Upstream = ReturnType<typeof createUpstream>;
 
-/** A call the gateway makes for a client: a network failure becomes 502 UPSTREAM_UNAVAILABLE. */
+/** A call the gateway makes for a client: a network failure becomes 502 UPSTREAM_UNAVAILABLE, no answer in time 504 UPSTREAM_TIMEOUT. */
 export async function callUpstream(upstream: Upstream, method: string, path: string, headers: http.OutgoingHttpHeaders, body?: Buffer | string): Promise<UpstreamResponse> {
   const h = { ...headers };
   if (body === undefined) delete h['content-type'];
   try {
-    return await upstream.request(method, path, { headers: h, body });
-  } catch {
-    throw new AppError(502, 'UPSTREAM_UNAVAILABLE', 'ComfyUI is not reachable right now; try again shortly');
+    return await upstream.request(method, path, { headers: h, body, timeoutMs: upstream.headerTimeoutMs });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'UPSTREAM_TIMEOUT') throw errors.upstreamTimeout(upstream.headerTimeoutMs / 1000);
+    throw errors.upstreamUnavailable();
   }
 }

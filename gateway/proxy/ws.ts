@@ -125,16 +125,29 @@ export function createWsRelay(deps: {
   }
   const unsubscribe = deps.revocations?.on(revoke);
 
-  function relay(s: WsSession, client: WebSocket, upstream: WebSocket) {
+  function relay(s: WsSession, client: WebSocket, upstream: WebSocket, clientSocket: Duplex) {
     s.client = client;
     alive.set(client, true);
     client.on('pong', () => alive.set(client, true));
     sessions.add(s);
     if (s.upstreamClientId) holders.set(s.upstreamClientId, s);
+    // Frames that arrived from ComfyUI together leave together: one write per burst, not one per frame (ws emits
+    // every frame of a read synchronously, so the tick ends after the last of them).
+    let corked = false;
+    const uncork = () => {
+      corked = false;
+      clientSocket.uncork();
+    };
     upstream.on('message', (data, isBinary) => {
       const buf = toBuffer(data);
       const out = hooks.fromUpstream ? hooks.fromUpstream(s, buf, isBinary) : buf;
-      if (out !== null && client.readyState === WebSocket.OPEN) client.send(out, { binary: isBinary });
+      if (out === null || client.readyState !== WebSocket.OPEN) return;
+      if (!corked) {
+        corked = true;
+        clientSocket.cork();
+        process.nextTick(uncork);
+      }
+      client.send(out, { binary: isBinary });
     });
     client.on('message', (data, isBinary) => {
       const buf = toBuffer(data);
@@ -282,7 +295,7 @@ export function createWsRelay(deps: {
       connecting.delete(s);
       wss.handleUpgrade(req, socket, head, (client) => {
         upstream.off('message', onEarly);
-        relay(s, client, upstream);
+        relay(s, client, upstream, socket);
         for (const m of early) {
           const out = hooks.fromUpstream ? hooks.fromUpstream(s, m.data, m.isBinary) : m.data;
           if (out !== null) client.send(out, { binary: m.isBinary });

@@ -27,6 +27,11 @@ export interface GatewayUserStore extends UserStore {
   readonly file: string;
   /** first administrator bookkeeping, if setup has completed */
   setupInfo(): UsersFile['setup'] | undefined;
+  /**
+   * A number that changes whenever anything in the store changes (here or, once seen, in another process): a
+   * verified credential cached under one generation must be checked again under the next.
+   */
+  generation(): number;
 }
 
 /**
@@ -66,7 +71,9 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
   // Every mutation is an edit applied to memory now and kept until it is written: another process may write the
   // file meanwhile (the users CLI next to a busy gateway), and our write must then add to its version, not undo it.
   let edits: Edit[] = [];
+  let gen = 0;
   const change = (edit: Edit) => {
+    gen++;
     edit(db.data);
     edits.push(edit);
   };
@@ -104,9 +111,17 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
     return p;
   }
 
+  // One look at the file per event-loop turn: every request handled in the same turn sees the same version, and a
+  // write by another process is still seen by the first request of the next turn (no time-based staleness).
+  let lookedThisTurn = false;
+  const nextTurn = () => {
+    lookedThisTurn = false;
+  };
   /** Picks up another process's write, unless we have changes of our own not yet on disk. */
-  function refresh(): void {
-    if (unsaved > 0) return;
+  function refresh(force = false): void {
+    if (unsaved > 0 || (lookedThisTurn && !force)) return;
+    lookedThisTurn = true;
+    setImmediate(nextTurn);
     const sig = signature(file);
     if (sig === known) return;
     known = sig;
@@ -120,6 +135,7 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
       const data = parseUsersFile(file, fs.readFileSync(file, 'utf8'));
       for (const edit of mine) edit(data);
       db.data = data;
+      gen++;
       known = sig;
       reindex();
       logger?.info({ file, reapplied: mine.length }, 'users file changed on disk; reloaded');
@@ -167,6 +183,10 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
   const keyOfRecord = (u: UserRecord) => (u.legacy ? u.username : u.id);
   const store: GatewayUserStore = {
     file,
+    generation() {
+      refresh();
+      return gen;
+    },
     setupInfo() {
       refresh();
       return db.data.setup ? { ...db.data.setup } : undefined;
@@ -215,7 +235,7 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
       removedListeners.push(listener);
     },
     async create(u) {
-      refresh();
+      refresh(true);
       if (find(u.username)) throw new AppError(409, 'USER_EXISTS', `User ${u.username} already exists`);
       const email = emailKey(u.email);
       emailFree(email);
@@ -243,7 +263,7 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
       return copyUser(rec);
     },
     async update(username, patch) {
-      refresh();
+      refresh(true);
       const cur = find(username);
       if (!cur) throw errors.notFound(`No user ${username}`);
       const next: UserRecord = { ...cur, ...patch, id: cur.id, username: cur.username, created_at: cur.created_at };
@@ -275,7 +295,7 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
       return copyUser(find(username) ?? cur);
     },
     async remove(username) {
-      refresh();
+      refresh(true);
       const cur = find(username);
       if (!cur) throw errors.notFound(`No user ${username}`);
       const rest = db.data.users.filter((u) => u !== cur);

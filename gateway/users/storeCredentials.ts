@@ -11,7 +11,8 @@ export interface StoreInternals {
   data(): UsersFile;
   /** applies an edit now and keeps it until written (see the single writer in store.ts) */
   change(edit: (d: UsersFile) => void): void;
-  refresh(): void;
+  /** re-reads the file if another process changed it; `force` looks again even within this event-loop turn */
+  refresh(force?: boolean): void;
   reindex(): void;
   persist(): Promise<void>;
   exists(username: string): boolean;
@@ -35,7 +36,7 @@ export function credentialParts(ctx: StoreInternals): Pick<UserStore, 'tokens' |
         return t && { ...t };
       },
       async add(t) {
-        ctx.refresh();
+        ctx.refresh(true);
         if (!ctx.exists(t.username)) throw errors.notFound(`No user ${t.username}`);
         ctx.change((d) => {
           if (d.users.some((u) => u.username === t.username) && !d.tokens.some((x) => x.id === t.id)) d.tokens.push({ ...t });
@@ -44,7 +45,7 @@ export function credentialParts(ctx: StoreInternals): Pick<UserStore, 'tokens' |
         await ctx.persist();
       },
       async remove(username, id) {
-        ctx.refresh();
+        ctx.refresh(true);
         if (!ctx.data().tokens.some((t) => t.id === id && t.username === username)) return false;
         ctx.change((d) => {
           d.tokens = d.tokens.filter((t) => !(t.id === id && t.username === username));
@@ -69,7 +70,7 @@ export function credentialParts(ctx: StoreInternals): Pick<UserStore, 'tokens' |
     },
     revocations: {
       async revoke(jti, exp) {
-        ctx.refresh();
+        ctx.refresh(true);
         const t = Math.floor(ctx.now() / 1000);
         ctx.change((d) => {
           d.revoked = d.revoked.filter((r) => r.exp > t);

@@ -115,6 +115,13 @@ export interface FakeComfy {
   userDir: string;
   requests: RecordedRequest[]; // every HTTP request and WS upgrade received, in order of arrival
   clearRequests(): void;
+  /**
+   * Slows answers down, for timeout tests: requests to `path` (decoded, either `/api` twin; any method unless given)
+   * wait `beforeHeadersMs` before being handled — `null` holds them unanswered until `clearStalls()` — and a
+   * `/view` body stops for `midBodyMs` after its first half.
+   */
+  stall(rule: StallRule): void;
+  clearStalls(): void;
   wsClients(): WsClientInfo[]; // currently connected sockets
   prompts: Map<string, any>; // prompt_id -> stored prompt entry (queue/history)
   /** users of --multi-user mode: { user_id: username } */
@@ -128,6 +135,14 @@ export interface FakeComfy {
   maxUploadSize: number;
   /** resolves when the prompt reached history (success, error or interrupted) */
   waitForPrompt(promptId: string, timeoutMs?: number): Promise<any>;
+}
+
+/** One rule of FakeComfy.stall. */
+export interface StallRule {
+  path: string;
+  method?: string;
+  beforeHeadersMs?: number | null;
+  midBodyMs?: number;
 }
 
 export interface FakeRoute {
@@ -895,6 +910,8 @@ class FakeComfyServer implements FakeComfy {
   userDir: string;
   customNodesDir: string;
   requests: RecordedRequest[] = [];
+  private stalls: StallRule[] = [];
+  private releaseStalls: (() => void)[] = [];
   prompts = new Map<string, StoredPrompt>();
   history = new Map<string, StoredPrompt>();
   users: Record<string, string> = {};
@@ -1048,6 +1065,19 @@ class FakeComfyServer implements FakeComfy {
       await fsp.rm(this.baseDir, { recursive: true, force: true }).catch(() => {});
       LIVE_TEMP_DIRS.delete(this.baseDir);
     }
+  }
+
+  stall(rule: StallRule): void {
+    this.stalls.push(rule);
+  }
+
+  clearStalls(): void {
+    this.stalls = [];
+    for (const r of this.releaseStalls.splice(0)) r();
+  }
+
+  private stallFor(p: string, method: string): StallRule | undefined {
+    return this.stalls.find((r) => (r.method === undefined || r.method === method) && (p === r.path || p === `/api${r.path}`));
   }
 
   clearRequests(): void {
@@ -1245,6 +1275,17 @@ class FakeComfyServer implements FakeComfy {
     if (method === 'OPTIONS') return this.sendEmpty(ctx, 200);
     if (!rawPath.startsWith('/')) return this.sendText(ctx, 404, '404: Not Found');
 
+    const stall = this.stallFor(ctx.path, method);
+    if (stall?.beforeHeadersMs === null) {
+      // Never answered: held until clearStalls() or until the client gives up.
+      await new Promise<void>((resolve) => {
+        this.releaseStalls.push(resolve);
+        res.once('close', resolve);
+      });
+      if (!res.destroyed) res.destroy();
+      return;
+    }
+    if (stall?.beforeHeadersMs) await new Promise((r) => setTimeout(r, stall.beforeHeadersMs!));
     const found = this.findRoute(ctx.path, method);
     if (!found) return this.sendText(ctx, 404, '404: Not Found');
     if (!found.route) {
@@ -1621,6 +1662,16 @@ class FakeComfyServer implements FakeComfy {
     c.res.writeHead(status, headers);
     if (c.head || st.size === 0) {
       c.res.end();
+      return;
+    }
+    const pause = this.stallFor(c.path, c.method)?.midBodyMs;
+    if (pause) {
+      // The first half now, the rest after a pause (a slow disk or a big file being produced).
+      const data = await fsp.readFile(file);
+      const part = data.subarray(start, end + 1);
+      c.res.write(part.subarray(0, part.length >> 1));
+      await new Promise((r) => setTimeout(r, pause));
+      if (!c.res.destroyed) c.res.end(part.subarray(part.length >> 1));
       return;
     }
     await new Promise<void>((resolve) => {

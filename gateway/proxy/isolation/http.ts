@@ -117,9 +117,14 @@ export function seesAll(p: Principal, separate: boolean): boolean {
   return !separate || p.role === 'admin';
 }
 
+/** Lower-cased segments per route, computed once: a dozen interceptors ask for them on every request. */
+const lowered = new WeakMap<RequestContext['route'], string[]>();
+
 /** Lower-cased canonical segments, for matching interceptors (ComfyUI's routes are case-sensitive; we are stricter). */
 export function segs(ctx: RequestContext): string[] {
-  return ctx.route.segments.map((s) => s.toLowerCase());
+  let l = lowered.get(ctx.route);
+  if (!l) lowered.set(ctx.route, (l = ctx.route.segments.map((s) => s.toLowerCase())));
+  return l;
 }
 
 /** The path of the same route twin with its last segment replaced (used to ask ComfyUI for something that does not exist). */
