@@ -39,6 +39,8 @@ export interface ComposeOptions {
   logger?: Logger;
   /** write logs to stdout (default true) */
   stdout?: boolean;
+  /** human-readable stdout logs (main sets it when stdout is a terminal) */
+  pretty?: boolean;
   pingIntervalMs?: number;
   /** environment for secrets such as the JWT key (default process.env) */
   env?: NodeJS.ProcessEnv;
@@ -61,10 +63,10 @@ export interface Composed {
 
 /** Builds every store and service from the config and wires them into createApp (the one place that does). */
 export async function composeGateway(config: ResolvedConfig, opts: ComposeOptions = {}): Promise<Composed> {
-  const logger = opts.logger ?? createLogger({ levels: config.log_levels, file: config.paths.log, stdout: opts.stdout });
+  const logger = opts.logger ?? createLogger({ levels: config.log_levels, file: config.paths.log, stdout: opts.stdout, pretty: opts.pretty });
   // The audit trail is written whatever log_levels says: an operator quietening the log must not lose it.
   const audit = createAudit(
-    logger.isLevelEnabled('info') ? logger : opts.logger ?? createLogger({ levels: ['info'], file: config.paths.log, stdout: opts.stdout }),
+    logger.isLevelEnabled('info') ? logger : opts.logger ?? createLogger({ levels: ['info'], file: config.paths.log, stdout: opts.stdout, pretty: opts.pretty }),
   );
   const upstream = createUpstream(config.upstream);
   const clientIp = createClientIp(config);

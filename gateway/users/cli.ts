@@ -8,12 +8,14 @@ import { AppError } from '../errors';
 import { passwordProblem, usernameProblem } from './rules';
 import { createUserStore, UserStoreError } from './store';
 
-const USAGE = `usage: npm run users -- <command> [--config FILE] [--data-dir DIR]
+const USAGE = `usage: comfyui-gateway users <command> [--config FILE] [--data-dir DIR]   (or: npm run users -- <command> ...)
   add NAME [--admin]     create a user (password read from stdin)
   list                   list users
   remove NAME            delete a user and their tokens
   passwd NAME            set a user's password (read from stdin); signs them out everywhere
-  role NAME admin|user   change a user's role`;
+  role NAME admin|user   change a user's role
+--config defaults to ./config.json when it exists. Exit codes: 0 done, 1 refused (e.g. LAST_ADMIN, NOT_FOUND),
+2 usage or configuration error.`;
 
 /** A usage or validation problem: printed without a stack, exit code 2. */
 class UsageError extends Error {}
