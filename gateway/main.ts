@@ -72,7 +72,12 @@ export async function runGateway(argv: string[]): Promise<void> {
     if (!err.code) throw e;
     stopping = true;
     await composed.close().catch(() => undefined);
-    return fail(listenProblem(err, config.host, config.port), EXIT.RUNTIME);
+    // No process.exit here: pino's exit hook throws while the log file is still opening (a fast failure), and
+    // with every service closed the process ends by itself once that open completes.
+    process.stderr.write(`comfyui-gateway: ${listenProblem(err, config.host, config.port)}\n`);
+    process.exitCode = EXIT.RUNTIME;
+    setTimeout(() => process.exit(EXIT.RUNTIME), 5000).unref();
+    return;
   }
   for (const n of composed.notices) {
     logger.warn(n);

@@ -7,7 +7,8 @@ const path = require('node:path');
 const { spawnSync } = require('node:child_process');
 
 const root = path.resolve(__dirname, '..');
-const stamp = path.join(root, 'dist', '.build-stamp');
+// tsc rewrites every output, so the entry point's age is the build's age (noEmitOnError keeps a failed build stale).
+const stamp = path.join(root, 'dist', 'gateway', 'bin.js');
 const force = process.argv.includes('--force');
 
 /** Newest modification time among the inputs of the build. */
@@ -50,5 +51,3 @@ try {
 process.stderr.write('comfyui-gateway: building dist/ ...\n');
 const r = spawnSync(process.execPath, [tsc, '-p', path.join(root, 'tsconfig.build.json')], { cwd: root, stdio: 'inherit' });
 if (r.status !== 0) process.exit(r.status ?? 1);
-fs.mkdirSync(path.dirname(stamp), { recursive: true });
-fs.writeFileSync(stamp, `${new Date().toISOString()}\n`);

@@ -83,9 +83,12 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env,
   const file = configPath ? path.basename(configPath) + ': ' : '';
   if (!result.success) {
     for (const issue of result.error.issues) {
+      if (issue.code === 'unrecognized_keys') {
+        for (const k of issue.keys) problems.push(`${file}unknown key "${[...issue.path, k].join('.')}"${didYouMean(issue.path, k)}`);
+        continue;
+      }
       const where = issue.path.length ? issue.path.join('.') : '(root)';
-      const keys = issue.code === 'unrecognized_keys' ? `: ${issue.keys.map((k) => k + didYouMean(issue.path, k)).join(', ')}` : '';
-      problems.push(`${file}${where}: ${issue.message}${keys}`);
+      problems.push(`${file}${where}: ${issue.message}`);
     }
   }
   // Semantic problems (bad CIDR, unreadable files) in the same message as the schema's.

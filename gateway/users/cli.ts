@@ -75,8 +75,13 @@ export async function runUsersCli(
       args: argv,
       allowPositionals: true,
       strict: true,
+      tokens: true,
       options: { config: { type: 'string' }, 'data-dir': { type: 'string' }, admin: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
     });
+    // as for the gateway: a repeated option is an error, not "last one wins"
+    const names = parsed.tokens.flatMap((t) => (t.kind === 'option' ? [t.name] : []));
+    const repeated = names.find((n, i) => names.indexOf(n) !== i);
+    if (repeated) throw new Error(`--${repeated} given more than once`);
   } catch (e) {
     stderr.write(`${(e as Error).message}\n${USAGE}\n`);
     return 2;
