@@ -1,4 +1,3 @@
-import type { IncomingMessage } from 'node:http';
 import { createApp, type Gateway, type Gate, type Interceptor, type RouteMount } from './app';
 import { createAudit, type Audit } from './audit';
 import { createCredentialChain, type CredentialChainDeps } from './auth/chain';

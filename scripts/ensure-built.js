@@ -45,7 +45,9 @@ try {
     process.stderr.write('comfyui-gateway: sources are newer than dist/ but TypeScript is not installed; using the existing build\n');
     process.exit(0);
   }
-  process.stderr.write('comfyui-gateway: dist/ is missing and TypeScript is not installed: run `npm ci` (with dev dependencies) once to build\n');
+  process.stderr.write(
+    'comfyui-gateway: dist/ is missing and TypeScript is not installed: run `npm ci` (with dev dependencies) once to build\n',
+  );
   process.exit(1);
 }
 process.stderr.write('comfyui-gateway: building dist/ ...\n');

@@ -14,9 +14,16 @@ const ROOT = path.resolve(__dirname, '..');
 const BIN = path.join(ROOT, 'dist', 'gateway', 'bin.js');
 const KEY = 'cli-test-key-0123456789abcdef';
 
-function run(args: string[], opts: { cwd?: string; timeoutMs?: number } = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function run(
+  args: string[],
+  opts: { cwd?: string; timeoutMs?: number } = {},
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, [BIN, ...args], { cwd: opts.cwd ?? os.tmpdir(), env: { PATH: process.env.PATH }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawn(process.execPath, [BIN, ...args], {
+      cwd: opts.cwd ?? os.tmpdir(),
+      env: { PATH: process.env.PATH },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stdout = '';
     let stderr = '';
     p.stdout.on('data', (d) => (stdout += d));
@@ -60,7 +67,10 @@ describe('comfyui-gateway executable', () => {
   });
 
   test('sub-command help: users --help and help users exit 0; bad commands and flags exit 2', async () => {
-    for (const args of [['users', '--help'], ['help', 'users']]) {
+    for (const args of [
+      ['users', '--help'],
+      ['help', 'users'],
+    ]) {
       const r = await run(args);
       expect(r.code).toBe(0);
       expect(r.stdout).toMatch(/usage: comfyui-gateway users <command>[\s\S]*add NAME[\s\S]*Exit codes/);
@@ -110,9 +120,13 @@ describe('start-up', () => {
     try {
       const dir = tmp();
       const before = fake.requests.length;
-      const r = await run(['--host', '127.0.0.1', '--port', String(port), '--upstream', fake.url, '--data-dir', dir, '--api-key', KEY], { cwd: dir });
+      const r = await run(['--host', '127.0.0.1', '--port', String(port), '--upstream', fake.url, '--data-dir', dir, '--api-key', KEY], {
+        cwd: dir,
+      });
       expect(r.code).toBe(1);
-      expect(r.stderr).toBe(`comfyui-gateway: cannot listen on 127.0.0.1:${port}: the port is already in use (is another gateway running? choose another with --port)\n`);
+      expect(r.stderr).toBe(
+        `comfyui-gateway: cannot listen on 127.0.0.1:${port}: the port is already in use (is another gateway running? choose another with --port)\n`,
+      );
       expect(fake.requests.length).toBe(before);
     } finally {
       await new Promise((r) => blocker.close(r));
@@ -123,7 +137,10 @@ describe('start-up', () => {
     const dir = tmp();
     const g = await spawnGateway(['--host', '0.0.0.0', '--port', '0', '--upstream', fake.url, '--data-dir', dir, '--api-key', KEY]);
     children.push(g);
-    const line = g.stderr().split('\n').find((l) => l.includes('listening on'))!;
+    const line = g
+      .stderr()
+      .split('\n')
+      .find((l) => l.includes('listening on'))!;
     const v4 = Object.values(os.networkInterfaces())
       .flat()
       .filter((a) => a && a.family === 'IPv4')
@@ -135,7 +152,11 @@ describe('start-up', () => {
     // every named address answers
     for (const a of v4) expect((await fetch(`http://${a}:${g.port}/health`)).status).toBe(200);
     // stdout is a pipe here: JSON lines, and the configuration line is a short summary without secrets
-    const lines = g.stdout().trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    const lines = g
+      .stdout()
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
     const summary = lines.find((l) => l.msg === 'configuration loaded')!;
     expect(summary).toMatchObject({ upstream: fake.url, static_key: 'set', listen: '0.0.0.0:0' });
     expect(JSON.stringify(summary).length).toBeLessThan(500);
@@ -146,8 +167,13 @@ describe('start-up', () => {
     const dir = tmp();
     const g = await spawnGateway(['--host', '127.0.0.1', '--port', '0', '--upstream', fake.url, '--data-dir', dir, '--api-key', KEY]);
     children.push(g);
-    const line = g.stderr().split('\n').find((l) => l.includes('listening on'))!;
-    expect(line).toBe(`comfyui-gateway: listening on http://127.0.0.1:${g.port} in front of ${fake.url}; admin page: http://127.0.0.1:${g.port}/admin`);
+    const line = g
+      .stderr()
+      .split('\n')
+      .find((l) => l.includes('listening on'))!;
+    expect(line).toBe(
+      `comfyui-gateway: listening on http://127.0.0.1:${g.port} in front of ${fake.url}; admin page: http://127.0.0.1:${g.port}/admin`,
+    );
   });
 });
 
@@ -155,11 +181,17 @@ describe('build once (scripts/ensure-built.js, run by prepare and npm start)', (
   /** A copy of the tree without node_modules: what `npm ci --omit=dev` leaves (no TypeScript). */
   function copyTree(withDist: boolean): string {
     const dir = tmp();
-    for (const f of ['scripts', 'gateway', 'tsconfig.json', 'tsconfig.build.json', 'package.json']) fs.cpSync(path.join(ROOT, f), path.join(dir, f), { recursive: true });
+    for (const f of ['scripts', 'gateway', 'tsconfig.json', 'tsconfig.build.json', 'package.json'])
+      fs.cpSync(path.join(ROOT, f), path.join(dir, f), { recursive: true });
     if (withDist) fs.cpSync(path.join(ROOT, 'dist', 'gateway'), path.join(dir, 'dist', 'gateway'), { recursive: true });
     return dir;
   }
-  const ensure = (dir: string) => spawnSync(process.execPath, [path.join(dir, 'scripts', 'ensure-built.js')], { cwd: dir, encoding: 'utf8', env: { PATH: process.env.PATH } });
+  const ensure = (dir: string) =>
+    spawnSync(process.execPath, [path.join(dir, 'scripts', 'ensure-built.js')], {
+      cwd: dir,
+      encoding: 'utf8',
+      env: { PATH: process.env.PATH },
+    });
 
   test('a built tree is used as it is: no compiler run, nothing rewritten, and the bin runs without TypeScript', () => {
     const dir = copyTree(true);
@@ -170,7 +202,11 @@ describe('build once (scripts/ensure-built.js, run by prepare and npm start)', (
     expect(r.status).toBe(0);
     expect(r.stderr).toBe('');
     expect(fs.statSync(path.join(dir, 'dist', 'gateway', 'bin.js')).mtimeMs).toBe(builtAt);
-    const v = spawnSync(process.execPath, [path.join(dir, 'dist', 'gateway', 'bin.js'), '--version'], { cwd: dir, encoding: 'utf8', env: { PATH: process.env.PATH, NODE_PATH: path.join(ROOT, 'node_modules') } });
+    const v = spawnSync(process.execPath, [path.join(dir, 'dist', 'gateway', 'bin.js'), '--version'], {
+      cwd: dir,
+      encoding: 'utf8',
+      env: { PATH: process.env.PATH, NODE_PATH: path.join(ROOT, 'node_modules') },
+    });
     expect(v.stdout).toMatch(/^comfyui-gateway \d+\.\d+\.\d+/);
   });
 

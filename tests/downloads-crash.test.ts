@@ -12,7 +12,6 @@ import { startGateway, TEST_KEY } from './helpers/gateway';
 import { callApi, startFakeHf, waitFor, type FakeHf } from './helpers/fakeHf';
 import { startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
 
-const ROOT = path.resolve(__dirname, '..');
 const KEY = { 'x-api-key': TEST_KEY };
 
 let hf: FakeHf;

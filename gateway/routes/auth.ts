@@ -186,7 +186,10 @@ export function authRoutes(deps: AuthRouteDeps): RouteMount {
         else {
           limiter?.check(req, adminName); // a parallel burst: see /login
           if (admin.role !== 'admin') deny(errors.forbidden('Only an administrator can register users'));
-          else ((actor = admin.username), (via = 'admin-credentials'));
+          else {
+            actor = admin.username;
+            via = 'admin-credentials';
+          }
         }
       } else if (firstRun && given(body.setup_code)) {
         if (!setup.check(body.setup_code))
@@ -194,7 +197,8 @@ export function authRoutes(deps: AuthRouteDeps): RouteMount {
         via = 'setup-code';
       } else if (ctx.principal) {
         if (ctx.principal.role !== 'admin') deny(errors.forbidden('Only an administrator can register users'));
-        ((actor = ctx.principal.username), (via = `admin-${ctx.principal.source}`));
+        actor = ctx.principal.username;
+        via = `admin-${ctx.principal.source}`;
       } else if (firstRun && deps.isLocal(req)) {
         via = 'loopback';
       } else {

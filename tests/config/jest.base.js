@@ -5,7 +5,10 @@ module.exports = {
     rootDir: require('node:path').resolve(__dirname, '..', '..'),
     roots: ['<rootDir>/tests'],
     transform: {
-      '^.+\\.[tj]s$': ['ts-jest', { tsconfig: { isolatedModules: true, allowJs: true, module: 'commonjs', target: 'ES2022', esModuleInterop: true } }],
+      '^.+\\.[tj]s$': [
+        'ts-jest',
+        { tsconfig: { isolatedModules: true, allowJs: true, module: 'commonjs', target: 'ES2022', esModuleInterop: true } },
+      ],
     },
     // lowdb ships ESM only; jest's CommonJS runtime needs it transpiled.
     transformIgnorePatterns: ['/node_modules/(?!(lowdb|steno)/)'],

@@ -1350,7 +1350,7 @@ class FakeComfyServer implements FakeComfy {
 
   nodeDefs(): Record<string, NodeDef> {
     const images = this.inputFiles(IMAGE_EXT);
-    const INT = (d: number, min = 0, max = 0xffffffffffffffff) => ['INT', { default: d, min, max }];
+    const INT = (d: number, min = 0, max = 2 ** 64) => ['INT', { default: d, min, max }];
     const FLOAT = (d: number, min = 0, max = 100) => ['FLOAT', { default: d, min, max, step: 0.01 }];
     const hidden = { prompt: 'PROMPT', extra_pnginfo: 'EXTRA_PNGINFO' };
     const sampler = {
