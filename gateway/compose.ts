@@ -3,6 +3,7 @@ import { createAudit, type Audit } from './audit';
 import { createCredentialChain, type CredentialChainDeps } from './auth/chain';
 import type { ResolvedConfig } from './config/load';
 import { createLogger, type Logger } from './log';
+import { createMetrics } from './metrics';
 import { createClientIp } from './net/clientIp';
 // the edge: IP lists, brute force, TLS, loopback, Cloudflare Access (issue 4)
 import { createCloudflareAccess } from './cloudflare';
@@ -64,13 +65,17 @@ export interface Composed {
 export async function composeGateway(config: ResolvedConfig, opts: ComposeOptions = {}): Promise<Composed> {
   const logger = opts.logger ?? createLogger({ levels: config.log_levels, file: config.paths.log, stdout: opts.stdout, pretty: opts.pretty });
   // The audit trail is written whatever log_levels says: an operator quietening the log must not lose it.
+  let gatewayRef: Gateway | null = null;
+  const metrics = createMetrics({ openWebSockets: () => gatewayRef?.openWebSockets() ?? 0, logger });
   const audit = createAudit(
     logger.isLevelEnabled('info') ? logger : opts.logger ?? createLogger({ levels: ['info'], file: config.paths.log, stdout: opts.stdout, pretty: opts.pretty }),
+    5000,
+    metrics.event,
   );
   const upstream = createUpstream(config.upstream);
   const clientIp = createClientIp(config);
   const notices: string[] = [];
-  const closers: (() => Promise<void> | void)[] = [() => upstream.close()];
+  const closers: (() => Promise<void> | void)[] = [() => upstream.close(), () => metrics.close()];
   // A malformed list line stops start-up here with a ConfigError naming file:line (main prints it, exits 2).
   const ipLists = createIpLists({ paths: config.paths, logger, audit });
   closers.push(() => ipLists.close());
@@ -109,6 +114,8 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   // IP lists first: a refused address gets 403 before anything else is looked at.
   const gates: Gate[] = [ipLists.gate, createHttpsUpgradeGate({ config }), ...(cfAccess ? [cfAccess.gate] : []), bruteForce.gate];
   const routes: RouteMount[] = [securityHeaders(), staticRoutes(), healthRoutes({ upstream }), edgeRoutes({ ipLists, audit, chain })];
+  if (config.metrics.enabled) routes.push(metrics.routes);
+  if (config.metrics.port !== null) await metrics.listen(config.metrics.port);
   routes.push(
     authRoutes({ config, store: users, passwords, jwt, setup, audit, logger, upstream, limiter: bruteForce, isLocal, chain }),
     accountRoutes({ config, store: users, passwords, jwt, audit, chain, limiter: bruteForce }),
@@ -171,7 +178,9 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
     isSecure: clientIp.isSecure,
     originalHost: clientIp.originalHost,
     preflight: createPreflight({ config, clientIp, ipLists }),
+    observe: metrics.observe,
   });
+  gatewayRef = gateway;
 
   return {
     gateway,

@@ -41,6 +41,9 @@ export async function runGateway(argv: string[]): Promise<void> {
   } catch (e) {
     // e.g. a malformed whitelist/blacklist line: same one-message refusal as a bad config.json
     if (e instanceof ConfigError) return fail(e.message, EXIT.USAGE);
+    // the metrics listener (metrics.port) opens during composition
+    const err = e as NodeJS.ErrnoException;
+    if (err.code && config.metrics.port !== null) return fail(listenProblem(err, '127.0.0.1', config.metrics.port), EXIT.RUNTIME);
     throw e;
   }
   const { logger } = composed;
