@@ -17,6 +17,7 @@ import { createPolicy } from './proxy/policy';
 import { createUpstream, type Upstream } from './proxy/upstream';
 import { composeWsHooks, type WsHooks } from './proxy/ws';
 import { healthRoutes } from './routes/health';
+import { pageStateRoutes } from './routes/pageState';
 import { staticRoutes } from './routes/static';
 // users, sessions, tokens (issue 3)
 import { createJwtService, loadJwtSecret } from './auth/jwt';
@@ -120,6 +121,7 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
     authRoutes({ config, store: users, passwords, jwt, setup, audit, logger, upstream, limiter: bruteForce, isLocal, chain }),
     accountRoutes({ config, store: users, passwords, jwt, audit, chain, limiter: bruteForce }),
     userAdminRoutes({ store: users, passwords, audit, chain }),
+    pageStateRoutes({ setupPending: () => setup.pending() }),
   );
   const interceptors: Interceptor[] = [];
   interceptors.push(createInjectInterceptor({ upstream, cookieName: config.cookie.name }));

@@ -47,6 +47,7 @@ export function createPolicy(opts: { manager_admin_only: boolean }) {
     { id: 'logout', prefix: ['logout'], exact: true, access: 'public', owner: 'gateway', getChangesState: true },
     { id: 'gateway-static', prefix: ['gateway', 'static'], access: 'public', owner: 'gateway' },
     { id: 'admin-page', prefix: ['admin'], exact: true, access: 'admin', owner: 'gateway' },
+    { id: 'login-state', prefix: ['gateway', 'login-state'], exact: true, access: 'public', owner: 'gateway' },
     { id: 'metrics', prefix: ['metrics'], exact: true, access: 'admin', owner: 'gateway' },
     { id: 'gateway-admin-users', prefix: ['gateway', 'api', 'users'], access: 'admin', owner: 'gateway' },
     { id: 'gateway-admin-ip-lists', prefix: ['gateway', 'api', 'ip-lists'], access: 'admin', owner: 'gateway' },

@@ -133,7 +133,7 @@ export function authRoutes(deps: AuthRouteDeps): RouteMount {
           .request('POST', '/free', { headers: { 'content-type': 'application/json' }, body: JSON.stringify({ unload_models: true, free_memory: true }) })
           .catch((err) => deps.logger?.warn({ err: (err as Error).message }, 'free_memory_on_logout: upstream /free failed'));
       }
-      if (wantsHtml(req) || isBrowserForm(req)) return void res.redirect(req.method === 'GET' ? 302 : 303, '/login');
+      if (wantsHtml(req) || isBrowserForm(req)) return void res.redirect(req.method === 'GET' ? 302 : 303, '/login?signed_out=1');
       res.json({ logged_out: true });
     };
     app.get('/logout', logout);
