@@ -14,7 +14,9 @@ const force = process.argv.includes('--force');
 /** Newest modification time among the inputs of the build. */
 function newestSource() {
   let newest = 0;
+  // A packaged tree (the Docker image, an npm pack) ships dist/ without sources: nothing is newer then.
   const walk = (dir) => {
+    if (!fs.existsSync(dir)) return;
     for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
       const p = path.join(dir, e.name);
       if (e.isDirectory()) walk(p);
@@ -22,7 +24,10 @@ function newestSource() {
     }
   };
   walk(path.join(root, 'gateway'));
-  for (const f of ['tsconfig.json', 'tsconfig.build.json']) newest = Math.max(newest, fs.statSync(path.join(root, f)).mtimeMs);
+  for (const f of ['tsconfig.json', 'tsconfig.build.json']) {
+    const p = path.join(root, f);
+    if (fs.existsSync(p)) newest = Math.max(newest, fs.statSync(p).mtimeMs);
+  }
   return newest;
 }
 

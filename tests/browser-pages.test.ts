@@ -81,7 +81,6 @@ describe.each(VIEWPORTS)('pages at $name width ($width px)', (vp) => {
     await page.goto(`${gw.url}/login`);
     expect(await (await state).json()).toEqual({ first_run: false });
     await expect(page.locator('#admin-link').getAttribute('href')).resolves.toBe('/admin');
-    await page.waitForTimeout(0);
     expect(await page.locator('#first-run').isHidden()).toBe(true);
     await shot('login');
   });

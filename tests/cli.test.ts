@@ -219,6 +219,15 @@ describe('build once (scripts/ensure-built.js, run by prepare and npm start)', (
     expect(r.stderr).toMatch(/TypeScript is not installed; using the existing build/);
   });
 
+  test('a packaged tree (dist/ without sources, as in the Docker image) runs as it is', () => {
+    const dir = copyTree(true);
+    fs.rmSync(path.join(dir, 'gateway'), { recursive: true });
+    for (const f of ['tsconfig.json', 'tsconfig.build.json']) fs.rmSync(path.join(dir, f));
+    const r = ensure(dir);
+    expect(r.status).toBe(0);
+    expect(r.stderr).toBe('');
+  });
+
   test('no dist/ and no TypeScript: exit 1 with what to do', () => {
     const dir = copyTree(false);
     const r = ensure(dir);
