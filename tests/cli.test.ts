@@ -163,6 +163,33 @@ describe('start-up', () => {
     expect(g.stdout()).not.toContain(KEY);
   });
 
+  test('on a terminal the console log is human-readable (pino-pretty), not JSON', async () => {
+    const dir = tmp();
+    // script(1) runs the gateway on a pseudo-terminal, as an operator's shell would
+    const cmd = [process.execPath, BIN, '--host', '127.0.0.1', '--port', '0', '--upstream', fake.url, '--data-dir', dir, '--api-key', KEY]
+      .map((a) => `'${a}'`)
+      .join(' ');
+    const p = spawn('script', ['-qfec', cmd, '/dev/null'], {
+      env: { PATH: process.env.PATH, TERM: 'dumb' },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    let out = '';
+    p.stdout.on('data', (d) => (out += d));
+    const exited = new Promise((r) => p.on('exit', r));
+    try {
+      const end = Date.now() + 60_000;
+      while (!/listening on/.test(out) && Date.now() < end && p.exitCode === null) await new Promise((r) => setTimeout(r, 50));
+      expect(out).toMatch(/listening on/);
+      const plain = out.replace(/\x1b\[[0-9;]*m/g, '');
+      expect(plain).toMatch(/INFO.*configuration loaded/);
+      expect(plain.split(/\r?\n/).some((l) => l.startsWith('{"level"'))).toBe(false);
+      expect(plain).not.toContain(KEY);
+    } finally {
+      p.kill('SIGTERM');
+      await exited;
+    }
+  });
+
   test('bound to one address, the line names only that address', async () => {
     const dir = tmp();
     const g = await spawnGateway(['--host', '127.0.0.1', '--port', '0', '--upstream', fake.url, '--data-dir', dir, '--api-key', KEY]);
