@@ -1,8 +1,12 @@
 #!/usr/bin/env node
 import fs from 'node:fs';
 import path from 'node:path';
-import { EXIT, runGateway } from './main';
-import { runUsersCli } from './users/cli';
+import { EXIT } from './exitCodes';
+
+// The gateway and the users CLI are loaded only when run: --help and --version answer without loading them.
+const runGateway = async (argv: string[]) => (await import('./main')).runGateway(argv);
+const runUsersCli = async (...args: Parameters<typeof import('./users/cli').runUsersCli>) =>
+  (await import('./users/cli')).runUsersCli(...args);
 
 const HELP = `usage: comfyui-gateway [serve] [options]        run the gateway
        comfyui-gateway users <command> [...]     manage users (comfyui-gateway users --help)
@@ -48,6 +52,10 @@ export async function runBin(argv: string[]): Promise<void> {
   }
   // The users CLI holds the store's lock file and stdin: exit as soon as it is done.
   if (first === 'users') process.exit(await runUsersCli(rest, stdio()));
+  if (first === 'serve' && (rest.includes('--help') || rest.includes('-h'))) {
+    process.stdout.write(`${HELP}\n`);
+    return exitWith(EXIT.OK);
+  }
   if (first === 'serve') return runGateway(withDefaultConfig(rest));
   if (first !== undefined && !first.startsWith('-')) {
     process.stderr.write(`comfyui-gateway: unknown command ${JSON.stringify(first)}\n${HELP}\n`);

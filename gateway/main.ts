@@ -2,10 +2,10 @@
 import { composeGateway } from './compose';
 import { ConfigError, loadConfig } from './config/load';
 import { summarizeConfig } from './config/summary';
+import { EXIT } from './exitCodes';
 import { listen } from './server';
 
-/** Exit codes of every command (README "Command line"). */
-export const EXIT = { OK: 0, RUNTIME: 1, USAGE: 2 } as const;
+export { EXIT };
 
 /** Why a socket could not be opened, in words an operator acts on. */
 function listenProblem(err: NodeJS.ErrnoException, host: string, port: number): string {

@@ -47,6 +47,9 @@ function tmp(): string {
 }
 afterAll(() => dirs.forEach((d) => fs.rmSync(d, { recursive: true, force: true })));
 
+// Every test spawns node several times; a loaded machine can take seconds per start.
+jest.setTimeout(120_000);
+
 describe('comfyui-gateway executable', () => {
   test('package.json names the bin, and it is the compiled dist/gateway/bin.js with a shebang', () => {
     const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8'));
@@ -55,8 +58,8 @@ describe('comfyui-gateway executable', () => {
   });
 
   test('--help, -h and help: usage with exit codes on stdout, exit 0; --version prints package.json version', async () => {
-    for (const flag of ['--help', '-h', 'help']) {
-      const r = await run([flag]);
+    for (const args of [['--help'], ['-h'], ['help'], ['serve', '--help'], ['--port', '1', '--help']]) {
+      const r = await run(args);
       expect(r.code).toBe(0);
       expect(r.stdout).toMatch(/^usage: comfyui-gateway/);
       expect(r.stdout).toMatch(/exit codes:[\s\S]*0 [\s\S]*1 [\s\S]*2 /);
