@@ -97,7 +97,7 @@ describe('browser: first admin, sign-in, ComfyUI page, sign-out (real Chromium)'
     await signIn(page, '/login', ADMIN, 'not-the-password');
     const err = page.locator('#login-error');
     await err.waitFor({ state: 'visible' });
-    await expect(err.textContent()).resolves.toMatch(/invalid credentials/i);
+    await expect(err.textContent()).resolves.toMatch(/Wrong username or password\. Check that Caps Lock is off/);
     expect(page.url()).toBe(gw.url + '/login');
     await expect(page.inputValue('#password')).resolves.toBe('');
     expect(await ctx.cookies()).toEqual([]);

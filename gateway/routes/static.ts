@@ -10,7 +10,7 @@ const CSP = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 's
 /** Serves public/ under /gateway/static/ with a strict CSP: no inline scripts anywhere; the admin page also at /admin. */
 export function staticRoutes(): RouteMount {
   return (app) => {
-    // /admin is admin-only in the policy table: a signed-out browser is sent to /login?next=/admin first.
+    // /admin needs a signed-in user (policy table): a signed-out browser is sent to /login?next=/admin first.
     app.get('/admin', (_req, res) => {
       res.setHeader('Content-Security-Policy', CSP);
       res.setHeader('Cache-Control', 'no-store');

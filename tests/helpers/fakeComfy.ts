@@ -2019,6 +2019,12 @@ class FakeComfyServer implements FakeComfy {
       });
   }
 
+  /** Sleeps up to `ms`, waking early (within 10 ms) once `stop()` is true. */
+  private async sleepUnless(ms: number, stop: () => boolean): Promise<void> {
+    const end = Date.now() + ms;
+    while (!stop() && Date.now() < end) await this.sleep(Math.min(10, end - Date.now()));
+  }
+
   private sleep(ms: number): Promise<void> {
     return new Promise((r) => {
       const t = setTimeout(r, Math.max(0, ms));
@@ -2052,7 +2058,8 @@ class FakeComfyServer implements FakeComfy {
       addMessage('execution_start', { prompt_id: pid }, false);
       addMessage('execution_cached', { nodes: [], prompt_id: pid }, false);
       for (const id of order) {
-        await this.sleep(step);
+        // an interrupt (or a stop) ends the wait at once, as ComfyUI checks between steps
+        await this.sleepUnless(step, () => e.interrupt || gen !== this.generation);
         check();
         current = id;
         this.lastNodeId = id;
