@@ -1,15 +1,4 @@
-/** Jest: TypeScript via ts-jest (transpile only; `tsc --noEmit` type-checks in `npm test`). */
-module.exports = {
-  testEnvironment: 'node',
-  roots: ['<rootDir>/tests'],
-  testMatch: ['**/*.test.ts'],
-  // the real-ComfyUI conformance suite runs only through `npm run test:comfyui` (jest.comfyui.config.js)
-  testPathIgnorePatterns: ['/node_modules/', '/tests/comfyui/'],
-  transform: {
-    '^.+\\.[tj]s$': ['ts-jest', { tsconfig: { isolatedModules: true, allowJs: true, module: 'commonjs', target: 'ES2022', esModuleInterop: true } }],
-  },
-  // lowdb ships ESM only; jest's CommonJS runtime needs it transpiled.
-  transformIgnorePatterns: ['/node_modules/(?!(lowdb|steno)/)'],
-  testTimeout: 30000,
-  maxWorkers: 2,
-};
+/** Jest: TypeScript via ts-jest (transpile only; `tsc` type-checks in `npm test`). Heavy suites: jest.heavy.config.js. */
+const { base, HEAVY } = require('./tests/config/jest.base.js');
+
+module.exports = { ...base, testMatch: ['**/*.test.ts'], testPathIgnorePatterns: ['/node_modules/', '/tests/comfyui/', ...HEAVY], maxWorkers: 2 };

@@ -54,6 +54,8 @@ export interface AppDeps {
   /** credential invalidations: the WebSockets opened with a voided credential are closed (1008) */
   revocations?: Revocations;
   pingIntervalMs?: number;
+  /** called once per finished request or refused upgrade, beside its access line (metrics) */
+  observe?: (req: IncomingMessage, status: number, ms: number, ctx: RequestContext | undefined, errorCode: string | undefined) => void;
   /** handles a request before the front door at all (force_https redirects); returns true when it answered */
   preflight?: (req: IncomingMessage, res: ServerResponse) => boolean;
 }
@@ -67,6 +69,8 @@ export interface Gateway {
   closeSockets(): void;
   /** requests currently being served */
   inFlight(): number;
+  /** relayed WebSockets currently open */
+  openWebSockets(): number;
 }
 
 /** Public routes that start or end a session: a foreign Origin may not drive them (login CSRF). */
@@ -154,14 +158,16 @@ export function createApp(deps: AppDeps): Gateway {
     res.end();
   }
 
-  function accessLog(req: IncomingMessage, res: Pick<ServerResponse, 'statusCode'>, rawUrl: string, started: bigint) {
+  function accessLog(req: IncomingMessage, res: Pick<ServerResponse, 'statusCode'>, rawUrl: string, started: bigint, errorCode?: string) {
     const ctx = peekContext(req);
+    const ms = Number(process.hrtime.bigint() - started) / 1e6;
+    deps.observe?.(req, res.statusCode, ms, ctx, errorCode ?? ctx?.errorCode);
     logger.info(
       {
         method: req.method,
         path: redactUrl(rawUrl),
         status: res.statusCode,
-        ms: Number(process.hrtime.bigint() - started) / 1e6,
+        ms,
         ip: ctx?.clientIp ?? deps.clientIp(req),
         user: ctx?.principal?.username,
       },
@@ -223,7 +229,8 @@ export function createApp(deps: AppDeps): Gateway {
       const refuse = (err: unknown) => {
         if (!(err instanceof AppError)) logger.error({ err }, 'front door error');
         rejectUpgrade(socket, err);
-        accessLog(req, { statusCode: toAppError(err).status }, rawUrl, started);
+        const e = toAppError(err);
+        accessLog(req, { statusCode: e.status }, rawUrl, started, e.code);
       };
       admit(req, true).then(
         (ctx) => {
@@ -235,6 +242,7 @@ export function createApp(deps: AppDeps): Gateway {
     },
     closeSockets: () => relay.closeAll(1001),
     inFlight: () => inFlight,
+    openWebSockets: () => relay.sessions().size,
   };
 }
 

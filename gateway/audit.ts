@@ -15,8 +15,8 @@ export interface Audit {
   recent(limit: number): (AuditEvent & { time: string })[];
 }
 
-/** Builds the audit trail on top of the gateway logger. */
-export function createAudit(logger: Logger, keep = 5000): Audit {
+/** Builds the audit trail on top of the gateway logger; `onRecord` sees every record (metrics). */
+export function createAudit(logger: Logger, keep = 5000, onRecord?: (e: AuditEvent) => void): Audit {
   const ring: (AuditEvent & { time: string })[] = [];
   return {
     record(e) {
@@ -24,6 +24,7 @@ export function createAudit(logger: Logger, keep = 5000): Audit {
       ring.push(entry);
       if (ring.length > keep) ring.splice(0, ring.length - keep);
       logger.info({ audit: true, ...e }, `audit ${e.event}`);
+      onRecord?.(e);
     },
     recent(limit) {
       return ring.slice(-Math.max(0, limit)).reverse();

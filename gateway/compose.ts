@@ -1,9 +1,9 @@
-import type { IncomingMessage } from 'node:http';
 import { createApp, type Gateway, type Gate, type Interceptor, type RouteMount } from './app';
 import { createAudit, type Audit } from './audit';
 import { createCredentialChain, type CredentialChainDeps } from './auth/chain';
 import type { ResolvedConfig } from './config/load';
 import { createLogger, type Logger } from './log';
+import { createMetrics } from './metrics';
 import { createClientIp } from './net/clientIp';
 // the edge: IP lists, brute force, TLS, loopback, Cloudflare Access (issue 4)
 import { createCloudflareAccess } from './cloudflare';
@@ -17,6 +17,7 @@ import { createPolicy } from './proxy/policy';
 import { createUpstream, type Upstream } from './proxy/upstream';
 import { composeWsHooks, type WsHooks } from './proxy/ws';
 import { healthRoutes } from './routes/health';
+import { pageStateRoutes } from './routes/pageState';
 import { staticRoutes } from './routes/static';
 // users, sessions, tokens (issue 3)
 import { createJwtService, loadJwtSecret } from './auth/jwt';
@@ -44,6 +45,8 @@ export interface ComposeOptions {
   logger?: Logger;
   /** write logs to stdout (default true) */
   stdout?: boolean;
+  /** human-readable stdout logs (main sets it when stdout is a terminal) */
+  pretty?: boolean;
   pingIntervalMs?: number;
   /** environment for secrets such as the JWT key (default process.env) */
   env?: NodeJS.ProcessEnv;
@@ -66,15 +69,19 @@ export interface Composed {
 
 /** Builds every store and service from the config and wires them into createApp (the one place that does). */
 export async function composeGateway(config: ResolvedConfig, opts: ComposeOptions = {}): Promise<Composed> {
-  const logger = opts.logger ?? createLogger({ levels: config.log_levels, file: config.paths.log, stdout: opts.stdout });
+  const logger = opts.logger ?? createLogger({ levels: config.log_levels, file: config.paths.log, stdout: opts.stdout, pretty: opts.pretty });
   // The audit trail is written whatever log_levels says: an operator quietening the log must not lose it.
+  let gatewayRef: Gateway | null = null;
+  const metrics = createMetrics({ openWebSockets: () => gatewayRef?.openWebSockets() ?? 0, logger });
   const audit = createAudit(
-    logger.isLevelEnabled('info') ? logger : opts.logger ?? createLogger({ levels: ['info'], file: config.paths.log, stdout: opts.stdout }),
+    logger.isLevelEnabled('info') ? logger : opts.logger ?? createLogger({ levels: ['info'], file: config.paths.log, stdout: opts.stdout, pretty: opts.pretty }),
+    5000,
+    metrics.event,
   );
   const upstream = createUpstream(config.upstream, { headerTimeoutMs: (config.upstream_timeout_s ?? 300) * 1000 });
   const clientIp = createClientIp(config);
   const notices: string[] = [];
-  const closers: (() => Promise<void> | void)[] = [() => upstream.close()];
+  const closers: (() => Promise<void> | void)[] = [() => upstream.close(), () => metrics.close()];
   // A malformed list line stops start-up here with a ConfigError naming file:line (main prints it, exits 2).
   const ipLists = createIpLists({ paths: config.paths, logger, audit });
   closers.push(() => ipLists.close());
@@ -119,9 +126,12 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   // IP lists first: a refused address gets 403 before anything else is looked at.
   const gates: Gate[] = [ipLists.gate, createHttpsUpgradeGate({ config }), ...(cfAccess ? [cfAccess.gate] : []), bruteForce.gate];
   const routes: RouteMount[] = [securityHeaders(), staticRoutes(), healthRoutes({ upstream }), edgeRoutes({ ipLists, audit, chain })];
+  if (config.metrics.enabled) routes.push(metrics.routes);
+  if (config.metrics.port !== null) await metrics.listen(config.metrics.port);
   routes.push(
     authRoutes({ config, store: users, passwords, jwt, setup, audit, logger, upstream, limiter: bruteForce, isLocal, chain, slots: passwordSlots }),
     accountRoutes({ config, store: users, passwords, jwt, audit, chain, limiter: bruteForce, slots: passwordSlots }),
+    pageStateRoutes({ setupPending: () => setup.pending() }),
   );
   const interceptors: Interceptor[] = [];
   interceptors.push(createInjectInterceptor({ upstream, cookieName: config.cookie.name }));
@@ -188,7 +198,9 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
     isSecure: clientIp.isSecure,
     originalHost: clientIp.originalHost,
     preflight: createPreflight({ config, clientIp, ipLists }),
+    observe: metrics.observe,
   });
+  gatewayRef = gateway;
 
   return {
     gateway,

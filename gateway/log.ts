@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import pino, { type Logger } from 'pino';
+import pretty from 'pino-pretty';
 import { queryParamName, TOKEN_QUERY_PARAMS } from './auth/chain';
 
 export type { Logger };
@@ -21,14 +22,22 @@ function isoTimeEachMs(): () => string {
 
 const ORDER = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'] as const;
 
-/** The gateway's pino logger: JSON lines to stdout and, when configured, the `log` file. */
-export function createLogger(opts: { levels: string[]; file: string | null; stdout?: boolean }): Logger {
+/**
+ * The gateway's pino logger: to stdout (human-readable when `pretty`, i.e. stdout is a terminal; JSON lines
+ * otherwise, for journald and log shippers) and, when configured, JSON lines to the `log` file.
+ */
+export function createLogger(opts: { levels: string[]; file: string | null; stdout?: boolean; pretty?: boolean }): Logger {
   const levels = opts.levels.map((l) => l.toLowerCase());
   const level = levels.includes('silent')
     ? 'silent'
     : ORDER.find((l) => levels.includes(l)) ?? 'info';
   const streams: pino.StreamEntry[] = [];
-  if (opts.stdout !== false) streams.push({ level: level as pino.Level, stream: pino.destination({ fd: 1, sync: false }) });
+  if (opts.stdout !== false) {
+    const stream = opts.pretty
+      ? pretty({ destination: 1, colorize: true, translateTime: 'SYS:HH:MM:ss', ignore: 'pid,hostname', singleLine: true })
+      : pino.destination({ fd: 1, sync: false });
+    streams.push({ level: level as pino.Level, stream });
+  }
   if (opts.file) {
     fs.mkdirSync(path.dirname(opts.file), { recursive: true });
     // Created 0600 like every other data file (it names users and addresses); an older, wider file is narrowed.

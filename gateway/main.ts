@@ -1,33 +1,53 @@
 #!/usr/bin/env node
 import { composeGateway } from './compose';
-import { ConfigError, loadConfig, redactConfig } from './config/load';
+import { ConfigError, loadConfig } from './config/load';
+import { summarizeConfig } from './config/summary';
+import { EXIT } from './exitCodes';
 import { listen } from './server';
 
-/** Composition root: load config, build everything, listen, and shut down in order on SIGTERM/SIGINT. */
-async function main(): Promise<void> {
+export { EXIT };
+
+/** Why a socket could not be opened, in words an operator acts on. */
+function listenProblem(err: NodeJS.ErrnoException, host: string, port: number): string {
+  const where = `${host.includes(':') ? `[${host}]` : host}:${port}`;
+  switch (err.code) {
+    case 'EADDRINUSE':
+      return `cannot listen on ${where}: the port is already in use (is another gateway running? choose another with --port)`;
+    case 'EACCES':
+      return `cannot listen on ${where}: permission denied (ports below 1024 need privileges; use a higher --port)`;
+    case 'EADDRNOTAVAIL':
+      return `cannot listen on ${where}: no network interface has that address (check --host)`;
+    default:
+      return `cannot listen on ${where}: ${err.message}`;
+  }
+}
+
+/** Runs the gateway: load config, build everything, listen, and shut down in order on SIGTERM/SIGINT. */
+export async function runGateway(argv: string[]): Promise<void> {
+  const fail = (message: string, code: number) => {
+    process.stderr.write(`comfyui-gateway: ${message}\n`);
+    process.exit(code);
+  };
   let config;
   try {
-    config = loadConfig(process.argv.slice(2));
+    config = loadConfig(argv);
   } catch (e) {
-    if (e instanceof ConfigError) {
-      process.stderr.write(`comfyui-gateway: ${e.message}\n`);
-      process.exit(2);
-    }
+    if (e instanceof ConfigError) return fail(e.message, EXIT.USAGE);
     throw e;
   }
   let composed;
   try {
-    composed = await composeGateway(config);
+    composed = await composeGateway(config, { pretty: Boolean(process.stdout.isTTY) });
   } catch (e) {
     // e.g. a malformed whitelist/blacklist line: same one-message refusal as a bad config.json
-    if (e instanceof ConfigError) {
-      process.stderr.write(`comfyui-gateway: ${e.message}\n`);
-      process.exit(2);
-    }
+    if (e instanceof ConfigError) return fail(e.message, EXIT.USAGE);
+    // the metrics listener (metrics.port) opens during composition
+    const err = e as NodeJS.ErrnoException;
+    if (err.code && config.metrics.port !== null) return fail(listenProblem(err, '127.0.0.1', config.metrics.port), EXIT.RUNTIME);
     throw e;
   }
   const { logger } = composed;
-  logger.info({ config: redactConfig(config) }, 'configuration loaded');
+  logger.info(summarizeConfig(config), 'configuration loaded');
   // Signals are handled before the port opens, so a SIGTERM right after start-up still drains cleanly.
   let running: Awaited<ReturnType<typeof listen>> | null = null;
   let stopping = false;
@@ -36,10 +56,10 @@ async function main(): Promise<void> {
     stopping = true;
     logger.info({ signal }, 'shutting down');
     (running ? running.shutdown() : composed.close()).then(
-      () => process.exit(0),
+      () => process.exit(EXIT.OK),
       (err) => {
         logger.error({ err }, 'shutdown failed');
-        process.exit(1);
+        process.exit(EXIT.RUNTIME);
       },
     );
   };
@@ -48,13 +68,32 @@ async function main(): Promise<void> {
   process.on('uncaughtException', (err) => logger.error({ err }, 'uncaught exception (kept running)'));
   process.on('unhandledRejection', (err) => logger.error({ err }, 'unhandled rejection (kept running)'));
 
-  running = await listen(composed);
+  try {
+    running = await listen(composed);
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    if (!err.code) throw e;
+    stopping = true;
+    await composed.close().catch(() => undefined);
+    // No process.exit here: pino's exit hook throws while the log file is still opening (a fast failure), and
+    // with every service closed the process ends by itself once that open completes.
+    process.stderr.write(`comfyui-gateway: ${listenProblem(err, config.host, config.port)}\n`);
+    process.exitCode = EXIT.RUNTIME;
+    setTimeout(() => process.exit(EXIT.RUNTIME), 5000).unref();
+    return;
+  }
   for (const n of composed.notices) {
     logger.warn(n);
     process.stderr.write(`comfyui-gateway: ${n}\n`);
   }
-  logger.info({ url: running.url, upstream: config.upstream }, 'comfyui-gateway listening');
-  process.stderr.write(`comfyui-gateway: listening on ${running.url} in front of ${config.upstream}\n`);
+  const others = running.urls.filter((u) => u !== running!.url);
+  const admin = `${running.url}/admin`;
+  logger.info({ urls: running.urls, upstream: config.upstream, admin }, 'comfyui-gateway listening');
+  process.stderr.write(
+    `comfyui-gateway: listening on ${running.url}${others.length ? ` and ${others.join(', ')}` : ''}` +
+      `${config.host === '0.0.0.0' || config.host === '::' ? ` (all interfaces, ${config.host})` : ''}` +
+      ` in front of ${config.upstream}; admin page: ${admin}\n`,
+  );
 }
 
-void main();
+if (require.main === module) void runGateway(process.argv.slice(2));

@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
+import os from 'node:os';
 import path from 'node:path';
 import type { Composed } from './compose';
 
@@ -9,6 +10,8 @@ export interface Running {
   server: http.Server;
   port: number;
   url: string;
+  /** every URL the socket really answers on (each interface address when bound to 0.0.0.0 or ::) */
+  urls: string[];
   /** stop accepting, finish in-flight requests, close WebSockets with 1001, flush stores */
   shutdown(timeoutMs?: number): Promise<void>;
 }
@@ -45,6 +48,7 @@ export async function listen(c: Composed, host = c.config.host, port = c.config.
     server,
     port: addr.port,
     url: `${config.tls ? 'https' : 'http'}://${shownHost}:${addr.port}`,
+    urls: listenedUrls(host, addr.port, config.tls ? 'https' : 'http'),
     shutdown(timeoutMs = 10_000) {
       closing ??= (async () => {
         const closed = new Promise<void>((resolve) => server.close(() => resolve()));
@@ -62,4 +66,19 @@ export async function listen(c: Composed, host = c.config.host, port = c.config.
       return closing;
     },
   };
+}
+
+/** The URLs a socket bound to `host` answers on: a wildcard host expands to every interface address. */
+export function listenedUrls(host: string, port: number, scheme: string): string[] {
+  const fmt = (a: string) => `${scheme}://${a.includes(':') ? `[${a}]` : a}:${port}`;
+  if (host !== '0.0.0.0' && host !== '::') return [fmt(host)];
+  const addrs: string[] = [];
+  for (const list of Object.values(os.networkInterfaces())) {
+    for (const a of list ?? []) {
+      // '::' is dual-stack on Linux (IPv4 too); '0.0.0.0' is IPv4 only. Link-local IPv6 needs a zone: skip it.
+      if (a.family === 'IPv4' || (host === '::' && !a.address.startsWith('fe80'))) addrs.push(a.address);
+    }
+  }
+  addrs.sort((a, b) => Number(a.includes(':')) - Number(b.includes(':')) || Number(a !== '127.0.0.1') - Number(b !== '127.0.0.1'));
+  return addrs.map(fmt);
 }

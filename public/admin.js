@@ -217,12 +217,28 @@
     return li;
   }
 
+  /** One summary row per user: role, permissions, last sign-in, tokens, status. */
+  function userRow(u) {
+    var perms = u.role === 'admin' ? 'all' : (u.permissions || []).join(', ') || '—';
+    return el('tr', {}, [
+      el('th', { scope: 'row', text: u.username }),
+      el('td', { text: u.role === 'admin' ? 'Administrator' : 'User' }),
+      el('td', { text: perms }),
+      el('td', { text: u.last_sign_in ? when(u.last_sign_in) : '—' }),
+      el('td', { text: String(u.tokens || 0) }),
+      el('td', { text: u.disabled ? 'disabled' : 'active' }),
+    ]);
+  }
+
   function loadUsers() {
     return call($('users-msg'), 'GET', '/gateway/api/users').then(function (data) {
       var users = (data && data.users) || [];
       var list = $('user-list');
+      var rows = $('user-table').tBodies[0];
       list.textContent = '';
+      rows.textContent = '';
       users.forEach(function (u) {
+        rows.appendChild(userRow(u));
         list.appendChild(userItem(u));
       });
     }, function () {});
@@ -239,8 +255,10 @@
     var body = { username: username, password: password, role: $('user-role').value, permissions: checkedPermissions($('user-perms')) };
     var newEmail = $('user-email').value.trim();
     if (newEmail) body.email = newEmail;
+    // The password never stays in the form, whatever the answer.
+    $('user-password').value = '';
     call(msg, 'POST', '/gateway/api/users', body).then(function () {
-      ev.target.reset();
+      $('user-form').reset();
       GW.show(msg, 'ok', 'User ' + username + ' created. They can sign in now.');
       loadUsers();
     }, function () {});

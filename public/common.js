@@ -114,7 +114,7 @@
   function logout() {
     return api('POST', '/logout').then(
       function () {
-        location.assign('/login');
+        location.assign('/login?signed_out=1');
       },
       function () {
         // GET /logout clears the cookie too, and redirects to the sign-in page.

@@ -67,7 +67,7 @@
       badge.appendChild(node('strong', 'user', me.username));
       badge.appendChild(node('span', 'sep', '·'));
       var admin = node('a', 'link', me.role === 'admin' ? 'Admin' : 'Account');
-      admin.href = '/gateway/static/admin.html';
+      admin.href = '/admin';
       badge.appendChild(admin);
       badge.appendChild(node('span', 'sep', '·'));
       var out = node('button', 'link', 'Log out');

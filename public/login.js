@@ -9,8 +9,30 @@
   var params = new URLSearchParams(location.search);
   var next = GW.safeNext(params.get('next'));
 
+  var notice = document.getElementById('login-notice');
   if (params.get('username')) user.value = params.get('username');
   (user.value ? pass : user).focus();
+  if (params.has('signed_out')) GW.show(notice, 'ok', 'You have been signed out.');
+
+  // The first-run hint only while no administrator exists.
+  GW.api('GET', '/gateway/login-state').then(
+    function (s) {
+      document.getElementById('first-run').hidden = !(s && s.first_run);
+    },
+    function () {},
+  );
+
+  /** What to tell a person whose sign-in was refused, and what they can do about it. */
+  function refusal(e) {
+    if (e.code === 'RATE_LIMITED') {
+      var secs = e.details && e.details.retry_after;
+      var wait = secs >= 60 ? Math.ceil(secs / 60) + ' minute' + (secs > 60 ? 's' : '') : secs + ' seconds';
+      return 'Too many failed attempts: sign-in is locked' + (secs ? ' for ' + wait : ' for a while') + '. Wait, then try again.';
+    }
+    if (e.code === 'INVALID_CREDENTIALS')
+      return 'Wrong username or password. Check that Caps Lock is off; if you forgot your password, ask an administrator to reset it.';
+    return e.message;
+  }
 
   // Already signed in (a valid cookie): no need to ask again.
   GW.api('GET', '/gateway/api/me').then(
@@ -29,6 +51,7 @@
       return;
     }
     GW.show(error, '', '');
+    GW.show(notice, '', '');
     submit.disabled = true;
     GW.api('POST', '/login', { username: username, password: pass.value }).then(
       function () {
@@ -38,7 +61,7 @@
         submit.disabled = false;
         pass.value = '';
         pass.focus();
-        GW.show(error, 'error', e.message);
+        GW.show(error, 'error', refusal(e));
       },
     );
   });

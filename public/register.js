@@ -41,19 +41,24 @@
     GW.show(ok, '', '');
     var username = $('new-username').value.trim().toLowerCase();
     var password = $('new-password').value;
+    // Every problem at once, so the form is fixed in one go; focus goes to the first field to fix.
+    var problems = [];
+    var first = null;
     if (!USERNAME.test(username)) {
-      GW.show(error, 'error', 'The username must be 2–32 characters: lower-case letters, digits, - and _, starting with a letter or digit.');
-      $('new-username').focus();
-      return;
+      problems.push('The username must be 2–32 characters: lower-case letters, digits, - and _, starting with a letter or digit.');
+      first = first || $('new-username');
     }
     if (password.length < 8) {
-      GW.show(error, 'error', 'Choose a password of at least 8 characters.');
-      $('new-password').focus();
-      return;
+      problems.push('Choose a password of at least 8 characters.');
+      first = first || $('new-password');
     }
     if (password !== $('new-password2').value) {
-      GW.show(error, 'error', 'The two passwords do not match.');
-      $('new-password2').focus();
+      problems.push('The two passwords do not match.');
+      first = first || $('new-password2');
+    }
+    if (problems.length) {
+      GW.show(error, 'error', problems.join(' '));
+      first.focus();
       return;
     }
     var body = { new_user_username: username, new_user_password: password };

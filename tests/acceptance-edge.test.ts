@@ -215,11 +215,11 @@ describe('credentials as scripts and browsers really send them (static key, pers
     expect((await hit(url, '/gateway/api/me', { headers: { cookie: b.cookie } })).status).toBe(200);
     // typed into the address bar, or a link on the gateway's own pages: signed out, sent to the login page
     const typed = await hit(url, '/logout', { headers: { ...nav, 'sec-fetch-site': 'none' } });
-    expect([typed.status, typed.headers.location]).toEqual([302, '/login']);
+    expect([typed.status, typed.headers.location]).toEqual([302, '/login?signed_out=1']);
     expect((await hit(url, '/gateway/api/me', { headers: { cookie: b.cookie }, from: freshLoopback() })).status).toBe(401);
     const c2 = await signIn(url, 'bob');
     const own = await hit(url, '/logout', { headers: { ...nav, cookie: c2.cookie, 'sec-fetch-site': 'same-origin', referer: `${url}/` } });
-    expect([own.status, own.headers.location]).toEqual([302, '/login']);
+    expect([own.status, own.headers.location]).toEqual([302, '/login?signed_out=1']);
   });
 
   test('/register as a non-admin: the page is served, every way of posting is 403 and nobody is created', async () => {

@@ -27,7 +27,8 @@ test('GET /gateway/api/users lists users without hashes; users and anonymous cal
   const res = await api().get('/gateway/api/users').set('Authorization', admin);
   expect(res.status).toBe(200);
   const alice = res.body.users.find((u: { username: string }) => u.username === 'alice');
-  expect(alice).toEqual({ id: expect.any(String), username: 'alice', email: null, role: 'user', disabled: false, permissions: [], created_at: expect.any(String) });
+  // tokens and last_sign_in feed the admin page's users table
+  expect(alice).toEqual({ id: expect.any(String), username: 'alice', email: null, role: 'user', disabled: false, permissions: [], created_at: expect.any(String), tokens: 0, last_sign_in: null });
   expect(JSON.stringify(res.body)).not.toMatch(/\$2[aby]\$/);
 
   const user = `Bearer ${(await login(gw, 'alice')).token}`;

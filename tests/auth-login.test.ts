@@ -297,7 +297,7 @@ describe('register, login, sessions', () => {
     // A browser's GET /logout: redirect to the sign-in page and the cookie's token is dead.
     const nav = await api().get('/logout').set('Cookie', b.cookie).set('Accept', 'text/html');
     expect(nav.status).toBe(302);
-    expect(nav.headers.location).toBe('/login');
+    expect(nav.headers.location).toBe('/login?signed_out=1');
     expect(([] as string[]).concat(nav.headers['set-cookie'])[0]).toMatch(/^jwt_token=;.*Max-Age=0/);
     expect((await api().get('/gateway/api/me').set('Cookie', b.cookie)).status).toBe(401);
     // Logging out without a session is harmless.

@@ -9,7 +9,7 @@ jest.setTimeout(60_000);
 
 const ADMIN = 'admin1';
 let adminPass = 'admin-password-1';
-const ADMIN_PAGE = '/gateway/static/admin.html';
+const ADMIN_PAGE = '/admin'; // the plain URL (the file is also at /gateway/static/admin.html)
 
 type Allowed = { status: number; path: string }[];
 

@@ -97,7 +97,7 @@ describe('browser: first admin, sign-in, ComfyUI page, sign-out (real Chromium)'
     await signIn(page, '/login', ADMIN, 'not-the-password');
     const err = page.locator('#login-error');
     await err.waitFor({ state: 'visible' });
-    await expect(err.textContent()).resolves.toMatch(/invalid credentials/i);
+    await expect(err.textContent()).resolves.toMatch(/Wrong username or password\. Check that Caps Lock is off/);
     expect(page.url()).toBe(gw.url + '/login');
     await expect(page.inputValue('#password')).resolves.toBe('');
     expect(await ctx.cookies()).toEqual([]);
@@ -118,7 +118,7 @@ describe('browser: first admin, sign-in, ComfyUI page, sign-out (real Chromium)'
     const badge = page.locator('#comfy-gateway-badge .badge');
     await badge.waitFor();
     await expect(badge.textContent()).resolves.toBe(`signed in as ${ADMIN}·Admin·Log out`);
-    await expect(badge.locator('a').getAttribute('href')).resolves.toBe('/gateway/static/admin.html');
+    await expect(badge.locator('a').getAttribute('href')).resolves.toBe('/admin');
     // The frontend's user choice is pinned to the signed-in user, and re-pinned when something changes it.
     await expect(page.evaluate('localStorage.getItem("Comfy.userName")')).resolves.toBe(ADMIN);
     // ComfyUI's id for the user (created upstream by the gateway), not just the gateway name.

@@ -7,11 +7,11 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { MAIN_JS } from './helpers/child';
 import { startGateway, TEST_KEY } from './helpers/gateway';
 import { callApi, startFakeHf, waitFor, type FakeHf } from './helpers/fakeHf';
 import { startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
 
-const ROOT = path.resolve(__dirname, '..');
 const KEY = { 'x-api-key': TEST_KEY };
 
 let hf: FakeHf;
@@ -51,8 +51,8 @@ test.each(['comfyui.models_dir', "ComfyUI's folder paths"])('kill -9 mid-downloa
   const ours = () => fs.readdirSync(path.join(modelsDir, 'checkpoints')).filter((n) => n.startsWith(name));
   fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(config));
 
-  // The real entry point, as its own process (TypeScript transpiled on load, like `npm start` minus the build).
-  const proc = spawn(process.execPath, ['-r', path.join(ROOT, 'tests/helpers/tsRequire.js'), path.join(ROOT, 'gateway/main.ts'), '--config', path.join(dir, 'config.json')], {
+  // The real, built entry point as its own process (npm test builds dist/ first).
+  const proc = spawn(process.execPath, [MAIN_JS, '--config', path.join(dir, 'config.json')], {
     cwd: dir,
     env: { PATH: process.env.PATH, HF_ENDPOINT: hf.url },
     stdio: ['ignore', 'ignore', 'pipe'],

@@ -37,7 +37,7 @@ describe('deny by default', () => {
       }
     }
     expect(clientTraffic(stack.fake)).toHaveLength(0);
-  });
+  }, 120_000); // hundreds of requests: generous for a loaded machine
 
   test('browser navigations are sent to the login page with next=', async () => {
     const res = await request(stack.gw.url).get('/view?filename=a.png&api_key=').set('Accept', 'text/html');

@@ -51,7 +51,7 @@ describe('streaming through the gateway (a separate process, RSS measured from /
     gw = await spawnGateway(['--config', path.join(dir, 'config.json'), '--upstream', fake.url, '--api-key', TEST_KEY]);
     // warm up: first requests allocate the proxy machinery
     for (let i = 0; i < 20; i++) await fetch(`${gw.url}/api/object_info`, { headers: { 'X-API-Key': TEST_KEY } }).then((r) => r.arrayBuffer());
-  }, 30000);
+  }, 120_000);
   afterAll(async () => {
     gw.kill('SIGKILL');
     await gw.exited;

@@ -117,7 +117,9 @@ describe('isolation over HTTP', () => {
       bobDone = await queue(env, env.bob);
       await fake.waitForPrompt(aliceDone);
       await fake.waitForPrompt(bobDone);
-      fake.promptDelayMs = 1500;
+      // long enough that the pending prompts are still pending however loaded the machine is (an interrupt ends
+      // the running one at once; afterAll clears the rest)
+      fake.promptDelayMs = 600_000;
       alicePending = [await queue(env, env.alice, { extra: { my_api_key: 'alice-secret' } }), await queue(env, env.alice)];
       bobPending = [await queue(env, env.bob), await queue(env, env.bob)];
     });

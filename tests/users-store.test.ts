@@ -145,7 +145,7 @@ test('writeFileAtomic leaves the old content when the write fails, and no temp f
 test('kill -9 in the middle of a write storm never leaves a truncated or unparsable file, nor loses an acknowledged write', async () => {
   const kills = 6;
   for (let round = 0; round < kills; round++) {
-    const child = spawn(process.execPath, ['-r', path.join(ROOT, 'tests/helpers/tsRequire.js'), path.join(ROOT, 'tests/helpers/storeStorm.js'), file, `r${round}`], {
+    const child = spawn(process.execPath, [path.join(ROOT, 'tests/helpers/storeStorm.js'), file, `r${round}`], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';

@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import ipaddr from 'ipaddr.js';
+import { didYouMean, semanticProblems } from './checks';
 import { configSchema, type Config } from './schema';
 
 /** Start-up refusal carrying every configuration problem at once. */
@@ -37,8 +37,18 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env,
   const problems: string[] = [];
   let args: ReturnType<typeof parseArgs<{ options: typeof cliOptions; strict: true; allowPositionals: false }>>['values'];
   try {
-    args = parseArgs({ args: argv, options: cliOptions, strict: true, allowPositionals: false }).values;
+    const parsed = parseArgs({ args: argv, options: cliOptions, strict: true, allowPositionals: false, tokens: true });
+    args = parsed.values;
+    // "last one wins" would silently ignore a flag the operator meant: a repeated option is refused.
+    const seen = new Set<string>();
+    for (const t of parsed.tokens) {
+      if (t.kind !== 'option') continue;
+      if (seen.has(t.name)) problems.push(`command line: --${t.name} given more than once`);
+      seen.add(t.name);
+    }
+    if (problems.length) throw new ConfigError(problems);
   } catch (e) {
+    if (e instanceof ConfigError) throw e;
     throw new ConfigError([`command line: ${(e as Error).message}`]);
   }
 
@@ -70,52 +80,23 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env,
     raw.api_key = env.COMFYUI_GATEWAY_API_KEY;
 
   const result = configSchema.safeParse(raw);
+  const file = configPath ? path.basename(configPath) + ': ' : '';
   if (!result.success) {
     for (const issue of result.error.issues) {
-      const where = issue.path.length ? issue.path.join('.') : '(root)';
-      const keys = issue.code === 'unrecognized_keys' ? `: ${issue.keys.join(', ')}` : '';
-      problems.push(`${configPath ? path.basename(configPath) + ': ' : ''}${where}: ${issue.message}${keys}`);
-    }
-  }
-  if (!result.success) {
-    // Still report the key file, so one run shows every problem.
-    if (typeof raw.api_key_file === 'string' && args['api-key'] === undefined) checkReadable(path.resolve(baseDir, raw.api_key_file), 'api_key_file', problems);
-    throw new ConfigError(problems);
-  }
-  if (problems.length) throw new ConfigError(problems);
-  const cfg = result.data;
-
-  cfg.trusted_proxies.forEach((cidr, i) => {
-    try {
-      if (cidr.includes('/')) ipaddr.parseCIDR(cidr);
-      else ipaddr.parse(cidr);
-    } catch {
-      problems.push(`trusted_proxies[${i}]: not an IP address or CIDR: ${JSON.stringify(cidr)}`);
-    }
-  });
-
-  let apiKey = cfg.api_key;
-  if (cfg.api_key_file && args['api-key'] === undefined) {
-    const file = path.resolve(baseDir, cfg.api_key_file);
-    try {
-      const key = fs.readFileSync(file, 'utf8').trim();
-      if (key.length < 16) problems.push(`api_key_file ${file}: key must be at least 16 characters`);
-      else apiKey = key;
-    } catch (e) {
-      problems.push(`api_key_file ${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? 'error'})`);
-    }
-  }
-  if (cfg.tls) {
-    for (const k of ['cert', 'key'] as const) {
-      const f = path.resolve(baseDir, cfg.tls[k]);
-      try {
-        fs.accessSync(f, fs.constants.R_OK);
-      } catch {
-        problems.push(`tls.${k}: cannot read ${f}`);
+      if (issue.code === 'unrecognized_keys') {
+        for (const k of issue.keys) problems.push(`${file}unknown key "${[...issue.path, k].join('.')}"${didYouMean(issue.path, k)}`);
+        continue;
       }
+      const where = issue.path.length ? issue.path.join('.') : '(root)';
+      problems.push(`${file}${where}: ${issue.message}`);
     }
   }
-  if (problems.length) throw new ConfigError(problems);
+  // Semantic problems (bad CIDR, unreadable files) in the same message as the schema's.
+  problems.push(...semanticProblems(raw, baseDir, args['api-key'] !== undefined));
+  if (!result.success || problems.length) throw new ConfigError(problems);
+  const cfg = result.data;
+  let apiKey = cfg.api_key;
+  if (cfg.api_key_file && args['api-key'] === undefined) apiKey = fs.readFileSync(path.resolve(baseDir, cfg.api_key_file), 'utf8').trim();
 
   const dataDir = path.resolve(baseDir, cfg.data_dir);
   return {
@@ -131,16 +112,6 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env,
       log: cfg.log ? path.resolve(dataDir, cfg.log) : null,
     },
   };
-}
-
-function checkReadable(file: string, what: string, problems: string[]): boolean {
-  try {
-    fs.accessSync(file, fs.constants.R_OK);
-    return true;
-  } catch (e) {
-    problems.push(`${what} ${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? 'error'})`);
-    return false;
-  }
 }
 
 /** A copy of the config that is safe to log: secrets replaced. */

@@ -86,6 +86,14 @@ export const configSchema = z
       })
       .strict()
       .default({ client_id: null, callback_port: 41954, redirect_uri: null }),
+    // Prometheus metrics: GET /metrics for admins, and/or a plain listener on 127.0.0.1:port for a local scraper
+    metrics: z
+      .object({
+        enabled: z.boolean().default(true),
+        port: z.number().int().min(1).max(65535).nullable().default(null),
+      })
+      .strict()
+      .default({ enabled: true, port: null }),
     cloudflare_access: z
       .object({
         team_domain: z.string().min(1),

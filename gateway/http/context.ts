@@ -15,6 +15,8 @@ export interface RequestContext {
   /** true when the request reached us over TLS, or a trusted proxy says the original was HTTPS */
   secure: boolean;
   startedAt: bigint;
+  /** the error.code of a refusal, set when it is rendered (metrics count refusals by code) */
+  errorCode?: string;
 }
 
 const CTX = Symbol('gatewayContext');

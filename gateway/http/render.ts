@@ -1,6 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { AppError } from '../errors';
+import { peekContext } from './context';
 
 /** True for a browser navigation that would rather see a page than JSON. */
 export function wantsHtml(req: IncomingMessage): boolean {
@@ -39,6 +40,8 @@ export function errorPage(e: AppError): string {
 /** The one renderer for refusals: JSON envelope, or an HTML page for browsers. */
 export function sendError(req: IncomingMessage, res: ServerResponse, err: unknown): void {
   const e = toAppError(err);
+  const ctx = peekContext(req);
+  if (ctx) ctx.errorCode = e.code;
   if (res.headersSent) {
     res.destroy();
     return;

@@ -1,7 +1,6 @@
 import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import zlib from 'node:zlib';
 import type { Interceptor } from '../app';
-import { AppError } from '../errors';
 import type { RequestContext } from '../http/context';
 import { escapeHtml } from '../http/render';
 import { HOP_BY_HOP, headersForRead, upstreamUrl } from './headers';

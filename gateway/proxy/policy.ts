@@ -46,6 +46,11 @@ export function createPolicy(opts: { manager_admin_only: boolean }) {
     // GET /logout ends the session (Sentinel's link), so a cross-site navigation carrying the Lax cookie is refused.
     { id: 'logout', prefix: ['logout'], exact: true, access: 'public', owner: 'gateway', getChangesState: true },
     { id: 'gateway-static', prefix: ['gateway', 'static'], access: 'public', owner: 'gateway' },
+    // the account & administration page: every signed-in user manages their password and tokens there; the admin
+    // sections are filled by admin-only APIs
+    { id: 'admin-page', prefix: ['admin'], exact: true, access: 'user', owner: 'gateway' },
+    { id: 'login-state', prefix: ['gateway', 'login-state'], exact: true, access: 'public', owner: 'gateway' },
+    { id: 'metrics', prefix: ['metrics'], exact: true, access: 'admin', owner: 'gateway' },
     { id: 'gateway-admin-users', prefix: ['gateway', 'api', 'users'], access: 'admin', owner: 'gateway' },
     { id: 'gateway-admin-ip-lists', prefix: ['gateway', 'api', 'ip-lists'], access: 'admin', owner: 'gateway' },
     { id: 'gateway-admin-audit', prefix: ['gateway', 'api', 'audit'], access: 'admin', owner: 'gateway' },

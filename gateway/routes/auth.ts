@@ -137,7 +137,7 @@ export function authRoutes(deps: AuthRouteDeps): RouteMount {
           .request('POST', '/free', { headers: { 'content-type': 'application/json' }, body: JSON.stringify({ unload_models: true, free_memory: true }) })
           .catch((err) => deps.logger?.warn({ err: (err as Error).message }, 'free_memory_on_logout: upstream /free failed'));
       }
-      if (wantsHtml(req) || isBrowserForm(req)) return void res.redirect(req.method === 'GET' ? 302 : 303, '/login');
+      if (wantsHtml(req) || isBrowserForm(req)) return void res.redirect(req.method === 'GET' ? 302 : 303, '/login?signed_out=1');
       res.json({ logged_out: true });
     };
     app.get('/logout', logout);
@@ -190,7 +190,10 @@ export function authRoutes(deps: AuthRouteDeps): RouteMount {
         else {
           limiter?.check(req, adminName); // a parallel burst: see /login
           if (admin.role !== 'admin') deny(errors.forbidden('Only an administrator can register users'));
-          else ((actor = admin.username), (via = 'admin-credentials'));
+          else {
+            actor = admin.username;
+            via = 'admin-credentials';
+          }
         }
       } else if (firstRun && given(body.setup_code)) {
         if (!setup.check(body.setup_code))
@@ -198,7 +201,8 @@ export function authRoutes(deps: AuthRouteDeps): RouteMount {
         via = 'setup-code';
       } else if (ctx.principal) {
         if (ctx.principal.role !== 'admin') deny(errors.forbidden('Only an administrator can register users'));
-        ((actor = ctx.principal.username), (via = `admin-${ctx.principal.source}`));
+        actor = ctx.principal.username;
+        via = `admin-${ctx.principal.source}`;
       } else if (firstRun && deps.isLocal(req)) {
         via = 'loopback';
       } else {

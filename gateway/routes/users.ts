@@ -47,7 +47,11 @@ export function userAdminRoutes(deps: UserAdminDeps): RouteMount {
 
   return (app) => {
     app.get('/gateway/api/users', (_req, res) => {
-      res.set('Cache-Control', 'no-store').json({ users: store.list().map(publicUser) });
+      // For the admin table: personal-token count, and the last sign-in the audit trail remembers (since start-up).
+      const lastSignIn = new Map<string, string>();
+      for (const e of audit.recent(5000)) if (e.event === 'login_success' && e.user && !lastSignIn.has(e.user)) lastSignIn.set(e.user, e.time);
+      const users = store.list().map((u) => ({ ...publicUser(u), tokens: store.tokens.list(u.username).length, last_sign_in: lastSignIn.get(u.username) ?? null }));
+      res.set('Cache-Control', 'no-store').json({ users });
     });
 
     app.post('/gateway/api/users', ...parseBody, fresh, async (req, res) => {

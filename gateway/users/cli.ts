@@ -8,14 +8,16 @@ import { AppError } from '../errors';
 import { emailProblem, passwordProblem, usernameProblem } from './rules';
 import { createUserStore, UserStoreError } from './store';
 
-const USAGE = `usage: npm run users -- <command> [--config FILE] [--data-dir DIR]
+const USAGE = `usage: comfyui-gateway users <command> [--config FILE] [--data-dir DIR]   (or: npm run users -- <command> ...)
   add NAME [--admin] [--email ADDR]
                          create a user (password read from stdin)
   email NAME ADDR|-      set (or with - clear) the email a Cloudflare Access identity binds to
   list                   list users
   remove NAME            delete a user and their tokens
   passwd NAME            set a user's password (read from stdin); signs them out everywhere
-  role NAME admin|user   change a user's role`;
+  role NAME admin|user   change a user's role
+--config defaults to ./config.json when it exists. Exit codes: 0 done, 1 refused (e.g. LAST_ADMIN, NOT_FOUND),
+2 usage or configuration error.`;
 
 /** A usage or validation problem: printed without a stack, exit code 2. */
 class UsageError extends Error {}
@@ -75,8 +77,13 @@ export async function runUsersCli(
       args: argv,
       allowPositionals: true,
       strict: true,
+      tokens: true,
       options: { config: { type: 'string' }, 'data-dir': { type: 'string' }, admin: { type: 'boolean' }, email: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
     });
+    // as for the gateway: a repeated option is an error, not "last one wins"
+    const names = parsed.tokens.flatMap((t) => (t.kind === 'option' ? [t.name] : []));
+    const repeated = names.find((n, i) => names.indexOf(n) !== i);
+    if (repeated) throw new Error(`--${repeated} given more than once`);
   } catch (e) {
     stderr.write(`${(e as Error).message}\n${USAGE}\n`);
     return 2;

@@ -18,8 +18,8 @@ export interface ChildGateway {
   kill(signal?: NodeJS.Signals): void;
 }
 
-/** Spawns dist/gateway/main.js with the given CLI args and waits for its "listening on" line. */
-export async function spawnGateway(args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 15000): Promise<ChildGateway> {
+/** Spawns dist/gateway/main.js with the given CLI args and waits for its "listening on" line (a deadline, not a sleep: a loaded machine can take many seconds to start node). */
+export async function spawnGateway(args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 60_000): Promise<ChildGateway> {
   if (!fs.existsSync(MAIN_JS)) throw new Error(`${MAIN_JS} is missing: run \`npm run build\` (npm test does)`);
   const proc = spawn(process.execPath, [MAIN_JS, ...args], { env: { PATH: process.env.PATH, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
@@ -58,7 +58,7 @@ export async function spawnGateway(args: string[], env: NodeJS.ProcessEnv = {}, 
 }
 
 /** Runs main.js to completion (for start-up refusals) and returns its exit code and output. */
-export function runGateway(args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 15000): Promise<{ code: number | null; stderr: string; stdout: string }> {
+export function runGateway(args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 60_000): Promise<{ code: number | null; stderr: string; stdout: string }> {
   return new Promise((resolve, reject) => {
     const proc = spawn(process.execPath, [MAIN_JS, ...args], { env: { PATH: process.env.PATH, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';

@@ -1449,7 +1449,7 @@ class FakeComfyServer implements FakeComfy {
 
   nodeDefs(): Record<string, NodeDef> {
     const images = this.inputFiles(IMAGE_EXT);
-    const INT = (d: number, min = 0, max = 0xffffffffffffffff) => ['INT', { default: d, min, max }];
+    const INT = (d: number, min = 0, max = 2 ** 64) => ['INT', { default: d, min, max }];
     const FLOAT = (d: number, min = 0, max = 100) => ['FLOAT', { default: d, min, max, step: 0.01 }];
     const hidden = { prompt: 'PROMPT', extra_pnginfo: 'EXTRA_PNGINFO' };
     const sampler = {
@@ -2152,6 +2152,12 @@ class FakeComfyServer implements FakeComfy {
       });
   }
 
+  /** Sleeps up to `ms`, waking early (within 10 ms) once `stop()` is true. */
+  private async sleepUnless(ms: number, stop: () => boolean): Promise<void> {
+    const end = Date.now() + ms;
+    while (!stop() && Date.now() < end) await this.sleep(Math.min(10, end - Date.now()));
+  }
+
   private sleep(ms: number): Promise<void> {
     return new Promise((r) => {
       const t = setTimeout(r, Math.max(0, ms));
@@ -2185,7 +2191,8 @@ class FakeComfyServer implements FakeComfy {
       addMessage('execution_start', { prompt_id: pid }, false);
       addMessage('execution_cached', { nodes: [], prompt_id: pid }, false);
       for (const id of order) {
-        await this.sleep(step);
+        // an interrupt (or a stop) ends the wait at once, as ComfyUI checks between steps
+        await this.sleepUnless(step, () => e.interrupt || gen !== this.generation);
         check();
         current = id;
         this.lastNodeId = id;

@@ -1,9 +1,10 @@
 /* Write storm for the kill -9 test: opens the real user store on argv[2] and creates users named
  * `${argv[3]}-<n>` as fast as it can (several writes in flight, coalesced by the store), printing
  * `ack <n>` once user n is durably written. The parent kills it with SIGKILL at a random moment.
- * Run as: node -r ./tests/helpers/tsRequire.js tests/helpers/storeStorm.js FILE PREFIX */
+ * Run as: node tests/helpers/storeStorm.js FILE PREFIX — it loads the built store (npm test builds dist/ first),
+ * because transpiling TypeScript in each of the six children was slow enough to time out on a loaded machine. */
 const path = require('node:path');
-const { createUserStore } = require(path.join(__dirname, '..', '..', 'gateway', 'users', 'store.ts'));
+const { createUserStore } = require(path.join(__dirname, '..', '..', 'dist', 'gateway', 'users', 'store.js'));
 
 async function main() {
   const [file, prefix] = process.argv.slice(2);
