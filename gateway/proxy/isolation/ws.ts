@@ -72,7 +72,7 @@ export function createIsolationWsHooks(deps: { clientIds: ClientIds; ledger: Led
     held.delete(s);
     for (const f of h.frames) {
       const out = f.isBinary ? binary(s, f.data, false) : json(s, f.data, false);
-      if (out !== null && s.client && s.client.readyState === 1) s.client.send(out, { binary: f.isBinary });
+      if (out !== null && !s.detached && s.client && s.client.readyState === 1) s.client.send(out, { binary: f.isBinary });
     }
   }
   ids.onSettled((cid) => {
