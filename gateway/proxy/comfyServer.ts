@@ -34,7 +34,7 @@ export interface ComfyServer {
   close(): void;
 }
 
-const isObj = (v: unknown): v is Record<string, any> => typeof v === 'object' && v !== null && !Array.isArray(v);
+const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost|\[::1\])$/i;
 
 /**
@@ -70,7 +70,7 @@ export function createComfyServer(deps: { upstream: Upstream; logger: Logger; up
   const listeners: ((i: ComfyServerInfo) => void)[] = [];
 
   async function ask(): Promise<ComfyServerInfo> {
-    const stats = await upstream.json<Record<string, any>>('GET', '/system_stats', { timeoutMs: 3000 });
+    const stats = await upstream.json<Record<string, unknown>>('GET', '/system_stats', { timeoutMs: 3000 });
     const system = isObj(stats.system) ? stats.system : {};
     const argv = Array.isArray(system.argv) ? system.argv.map(String) : null;
     const version = typeof system.comfyui_version === 'string' ? system.comfyui_version : null;
