@@ -450,7 +450,8 @@ describe('fake ComfyUI', () => {
   });
 
   test('queue, interrupt and history management', async () => {
-    fake.promptDelayMs = 300;
+    // a stays running until interrupted however slow the machine is; b finishes once the delay is shortened below
+    fake.promptDelayMs = 600_000;
     try {
       const p = { '1': { class_type: 'SaveImage', inputs: { filename_prefix: 'q/q' } } };
       const a = (await postJson(fake, '/prompt', { prompt: p, client_id: 'qq' })).json().prompt_id;

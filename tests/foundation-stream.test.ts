@@ -10,6 +10,10 @@ import { multipartUpload } from './helpers/multipart';
 const MB = 1024 * 1024;
 const SIZE = 200 * MB;
 const RSS_BOUND = 64 * MB;
+// A fresh connection per request: node's default agent keeps sockets alive, and reusing one the gateway is closing
+// (its 5 s keep-alive timeout elapsing while the test hashes or writes 200 MB) fails with "socket hang up" — a race
+// of the test's own making that a loaded machine hits in full runs.
+const agent = false;
 
 function findFile(dir: string, name: string): string | null {
   for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
@@ -66,6 +70,7 @@ describe('streaming through the gateway (a separate process, RSS measured from /
       new Promise<{ status: number; text: string }>((resolve, reject) => {
         const req = http.request(`${gw.url}/api/upload/image`, {
           method: 'POST',
+          agent,
           headers: { 'X-API-Key': TEST_KEY, 'Content-Type': body.contentType, 'Content-Length': body.contentLength },
         });
         req.on('response', (res) => {
@@ -100,7 +105,7 @@ describe('streaming through the gateway (a separate process, RSS measured from /
     const { peak, result } = await peakRss(gw, () =>
       new Promise<{ status: number; bytes: number; digest: string }>((resolve, reject) => {
         http
-          .get(`${gw.url}/api/view?filename=big-view.bin&type=output`, { headers: { 'X-API-Key': TEST_KEY } }, (res) => {
+          .get(`${gw.url}/api/view?filename=big-view.bin&type=output`, { agent, headers: { 'X-API-Key': TEST_KEY } }, (res) => {
             const h = crypto.createHash('sha256');
             let bytes = 0;
             res.on('data', (c: Buffer) => {
@@ -124,6 +129,7 @@ describe('streaming through the gateway (a separate process, RSS measured from /
       await new Promise<void>((resolve) => {
         const req = http.request(`${gw.url}/api/upload/image`, {
           method: 'POST',
+          agent,
           headers: { 'X-API-Key': TEST_KEY, 'Content-Type': 'multipart/form-data; boundary=xyz', 'Content-Length': 50 * MB },
         });
         req.on('error', () => resolve());
@@ -136,7 +142,7 @@ describe('streaming through the gateway (a separate process, RSS measured from /
     const file = path.join(fake.outputDir, 'mid.bin');
     fs.writeFileSync(file, Buffer.alloc(20 * MB, 7));
     await new Promise<void>((resolve) => {
-      const req = http.get(`${gw.url}/api/view?filename=mid.bin&type=output`, { headers: { 'X-API-Key': TEST_KEY } }, (res) => {
+      const req = http.get(`${gw.url}/api/view?filename=mid.bin&type=output`, { agent, headers: { 'X-API-Key': TEST_KEY } }, (res) => {
         res.once('data', () => {
           req.destroy();
           resolve();

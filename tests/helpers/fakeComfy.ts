@@ -2152,10 +2152,10 @@ class FakeComfyServer implements FakeComfy {
       });
   }
 
-  /** Sleeps up to `ms`, waking early (within 10 ms) once `stop()` is true. */
-  private async sleepUnless(ms: number, stop: () => boolean): Promise<void> {
-    const end = Date.now() + ms;
-    while (!stop() && Date.now() < end) await this.sleep(Math.min(10, end - Date.now()));
+  /** Sleeps for `ms()` (read live), waking early (within 10 ms) once `stop()` is true. */
+  private async sleepUnless(ms: () => number, stop: () => boolean): Promise<void> {
+    const start = Date.now();
+    while (!stop() && Date.now() - start < ms()) await this.sleep(10);
   }
 
   private sleep(ms: number): Promise<void> {
@@ -2183,7 +2183,7 @@ class FakeComfyServer implements FakeComfy {
     for (const out of e.outputs_to_execute) this.dependencies(e.prompt, out, seen, order);
     const defs = this.nodeDefs();
     const progressNode = order.find((id) => String(e.prompt[id].class_type).includes('Sampler')) ?? order[0];
-    const step = this.promptDelayMs / (order.length + 1);
+    const stepMs = () => this.promptDelayMs / (order.length + 1);
     const executed: string[] = [];
     let current: string | null = null;
     let status: 'success' | 'error' | 'interrupted' = 'success';
@@ -2191,8 +2191,9 @@ class FakeComfyServer implements FakeComfy {
       addMessage('execution_start', { prompt_id: pid }, false);
       addMessage('execution_cached', { nodes: [], prompt_id: pid }, false);
       for (const id of order) {
-        // an interrupt (or a stop) ends the wait at once, as ComfyUI checks between steps
-        await this.sleepUnless(step, () => e.interrupt || gen !== this.generation);
+        // an interrupt (or a stop) ends the wait at once, as ComfyUI checks between steps; a test that shortens
+        // promptDelayMs shortens the running prompt too
+        await this.sleepUnless(stepMs, () => e.interrupt || gen !== this.generation);
         check();
         current = id;
         this.lastNodeId = id;
@@ -2216,7 +2217,7 @@ class FakeComfyServer implements FakeComfy {
           this.emitJson('executed', { node: id, display_node: id, output: ui, prompt_id: pid }, cid);
         }
       }
-      await this.sleep(step);
+      await this.sleepUnless(stepMs, () => e.interrupt || gen !== this.generation);
       check();
       addMessage('execution_success', { prompt_id: pid }, false);
     } catch (err) {
