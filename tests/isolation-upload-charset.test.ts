@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
 import { ALICE_PNG, ATTACKS, B, BOB_PNG, MASK_REF_UTF7, body, field, file, listFiles, type Part } from './helpers/uploadAttacks';
-import { raw, received, startIsolationEnv, type IsolationEnv } from './isolation-env';
+import { raw, received, startIsolationEnv, until, type IsolationEnv } from './isolation-env';
 
 describe('multipart encodings on uploads', () => {
   let env: IsolationEnv;
@@ -104,5 +104,25 @@ describe('multipart encodings on uploads', () => {
     expect(fs.readFileSync(path.join(fake.inputDir, 'bob', 'pets', 'ok.png'))).toEqual(BOB_PNG);
     expect(fs.existsSync(path.join(fake.outputDir, 'bob', 'output.png'))).toBe(true);
     expect(fs.existsSync(path.join(fake.tempDir, 'bob', 'temp.png'))).toBe(true);
+  });
+
+  it('a bad subfolder after a small file part: refused before ComfyUI is called', async () => {
+    const before = listFiles(fake.inputDir);
+    fake.clearRequests();
+    const r = await post('/api/upload/image', body([file('image', 'late.png', Buffer.alloc(256 * 1024, 1)), field('subfolder', '../bob')]), env.alice.headers);
+    expect([r.status, r.json().error.code]).toEqual([400, 'PATH_NOT_ALLOWED']);
+    expect(received(fake, /upload/)).toEqual([]);
+    expect(listFiles(fake.inputDir)).toEqual(before);
+  });
+
+  it('a bad subfolder after a large file part aborts the upstream request: nothing written', async () => {
+    const before = listFiles(fake.inputDir);
+    fake.clearRequests();
+    const r = await post('/api/upload/image', body([file('image', 'late.png', Buffer.alloc(3 * 1024 * 1024, 1)), field('subfolder', '../bob')]), env.alice.headers);
+    expect([r.status, r.json().error.code]).toEqual([400, 'PATH_NOT_ALLOWED']);
+    // ComfyUI saw the start of the body, then the connection was cut: it never got a whole body to act on.
+    await until(() => received(fake, /upload/).some((q) => q.aborted), 10_000, 'the aborted upstream request');
+    for (const req of received(fake, /upload/)) expect(req.complete).toBe(false);
+    expect(listFiles(fake.inputDir)).toEqual(before);
   });
 });
