@@ -289,7 +289,7 @@ describe('two users, only alice logged in to HuggingFace', () => {
     expect((await start(bob, { [sid]: slow.url })).body.error.code).toBe('ALREADY_DOWNLOADING');
     expect((await cancel(bob, sid)).status).toBe(403);
     await waitFor(async () => (await entry(alice, sid, slow.url)).state === 'available', 10_000);
-    const tok = JSON.parse(fs.readFileSync(path.join(gw.config.paths.dataDir, 'hf_tokens', 'alice.json'), 'utf8')).access_token;
+    const tok = JSON.parse(fs.readFileSync(path.join(gw.config.paths.dataDir, 'hf_tokens', `${gw.composed.users.get('alice')!.id}.json`), 'utf8')).access_token;
     const hub = hf.requests.filter((r) => r.server === 'hf' && r.url.includes('slow-gated') && r.method === 'GET');
     expect(hub.length).toBeGreaterThan(0);
     expect(hub.every((r) => r.headers.authorization === `Bearer ${tok}`)).toBe(true);

@@ -430,10 +430,11 @@ describe('npm run users against a running gateway (another process, the same sto
   });
 
   test('remove: the HuggingFace sign-in of the removed person does not pass to a later user of the same name', async () => {
-    // The state the gateway keeps after bob signed in to HuggingFace (DESIGN §8: data_dir/hf_tokens/<user>.json).
+    // The state the gateway keeps after bob signed in to HuggingFace (data_dir/hf_tokens/<account id>.json).
     const tokens = path.join(c.dataDir, 'hf_tokens');
     fs.mkdirSync(tokens, { recursive: true, mode: 0o700 });
-    const hfFile = path.join(tokens, 'bob.json');
+    const bobId = (JSON.parse(fs.readFileSync(path.join(c.dataDir, 'users_db.json'), 'utf8')).users as { id: string; username: string }[]).find((u) => u.username === 'bob')!.id;
+    const hfFile = path.join(tokens, `${bobId}.json`);
     fs.writeFileSync(hfFile, JSON.stringify({ access_token: 'hf_old_bob', refresh_token: null, expires_at: Date.now() / 1000 + 86400, scope: 'read-repos', hf_username: 'old-bob' }), { mode: 0o600 });
     const oldBob = await signIn(url, 'bob', 'bob-new-password-1');
     expect((await hit(url, '/api/hf-auth-token-status', { headers: { authorization: `Bearer ${oldBob.token}` } })).body).toMatchObject({ token_available: true });

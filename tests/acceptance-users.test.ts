@@ -475,7 +475,10 @@ describe('two browsers side by side', () => {
     }
     // SIGTERM flushed the ledger: the prompt queued on the child is alice's in the file.
     const ledger = JSON.parse(fs.readFileSync(path.join(dataDir, 'prompt_ledger.json'), 'utf8'));
-    const owners = new Map<string, string>(ledger.prompts.map((row: any[]) => [row[0], row[1]]));
+    // Owners are kept as account ids (a later account of the same name owns none of them).
+    const accounts = JSON.parse(fs.readFileSync(path.join(dataDir, 'users_db.json'), 'utf8')).users as { id: string; username: string }[];
+    const nameOf = new Map(accounts.map((u) => [u.id, u.username]));
+    const owners = new Map<string, string | undefined>(ledger.prompts.map((row: any[]) => [row[0], nameOf.get(row[1])]));
     expect(owners.get(a.promptId)).toBe('alice');
     expect(owners.get(b.promptId)).toBe('bob');
     expect([...owners.values()].filter((o) => o === 'alice').length).toBeGreaterThanOrEqual(4);

@@ -286,7 +286,8 @@ describe('through the gateway', () => {
   const post = (p: string, body: unknown, who: Record<string, string> = KEY) => callApi(gw.url, 'POST', p, body, who);
   const entry = async (id: string, url: string, who: Record<string, string> = KEY) =>
     (await post('/api/models-availability-status', { models: { [id]: url } }, who)).body.models[id];
-  const tokenFile = (user: string) => path.join(gw.config.paths.dataDir, 'hf_tokens', `${user}.json`);
+  // HF tokens are kept per account id
+  const tokenFile = (user: string) => path.join(gw.config.paths.dataDir, 'hf_tokens', `${gw.composed.users.get(user)?.id ?? user}.json`);
   const writeToken = (user: string, t: Record<string, unknown>) => {
     fs.mkdirSync(path.dirname(tokenFile(user)), { recursive: true, mode: 0o700 });
     fs.writeFileSync(tokenFile(user), JSON.stringify({ scope: '', hf_username: null, refresh_token: null, ...t }), { mode: 0o600 });
@@ -318,10 +319,11 @@ describe('through the gateway', () => {
     );
     // Tokens placed before the gateway first looks (it reads a user's file once, then keeps it in memory).
     writeToken('api-key', { access_token: hf.issueToken('hf-admin'), expires_at: Date.now() / 1000 + 3600 });
-    writeToken('dana', { access_token: 'hf_expired', refresh_token: 'hf_rt_revoked', expires_at: Date.now() / 1000 - 10 });
     alice = await userWith('alice', ['download_models']);
     bob = await userWith('bob', ['download_models']);
     dana = await userWith('dana', ['download_models']);
+    // dana's file is named by her account id, known once the account exists (nothing has read it yet)
+    writeToken('dana', { access_token: 'hf_expired', refresh_token: 'hf_rt_revoked', expires_at: Date.now() / 1000 - 10 });
     carol = await userWith('carol', []);
   });
 

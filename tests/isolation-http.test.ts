@@ -45,7 +45,9 @@ describe('isolation over HTTP', () => {
       const seen = received(fake, /userdata\?dir=workflows/).map((r) => r.headers['comfy-user']);
       expect(seen).toEqual([ids.alice, ids.bob]);
       const file = path.join(dataDir, 'comfy_users.json');
-      expect(JSON.parse(fs.readFileSync(file, 'utf8')).users).toMatchObject({ alice: ids.alice, bob: ids.bob });
+      // kept per account id: a later account of the same name gets a ComfyUI user of its own
+      const accountId = (name: string) => env.gw.composed.users.get(name)!.id;
+      expect(JSON.parse(fs.readFileSync(file, 'utf8')).users).toMatchObject({ [accountId('alice')]: ids.alice, [accountId('bob')]: ids.bob });
       expect(fs.statSync(file).mode & 0o777).toBe(0o600);
     });
 
@@ -250,7 +252,8 @@ describe('isolation over HTTP', () => {
       const b = (await raw(gw2, 'GET', `/history/${mine}`, { headers: bob.headers })).json();
       expect(b).toEqual({});
       const ledger = JSON.parse(fs.readFileSync(path.join(dataDir, 'prompt_ledger.json'), 'utf8'));
-      expect(ledger.prompts.some((r: any[]) => r[0] === mine && r[1] === 'alice')).toBe(true);
+      // the owner is kept as alice's account id
+      expect(ledger.prompts.some((r: any[]) => r[0] === mine && r[1] === gw2.composed.users.get('alice')!.id)).toBe(true);
       expect(fs.statSync(path.join(dataDir, 'prompt_ledger.json')).mode & 0o777).toBe(0o600);
     } finally {
       await gw2.close();
