@@ -12,7 +12,10 @@ export async function spawnBenchGateway(opts: {
   const file = path.join(opts.dir, 'config.json');
   fs.writeFileSync(file, JSON.stringify({ host: '127.0.0.1', port: 0, data_dir: 'data', log_levels: ['warn'], log: null, ...opts.config }));
   const command = opts.command ?? [path.join(__dirname, '..', 'gateway', 'main.js')];
-  const proc = spawn(process.execPath, [...command, '--config', file, ...(opts.args ?? [])], { cwd: opts.dir, stdio: ['ignore', 'ignore', 'pipe'] });
+  const proc = spawn(process.execPath, [...command, '--config', file, ...(opts.args ?? [])], {
+    cwd: opts.dir,
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
   const url = await new Promise<string>((resolve, reject) => {
     let err = '';
     proc.stderr!.on('data', (d) => {

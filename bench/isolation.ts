@@ -21,7 +21,21 @@ const py = (v: unknown) => JSON.stringify(v).replace(/","/g, '", "').replace(/":
 
 function historyEntry(id: string, n: number) {
   const prompt = {
-    '3': { class_type: 'KSampler', inputs: { seed: n, steps: 20, cfg: 7, sampler_name: 'euler', scheduler: 'normal', denoise: 1, model: ['4', 0], positive: ['6', 0], negative: ['7', 0], latent_image: ['5', 0] } },
+    '3': {
+      class_type: 'KSampler',
+      inputs: {
+        seed: n,
+        steps: 20,
+        cfg: 7,
+        sampler_name: 'euler',
+        scheduler: 'normal',
+        denoise: 1,
+        model: ['4', 0],
+        positive: ['6', 0],
+        negative: ['7', 0],
+        latent_image: ['5', 0],
+      },
+    },
     '4': { class_type: 'CheckpointLoaderSimple', inputs: { ckpt_name: 'v1-5-pruned-emaonly.safetensors' } },
     '5': { class_type: 'EmptyLatentImage', inputs: { width: 512, height: 512, batch_size: 1 } },
     '6': { class_type: 'CLIPTextEncode', inputs: { text: `a photo of a cat number ${n}`, clip: ['4', 1] } },
@@ -33,7 +47,15 @@ function historyEntry(id: string, n: number) {
   return {
     prompt: [n, id, prompt, { client_id: 'c'.repeat(32), create_time: t }, ['9']],
     outputs: { '9': { images: [{ filename: `ComfyUI_${String(n).padStart(5, '0')}_.png`, subfolder: 'user', type: 'output' }] } },
-    status: { status_str: 'success', completed: true, messages: [['execution_start', { prompt_id: id, timestamp: t }], ['execution_cached', { nodes: [], prompt_id: id, timestamp: t }], ['execution_success', { prompt_id: id, timestamp: t + 900 }]] },
+    status: {
+      status_str: 'success',
+      completed: true,
+      messages: [
+        ['execution_start', { prompt_id: id, timestamp: t }],
+        ['execution_cached', { nodes: [], prompt_id: id, timestamp: t }],
+        ['execution_success', { prompt_id: id, timestamp: t + 900 }],
+      ],
+    },
     meta: { '9': { node_id: '9', display_node: '9', parent_node: null, real_node_id: '9' } },
   };
 }
@@ -79,7 +101,8 @@ function runStub(ids: string[]): void {
       ws.on('message', (d) => {
         const [cmd, n, pid] = d.toString().split(':');
         if (cmd !== 'blast') return;
-        for (let i = 0; i < Number(n); i++) ws.send(py({ type: 'progress', data: { value: i, max: Number(n), prompt_id: pid, node: '3' } }));
+        for (let i = 0; i < Number(n); i++)
+          ws.send(py({ type: 'progress', data: { value: i, max: Number(n), prompt_id: pid, node: '3' } }));
       });
     });
   });
@@ -89,17 +112,31 @@ function runStub(ids: string[]): void {
 /* ───────────── the driver ───────────── */
 
 function startGateway(upstream: string, dir: string): Promise<{ proc: ChildProcess; url: string }> {
-  return spawnBenchGateway({ dir, config: { bcrypt_cost: 4, model_downloads: { enabled: false } }, args: ['--upstream', upstream, '--api-key', KEY] });
+  return spawnBenchGateway({
+    dir,
+    config: { bcrypt_cost: 4, model_downloads: { enabled: false } },
+    args: ['--upstream', upstream, '--api-key', KEY],
+  });
 }
 
 function call(url: string, method: string, headers: Record<string, string>, body?: string): Promise<{ status: number; body: Buffer }> {
   return new Promise((resolve, reject) => {
     const u = new URL(url);
-    const req = http.request({ hostname: u.hostname, port: u.port, path: u.pathname + u.search, method, headers: { ...headers, ...(body ? { 'Content-Type': 'application/json' } : {}) }, agent: keepAlive }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks) }));
-    });
+    const req = http.request(
+      {
+        hostname: u.hostname,
+        port: u.port,
+        path: u.pathname + u.search,
+        method,
+        headers: { ...headers, ...(body ? { 'Content-Type': 'application/json' } : {}) },
+        agent: keepAlive,
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks) }));
+      },
+    );
     req.on('error', reject);
     req.end(body);
   });
@@ -144,7 +181,12 @@ export async function benchIsolation(): Promise<Record<string, unknown>> {
   fs.writeFileSync(path.join(dir, 'data', 'prompt_ledger.json'), JSON.stringify({ version: 1, prompts: rows }), { mode: 0o600 });
   const gw = await startGateway(stubUrl, dir);
   try {
-    const created = await call(`${gw.url}/gateway/api/users`, 'POST', { 'X-API-Key': KEY }, JSON.stringify({ username: 'alice', password: 'bench-password-1', role: 'user' }));
+    const created = await call(
+      `${gw.url}/gateway/api/users`,
+      'POST',
+      { 'X-API-Key': KEY },
+      JSON.stringify({ username: 'alice', password: 'bench-password-1', role: 'user' }),
+    );
     if (created.status >= 300) throw new Error(`create user: ${created.status} ${created.body}`);
     const login = await call(`${gw.url}/login`, 'POST', {}, JSON.stringify({ username: 'alice', password: 'bench-password-1' }));
     const auth = { Authorization: `Bearer ${JSON.parse(login.body.toString()).token}` };
@@ -174,8 +216,21 @@ export async function benchIsolation(): Promise<Record<string, unknown>> {
       if (i >= 20) times.push(ms);
     }
     return {
-      websocket: { messages: WS_COUNT, rounds: WS_ROUNDS, direct_msgs_per_s: Math.round(direct), isolating_relay_msgs_per_s: Math.round(relayed), ratio: +(relayed / direct).toFixed(2), target: '≥ 0.65' },
-      history: { entries: ENTRIES, callers_entries: count, p50_ms: +pct(times, 50).toFixed(1), p99_ms: +pct(times, 99).toFixed(1), target: 'p99 < 50 ms' },
+      websocket: {
+        messages: WS_COUNT,
+        rounds: WS_ROUNDS,
+        direct_msgs_per_s: Math.round(direct),
+        isolating_relay_msgs_per_s: Math.round(relayed),
+        ratio: +(relayed / direct).toFixed(2),
+        target: '≥ 0.65',
+      },
+      history: {
+        entries: ENTRIES,
+        callers_entries: count,
+        p50_ms: +pct(times, 50).toFixed(1),
+        p99_ms: +pct(times, 99).toFixed(1),
+        target: 'p99 < 50 ms',
+      },
     };
   } finally {
     gw.proc.kill('SIGTERM');
@@ -190,8 +245,7 @@ if (process.env.ISOLATION_BENCH_STUB) {
     if (m.cmd === 'ids') runStub(m.ids!);
     if (m.cmd === 'exit') process.exit(0);
   });
-}
-else if (require.main === module) {
+} else if (require.main === module) {
   benchIsolation().then(
     (r) => {
       process.stdout.write(JSON.stringify(r, null, 2) + '\n');

@@ -21,7 +21,14 @@ function unit(v: string, u: string, table: Record<string, number>): number {
 
 function runWrk(url: string, o: { connections: number; seconds: number; headers: Record<string, string> }): Promise<LoadResult> {
   const threads = Math.min(2, o.connections);
-  const args = [`-t${threads}`, `-c${o.connections}`, `-d${o.seconds}s`, '--latency', ...Object.entries(o.headers).flatMap(([k, v]) => ['-H', `${k}: ${v}`]), url];
+  const args = [
+    `-t${threads}`,
+    `-c${o.connections}`,
+    `-d${o.seconds}s`,
+    '--latency',
+    ...Object.entries(o.headers).flatMap(([k, v]) => ['-H', `${k}: ${v}`]),
+    url,
+  ];
   return new Promise((resolve, reject) => {
     const p = spawn('wrk', args, { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
@@ -44,7 +51,10 @@ function runWrk(url: string, o: { connections: number; seconds: number; headers:
   });
 }
 
-async function runAutocannon(url: string, o: { connections: number; seconds: number; headers: Record<string, string> }): Promise<LoadResult> {
+async function runAutocannon(
+  url: string,
+  o: { connections: number; seconds: number; headers: Record<string, string> },
+): Promise<LoadResult> {
   const r = await autocannon({ url, connections: o.connections, duration: o.seconds, headers: o.headers, pipelining: 1 });
   return { rps: r.requests.average, p99_ms: r.latency.p99, MBps: r.throughput.average / 2 ** 20, errors: r.errors + r.non2xx };
 }

@@ -15,7 +15,9 @@ export interface Fake {
 /** Starts bench/fakeProcess.js (the recording fake ComfyUI) and waits for its URL. */
 export async function startFake(): Promise<Fake> {
   const proc = fork(path.join(__dirname, 'fakeProcess.js'), { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
-  const ready = await new Promise<{ url: string; outputDir: string }>((resolve) => proc.once('message', (m) => resolve(m as { url: string; outputDir: string })));
+  const ready = await new Promise<{ url: string; outputDir: string }>((resolve) =>
+    proc.once('message', (m) => resolve(m as { url: string; outputDir: string })),
+  );
   return {
     proc,
     url: ready.url,
@@ -123,12 +125,18 @@ export function findNginx(): string | null {
  * upgrade on /ws, access log to a file (the gateway logs every request too). Runs in the foreground (`daemon off`)
  * on the first free port of `ports`.
  */
-export async function startNginx(bin: string, upstream: string, dir: string, ports: number[]): Promise<{ proc: ChildProcess; url: string }> {
+export async function startNginx(
+  bin: string,
+  upstream: string,
+  dir: string,
+  ports: number[],
+): Promise<{ proc: ChildProcess; url: string }> {
   let port = 0;
-  for (const p of ports) if (await portFree(p)) {
-    port = p;
-    break;
-  }
+  for (const p of ports)
+    if (await portFree(p)) {
+      port = p;
+      break;
+    }
   if (!port) throw new Error(`no free port in ${ports[0]}-${ports[ports.length - 1]} for nginx`);
   const u = new URL(upstream);
   const conf = `

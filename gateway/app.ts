@@ -80,7 +80,12 @@ const SESSION_FORMS = new Set(['login', 'register', 'logout']);
 export function createApp(deps: AppDeps): Gateway {
   const { config, logger, chain, policy } = deps;
   const cookieName = config.cookie.name;
-  const proxy = createHttpProxy({ upstream: deps.upstream, cookieName, logger, headerTimeoutMs: (config.upstream_timeout_s ?? 300) * 1000 });
+  const proxy = createHttpProxy({
+    upstream: deps.upstream,
+    cookieName,
+    logger,
+    headerTimeoutMs: (config.upstream_timeout_s ?? 300) * 1000,
+  });
   const relay = createWsRelay({
     upstreamOrigin: deps.upstream.origin,
     cookieName,
@@ -202,11 +207,14 @@ export function createApp(deps: AppDeps): Gateway {
           }
           const icpt = deps.interceptors?.find((i) => i.matches(ctx, req.method ?? 'GET'));
           if (icpt) {
-            return void icpt.handle(req, res, ctx, () => proxy.forward(req, res)).catch((e) => {
-              // An AppError is an answer; anything else is a bug or an outage the log must show.
-              if (!(e instanceof AppError)) logger.error({ err: e, interceptor: icpt.id, user: ctx.principal?.username }, 'interceptor error');
-              sendError(req, res, e);
-            });
+            return void icpt
+              .handle(req, res, ctx, () => proxy.forward(req, res))
+              .catch((e) => {
+                // An AppError is an answer; anything else is a bug or an outage the log must show.
+                if (!(e instanceof AppError))
+                  logger.error({ err: e, interceptor: icpt.id, user: ctx.principal?.username }, 'interceptor error');
+                sendError(req, res, e);
+              });
           }
           proxy.forward(req, res);
         },
@@ -232,13 +240,11 @@ export function createApp(deps: AppDeps): Gateway {
         const e = toAppError(err);
         accessLog(req, { statusCode: e.status }, rawUrl, started, e.code);
       };
-      admit(req, true).then(
-        (ctx) => {
-          if (ctx.decision.rule.owner !== 'comfy' || ctx.route.segments.join('/') !== 'ws') return refuse(errors.notFound('No WebSocket here'));
-          relay.handleUpgrade(req, socket, head);
-        },
-        refuse,
-      );
+      admit(req, true).then((ctx) => {
+        if (ctx.decision.rule.owner !== 'comfy' || ctx.route.segments.join('/') !== 'ws')
+          return refuse(errors.notFound('No WebSocket here'));
+        relay.handleUpgrade(req, socket, head);
+      }, refuse);
     },
     closeSockets: () => relay.closeAll(1001),
     inFlight: () => inFlight,

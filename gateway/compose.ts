@@ -69,12 +69,15 @@ export interface Composed {
 
 /** Builds every store and service from the config and wires them into createApp (the one place that does). */
 export async function composeGateway(config: ResolvedConfig, opts: ComposeOptions = {}): Promise<Composed> {
-  const logger = opts.logger ?? createLogger({ levels: config.log_levels, file: config.paths.log, stdout: opts.stdout, pretty: opts.pretty });
+  const logger =
+    opts.logger ?? createLogger({ levels: config.log_levels, file: config.paths.log, stdout: opts.stdout, pretty: opts.pretty });
   // The audit trail is written whatever log_levels says: an operator quietening the log must not lose it.
   let gatewayRef: Gateway | null = null;
   const metrics = createMetrics({ openWebSockets: () => gatewayRef?.openWebSockets() ?? 0, logger });
   const audit = createAudit(
-    logger.isLevelEnabled('info') ? logger : opts.logger ?? createLogger({ levels: ['info'], file: config.paths.log, stdout: opts.stdout, pretty: opts.pretty }),
+    logger.isLevelEnabled('info')
+      ? logger
+      : (opts.logger ?? createLogger({ levels: ['info'], file: config.paths.log, stdout: opts.stdout, pretty: opts.pretty })),
     5000,
     metrics.event,
   );
@@ -129,7 +132,20 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   if (config.metrics.enabled) routes.push(metrics.routes);
   if (config.metrics.port !== null) await metrics.listen(config.metrics.port);
   routes.push(
-    authRoutes({ config, store: users, passwords, jwt, setup, audit, logger, upstream, limiter: bruteForce, isLocal, chain, slots: passwordSlots }),
+    authRoutes({
+      config,
+      store: users,
+      passwords,
+      jwt,
+      setup,
+      audit,
+      logger,
+      upstream,
+      limiter: bruteForce,
+      isLocal,
+      chain,
+      slots: passwordSlots,
+    }),
     accountRoutes({ config, store: users, passwords, jwt, audit, chain, limiter: bruteForce, slots: passwordSlots }),
     pageStateRoutes({ setupPending: () => setup.pending() }),
   );
@@ -153,7 +169,11 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   routes.push(userAdminRoutes({ store: users, passwords, audit, chain, folders: isolation.folders }));
   // Each gateway user gets its ComfyUI user when it is created (first use covers users made before this ran).
   users.onCreated((u) => {
-    isolation.ensureComfyUser(u.username).catch((e) => logger.warn({ err: (e as Error).message, user: u.username }, 'could not create the ComfyUI user yet; will retry on first use'));
+    isolation
+      .ensureComfyUser(u.username)
+      .catch((e) =>
+        logger.warn({ err: (e as Error).message, user: u.username }, 'could not create the ComfyUI user yet; will retry on first use'),
+      );
   });
   // ComfyUI's server-side model-download API, served here behind the gateway's identity (issue 6).
   if (config.model_downloads.enabled) {

@@ -19,8 +19,7 @@ export const errors = {
   invalidCredentials: () => new AppError(401, 'INVALID_CREDENTIALS', 'Invalid credentials'),
   forbidden: (message = 'Forbidden') => new AppError(403, 'FORBIDDEN', message),
   notFound: (message = 'Not found') => new AppError(404, 'NOT_FOUND', message),
-  invalidBody: (message: string, details: Record<string, unknown> = {}) =>
-    new AppError(400, 'INVALID_BODY', message, details),
+  invalidBody: (message: string, details: Record<string, unknown> = {}) => new AppError(400, 'INVALID_BODY', message, details),
   /** a prompt the gateway will not queue for this caller (details name the node) */
   promptRefused: (message: string, details: Record<string, unknown> = {}) => new AppError(400, 'PROMPT_REFUSED', message, details),
   upstreamUnavailable: () => new AppError(502, 'UPSTREAM_UNAVAILABLE', 'ComfyUI is not reachable right now; try again shortly'),

@@ -28,9 +28,7 @@ const ORDER = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'] as const;
  */
 export function createLogger(opts: { levels: string[]; file: string | null; stdout?: boolean; pretty?: boolean }): Logger {
   const levels = opts.levels.map((l) => l.toLowerCase());
-  const level = levels.includes('silent')
-    ? 'silent'
-    : ORDER.find((l) => levels.includes(l)) ?? 'info';
+  const level = levels.includes('silent') ? 'silent' : (ORDER.find((l) => levels.includes(l)) ?? 'info');
   const streams: pino.StreamEntry[] = [];
   if (opts.stdout !== false) {
     const stream = opts.pretty
@@ -53,8 +51,18 @@ export function createLogger(opts: { levels: string[]; file: string | null; stdo
       // Defence in depth: nothing we log should carry these, but if it ever does they are censored.
       redact: {
         paths: [
-          'password', '*.password', 'new_user_password', '*.new_user_password', 'token', '*.token',
-          'headers.authorization', 'headers.cookie', 'headers["x-api-key"]', 'apiKey', 'api_key', 'secret',
+          'password',
+          '*.password',
+          'new_user_password',
+          '*.new_user_password',
+          'token',
+          '*.token',
+          'headers.authorization',
+          'headers.cookie',
+          'headers["x-api-key"]',
+          'apiKey',
+          'api_key',
+          'secret',
         ],
         censor: '[redacted]',
       },
@@ -72,13 +80,16 @@ const SECRET_PARAMS = new Set([...TOKEN_QUERY_PARAMS, 'access_token', 'code', 's
 export function redactUrl(url: string): string {
   const q = url.indexOf('?');
   if (q < 0) return url;
-  const parts = url.slice(q + 1).split('&').map((part) => {
-    const eq = part.indexOf('=');
-    if (eq < 0) return part;
-    const name = part.slice(0, eq);
-    // a malformed escape: a query parser keeps it literally, so compare it literally
-    const decoded = queryParamName(part) ?? name;
-    return SECRET_PARAMS.has(decoded.toLowerCase()) ? `${name}=[redacted]` : part;
-  });
+  const parts = url
+    .slice(q + 1)
+    .split('&')
+    .map((part) => {
+      const eq = part.indexOf('=');
+      if (eq < 0) return part;
+      const name = part.slice(0, eq);
+      // a malformed escape: a query parser keeps it literally, so compare it literally
+      const decoded = queryParamName(part) ?? name;
+      return SECRET_PARAMS.has(decoded.toLowerCase()) ? `${name}=[redacted]` : part;
+    });
   return url.slice(0, q + 1) + parts.join('&');
 }

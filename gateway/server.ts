@@ -21,14 +21,19 @@ export async function listen(c: Composed, host = c.config.host, port = c.config.
   const { gateway, config } = c;
   const base = config.configPath ? path.dirname(config.configPath) : process.cwd();
   const server: http.Server = config.tls
-    ? https.createServer({ cert: fs.readFileSync(path.resolve(base, config.tls.cert)), key: fs.readFileSync(path.resolve(base, config.tls.key)) }, gateway.handle)
+    ? https.createServer(
+        { cert: fs.readFileSync(path.resolve(base, config.tls.cert)), key: fs.readFileSync(path.resolve(base, config.tls.key)) },
+        gateway.handle,
+      )
     : http.createServer(gateway.handle);
   server.on('upgrade', gateway.upgrade);
   server.on('clientError', (err, socket) => {
     // Malformed request lines, oversized headers: answer if we still can, never throw.
     if (socket.writable) {
       const code = (err as NodeJS.ErrnoException).code === 'HPE_HEADER_OVERFLOW' ? 431 : 400;
-      socket.end(`HTTP/1.1 ${code} ${code === 431 ? 'Request Header Fields Too Large' : 'Bad Request'}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+      socket.end(
+        `HTTP/1.1 ${code} ${code === 431 ? 'Request Header Fields Too Large' : 'Bad Request'}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`,
+      );
     } else socket.destroy();
   });
   server.headersTimeout = 30_000;

@@ -39,49 +39,66 @@
     var next = $('new-password').value;
     if (!cur || !next) return GW.show(msg, 'error', 'Enter your current password and a new one.');
     if (next !== $('new-password2').value) return GW.show(msg, 'error', 'The two new passwords do not match.');
-    call(msg, 'POST', '/gateway/api/me/password', { current_password: cur, new_password: next }).then(function () {
-      ev.target.reset();
-      GW.show(msg, 'ok', 'Password changed. Sessions and tokens issued before the change no longer work.');
-      // The change may have ended this very session; find out and sign in again if so.
-      GW.api('GET', '/gateway/api/me').catch(function (e) {
-        if (e.status === 401) setTimeout(toLogin, 1500);
-      });
-    }, function () {});
+    call(msg, 'POST', '/gateway/api/me/password', { current_password: cur, new_password: next }).then(
+      function () {
+        ev.target.reset();
+        GW.show(msg, 'ok', 'Password changed. Sessions and tokens issued before the change no longer work.');
+        // The change may have ended this very session; find out and sign in again if so.
+        GW.api('GET', '/gateway/api/me').catch(function (e) {
+          if (e.status === 401) setTimeout(toLogin, 1500);
+        });
+      },
+      function () {},
+    );
   });
 
   // ---- personal tokens ----
   function loadTokens() {
-    return call($('tokens-msg'), 'GET', '/gateway/api/tokens').then(function (data) {
-      var tokens = Array.isArray(data) ? data : (data && data.tokens) || [];
-      var list = $('token-list');
-      list.textContent = '';
-      tokens.forEach(function (t) {
-        list.appendChild(
-          el('li', { className: 'row' }, [
-            el('div', { className: 'grow' }, [
-              el('strong', { text: t.name || '(unnamed)' }),
-              ' ',
-              el('span', { className: 'mono muted', text: t.prefix ? t.prefix + '…' : '' }),
-              el('div', { className: 'muted', text: 'created ' + when(t.created_at) + ' · expires ' + when(t.expires_at) + (t.last_used_at ? ' · last used ' + when(t.last_used_at) : '') }),
+    return call($('tokens-msg'), 'GET', '/gateway/api/tokens').then(
+      function (data) {
+        var tokens = Array.isArray(data) ? data : (data && data.tokens) || [];
+        var list = $('token-list');
+        list.textContent = '';
+        tokens.forEach(function (t) {
+          list.appendChild(
+            el('li', { className: 'row' }, [
+              el('div', { className: 'grow' }, [
+                el('strong', { text: t.name || '(unnamed)' }),
+                ' ',
+                el('span', { className: 'mono muted', text: t.prefix ? t.prefix + '…' : '' }),
+                el('div', {
+                  className: 'muted',
+                  text:
+                    'created ' +
+                    when(t.created_at) +
+                    ' · expires ' +
+                    when(t.expires_at) +
+                    (t.last_used_at ? ' · last used ' + when(t.last_used_at) : ''),
+                }),
+              ]),
+              el('button', {
+                type: 'button',
+                className: 'danger small',
+                text: 'Revoke',
+                'aria-label': 'Revoke token ' + (t.name || t.id),
+                onclick: function () {
+                  if (!confirm('Revoke the token "' + (t.name || t.id) + '"? Scripts using it will stop working.')) return;
+                  call($('tokens-msg'), 'DELETE', '/gateway/api/tokens/' + encodeURIComponent(t.id)).then(
+                    function () {
+                      GW.show($('tokens-msg'), 'ok', 'Token ' + (t.name || t.id) + ' revoked.');
+                      loadTokens();
+                    },
+                    function () {},
+                  );
+                },
+              }),
             ]),
-            el('button', {
-              type: 'button',
-              className: 'danger small',
-              text: 'Revoke',
-              'aria-label': 'Revoke token ' + (t.name || t.id),
-              onclick: function () {
-                if (!confirm('Revoke the token "' + (t.name || t.id) + '"? Scripts using it will stop working.')) return;
-                call($('tokens-msg'), 'DELETE', '/gateway/api/tokens/' + encodeURIComponent(t.id)).then(function () {
-                  GW.show($('tokens-msg'), 'ok', 'Token ' + (t.name || t.id) + ' revoked.');
-                  loadTokens();
-                }, function () {});
-              },
-            }),
-          ]),
-        );
-      });
-      $('token-empty').hidden = tokens.length > 0;
-    }, function () {});
+          );
+        });
+        $('token-empty').hidden = tokens.length > 0;
+      },
+      function () {},
+    );
   }
 
   $('token-form').addEventListener('submit', function (ev) {
@@ -92,14 +109,18 @@
     var name = $('token-name').value.trim();
     var hours = Number($('token-hours').value);
     if (!name) return GW.show(msg, 'error', 'Give the token a name so you can recognise it later.');
-    if (!(hours >= 1) || Math.floor(hours) !== hours) return GW.show(msg, 'error', 'The expiry must be a whole number of hours (at least 1).');
-    call(msg, 'POST', '/gateway/api/tokens', { name: name, expires_in_hours: hours }).then(function (t) {
-      $('token-name').value = '';
-      $('token-secret-value').value = t.token;
-      $('token-secret').hidden = false;
-      $('token-secret-value').select();
-      loadTokens();
-    }, function () {});
+    if (!(hours >= 1) || Math.floor(hours) !== hours)
+      return GW.show(msg, 'error', 'The expiry must be a whole number of hours (at least 1).');
+    call(msg, 'POST', '/gateway/api/tokens', { name: name, expires_in_hours: hours }).then(
+      function (t) {
+        $('token-name').value = '';
+        $('token-secret-value').value = t.token;
+        $('token-secret').hidden = false;
+        $('token-secret-value').select();
+        loadTokens();
+      },
+      function () {},
+    );
   });
 
   $('token-copy').addEventListener('click', function () {
@@ -141,12 +162,15 @@
     var path = '/gateway/api/users/' + encodeURIComponent(u.username);
     var patch = function (body, done) {
       GW.show(msg, '', '');
-      return call(msg, 'PATCH', path, body).then(function () {
-        GW.show(msg, 'ok', done);
-        loadUsers();
-      }, function () {
-        loadUsers();
-      });
+      return call(msg, 'PATCH', path, body).then(
+        function () {
+          GW.show(msg, 'ok', done);
+          loadUsers();
+        },
+        function () {
+          loadUsers();
+        },
+      );
     };
     var isSelf = me && u.username === me.username;
     var role = el('select', { 'aria-label': 'Role of ' + u.username }, [
@@ -161,22 +185,49 @@
       id: 'dis-' + u.username,
       checked: !!u.disabled,
       onchange: function () {
-        patch({ disabled: disabled.checked }, u.username + (disabled.checked ? ' is disabled and signed out everywhere.' : ' is enabled again.'));
+        patch(
+          { disabled: disabled.checked },
+          u.username + (disabled.checked ? ' is disabled and signed out everywhere.' : ' is enabled again.'),
+        );
       },
     });
     var perms = el('span', {});
-    permissionBoxes(perms, u.permissions, function () {
-      patch({ permissions: checkedPermissions(perms) }, 'Permissions of ' + u.username + ' saved.');
-    }, 'perm-' + u.username + '-');
-    var newPass = el('input', { type: 'password', className: 'grow', placeholder: 'New password', autocomplete: 'new-password', 'aria-label': 'New password for ' + u.username });
-    var reset = el('form', { className: 'row grow' }, [newPass, el('button', { type: 'submit', className: 'secondary small', text: 'Set password' })]);
+    permissionBoxes(
+      perms,
+      u.permissions,
+      function () {
+        patch({ permissions: checkedPermissions(perms) }, 'Permissions of ' + u.username + ' saved.');
+      },
+      'perm-' + u.username + '-',
+    );
+    var newPass = el('input', {
+      type: 'password',
+      className: 'grow',
+      placeholder: 'New password',
+      autocomplete: 'new-password',
+      'aria-label': 'New password for ' + u.username,
+    });
+    var reset = el('form', { className: 'row grow' }, [
+      newPass,
+      el('button', { type: 'submit', className: 'secondary small', text: 'Set password' }),
+    ]);
     reset.addEventListener('submit', function (ev) {
       ev.preventDefault();
       if (!newPass.value) return GW.show(msg, 'error', 'Type the new password for ' + u.username + ' first.');
       patch({ password: newPass.value }, 'Password of ' + u.username + ' changed; their old sessions and tokens no longer work.');
     });
-    var email = el('input', { type: 'email', className: 'grow', placeholder: 'Email (for Cloudflare Access)', value: u.email || '', autocomplete: 'off', 'aria-label': 'Email of ' + u.username });
-    var emailForm = el('form', { className: 'row grow' }, [email, el('button', { type: 'submit', className: 'secondary small', text: 'Save email' })]);
+    var email = el('input', {
+      type: 'email',
+      className: 'grow',
+      placeholder: 'Email (for Cloudflare Access)',
+      value: u.email || '',
+      autocomplete: 'off',
+      'aria-label': 'Email of ' + u.username,
+    });
+    var emailForm = el('form', { className: 'row grow' }, [
+      email,
+      el('button', { type: 'submit', className: 'secondary small', text: 'Save email' }),
+    ]);
     emailForm.addEventListener('submit', function (ev) {
       ev.preventDefault();
       var v = email.value.trim();
@@ -189,12 +240,26 @@
       'aria-label': 'Delete ' + u.username,
       onclick: function () {
         if (!confirm('Delete the user "' + u.username + '"? This cannot be undone.')) return;
-        var files = confirm('Also delete ' + u.username + '’s input and output files?\nOK: delete them. Cancel: keep them, readable by administrators only.') ? 'delete' : 'keep';
+        var files = confirm(
+          'Also delete ' + u.username + '’s input and output files?\nOK: delete them. Cancel: keep them, readable by administrators only.',
+        )
+          ? 'delete'
+          : 'keep';
         GW.show(msg, '', '');
-        call(msg, 'DELETE', path + '?files=' + files).then(function () {
-          GW.show(msg, 'ok', 'User ' + u.username + ' deleted. ' + (files === 'delete' ? 'Their files were deleted too.' : 'Their files are kept, readable by administrators only.'));
-          loadUsers();
-        }, function () {});
+        call(msg, 'DELETE', path + '?files=' + files).then(
+          function () {
+            GW.show(
+              msg,
+              'ok',
+              'User ' +
+                u.username +
+                ' deleted. ' +
+                (files === 'delete' ? 'Their files were deleted too.' : 'Their files are kept, readable by administrators only.'),
+            );
+            loadUsers();
+          },
+          function () {},
+        );
       },
     });
     var li = el('li', {}, [
@@ -204,11 +269,7 @@
         u.disabled ? el('span', { className: 'pill warn', text: 'disabled' }) : null,
         isSelf ? el('span', { className: 'pill', text: 'you' }) : null,
       ]),
-      el('div', { className: 'row' }, [
-        role,
-        el('label', { className: 'check', for: 'dis-' + u.username }, [disabled, 'Disabled']),
-        perms,
-      ]),
+      el('div', { className: 'row' }, [role, el('label', { className: 'check', for: 'dis-' + u.username }, [disabled, 'Disabled']), perms]),
       el('div', { className: 'row' }, [emailForm]),
       el('div', { className: 'row' }, [reset, del]),
       u.created_at ? el('div', { className: 'muted', text: 'created ' + when(u.created_at) }) : null,
@@ -231,17 +292,20 @@
   }
 
   function loadUsers() {
-    return call($('users-msg'), 'GET', '/gateway/api/users').then(function (data) {
-      var users = (data && data.users) || [];
-      var list = $('user-list');
-      var rows = $('user-table').tBodies[0];
-      list.textContent = '';
-      rows.textContent = '';
-      users.forEach(function (u) {
-        rows.appendChild(userRow(u));
-        list.appendChild(userItem(u));
-      });
-    }, function () {});
+    return call($('users-msg'), 'GET', '/gateway/api/users').then(
+      function (data) {
+        var users = (data && data.users) || [];
+        var list = $('user-list');
+        var rows = $('user-table').tBodies[0];
+        list.textContent = '';
+        rows.textContent = '';
+        users.forEach(function (u) {
+          rows.appendChild(userRow(u));
+          list.appendChild(userItem(u));
+        });
+      },
+      function () {},
+    );
   }
 
   $('user-form').addEventListener('submit', function (ev) {
@@ -250,18 +314,26 @@
     GW.show(msg, '', '');
     var username = $('user-name').value.trim().toLowerCase();
     var password = $('user-password').value;
-    if (!USERNAME.test(username)) return GW.show(msg, 'error', 'The username must be 2–32 characters: lower-case letters, digits, - and _, starting with a letter or digit.');
+    if (!USERNAME.test(username))
+      return GW.show(
+        msg,
+        'error',
+        'The username must be 2–32 characters: lower-case letters, digits, - and _, starting with a letter or digit.',
+      );
     if (!password) return GW.show(msg, 'error', 'Choose a password for the new user.');
     var body = { username: username, password: password, role: $('user-role').value, permissions: checkedPermissions($('user-perms')) };
     var newEmail = $('user-email').value.trim();
     if (newEmail) body.email = newEmail;
     // The password never stays in the form, whatever the answer.
     $('user-password').value = '';
-    call(msg, 'POST', '/gateway/api/users', body).then(function () {
-      $('user-form').reset();
-      GW.show(msg, 'ok', 'User ' + username + ' created. They can sign in now.');
-      loadUsers();
-    }, function () {});
+    call(msg, 'POST', '/gateway/api/users', body).then(
+      function () {
+        $('user-form').reset();
+        GW.show(msg, 'ok', 'User ' + username + ' created. They can sign in now.');
+        loadUsers();
+      },
+      function () {},
+    );
   });
 
   // ---- IP lists (admin) ----
@@ -283,23 +355,29 @@
       .join('\n');
   }
   function loadIpLists() {
-    return call($('ip-msg'), 'GET', '/gateway/api/ip-lists').then(function (data) {
-      $('whitelist').value = asText(data && data.whitelist);
-      $('blacklist').value = asText(data && data.blacklist);
-    }, function () {});
+    return call($('ip-msg'), 'GET', '/gateway/api/ip-lists').then(
+      function (data) {
+        $('whitelist').value = asText(data && data.whitelist);
+        $('blacklist').value = asText(data && data.blacklist);
+      },
+      function () {},
+    );
   }
   $('ip-form').addEventListener('submit', function (ev) {
     ev.preventDefault();
     var msg = $('ip-msg');
     GW.show(msg, '', '');
     var body = { whitelist: lines($('whitelist').value), blacklist: lines($('blacklist').value) };
-    call(msg, 'PUT', '/gateway/api/ip-lists', body).then(function (saved) {
-      if (saved && (saved.whitelist || saved.blacklist)) {
-        $('whitelist').value = asText(saved.whitelist);
-        $('blacklist').value = asText(saved.blacklist);
-      }
-      GW.show(msg, 'ok', 'IP lists saved (' + body.whitelist.length + ' allowed, ' + body.blacklist.length + ' blocked).');
-    }, function () {});
+    call(msg, 'PUT', '/gateway/api/ip-lists', body).then(
+      function (saved) {
+        if (saved && (saved.whitelist || saved.blacklist)) {
+          $('whitelist').value = asText(saved.whitelist);
+          $('blacklist').value = asText(saved.blacklist);
+        }
+        GW.show(msg, 'ok', 'IP lists saved (' + body.whitelist.length + ' allowed, ' + body.blacklist.length + ' blocked).');
+      },
+      function () {},
+    );
   });
 
   // ---- start ----

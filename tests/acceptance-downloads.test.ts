@@ -59,7 +59,8 @@ async function call(method: string, p: string, body: unknown, who: Record<string
   bodies.push(r.text);
   return r;
 }
-const poll = (who: Record<string, string>, models: Record<string, unknown>) => call('POST', '/api/models-availability-status', { models }, who);
+const poll = (who: Record<string, string>, models: Record<string, unknown>) =>
+  call('POST', '/api/models-availability-status', { models }, who);
 const start = (who: Record<string, string>, models: Record<string, unknown>) => call('POST', '/api/download-models', { models }, who);
 const cancel = (who: Record<string, string>, id: string) => call('POST', '/api/cancel-model-download-session', { model_id: id }, who);
 const entry = async (who: Record<string, string>, id: string, url: unknown) => (await poll(who, { [id]: url })).body.models[id];
@@ -95,7 +96,11 @@ beforeAll(async () => {
       api_key: TEST_KEY,
       upstream: comfy.url,
       trusted_proxies: ['127.0.0.1'],
-      model_downloads: { allowed_hosts: [hf.host, 'huggingface.co'], redirect_hosts: [hf.cdnHost, `127.0.0.1:${hop.port}`], max_concurrent: 2 },
+      model_downloads: {
+        allowed_hosts: [hf.host, 'huggingface.co'],
+        redirect_hosts: [hf.cdnHost, `127.0.0.1:${hop.port}`],
+        max_concurrent: 2,
+      },
       hf_oauth: { client_id: hf.clientId, callback_port: 0 },
     },
     { env: { HF_ENDPOINT: hf.url } },
@@ -133,7 +138,12 @@ describe('the contract, exactly', () => {
     }
     expect(p.body.models[id]).toEqual({ state: 'missing', progress: null, file_size: 4321, is_hf_downloadable: true });
     // not an allow-listed URL: nothing known, and every key still present as null
-    expect(await entry(alice, id, 'https://example.invalid/x.safetensors')).toEqual({ state: 'missing', progress: null, file_size: null, is_hf_downloadable: null });
+    expect(await entry(alice, id, 'https://example.invalid/x.safetensors')).toEqual({
+      state: 'missing',
+      progress: null,
+      file_size: null,
+      is_hf_downloadable: null,
+    });
 
     const d = await start(alice, { [id]: f.url });
     expect([d.status, d.body]).toEqual([202, { accepted: true, scheduled: [id] }]);
@@ -188,8 +198,14 @@ describe('the contract, exactly', () => {
       ['/api/models-availability-status', '{"models": {"checkpoints/a.safetensors": null}}'],
       ['/api/models-availability-status', '{"models": {"checkpoints/a.safetensors": {"sha256": "' + 'a'.repeat(64) + '"}}}'],
       ['/api/download-models', '{"models": {"checkpoints/a.safetensors": {"url": 5}}}'],
-      ['/api/download-models', '{"models": {"checkpoints/a.safetensors": {"url": "https://huggingface.co/a/b/resolve/main/a.safetensors", "sha256": "abc"}}}'],
-      ['/api/download-models', '{"models": {"checkpoints/a.safetensors": {"url": "https://huggingface.co/a/b/resolve/main/a.safetensors", "sha256": 7}}}'],
+      [
+        '/api/download-models',
+        '{"models": {"checkpoints/a.safetensors": {"url": "https://huggingface.co/a/b/resolve/main/a.safetensors", "sha256": "abc"}}}',
+      ],
+      [
+        '/api/download-models',
+        '{"models": {"checkpoints/a.safetensors": {"url": "https://huggingface.co/a/b/resolve/main/a.safetensors", "sha256": 7}}}',
+      ],
       ['/api/download-models', '{"models": "checkpoints/a.safetensors"}'],
       ['/api/download-models', '12'],
       ['/api/cancel-model-download-session', '{}'],
@@ -204,13 +220,26 @@ describe('the contract, exactly', () => {
     }
     // a gzip-encoded JSON body is still JSON; a body over the limit is refused in the same envelope
     const gz = zlib.gzipSync(JSON.stringify({ models: {} }));
-    const res = await fetch(`${gw.url}/api/models-availability-status`, { method: 'POST', headers: { ...alice, 'content-type': 'application/json', 'content-encoding': 'gzip' }, body: gz });
+    const res = await fetch(`${gw.url}/api/models-availability-status`, {
+      method: 'POST',
+      headers: { ...alice, 'content-type': 'application/json', 'content-encoding': 'gzip' },
+      body: gz,
+    });
     expect(res.status).toBe(200);
-    const big = await call('POST', '/api/models-availability-status', JSON.stringify({ models: {}, pad: 'x'.repeat(2 * 1024 * 1024) }), alice);
+    const big = await call(
+      'POST',
+      '/api/models-availability-status',
+      JSON.stringify({ models: {}, pad: 'x'.repeat(2 * 1024 * 1024) }),
+      alice,
+    );
     expect(big.status).toBe(413);
     expect(Object.keys(big.body.error).sort()).toEqual(['code', 'details', 'message']);
     expect(big.body.error.code).toMatch(ID_RE);
-    const enc = await fetch(`${gw.url}/api/download-models`, { method: 'POST', headers: { ...alice, 'content-type': 'application/json', 'content-encoding': 'x-unknown' }, body: '{}' });
+    const enc = await fetch(`${gw.url}/api/download-models`, {
+      method: 'POST',
+      headers: { ...alice, 'content-type': 'application/json', 'content-encoding': 'x-unknown' },
+      body: '{}',
+    });
     expect(enc.status).toBeGreaterThanOrEqual(400);
     expect(enc.status).toBeLessThan(500);
     const encBody = (await enc.json()) as { error: Record<string, unknown> };
@@ -220,11 +249,19 @@ describe('the contract, exactly', () => {
   });
 
   test('/api/features and the WebSocket feature_flags reply, per caller and per place', async () => {
-    const flags = async (who: Record<string, string>, extra: Record<string, string> = {}) => (await call('GET', '/api/features', undefined, { ...who, ...extra })).body;
-    expect(await flags(alice)).toMatchObject({ supports_preview_metadata: true, server_side_model_downloads: true, hf_auth_eligible: true });
+    const flags = async (who: Record<string, string>, extra: Record<string, string> = {}) =>
+      (await call('GET', '/api/features', undefined, { ...who, ...extra })).body;
+    expect(await flags(alice)).toMatchObject({
+      supports_preview_metadata: true,
+      server_side_model_downloads: true,
+      hf_auth_eligible: true,
+    });
     expect(await flags(carol)).toMatchObject({ server_side_model_downloads: true, hf_auth_eligible: false });
     // through a (trusted) proxy the browser is elsewhere: the loopback callback is out of its reach
-    expect(await flags(alice, { 'x-forwarded-for': '203.0.113.7' })).toMatchObject({ server_side_model_downloads: true, hf_auth_eligible: false });
+    expect(await flags(alice, { 'x-forwarded-for': '203.0.113.7' })).toMatchObject({
+      server_side_model_downloads: true,
+      hf_auth_eligible: false,
+    });
     expect((await call('GET', '/features', undefined, alice)).body.hf_auth_eligible).toBe(true);
     const base = gw.url.replace(/^http/, 'ws');
     const sockets = [
@@ -260,7 +297,10 @@ describe('two users, only alice logged in to HuggingFace', () => {
   });
 
   test('token status, gated downloadability and size are alice’s alone; bob’s requests carry no token', async () => {
-    expect((await call('GET', '/api/hf-auth-token-status', undefined, alice)).body).toEqual({ token_available: true, username: 'hf-alice' });
+    expect((await call('GET', '/api/hf-auth-token-status', undefined, alice)).body).toEqual({
+      token_available: true,
+      username: 'hf-alice',
+    });
     expect((await call('GET', '/api/hf-auth-token-status', undefined, bob)).body).toEqual({ token_available: false, username: null });
     const a = await poll(alice, { [gid]: gated.url });
     expect(a.body.models[gid]).toEqual({ state: 'missing', progress: null, file_size: 90_000, is_hf_downloadable: true });
@@ -289,7 +329,9 @@ describe('two users, only alice logged in to HuggingFace', () => {
     expect((await start(bob, { [sid]: slow.url })).body.error.code).toBe('ALREADY_DOWNLOADING');
     expect((await cancel(bob, sid)).status).toBe(403);
     await waitFor(async () => (await entry(alice, sid, slow.url)).state === 'available', 10_000);
-    const tok = JSON.parse(fs.readFileSync(path.join(gw.config.paths.dataDir, 'hf_tokens', `${gw.composed.users.get('alice')!.id}.json`), 'utf8')).access_token;
+    const tok = JSON.parse(
+      fs.readFileSync(path.join(gw.config.paths.dataDir, 'hf_tokens', `${gw.composed.users.get('alice')!.id}.json`), 'utf8'),
+    ).access_token;
     const hub = hf.requests.filter((r) => r.server === 'hf' && r.url.includes('slow-gated') && r.method === 'GET');
     expect(hub.length).toBeGreaterThan(0);
     expect(hub.every((r) => r.headers.authorization === `Bearer ${tok}`)).toBe(true);
@@ -326,7 +368,10 @@ describe('SSRF', () => {
     hf.clearRequests();
     for (const [i, url] of urls.entries()) {
       const id = `checkpoints/ssrf${i}.safetensors`;
-      expect([url, await entry(alice, id, url)]).toEqual([url, { state: 'missing', progress: null, file_size: null, is_hf_downloadable: null }]);
+      expect([url, await entry(alice, id, url)]).toEqual([
+        url,
+        { state: 'missing', progress: null, file_size: null, is_hf_downloadable: null },
+      ]);
       const r = await start(alice, { [id]: url });
       expect([url, r.status, r.body.error.code]).toEqual([url, 400, 'URL_NOT_ALLOWED']);
     }
@@ -336,7 +381,18 @@ describe('SSRF', () => {
   });
 
   test('a redirect chain ending on the metadata address, a trap port, userinfo or file: fails URL_NOT_ALLOWED mid-download', async () => {
-    const targets = ['/metadata', '/metadata-v6', '/metadata-decimal', '/metadata-https', '/trap', '/trap-localhost', '/trap-userinfo', '/hf-userinfo', '/file', '/again'];
+    const targets = [
+      '/metadata',
+      '/metadata-v6',
+      '/metadata-decimal',
+      '/metadata-https',
+      '/trap',
+      '/trap-localhost',
+      '/trap-userinfo',
+      '/hf-userinfo',
+      '/file',
+      '/again',
+    ];
     for (const [i, t] of targets.entries()) {
       const f = hf.addFile('org/redir', `r${i}.safetensors`, rand(1000), { redirectTo: `http://127.0.0.1:${hop.port}${t}` });
       const id = `vae/r${i}.safetensors`;
@@ -366,7 +422,13 @@ describe('downloads', () => {
       const x = await entry(bob, id, f.url);
       return x.last_error ? x : null;
     });
-    expect(e).toEqual({ state: 'missing', progress: null, file_size: 50_000, is_hf_downloadable: true, last_error: { code: 'HASH_MISMATCH', message: expect.any(String) } });
+    expect(e).toEqual({
+      state: 'missing',
+      progress: null,
+      file_size: 50_000,
+      is_hf_downloadable: true,
+      last_error: { code: 'HASH_MISMATCH', message: expect.any(String) },
+    });
     expect(names('checkpoints').filter((n) => n.startsWith('h.safetensors'))).toEqual([]);
     expect((await start(alice, { [id]: { url: f.url, sha256: f.sha256, extra: 'ignored' } })).status).toBe(202);
     await waitFor(async () => (await entry(alice, id, f.url)).state === 'available');
@@ -414,10 +476,22 @@ describe('downloads', () => {
     const cdnFor = (f: { sha256: string }) => hf.requests.filter((r) => r.server === 'cdn' && r.url.includes(f.sha256)).length;
 
     const a = await start(bob, { 'controlnet/fresh1.safetensors': fresh[0].url, 'controlnet/have-mix.safetensors': have.url });
-    expect([a.status, a.body.error.code, a.body.error.details.model_id]).toEqual([409, 'ALREADY_AVAILABLE', 'controlnet/have-mix.safetensors']);
+    expect([a.status, a.body.error.code, a.body.error.details.model_id]).toEqual([
+      409,
+      'ALREADY_AVAILABLE',
+      'controlnet/have-mix.safetensors',
+    ]);
     const b = await start(bob, { 'controlnet/fresh1.safetensors': fresh[0].url, 'controlnet/busy.safetensors': slow.url });
-    expect([b.status, b.body.error.code, b.body.error.details.model_id]).toEqual([409, 'ALREADY_DOWNLOADING', 'controlnet/busy.safetensors']);
-    const c = await start(bob, { 'controlnet/busy.safetensors': slow.url, 'controlnet/have-mix.safetensors': have.url, 'controlnet/fresh1.safetensors': fresh[0].url });
+    expect([b.status, b.body.error.code, b.body.error.details.model_id]).toEqual([
+      409,
+      'ALREADY_DOWNLOADING',
+      'controlnet/busy.safetensors',
+    ]);
+    const c = await start(bob, {
+      'controlnet/busy.safetensors': slow.url,
+      'controlnet/have-mix.safetensors': have.url,
+      'controlnet/fresh1.safetensors': fresh[0].url,
+    });
     expect(c.status).toBe(409);
     await new Promise((r) => setTimeout(r, 150));
     expect((await entry(bob, 'controlnet/fresh1.safetensors', fresh[0].url)).state).toBe('missing');
@@ -483,7 +557,13 @@ describe('kill -9 of the compiled gateway mid-download', () => {
       for (const d of decoys) expect(fs.readFileSync(path.join(ckpt, d), 'utf8')).toBe('decoy');
       await comfy.start();
       expect(comfy.requests).toEqual([]);
-      const again = await callApi(restarted.url, 'POST', '/api/download-models', { models: { 'checkpoints/k3.safetensors': hosted[2].url } }, KEY);
+      const again = await callApi(
+        restarted.url,
+        'POST',
+        '/api/download-models',
+        { models: { 'checkpoints/k3.safetensors': hosted[2].url } },
+        KEY,
+      );
       expect(again.status).toBe(202);
       await waitFor(() => ours().length === 1 && ours()[0] === 'k3.safetensors', 15_000);
       expect(fs.readFileSync(path.join(ckpt, 'k3.safetensors')).equals(files[2].bytes)).toBe(true);

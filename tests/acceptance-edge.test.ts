@@ -38,7 +38,10 @@ const children: Child[] = [];
 async function child(config: Record<string, unknown>, opts: { env?: NodeJS.ProcessEnv; dir?: string } = {}): Promise<Child> {
   const dir = opts.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'cgw-accept-'));
   if (!opts.dir)
-    fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ host: '127.0.0.1', port: 0, bcrypt_cost: 4, log_levels: ['debug'], ...config }));
+    fs.writeFileSync(
+      path.join(dir, 'config.json'),
+      JSON.stringify({ host: '127.0.0.1', port: 0, bcrypt_cost: 4, log_levels: ['debug'], ...config }),
+    );
   const g = await spawnGateway(['--config', path.join(dir, 'config.json')], opts.env);
   const c = { g, dir, dataDir: path.join(dir, 'data') };
   children.push(c);
@@ -65,13 +68,21 @@ async function firstAdmin(url: string): Promise<void> {
   expect(r.status).toBe(201);
 }
 async function addUser(url: string, username: string, password = PW): Promise<void> {
-  const r = await hit(url, '/register', { method: 'POST', body: { new_user_username: username, new_user_password: password, username: 'admin', password: PW } });
+  const r = await hit(url, '/register', {
+    method: 'POST',
+    body: { new_user_username: username, new_user_password: password, username: 'admin', password: PW },
+  });
   expect([username, r.status]).toEqual([username, 201]);
 }
 /** Every secret the tests handed out or used, to look for in the logs. */
 const secrets = new Set<string>([TEST_KEY, PW]);
 
-async function signIn(url: string, username: string, password = PW, from?: string): Promise<{ token: string; cookie: string; setCookie: string }> {
+async function signIn(
+  url: string,
+  username: string,
+  password = PW,
+  from?: string,
+): Promise<{ token: string; cookie: string; setCookie: string }> {
   const r = await hit(url, '/login', { method: 'POST', from, body: { username, password } });
   expect([username, r.status]).toEqual([username, 200]);
   secrets.add(r.body.token).add(password);
@@ -150,7 +161,11 @@ describe('credentials as scripts and browsers really send them (static key, pers
 
   test('X-API-Key with the personal token of a disabled user is 401 — over HTTP and WebSocket — and stays dead after re-enabling', async () => {
     const s = await signIn(url, 'bob');
-    const made = await hit(url, '/gateway/api/tokens', { method: 'POST', headers: { authorization: `Bearer ${s.token}` }, body: { name: 'script', expires_in_hours: 24 } });
+    const made = await hit(url, '/gateway/api/tokens', {
+      method: 'POST',
+      headers: { authorization: `Bearer ${s.token}` },
+      body: { name: 'script', expires_in_hours: 24 },
+    });
     expect(made.status).toBe(201);
     const pat = made.body.token as string;
     secrets.add(pat);
@@ -169,7 +184,9 @@ describe('credentials as scripts and browsers really send them (static key, pers
 
     expect((await hit(url, '/gateway/api/users/bob', { method: 'PATCH', headers: KEY, body: { disabled: false } })).status).toBe(200);
     expect((await hit(url, '/object_info?edge-pat-off', { headers: { 'X-API-Key': pat }, from: freshLoopback() })).status).toBe(401);
-    expect((await hit(url, '/gateway/api/me', { headers: { authorization: `Bearer ${s.token}` }, from: freshLoopback() })).status).toBe(401);
+    expect((await hit(url, '/gateway/api/me', { headers: { authorization: `Bearer ${s.token}` }, from: freshLoopback() })).status).toBe(
+      401,
+    );
     expect(clientTraffic(fake)).toHaveLength(0);
   });
 
@@ -207,10 +224,14 @@ describe('credentials as scripts and browsers really send them (static key, pers
     // A link on another site: the Lax cookie rides a top-level GET navigation.
     const b = await signIn(url, 'bob');
     const nav = { accept: 'text/html', cookie: b.cookie, 'sec-fetch-mode': 'navigate', 'sec-fetch-dest': 'document' };
-    const crossSite = await hit(url, '/logout', { headers: { ...nav, 'sec-fetch-site': 'cross-site', referer: 'https://evil.example/page' } });
+    const crossSite = await hit(url, '/logout', {
+      headers: { ...nav, 'sec-fetch-site': 'cross-site', referer: 'https://evil.example/page' },
+    });
     expect(crossSite.status).toBe(403);
     expect(crossSite.text).toContain('CSRF_REJECTED');
-    const oldBrowser = await hit(url, '/logout', { headers: { accept: 'text/html', cookie: b.cookie, referer: 'https://evil.example/page' } });
+    const oldBrowser = await hit(url, '/logout', {
+      headers: { accept: 'text/html', cookie: b.cookie, referer: 'https://evil.example/page' },
+    });
     expect(oldBrowser.status).toBe(403);
     expect((await hit(url, '/gateway/api/me', { headers: { cookie: b.cookie } })).status).toBe(200);
     // typed into the address bar, or a link on the gateway's own pages: signed out, sent to the login page
@@ -230,14 +251,21 @@ describe('credentials as scripts and browsers really send them (static key, pers
     expect(page.headers['content-security-policy']).toMatch(/script-src 'self'/);
     const attempts: [string, { headers?: Record<string, string>; body: Record<string, string> }][] = [
       ['session cookie', { headers: { cookie: s.cookie, origin: url }, body: { new_user_username: 'eve', new_user_password: PW } }],
-      ['Bearer session', { headers: { authorization: `Bearer ${s.token}` }, body: { new_user_username: 'eve', new_user_password: PW, role: 'admin' } }],
+      [
+        'Bearer session',
+        { headers: { authorization: `Bearer ${s.token}` }, body: { new_user_username: 'eve', new_user_password: PW, role: 'admin' } },
+      ],
       ['own credentials in the body', { body: { new_user_username: 'eve', new_user_password: PW, username: 'bob', password: PW } }],
     ];
     for (const [label, a] of attempts) {
       const r = await hit(url, '/register', { method: 'POST', headers: a.headers, body: a.body, from: freshLoopback() });
       expect([label, r.status, error(r)]).toEqual([label, 403, 'FORBIDDEN']);
     }
-    const anon = await hit(url, '/register', { method: 'POST', body: { new_user_username: 'eve', new_user_password: PW }, from: freshLoopback() });
+    const anon = await hit(url, '/register', {
+      method: 'POST',
+      body: { new_user_username: 'eve', new_user_password: PW },
+      from: freshLoopback(),
+    });
     expect([anon.status, error(anon)]).toEqual([401, 'AUTH_REQUIRED']);
     const users = (await hit(url, '/gateway/api/users', { headers: KEY })).body.users as { username: string }[];
     expect(users.map((u) => u.username).sort()).toEqual(['admin', 'bob']);
@@ -251,7 +279,11 @@ describe('credentials as scripts and browsers really send them (static key, pers
     const file = path.join(c.dataDir, 'comfyui-gateway.log');
     let lines: Record<string, unknown>[] = [];
     await waitFor(() => {
-      lines = fs.readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
+      lines = fs
+        .readFileSync(file, 'utf8')
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l));
       return lines.filter((l) => String(l.path).includes('edge-wslog')).length === 2;
     }, 2000);
     expect(lines.filter((l) => String(l.path).includes('edge-wslog')).map((l) => [l.status, l.path])).toEqual([
@@ -297,7 +329,11 @@ describe('/health while ComfyUI is down', () => {
       expect([proxied.status, error(proxied)]).toEqual([502, 'UPSTREAM_UNAVAILABLE']);
 
       await own.start();
-      await waitFor(async () => (await hit(url, '/health', { headers: { authorization: `Bearer ${bob.token}` } })).body.upstream === 'up', 4000, 200);
+      await waitFor(
+        async () => (await hit(url, '/health', { headers: { authorization: `Bearer ${bob.token}` } })).body.upstream === 'up',
+        4000,
+        200,
+      );
       const back = await hit(url, '/health', { headers: { authorization: `Bearer ${bob.token}` } });
       expect(back.body).toMatchObject({ status: 'ok', upstream: 'up', queue: expect.anything() });
       expect(back.body.devices).toBeUndefined(); // machine details are for admins
@@ -313,7 +349,12 @@ describe('force_https without TLS (the gateway behind a TLS-terminating proxy)',
   beforeAll(async () => {
     const c = await child({ upstream: fake.url, api_key: TEST_KEY, force_https: true, trusted_proxies: [PROXY] });
     url = c.g.url;
-    const r = await hit(url, '/register', { method: 'POST', from: PROXY, headers: { ...KEY, 'x-forwarded-proto': 'https', 'x-forwarded-for': '198.51.100.20' }, body: { new_user_username: 'admin', new_user_password: PW } });
+    const r = await hit(url, '/register', {
+      method: 'POST',
+      from: PROXY,
+      headers: { ...KEY, 'x-forwarded-proto': 'https', 'x-forwarded-for': '198.51.100.20' },
+      body: { new_user_username: 'admin', new_user_password: PW },
+    });
     expect(r.status).toBe(201);
   });
 
@@ -325,7 +366,11 @@ describe('force_https without TLS (the gateway behind a TLS-terminating proxy)',
     const claiming = await hit(url, '/login', { ...login, from: '127.0.0.9', headers: { 'x-forwarded-proto': 'https' } });
     expect(claiming.status).toBe(308);
     expect(sessionCookie(claiming)).toBe('');
-    const proxiedHttp = await hit(url, '/login', { ...login, from: PROXY, headers: { 'x-forwarded-proto': 'http', 'x-forwarded-for': '198.51.100.20' } });
+    const proxiedHttp = await hit(url, '/login', {
+      ...login,
+      from: PROXY,
+      headers: { 'x-forwarded-proto': 'http', 'x-forwarded-for': '198.51.100.20' },
+    });
     expect(proxiedHttp.status).toBe(308);
     expect(sessionCookie(proxiedHttp)).toBe('');
 
@@ -337,7 +382,11 @@ describe('force_https without TLS (the gateway behind a TLS-terminating proxy)',
     expect(line).toMatch(/HttpOnly/i);
     expect(line).toMatch(/SameSite=Lax/i);
     expect(isSecureCookie(line)).toBe(true);
-    const out = await hit(url, '/logout', { method: 'POST', from: PROXY, headers: { ...viaProxy, cookie: line.split(';')[0], origin: 'https://comfy.example.org' } });
+    const out = await hit(url, '/logout', {
+      method: 'POST',
+      from: PROXY,
+      headers: { ...viaProxy, cookie: line.split(';')[0], origin: 'https://comfy.example.org' },
+    });
     expect(out.status).toBe(200);
     expect(isSecureCookie(sessionCookie(out))).toBe(true);
     expect(clientTraffic(fake).filter((r) => r.rawPath.includes('login'))).toHaveLength(0);
@@ -349,12 +398,33 @@ describe('TLS with a real self-signed certificate, force_https and HSTS', () => 
   let c: Child;
   beforeAll(async () => {
     const certDir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgw-accept-cert-'));
-    execFileSync('openssl', [
-      'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=localhost',
-      '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost',
-      '-keyout', path.join(certDir, 'key.pem'), '-out', path.join(certDir, 'cert.pem'),
-    ], { stdio: 'ignore' });
-    c = await child({ upstream: fake.url, api_key: TEST_KEY, force_https: true, tls: { cert: path.join(certDir, 'cert.pem'), key: path.join(certDir, 'key.pem') } });
+    execFileSync(
+      'openssl',
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'rsa:2048',
+        '-nodes',
+        '-days',
+        '1',
+        '-subj',
+        '/CN=localhost',
+        '-addext',
+        'subjectAltName=IP:127.0.0.1,DNS:localhost',
+        '-keyout',
+        path.join(certDir, 'key.pem'),
+        '-out',
+        path.join(certDir, 'cert.pem'),
+      ],
+      { stdio: 'ignore' },
+    );
+    c = await child({
+      upstream: fake.url,
+      api_key: TEST_KEY,
+      force_https: true,
+      tls: { cert: path.join(certDir, 'cert.pem'), key: path.join(certDir, 'key.pem') },
+    });
     children.push({ g: c.g, dir: certDir, dataDir: '' }); // removes the certificate directory too
     url = c.g.url;
     await firstAdmin(url);
@@ -364,7 +434,12 @@ describe('TLS with a real self-signed certificate, force_https and HSTS', () => 
     expect(url.startsWith('https://')).toBe(true);
     const s = await signIn(url, 'admin');
     expect(isSecureCookie(s.setCookie)).toBe(true);
-    for (const [p, headers, status] of [['/login', {}, 200], ['/object_info', { cookie: s.cookie }, 200], ['/object_info', {}, 401], ['/nope/x', KEY, 404]] as const) {
+    for (const [p, headers, status] of [
+      ['/login', {}, 200],
+      ['/object_info', { cookie: s.cookie }, 200],
+      ['/object_info', {}, 401],
+      ['/nope/x', KEY, 404],
+    ] as const) {
       const r = await hit(url, p, { headers });
       expect([p, r.status]).toEqual([p, status]);
       expect(r.headers['strict-transport-security']).toMatch(/max-age=\d{7,}/);
@@ -410,7 +485,12 @@ describe('npm run users against a running gateway (another process, the same sto
   test('list, passwd and role act on the running gateway at once', async () => {
     const list = await usersCli(c.dir, ['list']);
     expect(list.code).toBe(0);
-    expect(list.out.split('\n').filter(Boolean).map((l) => l.split('\t').slice(0, 3))).toEqual([
+    expect(
+      list.out
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => l.split('\t').slice(0, 3)),
+    ).toEqual([
       ['admin', 'admin', 'enabled'],
       ['bob', 'user', 'enabled'],
     ]);
@@ -433,14 +513,30 @@ describe('npm run users against a running gateway (another process, the same sto
     // The state the gateway keeps after bob signed in to HuggingFace (data_dir/hf_tokens/<account id>.json).
     const tokens = path.join(c.dataDir, 'hf_tokens');
     fs.mkdirSync(tokens, { recursive: true, mode: 0o700 });
-    const bobId = (JSON.parse(fs.readFileSync(path.join(c.dataDir, 'users_db.json'), 'utf8')).users as { id: string; username: string }[]).find((u) => u.username === 'bob')!.id;
+    const bobId = (
+      JSON.parse(fs.readFileSync(path.join(c.dataDir, 'users_db.json'), 'utf8')).users as { id: string; username: string }[]
+    ).find((u) => u.username === 'bob')!.id;
     const hfFile = path.join(tokens, `${bobId}.json`);
-    fs.writeFileSync(hfFile, JSON.stringify({ access_token: 'hf_old_bob', refresh_token: null, expires_at: Date.now() / 1000 + 86400, scope: 'read-repos', hf_username: 'old-bob' }), { mode: 0o600 });
+    fs.writeFileSync(
+      hfFile,
+      JSON.stringify({
+        access_token: 'hf_old_bob',
+        refresh_token: null,
+        expires_at: Date.now() / 1000 + 86400,
+        scope: 'read-repos',
+        hf_username: 'old-bob',
+      }),
+      { mode: 0o600 },
+    );
     const oldBob = await signIn(url, 'bob', 'bob-new-password-1');
-    expect((await hit(url, '/api/hf-auth-token-status', { headers: { authorization: `Bearer ${oldBob.token}` } })).body).toMatchObject({ token_available: true });
+    expect((await hit(url, '/api/hf-auth-token-status', { headers: { authorization: `Bearer ${oldBob.token}` } })).body).toMatchObject({
+      token_available: true,
+    });
 
     expect((await usersCli(c.dir, ['remove', 'bob'])).out).toBe('removed bob\n');
-    expect((await hit(url, '/gateway/api/me', { headers: { authorization: `Bearer ${oldBob.token}` }, from: freshLoopback() })).status).toBe(401);
+    expect(
+      (await hit(url, '/gateway/api/me', { headers: { authorization: `Bearer ${oldBob.token}` }, from: freshLoopback() })).status,
+    ).toBe(401);
     await addUser(url, 'bob', 'another-person-1');
     const newBob = await signIn(url, 'bob', 'another-person-1');
     const status = await hit(url, '/api/hf-auth-token-status', { headers: { authorization: `Bearer ${newBob.token}` } });
@@ -458,7 +554,10 @@ describe('npm run users against a running gateway (another process, the same sto
     const lane = async () => {
       for (let after = 0; after < 5; after += cliDone ? 1 : 0) {
         const name = `storm${n++}`;
-        const r = await hit(url, '/register', { method: 'POST', body: { new_user_username: name, new_user_password: PW, username: 'admin', password: PW } });
+        const r = await hit(url, '/register', {
+          method: 'POST',
+          body: { new_user_username: name, new_user_password: PW, username: 'admin', password: PW },
+        });
         statuses.push(r.status);
         if (r.status === 201) made.push(name);
       }
@@ -474,7 +573,9 @@ describe('npm run users against a running gateway (another process, the same sto
     await signIn(url, 'carol', 'carol-password-1');
     // one more write by the gateway after the storm, then the file on disk holds everyone
     await addUser(url, 'dave');
-    const names = (JSON.parse(fs.readFileSync(path.join(c.dataDir, 'users_db.json'), 'utf8')).users as { username: string }[]).map((u) => u.username);
+    const names = (JSON.parse(fs.readFileSync(path.join(c.dataDir, 'users_db.json'), 'utf8')).users as { username: string }[]).map(
+      (u) => u.username,
+    );
     expect(['admin', 'bob', 'carol', 'dave', ...made].filter((u) => !names.includes(u))).toEqual([]);
   });
 });
@@ -487,7 +588,10 @@ describe('kill -9 of the real gateway during 100 parallel registrations', () => 
     const killAt = 20 + crypto.randomInt(40);
     await Promise.all(
       Array.from({ length: 100 }, (_, i) =>
-        hit(c.g.url, '/register', { method: 'POST', body: { new_user_username: `k${i}`, new_user_password: PW, username: 'admin', password: PW } }).then(
+        hit(c.g.url, '/register', {
+          method: 'POST',
+          body: { new_user_username: `k${i}`, new_user_password: PW, username: 'admin', password: PW },
+        }).then(
           (r) => {
             if (r.status !== 201) return;
             acked.push(`k${i}`);
@@ -563,7 +667,8 @@ describe('IP lists edited on disk while the gateway runs (dual-stack listener)',
     const bl = path.join(c.dir, 'blacklist.txt');
     const wl = path.join(c.dir, 'whitelist.txt');
     const status = async (base: string, from?: string) => (await hit(base, '/object_info?edge-lists', { headers: KEY, from })).status;
-    const becomes = (base: string, from: string | undefined, want: number) => waitFor(async () => (await status(base, from)) === want, 2000, 50);
+    const becomes = (base: string, from: string | undefined, want: number) =>
+      waitFor(async () => (await status(base, from)) === want, 2000, 50);
 
     expect([await status(v4, '127.0.0.11'), await status(v6)]).toEqual([200, 200]);
     // an IPv4 client written as IPv4-mapped IPv6
@@ -614,7 +719,12 @@ describe('blacklist_after_attempts with spoofed forwarding headers', () => {
       'true-client-ip': '203.0.113.53',
     });
     for (let i = 0; i < 3; i++) {
-      const r = await hit(url, '/login', { method: 'POST', from: '127.0.0.21', headers: spoof(i), body: { username: 'admin', password: `wrong-${i}` } });
+      const r = await hit(url, '/login', {
+        method: 'POST',
+        from: '127.0.0.21',
+        headers: spoof(i),
+        body: { username: 'admin', password: `wrong-${i}` },
+      });
       expect(r.status).toBe(401);
     }
     await waitFor(() => fs.existsSync(bl) && fs.readFileSync(bl, 'utf8').includes('127.0.0.21'), 2000);
@@ -625,7 +735,10 @@ describe('blacklist_after_attempts with spoofed forwarding headers', () => {
 
     // through the trusted proxy, with a client-written left part: the nearest untrusted hop is blacklisted
     for (let i = 0; i < 3; i++) {
-      const r = await hit(url, '/object_info?edge-bl', { from: PROXY, headers: { 'x-forwarded-for': `10.9.9.${i}, 198.51.100.9`, 'x-api-key': `wrong-key-${i}-0123456789` } });
+      const r = await hit(url, '/object_info?edge-bl', {
+        from: PROXY,
+        headers: { 'x-forwarded-for': `10.9.9.${i}, 198.51.100.9`, 'x-api-key': `wrong-key-${i}-0123456789` },
+      });
       expect(r.status).toBe(401);
     }
     await waitFor(() => fs.readFileSync(bl, 'utf8').includes('198.51.100.9'), 2000);
@@ -652,7 +765,9 @@ describe('allow_loopback_without_auth on a dual-stack listener', () => {
     const get = (extra: string) => `GET /object_info?edge-lb HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: close\r\n${extra}\r\n`;
     fake.clearRequests();
     expect(await raw('127.0.0.1', get(''))).toBe('HTTP/1.1 200 OK');
-    expect(await raw('::1', `GET /object_info?edge-lb HTTP/1.1\r\nHost: [::1]:${port}\r\nConnection: close\r\n\r\n`)).toBe('HTTP/1.1 200 OK');
+    expect(await raw('::1', `GET /object_info?edge-lb HTTP/1.1\r\nHost: [::1]:${port}\r\nConnection: close\r\n\r\n`)).toBe(
+      'HTTP/1.1 200 OK',
+    );
     expect(await raw('127.0.0.1', 'GET /object_info?edge-lb HTTP/1.0\r\n\r\n')).toBe('HTTP/1.1 200 OK');
     expect(reached(fake, 'edge-lb')).toBe(3);
 
@@ -703,11 +818,18 @@ describe('Cloudflare Access: audiences as arrays, wrong keys, clock leeway', () 
     await new Promise<void>((r) => jwks.listen(0, '127.0.0.1', () => r()));
     try {
       const certs = `http://127.0.0.1:${(jwks.address() as { port: number }).port}/cdn-cgi/access/certs`;
-      const c = await child({ upstream: fake.url, cloudflare_access: { team_domain: TEAM, audience: ['aud-app', 'aud-old-app'], certs_url: certs, auto_provision: true } });
+      const c = await child({
+        upstream: fake.url,
+        cloudflare_access: { team_domain: TEAM, audience: ['aud-app', 'aud-old-app'], certs_url: certs, auto_provision: true },
+      });
       const now = Math.floor(Date.now() / 1000);
       const sign = (claims: Record<string, unknown>, key = team, kid = key.kid) =>
-        jwt.sign({ iss: ISS, iat: now, exp: now + 600, email: 'carol@example.com', ...claims }, key.privateKey, { algorithm: 'RS256', keyid: kid });
-      const as = (assertion: string, marker: string) => hit(c.g.url, `/object_info?${marker}`, { headers: { 'Cf-Access-Jwt-Assertion': assertion } });
+        jwt.sign({ iss: ISS, iat: now, exp: now + 600, email: 'carol@example.com', ...claims }, key.privateKey, {
+          algorithm: 'RS256',
+          keyid: kid,
+        });
+      const as = (assertion: string, marker: string) =>
+        hit(c.g.url, `/object_info?${marker}`, { headers: { 'Cf-Access-Jwt-Assertion': assertion } });
       fake.clearRequests();
       const accepted: Record<string, string> = {
         'aud array, second configured audience': sign({ aud: ['aud-old-app'] }),

@@ -32,15 +32,24 @@ function headersOf(gw: Gw, b: Browser, extra: Record<string, string> = {}): Reco
 
 const get = (gw: Gw, b: Browser, p: string, extra: Record<string, string> = {}) => raw(gw, 'GET', p, { headers: headersOf(gw, b, extra) });
 const post = (gw: Gw, b: Browser, p: string, body: unknown, extra: Record<string, string> = {}) =>
-  raw(gw, 'POST', p, { headers: headersOf(gw, b, { 'Content-Type': 'application/json', ...extra }), body: typeof body === 'string' ? body : JSON.stringify(body) });
+  raw(gw, 'POST', p, {
+    headers: headersOf(gw, b, { 'Content-Type': 'application/json', ...extra }),
+    body: typeof body === 'string' ? body : JSON.stringify(body),
+  });
 
 async function createUser(gw: Gw, username: string, role: 'user' | 'admin' = 'user'): Promise<void> {
-  const r = await raw(gw, 'POST', '/gateway/api/users', { headers: { ...KEY, 'Content-Type': 'application/json' }, body: JSON.stringify({ username, password: PW, role }) });
+  const r = await raw(gw, 'POST', '/gateway/api/users', {
+    headers: { ...KEY, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ username, password: PW, role }),
+  });
   if (r.status !== 201 && r.status !== 200) throw new Error(`create ${username}: ${r.status} ${r.text}`);
 }
 
 async function signIn(gw: Gw, username: string): Promise<Browser> {
-  const r = await raw(gw, 'POST', '/login', { headers: { 'Content-Type': 'application/json', Origin: gw.url }, body: JSON.stringify({ username, password: PW }) });
+  const r = await raw(gw, 'POST', '/login', {
+    headers: { 'Content-Type': 'application/json', Origin: gw.url },
+    body: JSON.stringify({ username, password: PW }),
+  });
   if (r.status !== 200) throw new Error(`login ${username}: ${r.status} ${r.text}`);
   const line = ([] as string[]).concat(r.headers['set-cookie'] ?? []).find((c) => c.startsWith('jwt_token='));
   if (!line) throw new Error('no session cookie');
@@ -73,7 +82,9 @@ const framesIn = (s: TestSocket) => s.frames as Frame[];
 
 /** JSON frames of a socket that name `promptId` (still queued on the socket). */
 function framesOf(s: TestSocket, promptId: string) {
-  return framesIn(s).filter((f) => f.json?.data?.prompt_id === promptId).map((f) => f.json);
+  return framesIn(s)
+    .filter((f) => f.json?.data?.prompt_id === promptId)
+    .map((f) => f.json);
 }
 
 const isStatus = (f: { json?: any }) => f.json?.type === 'status' && typeof f.json?.data?.sid === 'string';
@@ -110,7 +121,12 @@ async function frontendSession(gw: Gw, fake: FakeComfy, b: Browser, clientId: st
   expect(save.json().path).toBe('workflows/mine.json');
   expect((await post(gw, b, `/api/userdata/workflows%2Fonly-${b.name}.json`, { only: b.name })).status).toBe(200);
   const listed = await get(gw, b, '/api/userdata?dir=workflows&recurse=true&split=false&full_info=true');
-  expect(listed.json().map((f: any) => f.path).sort()).toEqual(['mine.json', `only-${b.name}.json`]);
+  expect(
+    listed
+      .json()
+      .map((f: any) => f.path)
+      .sort(),
+  ).toEqual(['mine.json', `only-${b.name}.json`]);
 
   expect((await get(gw, b, '/api/object_info')).status).toBe(200);
   const up = await upload(gw, b, 'photo.png', makePng({ color: [seed % 255, 10, 10] }), { type: 'input', overwrite: 'true' });
@@ -126,7 +142,11 @@ async function frontendSession(gw: Gw, fake: FakeComfy, b: Browser, clientId: st
   const queued = await post(gw, b, '/api/prompt', {
     client_id: clientId,
     prompt: workflow(`${b.name}-render`, `${up.json().subfolder}/${up.json().name}`, seed),
-    extra_data: { extra_pnginfo: { workflow: { id: `wf-${b.name}` } }, auth_token_comfy_org: `secret-of-${b.name}`, my_service_api_key: `secret-of-${b.name}` },
+    extra_data: {
+      extra_pnginfo: { workflow: { id: `wf-${b.name}` } },
+      auth_token_comfy_org: `secret-of-${b.name}`,
+      my_service_api_key: `secret-of-${b.name}`,
+    },
   });
   expect(queued.status).toBe(200);
   const promptId: string = queued.json().prompt_id;
@@ -200,7 +220,9 @@ describe('two browsers side by side', () => {
   });
 
   it('the same clientId in both browsers: each socket heard only its own run, on separate ComfyUI users', () => {
-    const savers = fake.requests.filter((r) => r.method === 'POST' && r.rawPath.includes('mine.json')).map((r) => String(r.headers['comfy-user']));
+    const savers = fake.requests
+      .filter((r) => r.method === 'POST' && r.rawPath.includes('mine.json'))
+      .map((r) => String(r.headers['comfy-user']));
     expect(savers.map((u) => u.split('_')[0]).sort()).toEqual(['alice', 'bob']);
     const heard = (s: TestSocket) => JSON.stringify(framesIn(s).map((f) => f.json ?? null));
     // Each socket's queue still holds every frame the session did not consume; plus the consumed ones were its own.
@@ -230,7 +252,12 @@ describe('two browsers side by side', () => {
       const r = await get(gw, bob, p);
       expect([p, r.status, r.text.includes('only')]).toEqual([p, 404, false]);
     }
-    for (const p of ['/api/v2/userdata?path=workflows', '/v2/userdata', '/api/v2/userdata?path=', '/api/userdata?dir=workflows&recurse=true']) {
+    for (const p of [
+      '/api/v2/userdata?path=workflows',
+      '/v2/userdata',
+      '/api/v2/userdata?path=',
+      '/api/userdata?dir=workflows&recurse=true',
+    ]) {
       const r = await get(gw, bob, p);
       expect([p, r.status, r.text.includes('only-alice')]).toEqual([p, 200, false]);
     }
@@ -243,7 +270,10 @@ describe('two browsers side by side', () => {
     expect((await get(gw, alice, '/api/userdata/workflows%2Fmine.json')).json()).toEqual({ owner: 'alice', nodes: [] });
     // Without the gateway's Origin a cookie-authenticated write never reaches ComfyUI.
     const n = fake.requests.length;
-    const csrf = await raw(gw, 'POST', '/api/userdata/workflows%2Fx.json', { headers: { Cookie: bob.cookie, Origin: 'https://evil.test', 'Content-Type': 'application/json' }, body: '{}' });
+    const csrf = await raw(gw, 'POST', '/api/userdata/workflows%2Fx.json', {
+      headers: { Cookie: bob.cookie, Origin: 'https://evil.test', 'Content-Type': 'application/json' },
+      body: '{}',
+    });
     expect([csrf.status, csrf.json().error.code]).toEqual([403, 'CSRF_REJECTED']);
     expect(fake.requests.length).toBe(n);
     // Node definitions list only the caller's uploads although both uploaded photo.png.
@@ -294,7 +324,9 @@ describe('two browsers side by side', () => {
     expect([sq.getAll('subfolder'), sq.getAll('filename')]).toEqual([['bob'], [b.output.filename]]);
     // Alice herself still gets all of it.
     expect((await get(gw, alice, `/view?${new URLSearchParams(a.temp)}`)).status).toBe(200);
-    expect((await get(gw, alice, `/view?${new URLSearchParams({ filename: 'photo.png', subfolder: 'alice', type: 'input' })}`)).status).toBe(200);
+    expect(
+      (await get(gw, alice, `/view?${new URLSearchParams({ filename: 'photo.png', subfolder: 'alice', type: 'input' })}`)).status,
+    ).toBe(200);
   });
 
   it('bob cannot load alice’s upload or preview, nor paint a mask on them; nothing is queued or written', async () => {
@@ -315,7 +347,14 @@ describe('two browsers side by side', () => {
     expect(plain.status).toBe(400);
     expect(JSON.stringify(plain.json())).toContain('bob/alice/photo.png');
     expect(fake.prompts.size).toBe(queuedBefore);
-    const mask = await upload(gw, bob, 'mask.png', makePng({ color: [0, 0, 0] }), { original_ref: JSON.stringify({ filename: 'photo.png', subfolder: 'alice', type: 'input' }) }, '/api/upload/mask');
+    const mask = await upload(
+      gw,
+      bob,
+      'mask.png',
+      makePng({ color: [0, 0, 0] }),
+      { original_ref: JSON.stringify({ filename: 'photo.png', subfolder: 'alice', type: 'input' }) },
+      '/api/upload/mask',
+    );
     expect([mask.status, mask.json().error.code]).toEqual([400, 'PATH_NOT_ALLOWED']);
     expect(fs.existsSync(path.join(fake.inputDir, 'bob', 'mask.png'))).toBe(false);
     expect(fs.existsSync(path.join(fake.inputDir, 'alice', 'mask.png'))).toBe(false);
@@ -324,13 +363,25 @@ describe('two browsers side by side', () => {
   it('as a browser, bob reaches no admin-only family on any twin, and upload path tricks write nothing outside his folder', async () => {
     const n = fake.requests.length;
     const admin = [
-      '/api/manager/reboot', '/api/v2/manager/queue/install', '/v2/customnode/install/git_url', '/api/%76%32/snapshot/restore',
-      '/api/snapshot%2Frestore', '/API/Manager/reboot', '/api/externalmodel/getlist', '/comfyui_manager/comfyui_switch_version',
-      '/api/internal/logs', '/internal/files%2Finput', '/api/system_stats/x', '/extensions/ComfyUI-Manager/js/comfyui-manager.js',
+      '/api/manager/reboot',
+      '/api/v2/manager/queue/install',
+      '/v2/customnode/install/git_url',
+      '/api/%76%32/snapshot/restore',
+      '/api/snapshot%2Frestore',
+      '/API/Manager/reboot',
+      '/api/externalmodel/getlist',
+      '/comfyui_manager/comfyui_switch_version',
+      '/api/internal/logs',
+      '/internal/files%2Finput',
+      '/api/system_stats/x',
+      '/extensions/ComfyUI-Manager/js/comfyui-manager.js',
     ];
     for (const p of admin) {
       for (const method of ['GET', 'POST']) {
-        const r = await raw(gw, method, p, { headers: headersOf(gw, bob, method === 'POST' ? { 'Content-Type': 'application/json' } : { Accept: 'text/html' }), body: method === 'POST' ? '{}' : undefined });
+        const r = await raw(gw, method, p, {
+          headers: headersOf(gw, bob, method === 'POST' ? { 'Content-Type': 'application/json' } : { Accept: 'text/html' }),
+          body: method === 'POST' ? '{}' : undefined,
+        });
         expect([method, p, r.status]).toEqual([method, p, 403]);
       }
     }
@@ -396,7 +447,10 @@ describe('two browsers side by side', () => {
         const tab = `reco-${overlap}`;
         const first = await ws(gw, alice, tab);
         const spy = await ws(gw, bob, tab);
-        const r = await post(gw, alice, '/api/prompt', { client_id: tab, prompt: workflow(`reco-${overlap}`, 'alice/photo.png', overlap ? 5 : 6) });
+        const r = await post(gw, alice, '/api/prompt', {
+          client_id: tab,
+          prompt: workflow(`reco-${overlap}`, 'alice/photo.png', overlap ? 5 : 6),
+        });
         const id = r.json().prompt_id;
         await first.next((f) => f.json?.type === 'executing' && f.json.data?.prompt_id === id && f.json.data.node !== null, 5000);
         let second: TestSocket;
@@ -426,7 +480,10 @@ describe('two browsers side by side', () => {
   it('a script naming its socket only in extra_data.client_id (which ComfyUI reads) hears its own run, and nobody else does', async () => {
     const mine = await ws(gw, alice, 'script-tab');
     const spy = await ws(gw, bob, 'script-tab');
-    const r = await post(gw, alice, '/api/prompt', { prompt: sampleWorkflow('script', { seed: 77 }), extra_data: { client_id: 'script-tab' } });
+    const r = await post(gw, alice, '/api/prompt', {
+      prompt: sampleWorkflow('script', { seed: 77 }),
+      extra_data: { client_id: 'script-tab' },
+    });
     expect(r.status).toBe(200);
     const id = r.json().prompt_id;
     await mine.next((f) => f.json?.type === 'execution_success' && f.json.data.prompt_id === id, 5000);
@@ -494,7 +551,13 @@ describe('separate_users: false', () => {
 
   beforeAll(async () => {
     fake = await startFakeComfy({ promptDelayMs: 80 });
-    gw = await startGateway({ api_key: TEST_KEY, upstream: fake.url, separate_users: false, comfyui: { input_dir: fake.inputDir }, model_downloads: { enabled: false } });
+    gw = await startGateway({
+      api_key: TEST_KEY,
+      upstream: fake.url,
+      separate_users: false,
+      comfyui: { input_dir: fake.inputDir },
+      model_downloads: { enabled: false },
+    });
     await createUser(gw, 'alice');
     await createUser(gw, 'bob');
     [alice, bob] = await Promise.all([signIn(gw, 'alice'), signIn(gw, 'bob')]);
@@ -508,7 +571,9 @@ describe('separate_users: false', () => {
     expect((await post(gw, alice, '/api/userdata/workflows%2Fdiary.json', { diary: 'alice' })).status).toBe(200);
     expect((await get(gw, bob, '/api/userdata/workflows%2Fdiary.json')).status).toBe(404);
     expect(Object.values((await get(gw, bob, '/users')).json().users)).toEqual(['bob']);
-    const spoof = await raw(gw, 'GET', '/api/userdata?dir=workflows', { headers: { ...headersOf(gw, bob), 'comfy-user': Object.keys(fake.users).find((k) => fake.users[k] === 'alice')! } });
+    const spoof = await raw(gw, 'GET', '/api/userdata?dir=workflows', {
+      headers: { ...headersOf(gw, bob), 'comfy-user': Object.keys(fake.users).find((k) => fake.users[k] === 'alice')! },
+    });
     expect(spoof.text).not.toContain('diary');
 
     const tab = 'same-tab';
@@ -516,14 +581,20 @@ describe('separate_users: false', () => {
     const sb = await ws(gw, bob, tab, '/api/ws');
     expect((await sa.next(isStatus)).json.data.sid).toBe(tab);
     expect((await sb.next(isStatus)).json.data.sid).toBe(tab);
-    const r = await post(gw, alice, '/prompt', { client_id: tab, prompt: sampleWorkflow('shared'), extra_data: { api_key_comfy_org: 'alice-key', replicate_api_token: 'alice-token' } });
+    const r = await post(gw, alice, '/prompt', {
+      client_id: tab,
+      prompt: sampleWorkflow('shared'),
+      extra_data: { api_key_comfy_org: 'alice-key', replicate_api_token: 'alice-token' },
+    });
     const id = r.json().prompt_id;
     await sa.next((f) => f.json?.type === 'execution_success' && f.json.data.prompt_id === id, 5000);
     // a prompt without client_id is not broadcast to anyone either
     const r2 = await post(gw, alice, '/prompt', { prompt: sampleWorkflow('nobody', { seed: 3 }) });
     await fake.waitForPrompt(r2.json().prompt_id);
     await new Promise((res) => setTimeout(res, 100));
-    expect(framesIn(sb).some((f) => f.isBinary || JSON.stringify(f.json).includes(id) || JSON.stringify(f.json).includes(r2.json().prompt_id))).toBe(false);
+    expect(
+      framesIn(sb).some((f) => f.isBinary || JSON.stringify(f.json).includes(id) || JSON.stringify(f.json).includes(r2.json().prompt_id)),
+    ).toBe(false);
     expect(framesIn(sa).some((f) => JSON.stringify(f.json ?? '').includes(r2.json().prompt_id))).toBe(false);
     const ups = fake.wsClients().map((c) => c.clientId);
     expect(ups).toHaveLength(2);
@@ -537,7 +608,10 @@ describe('separate_users: false', () => {
     // ... but never alice's key; her client id shows as her browser's (harmless: it maps to another upstream id for bob).
     expect(JSON.stringify(hist)).not.toContain('alice-');
     expect(JSON.stringify(hist)).not.toContain(fake.prompts.get(id).client_id);
-    expect((await get(gw, alice, `/api/history/${id}`)).json()[id].prompt[3]).toMatchObject({ replicate_api_token: 'alice-token', client_id: tab });
+    expect((await get(gw, alice, `/api/history/${id}`)).json()[id].prompt[3]).toMatchObject({
+      replicate_api_token: 'alice-token',
+      client_id: tab,
+    });
     expect(JSON.stringify((await get(gw, bob, `/api/jobs/${id}`)).json())).not.toContain('alice-');
     expect(JSON.stringify((await get(gw, bob, '/api/queue')).json())).not.toContain('alice-');
     sa.close();

@@ -47,9 +47,15 @@ async function queueAs(who: Record<string, string>, prefix: string) {
   });
   expect(r.status).toBe(200);
   const id = r.json().prompt_id as string;
-  await until(async () => Object.keys((await raw(gw, 'GET', `/history/${id}`, { headers: who })).json()).length > 0, 5000, 'prompt in history');
+  await until(
+    async () => Object.keys((await raw(gw, 'GET', `/history/${id}`, { headers: who })).json()).length > 0,
+    5000,
+    'prompt in history',
+  );
   const h = (await raw(gw, 'GET', `/history/${id}`, { headers: who })).json()[id];
-  const image = (Object.values(h.outputs) as { images?: { filename: string; subfolder: string; type: string }[] }[]).flatMap((o) => o.images ?? [])[0];
+  const image = (Object.values(h.outputs) as { images?: { filename: string; subfolder: string; type: string }[] }[]).flatMap(
+    (o) => o.images ?? [],
+  )[0];
   return { id, image };
 }
 const view = (who: Record<string, string>, f: { filename: string; subfolder: string; type: string }) =>
@@ -165,7 +171,10 @@ describe('a reused name starts empty', () => {
     expect([missing.status, missing.body.error.code]).toEqual([404, 'NOT_FOUND']);
     // only admins delete users
     const gina = await login(gw, 'gina');
-    const self = await hit(gw.url, '/gateway/api/users/gina?files=delete', { method: 'DELETE', headers: { Authorization: `Bearer ${gina.token}` } });
+    const self = await hit(gw.url, '/gateway/api/users/gina?files=delete', {
+      method: 'DELETE',
+      headers: { Authorization: `Bearer ${gina.token}` },
+    });
     expect(self.status).toBe(403);
   });
 });
@@ -174,7 +183,9 @@ describe('when the gateway cannot see ComfyUI’s folders', () => {
   it('files=delete is refused (409 FILES_UNREACHABLE) and the user stays', async () => {
     const lonely = await startGateway({ api_key: TEST_KEY, upstream: 'http://127.0.0.1:9', model_downloads: { enabled: false } });
     try {
-      expect((await hit(lonely.url, '/gateway/api/users', { method: 'POST', headers: admin, body: { username: 'hank', password: PW } })).status).toBe(201);
+      expect(
+        (await hit(lonely.url, '/gateway/api/users', { method: 'POST', headers: admin, body: { username: 'hank', password: PW } })).status,
+      ).toBe(201);
       const r = await hit(lonely.url, '/gateway/api/users/hank?files=delete', { method: 'DELETE', headers: admin });
       expect([r.status, r.body.error.code]).toEqual([409, 'FILES_UNREACHABLE']);
       const users = (await hit(lonely.url, '/gateway/api/users', { headers: admin })).body.users as { username: string }[];

@@ -36,7 +36,12 @@ function slowPost(base: string, path: string, headers: Record<string, string>, b
       path,
       method: 'POST',
       agent: false,
-      headers: { 'content-type': 'application/json', accept: 'application/json', 'content-length': String(Buffer.byteLength(text)), ...headers },
+      headers: {
+        'content-type': 'application/json',
+        accept: 'application/json',
+        'content-length': String(Buffer.byteLength(text)),
+        ...headers,
+      },
     },
     (res) => {
       const chunks: Buffer[] = [];
@@ -72,7 +77,11 @@ describe('first run: nobody on the network becomes admin without the setup code'
       expect([res.status, res.body.error.code, res.body.error.details.setup_required]).toEqual([401, 'AUTH_REQUIRED', true]);
       expect(gw.composed.users.count()).toBe(0);
       // The owner on this machine still needs no code.
-      const own = await hit(gw.url, '/register', { method: 'POST', headers: { host: `localhost:${gw.port}` }, body: { new_user_username: 'owner', new_user_password: PW } });
+      const own = await hit(gw.url, '/register', {
+        method: 'POST',
+        headers: { host: `localhost:${gw.port}` },
+        body: { new_user_username: 'owner', new_user_password: PW },
+      });
       expect([own.status, own.body.role]).toEqual([201, 'admin']);
     } finally {
       await gw.close();
@@ -83,7 +92,11 @@ describe('first run: nobody on the network becomes admin without the setup code'
     // e.g. nginx with a bare proxy_pass, or a proxy whose X-Forwarded-* a client stripped with `Connection: X-Forwarded-For`
     const gw = await startGateway({ upstream: fake.url, trusted_proxies: ['127.0.0.1'] });
     try {
-      const viaProxy = await hit(gw.url, '/register', { method: 'POST', from: '127.0.0.1', body: { new_user_username: 'mallory', new_user_password: 'mallory-password-1' } });
+      const viaProxy = await hit(gw.url, '/register', {
+        method: 'POST',
+        from: '127.0.0.1',
+        body: { new_user_username: 'mallory', new_user_password: 'mallory-password-1' },
+      });
       expect([viaProxy.status, viaProxy.body.error.code, viaProxy.body.error.details.setup_required]).toEqual([401, 'AUTH_REQUIRED', true]);
       expect(gw.composed.users.count()).toBe(0);
       const withCode = await hit(gw.url, '/register', {
@@ -123,7 +136,9 @@ describe('revocation cannot be outrun', () => {
     const stolen = await login(gw, 'victim1');
     const pending = slowPost(gw.url, '/gateway/api/tokens', { authorization: `Bearer ${stolen.token}` }, { name: 'persistence' });
     await sleep(200);
-    expect((await hit(gw.url, '/gateway/api/users/victim1', { method: 'PATCH', headers: KEY, body: { password: 'fresh-password-1' } })).status).toBe(200);
+    expect(
+      (await hit(gw.url, '/gateway/api/users/victim1', { method: 'PATCH', headers: KEY, body: { password: 'fresh-password-1' } })).status,
+    ).toBe(200);
     const res = await pending.finish();
     expect([res.status, res.body.error?.code]).toEqual([401, 'TOKEN_REVOKED']);
     expect(gw.composed.users.tokens.list('victim1')).toEqual([]);
@@ -132,7 +147,12 @@ describe('revocation cannot be outrun', () => {
   test('nor create an admin after the admin was signed out, nor act as admin after being demoted', async () => {
     await registerUser(gw, 'boss2', { role: 'admin' });
     const stolen = await login(gw, 'boss2');
-    const afterLogout = slowPost(gw.url, '/gateway/api/users', { authorization: `Bearer ${stolen.token}` }, { username: 'backdoor', password: 'backdoor-pass-1', role: 'admin' });
+    const afterLogout = slowPost(
+      gw.url,
+      '/gateway/api/users',
+      { authorization: `Bearer ${stolen.token}` },
+      { username: 'backdoor', password: 'backdoor-pass-1', role: 'admin' },
+    );
     await sleep(200);
     expect((await hit(gw.url, '/logout', { method: 'POST', headers: { authorization: `Bearer ${stolen.token}` } })).status).toBe(200);
     const res = await afterLogout.finish();
@@ -140,7 +160,12 @@ describe('revocation cannot be outrun', () => {
     expect(gw.composed.users.get('backdoor')).toBeUndefined();
 
     const s = await login(gw, 'boss2');
-    const afterDemotion = slowPost(gw.url, '/gateway/api/users', { authorization: `Bearer ${s.token}` }, { username: 'backdoor', password: 'backdoor-pass-1', role: 'admin' });
+    const afterDemotion = slowPost(
+      gw.url,
+      '/gateway/api/users',
+      { authorization: `Bearer ${s.token}` },
+      { username: 'backdoor', password: 'backdoor-pass-1', role: 'admin' },
+    );
     await sleep(200);
     expect((await hit(gw.url, '/gateway/api/users/boss2', { method: 'PATCH', headers: KEY, body: { role: 'user' } })).status).toBe(200);
     const demoted = await afterDemotion.finish();
@@ -149,7 +174,11 @@ describe('revocation cannot be outrun', () => {
   });
 
   test('nor start or cancel a model download after the downloader lost the permission or was disabled', async () => {
-    const r = await hit(gw.url, '/gateway/api/users', { method: 'POST', headers: KEY, body: { username: 'dl1', password: PW, role: 'user', permissions: ['download_models'] } });
+    const r = await hit(gw.url, '/gateway/api/users', {
+      method: 'POST',
+      headers: KEY,
+      body: { username: 'dl1', password: PW, role: 'user', permissions: ['download_models'] },
+    });
     expect(r.status).toBe(201);
     const s = await login(gw, 'dl1');
     const body = { models: { 'checkpoints/x.safetensors': 'https://huggingface.co/a/b/resolve/main/x.safetensors' } };
@@ -159,8 +188,15 @@ describe('revocation cannot be outrun', () => {
     const res = await held.finish();
     expect([res.status, res.body.error?.code]).toEqual([403, 'FORBIDDEN']);
 
-    expect((await hit(gw.url, '/gateway/api/users/dl1', { method: 'PATCH', headers: KEY, body: { permissions: ['download_models'] } })).status).toBe(200);
-    const again = slowPost(gw.url, '/api/cancel-model-download-session', { authorization: `Bearer ${s.token}` }, { model_id: 'checkpoints/x.safetensors' });
+    expect(
+      (await hit(gw.url, '/gateway/api/users/dl1', { method: 'PATCH', headers: KEY, body: { permissions: ['download_models'] } })).status,
+    ).toBe(200);
+    const again = slowPost(
+      gw.url,
+      '/api/cancel-model-download-session',
+      { authorization: `Bearer ${s.token}` },
+      { model_id: 'checkpoints/x.safetensors' },
+    );
     await sleep(200);
     expect((await hit(gw.url, '/gateway/api/users/dl1', { method: 'PATCH', headers: KEY, body: { disabled: true } })).status).toBe(200);
     const res2 = await again.finish();
@@ -171,9 +207,15 @@ describe('revocation cannot be outrun', () => {
     await registerUser(gw, 'victim2');
     // A slow hash (cost 12) keeps the attacker's login inside bcrypt while the owner changes the password.
     await gw.composed.users.update('victim2', { password_hash: await bcrypt.hash(PW, 12) });
-    const racing = hit(gw.url, '/login', { method: 'POST', headers: { 'x-forwarded-for': '198.51.100.20' }, body: { username: 'victim2', password: PW } });
+    const racing = hit(gw.url, '/login', {
+      method: 'POST',
+      headers: { 'x-forwarded-for': '198.51.100.20' },
+      body: { username: 'victim2', password: PW },
+    });
     await sleep(30);
-    expect((await hit(gw.url, '/gateway/api/users/victim2', { method: 'PATCH', headers: KEY, body: { password: 'fresh-password-2' } })).status).toBe(200);
+    expect(
+      (await hit(gw.url, '/gateway/api/users/victim2', { method: 'PATCH', headers: KEY, body: { password: 'fresh-password-2' } })).status,
+    ).toBe(200);
     const res = await racing;
     expect([res.status, res.body.error?.code]).toEqual([401, 'INVALID_CREDENTIALS']);
     expect(res.headers['set-cookie']).toBeUndefined();
@@ -189,10 +231,20 @@ describe('revocation cannot be outrun', () => {
       body: { current_password: PW, new_password: 'attacker-password-1' },
     });
     await sleep(30);
-    expect((await hit(gw.url, '/gateway/api/users/victim3', { method: 'PATCH', headers: KEY, body: { password: 'owner-password-1' } })).status).toBe(200);
+    expect(
+      (await hit(gw.url, '/gateway/api/users/victim3', { method: 'PATCH', headers: KEY, body: { password: 'owner-password-1' } })).status,
+    ).toBe(200);
     const res = await racing;
     expect(res.status).toBe(401);
-    expect((await hit(gw.url, '/login', { method: 'POST', headers: { 'x-forwarded-for': '198.51.100.21' }, body: { username: 'victim3', password: 'owner-password-1' } })).status).toBe(200);
+    expect(
+      (
+        await hit(gw.url, '/login', {
+          method: 'POST',
+          headers: { 'x-forwarded-for': '198.51.100.21' },
+          body: { username: 'victim3', password: 'owner-password-1' },
+        })
+      ).status,
+    ).toBe(200);
   });
 });
 
@@ -207,9 +259,16 @@ describe('personal tokens', () => {
 
   test('a short-lived personal token cannot mint a longer-lived one (it would outlive its own expiry and revocation)', async () => {
     const s = await login(gw, 'dora');
-    const short = await hit(gw.url, '/gateway/api/tokens', { method: 'POST', headers: { authorization: `Bearer ${s.token}` }, body: { name: 'ci', expires_in_hours: 1 } });
+    const short = await hit(gw.url, '/gateway/api/tokens', {
+      method: 'POST',
+      headers: { authorization: `Bearer ${s.token}` },
+      body: { name: 'ci', expires_in_hours: 1 },
+    });
     expect(short.status).toBe(201);
-    for (const headers of [{ authorization: `Bearer ${short.body.token}` }, { 'x-api-key': short.body.token as string }] as Record<string, string>[]) {
+    for (const headers of [{ authorization: `Bearer ${short.body.token}` }, { 'x-api-key': short.body.token as string }] as Record<
+      string,
+      string
+    >[]) {
       const res = await hit(gw.url, '/gateway/api/tokens', { method: 'POST', headers, body: { name: 'forever' } });
       expect([res.status, res.body.error.code]).toEqual([403, 'FORBIDDEN']);
     }
@@ -232,14 +291,12 @@ describe('brute force', () => {
 
   const guess = (ip: string, username: string, password = 'wrong-password-1') =>
     hit(gw.url, '/login', { method: 'POST', headers: { 'x-forwarded-for': ip }, body: { username, password } });
-  const tally = (res: { status: number }[]) => res.reduce<Record<number, number>>((m, r) => ((m[r.status] = (m[r.status] ?? 0) + 1), m), {});
+  const tally = (res: { status: number }[]) =>
+    res.reduce<Record<number, number>>((m, r) => ((m[r.status] = (m[r.status] ?? 0) + 1), m), {});
 
   test('a parallel burst of guesses gets at most 5 answers; the rest, the right password included, are 429', async () => {
     const ip = '203.0.113.50';
-    const res = await Promise.all([
-      ...Array.from({ length: 30 }, (_, i) => guess(ip, `spray${i}`)),
-      guess(ip, 'erin', PW),
-    ]);
+    const res = await Promise.all([...Array.from({ length: 30 }, (_, i) => guess(ip, `spray${i}`)), guess(ip, 'erin', PW)]);
     const counts = tally(res);
     expect(counts[401] ?? 0).toBeLessThanOrEqual(5);
     expect(counts[200] ?? 0).toBe(0);
@@ -271,16 +328,31 @@ describe('brute force', () => {
     for (let i = 0; i < 5; i++) expect((await change(`guess-${i}-password`)).status).toBe(401);
     const res = await change(PW);
     expect([res.status, res.body.error.code]).toEqual([429, 'RATE_LIMITED']);
-    expect((await hit(gw.url, '/login', { method: 'POST', headers: { 'x-forwarded-for': '198.51.100.67' }, body: { username: 'frank', password: PW } })).status).toBe(200);
+    expect(
+      (
+        await hit(gw.url, '/login', {
+          method: 'POST',
+          headers: { 'x-forwarded-for': '198.51.100.67' },
+          body: { username: 'frank', password: PW },
+        })
+      ).status,
+    ).toBe(200);
   });
 
   test('blacklist_after_attempts blacklists an IPv6 client by its /64', async () => {
     const g = await startGateway({ upstream: fake.url, blacklist_after_attempts: 3, ...TRUST_LOCAL_PROXY });
     try {
       for (let i = 1; i <= 3; i++) {
-        await hit(g.url, '/login', { method: 'POST', headers: { 'x-forwarded-for': `2001:db8:7:8::${i}` }, body: { username: `n${i}x`, password: 'wrong-password-1' } });
+        await hit(g.url, '/login', {
+          method: 'POST',
+          headers: { 'x-forwarded-for': `2001:db8:7:8::${i}` },
+          body: { username: `n${i}x`, password: 'wrong-password-1' },
+        });
       }
-      await waitFor(() => fs.existsSync(g.config.paths.blacklist) && fs.readFileSync(g.config.paths.blacklist, 'utf8').includes('2001:db8:7:8::/64'), 2000);
+      await waitFor(
+        () => fs.existsSync(g.config.paths.blacklist) && fs.readFileSync(g.config.paths.blacklist, 'utf8').includes('2001:db8:7:8::/64'),
+        2000,
+      );
       const other = await hit(g.url, '/health', { headers: { 'x-forwarded-for': '2001:db8:7:8::ffff' } });
       expect([other.status, other.body.error.code]).toEqual([403, 'IP_BLOCKED']);
       expect((await hit(g.url, '/health', { headers: { 'x-forwarded-for': '2001:db8:7:9::1' } })).status).toBe(200);
@@ -310,13 +382,25 @@ describe('IP lists', () => {
   test('a change that would block the caller’s own address is refused (409) and nothing is written', async () => {
     const gw = await startGateway({ upstream: fake.url, api_key: TEST_KEY });
     try {
-      for (const body of [{ whitelist: ['203.0.113.7'] }, { blacklist: ['0.0.0.0/0'] }, { whitelist: ['127.0.0.0/8'], blacklist: ['127.0.0.1'] }]) {
+      for (const body of [
+        { whitelist: ['203.0.113.7'] },
+        { blacklist: ['0.0.0.0/0'] },
+        { whitelist: ['127.0.0.0/8'], blacklist: ['127.0.0.1'] },
+      ]) {
         const res = await hit(gw.url, '/gateway/api/ip-lists', { method: 'PUT', headers: KEY, body });
         expect([JSON.stringify(body), res.status, res.body.error?.code]).toEqual([JSON.stringify(body), 409, 'SELF_LOCKOUT']);
       }
       expect(fs.existsSync(gw.config.paths.whitelist)).toBe(false);
       expect(fs.existsSync(gw.config.paths.blacklist)).toBe(false);
-      expect((await hit(gw.url, '/gateway/api/ip-lists', { method: 'PUT', headers: KEY, body: { whitelist: ['127.0.0.0/8'], blacklist: ['::/0'] } })).status).toBe(200);
+      expect(
+        (
+          await hit(gw.url, '/gateway/api/ip-lists', {
+            method: 'PUT',
+            headers: KEY,
+            body: { whitelist: ['127.0.0.0/8'], blacklist: ['::/0'] },
+          })
+        ).status,
+      ).toBe(200);
       expect((await hit(gw.url, '/object_info', { headers: KEY })).status).toBe(200);
     } finally {
       await gw.close();

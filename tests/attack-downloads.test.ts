@@ -46,7 +46,9 @@ async function server(handler: http.RequestListener): Promise<{ port: number; ur
 
 /** The outbound client as the gateway builds it, allowing exactly one local test server. */
 const clientFor = (port: number) =>
-  createSafeHttp({ hosts: createHostPolicy({ allowedHosts: [`127.0.0.1:${port}`], redirectHosts: [], hfEndpoint: 'https://huggingface.co' }) });
+  createSafeHttp({
+    hosts: createHostPolicy({ allowedHosts: [`127.0.0.1:${port}`], redirectHosts: [], hfEndpoint: 'https://huggingface.co' }),
+  });
 
 function job(url: string, dest: string, over: Partial<Parameters<typeof runDownload>[1]> = {}): Parameters<typeof runDownload>[1] {
   return {
@@ -180,7 +182,12 @@ test("sweeping a second path to the same directory never deletes a running downl
   });
   try {
     const dest = path.join(real, 't.safetensors');
-    expect(manager.schedule([{ modelId: 'text_encoders/t.safetensors', url: `${s.url}/t.safetensors`, dest, sha256: null, sizeHint: null }], { user: 'a', ip: '127.0.0.1' })).toBeNull();
+    expect(
+      manager.schedule([{ modelId: 'text_encoders/t.safetensors', url: `${s.url}/t.safetensors`, dest, sha256: null, sizeHint: null }], {
+        user: 'a',
+        ip: '127.0.0.1',
+      }),
+    ).toBeNull();
     const tmpName = await waitFor(() => fs.readdirSync(real).find((n) => n.endsWith('.tmp')));
     // e.g. ComfyUI later reports the same directory through a symlinked path (extra_model_paths)
     expect(await manager.sweep([alias])).toBe(0);
@@ -265,7 +272,11 @@ describe('redirects', () => {
     ];
     for (const u of refused) expect([u, hosts.checkInitial(u).ok]).toEqual([u, false]);
     // the same host spelled differently is still that host (and only that host)
-    for (const u of ['https://HUGGINGFACE.CO/x.safetensors', 'https://huggingface%2Eco/x.safetensors', 'https://huggingface.co:443/x.safetensors'])
+    for (const u of [
+      'https://HUGGINGFACE.CO/x.safetensors',
+      'https://huggingface%2Eco/x.safetensors',
+      'https://huggingface.co:443/x.safetensors',
+    ])
       expect([u, hosts.checkInitial(u).ok]).toEqual([u, true]);
   });
 });
@@ -391,11 +402,16 @@ describe('through the gateway', () => {
   test('20 clients × 50 models at 1 Hz: no HF request once cached, gated models of a logged-in caller included', async () => {
     const models: Record<string, string> = {};
     for (let r = 0; r < 5; r++)
-      for (let i = 0; i < 5; i++) models[`checkpoints/g${r}-${i}.safetensors`] = hf.addFile(`att/poll-gated-${r}`, `g${i}.safetensors`, rand(100), { gated: true }).url;
+      for (let i = 0; i < 5; i++)
+        models[`checkpoints/g${r}-${i}.safetensors`] = hf.addFile(`att/poll-gated-${r}`, `g${i}.safetensors`, rand(100), {
+          gated: true,
+        }).url;
     for (let i = 0; i < 25; i++) models[`loras/p${i}.safetensors`] = hf.addFile('att/poll-public', `p${i}.safetensors`, rand(100)).url;
     const round = () => Promise.all(Array.from({ length: 20 }, () => post('/api/models-availability-status', { models })));
     const first = await round();
-    expect(first.every((r) => Object.values(r.body.models).every((e: any) => e.is_hf_downloadable === true && e.file_size === 100))).toBe(true);
+    expect(first.every((r) => Object.values(r.body.models).every((e: any) => e.is_hf_downloadable === true && e.file_size === 100))).toBe(
+      true,
+    );
     const before = hf.requests.length;
     for (let i = 0; i < 2; i++) {
       await new Promise((r) => setTimeout(r, 1100));
@@ -406,7 +422,9 @@ describe('through the gateway', () => {
 
   test("one signed-in user polling hundreds of new URLs cannot starve everyone else's probes", async () => {
     // carol may not even download: polling is open to every signed-in user
-    const flood = Object.fromEntries(Array.from({ length: 200 }, (_, i) => [`loras/f${i}.safetensors`, `${slow.url}/flood-${i}.safetensors`]));
+    const flood = Object.fromEntries(
+      Array.from({ length: 200 }, (_, i) => [`loras/f${i}.safetensors`, `${slow.url}/flood-${i}.safetensors`]),
+    );
     const attack = post('/api/models-availability-status', { models: flood }, carol);
     await new Promise((r) => setTimeout(r, 100));
     const t0 = Date.now();
@@ -444,7 +462,10 @@ describe('through the gateway', () => {
     const before = hf.tokenRequests.filter((t) => t.grant_type === 'refresh_token').length;
     for (let i = 0; i < 3; i++) expect((await entry('checkpoints/r.safetensors', g.url, dana)).is_hf_downloadable).toBe(false);
     expect(hf.tokenRequests.filter((t) => t.grant_type === 'refresh_token').length - before).toBe(1);
-    expect((await callApi(gw.url, 'GET', '/api/hf-auth-token-status', undefined, dana)).body).toEqual({ token_available: false, username: null });
+    expect((await callApi(gw.url, 'GET', '/api/hf-auth-token-status', undefined, dana)).body).toEqual({
+      token_available: false,
+      username: null,
+    });
     expect(fs.existsSync(tokenFile('dana'))).toBe(false);
   });
 });
@@ -465,7 +486,13 @@ describe('HF login through the gateway (hf_oauth.redirect_uri)', () => {
     try {
       const who: Record<string, Record<string, string>> = {};
       for (const u of ['erin', 'frank']) {
-        await callApi(gw.url, 'POST', '/gateway/api/users', { username: u, password: PW, role: 'user', permissions: ['download_models'] }, KEY);
+        await callApi(
+          gw.url,
+          'POST',
+          '/gateway/api/users',
+          { username: u, password: PW, role: 'user', permissions: ['download_models'] },
+          KEY,
+        );
         who[u] = { authorization: `Bearer ${(await callApi(gw.url, 'POST', '/login', { username: u, password: PW })).body.token}` };
       }
       const start = (u: string) => callApi(gw.url, 'POST', '/api/hf-auth-login-start', {}, who[u]);
@@ -491,7 +518,10 @@ describe('HF login through the gateway (hf_oauth.redirect_uri)', () => {
       expect((await fetch(`${gw.url}${el.pathname}${el.search}`, { headers: who.erin })).status).toBe(400);
       expect(hf.tokenRequests.length).toBe(tokenCalls + 2);
       for (const u of ['erin', 'frank'])
-        expect((await callApi(gw.url, 'GET', '/api/hf-auth-token-status', undefined, who[u])).body).toEqual({ token_available: true, username: `hf-${u}` });
+        expect((await callApi(gw.url, 'GET', '/api/hf-auth-token-status', undefined, who[u])).body).toEqual({
+          token_available: true,
+          username: `hf-${u}`,
+        });
     } finally {
       await gw.close();
       await hf.close();

@@ -102,14 +102,20 @@ describe('bob attacks alice', () => {
         expect((await postJson(env.gw, '/api/api/interrupt', env.bob, body)).status).toBe(200);
       }
       // every interrupt sent upstream names one prompt that is not alice's: never a global one
-      const interrupts = sent.slice(before).filter((x) => /interrupt$/.test(x.path)).map((x) => x.body.prompt_id);
+      const interrupts = sent
+        .slice(before)
+        .filter((x) => /interrupt$/.test(x.path))
+        .map((x) => x.body.prompt_id);
       expect(interrupts).toHaveLength(4);
       for (const id of interrupts) expect(typeof id === 'string' && id !== aliceId).toBe(true);
     });
 
     it('userdata traversal with %2F, %252F and %2e%2e never reaches alice’s workflows', async () => {
       const aliceUser = Object.keys(fake.users).find((k) => fake.users[k] === 'alice')!;
-      const put = await raw(env.gw, 'POST', '/api/userdata/workflows%2Fdiary.json', { headers: { ...env.alice.headers, 'Content-Type': 'application/json' }, body: '{"secret":42}' });
+      const put = await raw(env.gw, 'POST', '/api/userdata/workflows%2Fdiary.json', {
+        headers: { ...env.alice.headers, 'Content-Type': 'application/json' },
+        body: '{"secret":42}',
+      });
       expect(put.status).toBe(200);
       for (const p of [
         `/api/userdata/..%2F${aliceUser}%2Fworkflows%2Fdiary.json`,
@@ -134,7 +140,12 @@ describe('bob attacks alice', () => {
       await a.next((f) => f.json?.type === 'executing' && f.json.data.node === null && f.json.data.prompt_id === id);
       expect(b1.frames.some((f) => f.data.includes(id)) || b2.frames.some((f) => f.data.includes(id))).toBe(false);
       // and bob's prompts aimed at alice's socket (her clientId, her upstream id, her prompt id) never reach it
-      const aimed = await postJson(env.gw, '/prompt', env.bob, { prompt: sampleWorkflow('aimed'), client_id: 'alice-tab', prompt_id: id, extra_data: { client_id: aliceUp } });
+      const aimed = await postJson(env.gw, '/prompt', env.bob, {
+        prompt: sampleWorkflow('aimed'),
+        client_id: 'alice-tab',
+        prompt_id: id,
+        extra_data: { client_id: aliceUp },
+      });
       const bobId = aimed.json().prompt_id;
       expect(bobId).not.toBe(id);
       await fake.waitForPrompt(bobId);
@@ -148,9 +159,17 @@ describe('bob attacks alice', () => {
   describe('prompt paths', () => {
     it('a link or list in place of a path string is refused (saves and loaders); .. and absolute paths anywhere', async () => {
       fake.clearRequests();
-      const viaLink = (node: Record<string, unknown>) => ({ ...sampleWorkflow(), '30': { class_type: 'PrimitiveString', inputs: { value: '../alice/x' } }, '31': node });
+      const viaLink = (node: Record<string, unknown>) => ({
+        ...sampleWorkflow(),
+        '30': { class_type: 'PrimitiveString', inputs: { value: '../alice/x' } },
+        '31': node,
+      });
       for (const prompt of [
-        { ...sampleWorkflow(), '9': { class_type: 'SaveImage', inputs: { filename_prefix: ['30', 0], images: ['8', 0] } }, '30': { class_type: 'PrimitiveString', inputs: { value: '../alice/x' } } },
+        {
+          ...sampleWorkflow(),
+          '9': { class_type: 'SaveImage', inputs: { filename_prefix: ['30', 0], images: ['8', 0] } },
+          '30': { class_type: 'PrimitiveString', inputs: { value: '../alice/x' } },
+        },
         viaLink({ class_type: 'LoadImage', inputs: { image: ['30', 0] } }),
         viaLink({ class_type: 'LoadImageDataSetFromFolder', inputs: { folder: ['30', 0] } }),
         viaLink({ class_type: 'SaveImageDataSetToFolder', inputs: { folder_name: ['30', 0], filename_prefix: 'x', images: ['8', 0] } }),
@@ -177,44 +196,124 @@ describe('bob attacks alice', () => {
 
     it('path-like inputs of any node are confined to the user’s folder', async () => {
       const cases: [string, Record<string, unknown>, (n: any) => unknown, unknown][] = [
-        ['WebcamCapture image', { class_type: 'WebcamCapture', inputs: { image: 'alice/secret.png', width: 0, height: 0, capture_on_queue: false } }, (n) => n.inputs.image, 'bob/alice/secret.png'],
-        ['LoadLatent latent [output]', { class_type: 'LoadLatent', inputs: { latent: 'alice/x_00001_.latent [output]' } }, (n) => n.inputs.latent, 'bob/alice/x_00001_.latent [output]'],
+        [
+          'WebcamCapture image',
+          { class_type: 'WebcamCapture', inputs: { image: 'alice/secret.png', width: 0, height: 0, capture_on_queue: false } },
+          (n) => n.inputs.image,
+          'bob/alice/secret.png',
+        ],
+        [
+          'LoadLatent latent [output]',
+          { class_type: 'LoadLatent', inputs: { latent: 'alice/x_00001_.latent [output]' } },
+          (n) => n.inputs.latent,
+          'bob/alice/x_00001_.latent [output]',
+        ],
         ['dataset folder', { class_type: 'LoadImageDataSetFromFolder', inputs: { folder: 'alice' } }, (n) => n.inputs.folder, 'bob/alice'],
-        ['dataset folder_name', { class_type: 'SaveImageDataSetToFolder', inputs: { images: ['8', 0], folder_name: 'alice', filename_prefix: 'image', mode: 'overwrite' } }, (n) => n.inputs.folder_name, 'bob/alice'],
-        ['SaveLoRA prefix', { class_type: 'SaveLoRA', inputs: { lora: ['8', 0], prefix: 'alice/evil' } }, (n) => n.inputs.prefix, 'bob/alice/evil'],
-        ['a custom node’s path and filename', { class_type: 'MyCustomNode', inputs: { path: 'output/alice', filename: 'alice/x.txt', text: 'alice/keep' } }, (n) => n.inputs, { path: 'bob/output/alice', filename: 'bob/alice/x.txt', text: 'alice/keep' }],
-        ['a custom saver’s file', { class_type: 'SaveText|pysssss', inputs: { root_dir: 'output', file: 'alice/notes.txt', text: 'x', append: 'overwrite' } }, (n) => n.inputs.file, 'bob/alice/notes.txt'],
+        [
+          'dataset folder_name',
+          {
+            class_type: 'SaveImageDataSetToFolder',
+            inputs: { images: ['8', 0], folder_name: 'alice', filename_prefix: 'image', mode: 'overwrite' },
+          },
+          (n) => n.inputs.folder_name,
+          'bob/alice',
+        ],
+        [
+          'SaveLoRA prefix',
+          { class_type: 'SaveLoRA', inputs: { lora: ['8', 0], prefix: 'alice/evil' } },
+          (n) => n.inputs.prefix,
+          'bob/alice/evil',
+        ],
+        [
+          'a custom node’s path and filename',
+          { class_type: 'MyCustomNode', inputs: { path: 'output/alice', filename: 'alice/x.txt', text: 'alice/keep' } },
+          (n) => n.inputs,
+          { path: 'bob/output/alice', filename: 'bob/alice/x.txt', text: 'alice/keep' },
+        ],
+        [
+          'a custom saver’s file',
+          { class_type: 'SaveText|pysssss', inputs: { root_dir: 'output', file: 'alice/notes.txt', text: 'x', append: 'overwrite' } },
+          (n) => n.inputs.file,
+          'bob/alice/notes.txt',
+        ],
         [
           'Load3D image members',
-          { class_type: 'Load3D', inputs: { model_file: '3d/m.glb', image: { image: 'alice/secret.png', mask: 'alice/secret.png', normal: 'n.png', recording: '', camera_info: { cameraType: 'perspective' } }, width: 8, height: 8 } },
+          {
+            class_type: 'Load3D',
+            inputs: {
+              model_file: '3d/m.glb',
+              image: {
+                image: 'alice/secret.png',
+                mask: 'alice/secret.png',
+                normal: 'n.png',
+                recording: '',
+                camera_info: { cameraType: 'perspective' },
+              },
+              width: 8,
+              height: 8,
+            },
+          },
           (n) => n.inputs.image,
-          { image: 'bob/alice/secret.png', mask: 'bob/alice/secret.png', normal: 'bob/n.png', recording: '', camera_info: { cameraType: 'perspective' } },
+          {
+            image: 'bob/alice/secret.png',
+            mask: 'bob/alice/secret.png',
+            normal: 'bob/n.png',
+            recording: '',
+            camera_info: { cameraType: 'perspective' },
+          },
         ],
       ];
       for (const [name, node, pick, want] of cases) {
         const { sent } = await bobPrompt({ ...sampleWorkflow(), '40': node });
         expect([name, sent && pick(sent['40'])]).toEqual([name, want]);
       }
-      const abs = await bobPrompt({ ...sampleWorkflow(), '40': { class_type: 'LoadImageDataSetFromFolder', inputs: { folder: '/srv/comfy/input/alice' } } });
+      const abs = await bobPrompt({
+        ...sampleWorkflow(),
+        '40': { class_type: 'LoadImageDataSetFromFolder', inputs: { folder: '/srv/comfy/input/alice' } },
+      });
       expect([abs.r.status, abs.r.json().error?.code, abs.sent]).toEqual([400, 'PATH_NOT_ALLOWED', null]);
     });
 
     it('admins’ reads stay free but their saves are prefixed, links included', async () => {
-      const a = await bobPrompt({ ...sampleWorkflow(), '40': { class_type: 'LoadImageDataSetFromFolder', inputs: { folder: 'alice' } }, '41': { class_type: 'SaveLoRA', inputs: { lora: ['8', 0], prefix: 'x' } } }, env.admin);
+      const a = await bobPrompt(
+        {
+          ...sampleWorkflow(),
+          '40': { class_type: 'LoadImageDataSetFromFolder', inputs: { folder: 'alice' } },
+          '41': { class_type: 'SaveLoRA', inputs: { lora: ['8', 0], prefix: 'x' } },
+        },
+        env.admin,
+      );
       expect(a.r.status).toBe(400); // the fake knows neither node; what matters is what was sent
       expect([a.sent['40'].inputs.folder, a.sent['41'].inputs.prefix]).toEqual(['alice', 'api-key/x']);
-      const link = await bobPrompt({ ...sampleWorkflow(), '9': { class_type: 'SaveImage', inputs: { filename_prefix: ['7', 0], images: ['8', 0] } } }, env.admin);
+      const link = await bobPrompt(
+        { ...sampleWorkflow(), '9': { class_type: 'SaveImage', inputs: { filename_prefix: ['7', 0], images: ['8', 0] } } },
+        env.admin,
+      );
       expect([link.r.status, link.r.json().error?.code, link.sent]).toEqual([400, 'PATH_NOT_ALLOWED', null]);
     });
 
     it('a temp file the user uploaded into their own folder may be loaded; someone else’s may not', async () => {
-      const up = await upload(env, env.bob, [{ name: 'image', filename: 'cam.png', data: PNG }, { name: 'type', value: 'temp' }, { name: 'subfolder', value: 'webcam' }]);
+      const up = await upload(env, env.bob, [
+        { name: 'image', filename: 'cam.png', data: PNG },
+        { name: 'type', value: 'temp' },
+        { name: 'subfolder', value: 'webcam' },
+      ]);
       expect(up.json()).toMatchObject({ subfolder: 'bob/webcam', type: 'temp' });
-      const { r } = await bobPrompt({ ...sampleWorkflow(), '20': { class_type: 'LoadImage', inputs: { image: 'bob/webcam/cam.png [temp]' } } });
+      const { r } = await bobPrompt({
+        ...sampleWorkflow(),
+        '20': { class_type: 'LoadImage', inputs: { image: 'bob/webcam/cam.png [temp]' } },
+      });
       expect(r.status).toBe(200);
       await fake.waitForPrompt(r.json().prompt_id);
-      await upload(env, env.alice, [{ name: 'image', filename: 'cam.png', data: PNG }, { name: 'type', value: 'temp' }, { name: 'subfolder', value: 'webcam' }]);
-      const theirs = await bobPrompt({ ...sampleWorkflow(), '20': { class_type: 'LoadImage', inputs: { image: 'alice/webcam/cam.png [temp]' } } });
+      await upload(env, env.alice, [
+        { name: 'image', filename: 'cam.png', data: PNG },
+        { name: 'type', value: 'temp' },
+        { name: 'subfolder', value: 'webcam' },
+      ]);
+      const theirs = await bobPrompt({
+        ...sampleWorkflow(),
+        '20': { class_type: 'LoadImage', inputs: { image: 'alice/webcam/cam.png [temp]' } },
+      });
       expect([theirs.r.status, theirs.r.json().error?.code]).toEqual([400, 'PATH_NOT_ALLOWED']);
     });
   });
@@ -244,8 +343,15 @@ describe('bob attacks alice', () => {
     it('VideoHelperSuite’s un-prefixed /viewvideo twin and /getpath neither serve nor list alice’s files', async () => {
       fake.clearRequests();
       for (const p of ['/viewvideo', '/api/viewvideo', '/vhs/viewvideo']) {
-        await raw(env.gw, 'GET', `${p}?${q({ filename: aliceOut.filename, subfolder: 'alice', type: 'output' })}`, { headers: env.bob.headers });
-        await raw(env.gw, 'GET', `${p}?${q({ filename: path.join(fake.outputDir, aliceOut.subfolder, aliceOut.filename), type: 'path' })}`, { headers: env.bob.headers });
+        await raw(env.gw, 'GET', `${p}?${q({ filename: aliceOut.filename, subfolder: 'alice', type: 'output' })}`, {
+          headers: env.bob.headers,
+        });
+        await raw(
+          env.gw,
+          'GET',
+          `${p}?${q({ filename: path.join(fake.outputDir, aliceOut.subfolder, aliceOut.filename), type: 'path' })}`,
+          { headers: env.bob.headers },
+        );
       }
       const seen = received(fake, /viewvideo/);
       expect(seen).toHaveLength(6);
@@ -263,7 +369,12 @@ describe('WebSocket frames after the ledger forgets a prompt', () => {
   it('a socket whose running prompt left the ledger stops receiving ownerless frames', () => {
     const dir = fs.mkdtempSync(path.join(require('node:os').tmpdir(), 'cgw-attack-'));
     const ledger = createLedger({ file: path.join(dir, 'ledger.json'), logger: pino({ level: 'silent' }), max: 2 });
-    const tracker = { state: { kind: 'unknown' }, idle: () => false, onStatus: () => undefined, onPromptEvent: () => undefined } as Parameters<typeof createIsolationWsHooks>[0]['tracker'];
+    const tracker = {
+      state: { kind: 'unknown' },
+      idle: () => false,
+      onStatus: () => undefined,
+      onPromptEvent: () => undefined,
+    } as Parameters<typeof createIsolationWsHooks>[0]['tracker'];
     const clientIds = { upstreamFor: (u: string, c: string) => `up-${u}-${c}`, fresh: () => 'fresh', nobody: () => 'nobody' };
     const hooks = createIsolationWsHooks({ clientIds, ledger, tracker });
     const principal = { username: 'bob', role: 'user' as const, permissions: [], source: 'jwt' as const };

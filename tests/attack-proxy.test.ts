@@ -51,10 +51,16 @@ describe('request targets and header games', () => {
   });
 
   test('two X-API-Key headers are one invalid credential; Connection cannot keep a client comfy-user', async () => {
-    const two = await raw(stack.gw.port, `GET /prompt HTTP/1.1\r\nHost: x\r\nX-API-Key: ${TEST_KEY}\r\nX-API-Key: other\r\nConnection: close\r\n\r\n`);
+    const two = await raw(
+      stack.gw.port,
+      `GET /prompt HTTP/1.1\r\nHost: x\r\nX-API-Key: ${TEST_KEY}\r\nX-API-Key: other\r\nConnection: close\r\n\r\n`,
+    );
     expect(statusOf(two)).toBe(401);
     expect(clientTraffic(stack.fake)).toHaveLength(0);
-    const conn = await raw(stack.gw.port, `GET /prompt?conn-trick HTTP/1.1\r\nHost: x\r\nX-API-Key: ${TEST_KEY}\r\nConnection: close, comfy-user, x-forwarded-for\r\ncomfy-user: someone-else\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n`);
+    const conn = await raw(
+      stack.gw.port,
+      `GET /prompt?conn-trick HTTP/1.1\r\nHost: x\r\nX-API-Key: ${TEST_KEY}\r\nConnection: close, comfy-user, x-forwarded-for\r\ncomfy-user: someone-else\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n`,
+    );
     expect(statusOf(conn)).toBe(200);
     const seen = clientTraffic(stack.fake).find((r) => r.rawPath.includes('conn-trick'))!;
     expect(seen.headers['comfy-user']).not.toBe('someone-else');
@@ -70,14 +76,30 @@ describe('gateway routes: the path Express routes on is the path the policy deci
       const list = await hit(stack.gw.url, p, { headers: auth });
       expect([p, list.status, list.body?.users]).toEqual([p, 404, undefined]);
     }
-    const made = await hit(stack.gw.url, '/gateway/api/users%3F', { method: 'POST', headers: auth, body: { username: 'mallory', password: PW, role: 'admin' } });
+    const made = await hit(stack.gw.url, '/gateway/api/users%3F', {
+      method: 'POST',
+      headers: auth,
+      body: { username: 'mallory', password: PW, role: 'admin' },
+    });
     expect(made.status).toBe(404);
     expect(stack.gw.composed.users.get('mallory')).toBeUndefined();
     // the admin still reaches the real route, and route parameters are decoded exactly once
     expect((await hit(stack.gw.url, '/gateway/api/users', { headers: { Authorization: `Bearer ${admin.token}` } })).status).toBe(200);
-    const once = await hit(stack.gw.url, '/gateway/api/users/%2561lice', { method: 'PATCH', headers: { 'X-API-Key': TEST_KEY }, body: { disabled: false } });
+    const once = await hit(stack.gw.url, '/gateway/api/users/%2561lice', {
+      method: 'PATCH',
+      headers: { 'X-API-Key': TEST_KEY },
+      body: { disabled: false },
+    });
     expect(once.status).toBe(404);
-    expect((await hit(stack.gw.url, '/gateway/api/users/%61lice', { method: 'PATCH', headers: { 'X-API-Key': TEST_KEY }, body: { disabled: false } })).status).toBe(200);
+    expect(
+      (
+        await hit(stack.gw.url, '/gateway/api/users/%61lice', {
+          method: 'PATCH',
+          headers: { 'X-API-Key': TEST_KEY },
+          body: { disabled: false },
+        })
+      ).status,
+    ).toBe(200);
     expect(clientTraffic(stack.fake)).toHaveLength(0);
   });
 });
@@ -101,13 +123,17 @@ describe('streams that end early', () => {
     fs.writeFileSync(`${stack.fake.outputDir}/big-abort.bin`, Buffer.alloc(32 * 1024 * 1024, 7));
     for (let i = 0; i < 3; i++) {
       await new Promise<void>((resolve, reject) => {
-        const req = http.get(`${stack.gw.url}/view?filename=big-abort.bin&type=output&n=${i}`, { headers: { 'X-API-Key': TEST_KEY }, agent: false }, (res) => {
-          if (res.statusCode !== 200) return reject(new Error(`status ${res.statusCode}`));
-          res.once('data', () => {
-            req.destroy();
-            resolve();
-          });
-        });
+        const req = http.get(
+          `${stack.gw.url}/view?filename=big-abort.bin&type=output&n=${i}`,
+          { headers: { 'X-API-Key': TEST_KEY }, agent: false },
+          (res) => {
+            if (res.statusCode !== 200) return reject(new Error(`status ${res.statusCode}`));
+            res.once('data', () => {
+              req.destroy();
+              resolve();
+            });
+          },
+        );
         req.on('error', () => undefined);
       });
     }
@@ -118,7 +144,8 @@ describe('streams that end early', () => {
 
   test('an upstream that dies mid-body does not leave the client waiting for bytes that never come', async () => {
     const up = http.createServer((req, res) => {
-      if (req.url === '/users') return void res.writeHead(200, { 'content-type': 'application/json' }).end(req.method === 'POST' ? '"u1"' : '{}');
+      if (req.url === '/users')
+        return void res.writeHead(200, { 'content-type': 'application/json' }).end(req.method === 'POST' ? '"u1"' : '{}');
       res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': '100000' });
       res.write('0123456789');
       setTimeout(() => res.socket?.destroy(), 50);
@@ -127,12 +154,16 @@ describe('streams that end early', () => {
     const g = await startGateway({ upstream: `http://127.0.0.1:${(up.address() as net.AddressInfo).port}`, api_key: TEST_KEY });
     try {
       const outcome = await new Promise<string>((resolve) => {
-        const req = http.get(`${g.url}/some/custom-node/stream`, { headers: { 'X-API-Key': TEST_KEY }, agent: false, timeout: 3000 }, (res) => {
-          res.resume();
-          res.on('end', () => resolve('ended'));
-          res.on('aborted', () => resolve('aborted'));
-          res.on('error', () => resolve('aborted'));
-        });
+        const req = http.get(
+          `${g.url}/some/custom-node/stream`,
+          { headers: { 'X-API-Key': TEST_KEY }, agent: false, timeout: 3000 },
+          (res) => {
+            res.resume();
+            res.on('end', () => resolve('ended'));
+            res.on('aborted', () => resolve('aborted'));
+            res.on('error', () => resolve('aborted'));
+          },
+        );
         req.on('timeout', () => {
           req.destroy();
           resolve('hung');
@@ -182,7 +213,13 @@ describe('CSRF through ambient credentials', () => {
       { 'Sec-Fetch-Site': 'same-site', 'Sec-Fetch-Mode': 'navigate' },
       { Referer: `${EVIL}/page` }, // a browser without Fetch metadata
     ];
-    for (const p of ['/api/manager/reboot', '/manager/queue/update_all', '/api/snapshot/restore?target=x', '/v2/manager/reboot', '/api/manager%2Freboot']) {
+    for (const p of [
+      '/api/manager/reboot',
+      '/manager/queue/update_all',
+      '/api/snapshot/restore?target=x',
+      '/v2/manager/reboot',
+      '/api/manager%2Freboot',
+    ]) {
       for (const method of ['GET', 'HEAD']) {
         for (const h of crossSite) {
           const res = await hit(stack.gw.url, p, { method, headers: { Cookie: admin.cookie, ...h } });
@@ -193,12 +230,24 @@ describe('CSRF through ambient credentials', () => {
     }
     expect(clientTraffic(stack.fake)).toHaveLength(0);
     // the manager's own page (same origin), a typed URL, a script with a header credential: all reach it
-    expect((await hit(stack.gw.url, '/api/manager/reboot', { headers: { Cookie: admin.cookie, 'Sec-Fetch-Site': 'same-origin', Referer: `${stack.gw.url}/` } })).status).toBe(200);
-    expect((await hit(stack.gw.url, '/api/manager/reboot', { headers: { Cookie: admin.cookie, 'Sec-Fetch-Site': 'none' } })).status).toBe(200);
-    expect((await hit(stack.gw.url, '/api/manager/reboot', { headers: { 'X-API-Key': TEST_KEY, 'Sec-Fetch-Site': 'cross-site' } })).status).toBe(200);
+    expect(
+      (
+        await hit(stack.gw.url, '/api/manager/reboot', {
+          headers: { Cookie: admin.cookie, 'Sec-Fetch-Site': 'same-origin', Referer: `${stack.gw.url}/` },
+        })
+      ).status,
+    ).toBe(200);
+    expect((await hit(stack.gw.url, '/api/manager/reboot', { headers: { Cookie: admin.cookie, 'Sec-Fetch-Site': 'none' } })).status).toBe(
+      200,
+    );
+    expect(
+      (await hit(stack.gw.url, '/api/manager/reboot', { headers: { 'X-API-Key': TEST_KEY, 'Sec-Fetch-Site': 'cross-site' } })).status,
+    ).toBe(200);
     expect(clientTraffic(stack.fake).filter((r) => r.rawPath.includes('reboot'))).toHaveLength(3);
     // plain ComfyUI pages stay linkable from other sites
-    const page = await hit(stack.gw.url, '/queue', { headers: { Cookie: alice.cookie, 'Sec-Fetch-Site': 'cross-site', 'Sec-Fetch-Mode': 'navigate' } });
+    const page = await hit(stack.gw.url, '/queue', {
+      headers: { Cookie: alice.cookie, 'Sec-Fetch-Site': 'cross-site', 'Sec-Fetch-Mode': 'navigate' },
+    });
     expect(page.status).toBe(200);
   });
 });
@@ -211,7 +260,10 @@ describe('CSRF with Cloudflare Access (the edge adds the assertion from its own 
   const { privateKey, publicKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
   const assertion = (email = 'carol@example.com') => {
     const now = Math.floor(Date.now() / 1000);
-    return jwt.sign({ aud: [AUD], iss: `https://${TEAM}`, iat: now, nbf: now - 5, exp: now + 600, sub: 'u1', email }, privateKey, { algorithm: 'RS256', keyid: 'k1' });
+    return jwt.sign({ aud: [AUD], iss: `https://${TEAM}`, iat: now, nbf: now - 5, exp: now + 600, sub: 'u1', email }, privateKey, {
+      algorithm: 'RS256',
+      keyid: 'k1',
+    });
   };
   beforeAll(async () => {
     jwks = http.createServer((_req, res) => {
@@ -220,7 +272,11 @@ describe('CSRF with Cloudflare Access (the edge adds the assertion from its own 
     });
     await new Promise<void>((r) => jwks.listen(0, '127.0.0.1', () => r()));
     const certs = `http://127.0.0.1:${(jwks.address() as { port: number }).port}/cdn-cgi/access/certs`;
-    cf = await startGateway({ upstream: stack.fake.url, api_key: TEST_KEY, cloudflare_access: { team_domain: TEAM, audience: AUD, certs_url: certs, auto_provision: true } });
+    cf = await startGateway({
+      upstream: stack.fake.url,
+      api_key: TEST_KEY,
+      cloudflare_access: { team_domain: TEAM, audience: AUD, certs_url: certs, auto_provision: true },
+    });
   });
   afterAll(async () => {
     await cf.close();
@@ -237,13 +293,17 @@ describe('CSRF with Cloudflare Access (the edge adds the assertion from its own 
       const tok = await hit(cf.url, '/gateway/api/tokens', { method: 'POST', headers: { ...h(), ...extra }, body: { name: 'stolen' } });
       expect([tok.status, tok.body.error.code]).toEqual([403, 'CSRF_REJECTED']);
     }
-    await expect(openSocket(`${cf.url.replace(/^http/, 'ws')}/ws?clientId=cf-csrf`, { ...h(), Origin: EVIL })).rejects.toMatchObject({ status: 403 });
+    await expect(openSocket(`${cf.url.replace(/^http/, 'ws')}/ws?clientId=cf-csrf`, { ...h(), Origin: EVIL })).rejects.toMatchObject({
+      status: 403,
+    });
     expect(clientTraffic(stack.fake).filter((r) => r.rawPath.includes('cf-csrf'))).toHaveLength(0);
     expect(cf.composed.users.tokens.list('carol')).toEqual([]);
 
     // a service-token script (no Origin) and the Access user's own pages keep working
     expect((await hit(cf.url, '/gateway/api/tokens', { method: 'POST', headers: h(), body: { name: 'script' } })).status).toBe(201);
-    expect((await hit(cf.url, '/gateway/api/tokens', { method: 'POST', headers: { ...h(), Origin: cf.url }, body: { name: 'page' } })).status).toBe(201);
+    expect(
+      (await hit(cf.url, '/gateway/api/tokens', { method: 'POST', headers: { ...h(), Origin: cf.url }, body: { name: 'page' } })).status,
+    ).toBe(201);
     const s = await openSocket(`${cf.url.replace(/^http/, 'ws')}/ws?clientId=cf-own`, { ...h(), Origin: cf.url });
     s.close();
   });

@@ -21,13 +21,25 @@ beforeAll(async () => {
   // a session, a personal token, a logout
   const admin = await login(gw, 'admin');
   secrets.push(admin.token, admin.cookie.split('=')[1]);
-  const created = await hit(gw.url, '/gateway/api/tokens', { method: 'POST', headers: { authorization: `Bearer ${admin.token}`, 'user-agent': UA }, body: { name: 'script' } });
+  const created = await hit(gw.url, '/gateway/api/tokens', {
+    method: 'POST',
+    headers: { authorization: `Bearer ${admin.token}`, 'user-agent': UA },
+    body: { name: 'script' },
+  });
   expect(created.status).toBe(201);
   secrets.push(created.body.token);
-  expect((await hit(gw.url, `/gateway/api/tokens/${created.body.id}`, { method: 'DELETE', headers: { authorization: `Bearer ${admin.token}` } })).status).toBe(204);
+  expect(
+    (await hit(gw.url, `/gateway/api/tokens/${created.body.id}`, { method: 'DELETE', headers: { authorization: `Bearer ${admin.token}` } }))
+      .status,
+  ).toBe(204);
   expect((await hit(gw.url, '/logout', { method: 'POST', headers: { authorization: `Bearer ${admin.token}` } })).status).toBe(200);
   // failures: a wrong password, a guessed key
-  const failed = await hit(gw.url, '/login', { method: 'POST', from: '127.0.0.2', headers: { 'user-agent': UA }, body: { username: 'bob', password: WRONG_PASSWORD } });
+  const failed = await hit(gw.url, '/login', {
+    method: 'POST',
+    from: '127.0.0.2',
+    headers: { 'user-agent': UA },
+    body: { username: 'bob', password: WRONG_PASSWORD },
+  });
   expect(failed.status).toBe(401);
   expect((await hit(gw.url, '/object_info', { from: '127.0.0.2', headers: { 'x-api-key': GUESSED_KEY } })).status).toBe(401);
   expect((await hit(gw.url, `/object_info?api_key=${GUESSED_KEY}`, { from: '127.0.0.2' })).status).toBe(401);
@@ -36,7 +48,9 @@ beforeAll(async () => {
   await new Promise((r) => setTimeout(r, 200));
   expect((await hit(gw.url, '/health', { from: '127.0.0.2', headers: { 'user-agent': UA } })).status).toBe(403);
   // an admin action
-  expect((await hit(gw.url, '/gateway/api/ip-lists', { method: 'PUT', headers: { 'x-api-key': TEST_KEY }, body: { whitelist: [] } })).status).toBe(200);
+  expect(
+    (await hit(gw.url, '/gateway/api/ip-lists', { method: 'PUT', headers: { 'x-api-key': TEST_KEY }, body: { whitelist: [] } })).status,
+  ).toBe(200);
 });
 afterAll(async () => {
   await gw.close();
@@ -48,7 +62,17 @@ describe('the audit trail', () => {
     const logs = await flushedLogs(gw);
     const audit = logs.filter((l) => l.audit === true);
     const events = audit.map((l) => l.event);
-    for (const e of ['register', 'login_success', 'token_create', 'token_revoke', 'logout', 'login_failure', 'ip_auto_blacklisted', 'ip_blocked', 'ip_lists_updated'])
+    for (const e of [
+      'register',
+      'login_success',
+      'token_create',
+      'token_revoke',
+      'logout',
+      'login_failure',
+      'ip_auto_blacklisted',
+      'ip_blocked',
+      'ip_lists_updated',
+    ])
       expect([e, events.includes(e)]).toEqual([e, true]);
     const failure = audit.find((l) => l.event === 'login_failure')!;
     expect(failure).toMatchObject({ ip: '127.0.0.2', user_agent: UA, username: 'bob' });
@@ -103,7 +127,11 @@ test('audit lines are written even when log_levels hides info', async () => {
   const { startGateway, flushedLogs, TEST_KEY } = await import('./helpers/gateway');
   const quiet = await startGateway({ api_key: TEST_KEY, log_levels: ['warn'] });
   try {
-    const res = await fetch(`${quiet.url}/login`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ username: 'nobody', password: 'wrong-password-1' }) });
+    const res = await fetch(`${quiet.url}/login`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ username: 'nobody', password: 'wrong-password-1' }),
+    });
     expect(res.status).toBe(401);
     const logs = await flushedLogs(quiet);
     expect(logs.some((l) => l.audit === true && l.event === 'login_failure')).toBe(true);

@@ -28,7 +28,17 @@ test('GET /gateway/api/users lists users without hashes; users and anonymous cal
   expect(res.status).toBe(200);
   const alice = res.body.users.find((u: { username: string }) => u.username === 'alice');
   // tokens and last_sign_in feed the admin page's users table
-  expect(alice).toEqual({ id: expect.any(String), username: 'alice', email: null, role: 'user', disabled: false, permissions: [], created_at: expect.any(String), tokens: 0, last_sign_in: null });
+  expect(alice).toEqual({
+    id: expect.any(String),
+    username: 'alice',
+    email: null,
+    role: 'user',
+    disabled: false,
+    permissions: [],
+    created_at: expect.any(String),
+    tokens: 0,
+    last_sign_in: null,
+  });
   expect(JSON.stringify(res.body)).not.toMatch(/\$2[aby]\$/);
 
   const user = `Bearer ${(await login(gw, 'alice')).token}`;
@@ -50,10 +60,15 @@ test('GET /gateway/api/users lists users without hashes; users and anonymous cal
 });
 
 test('POST /gateway/api/users creates users; validation, duplicates', async () => {
-  const res = await api().post('/gateway/api/users').set('Authorization', admin).send({ username: 'dl-user', password: PW, permissions: ['download_models'] });
+  const res = await api()
+    .post('/gateway/api/users')
+    .set('Authorization', admin)
+    .send({ username: 'dl-user', password: PW, permissions: ['download_models'] });
   expect(res.status).toBe(201);
   expect(res.body).toMatchObject({ username: 'dl-user', role: 'user', disabled: false, permissions: ['download_models'] });
-  const me = await api().get('/gateway/api/me').set('Authorization', `Bearer ${(await login(gw, 'dl-user')).token}`);
+  const me = await api()
+    .get('/gateway/api/me')
+    .set('Authorization', `Bearer ${(await login(gw, 'dl-user')).token}`);
   expect(me.body).toMatchObject({ username: 'dl-user', role: 'user', permissions: ['download_models'], source: 'jwt' });
 
   const dup = await api().post('/gateway/api/users').set('Authorization', admin).send({ username: 'dl-user', password: PW });
@@ -109,7 +124,10 @@ test('PATCH changes role, permissions, disabled and password, effective at once 
 
 test('the last enabled admin cannot be removed, disabled or demoted (409 LAST_ADMIN)', async () => {
   const byKey = (r: request.Test) => r.set('X-API-Key', TEST_KEY);
-  const admins = gw.composed.users.list().filter((u) => u.role === 'admin' && !u.disabled).map((u) => u.username);
+  const admins = gw.composed.users
+    .list()
+    .filter((u) => u.role === 'admin' && !u.disabled)
+    .map((u) => u.username);
   expect(admins).toEqual(['admin']);
   for (const r of [
     byKey(api().delete('/gateway/api/users/admin')),
@@ -154,14 +172,19 @@ test('GET /gateway/api/me works for the static key too', async () => {
 test('100 parallel registrations are all persisted (memory, file, and after a restart)', async () => {
   const names = Array.from({ length: 100 }, (_, i) => `par-${i}`);
   const results = await Promise.all(
-    names.map((n) => api().post('/register').set('Authorization', `Bearer ${TEST_KEY}`).send({ new_user_username: n, new_user_password: PW })),
+    names.map((n) =>
+      api().post('/register').set('Authorization', `Bearer ${TEST_KEY}`).send({ new_user_username: n, new_user_password: PW }),
+    ),
   );
   expect(results.map((r) => r.status)).toEqual(names.map(() => 201));
   await gw.composed.users.flush();
   const file = JSON.parse(fs.readFileSync(gw.config.paths.usersDb, 'utf8'));
   const stored = new Set(file.users.map((u: { username: string }) => u.username));
   for (const n of names) expect(stored.has(n)).toBe(true);
-  const again = await startGateway({ upstream: fake.url }, { files: { 'data/users_db.json': fs.readFileSync(gw.config.paths.usersDb, 'utf8') } });
+  const again = await startGateway(
+    { upstream: fake.url },
+    { files: { 'data/users_db.json': fs.readFileSync(gw.config.paths.usersDb, 'utf8') } },
+  );
   try {
     expect(again.composed.users.list().filter((u) => u.username.startsWith('par-'))).toHaveLength(100);
     await login(again, 'par-57');
@@ -172,7 +195,11 @@ test('100 parallel registrations are all persisted (memory, file, and after a re
 
 test('admin actions are audited without secrets', async () => {
   await api().post('/gateway/api/users').set('Authorization', admin).send({ username: 'audited', password: 'audited-pass-9' }).expect(201);
-  await api().patch('/gateway/api/users/audited').set('Authorization', admin).send({ password: 'audited-pass-10', role: 'admin' }).expect(200);
+  await api()
+    .patch('/gateway/api/users/audited')
+    .set('Authorization', admin)
+    .send({ password: 'audited-pass-10', role: 'admin' })
+    .expect(200);
   await api().delete('/gateway/api/users/audited').set('Authorization', admin).expect(204);
   const logs = (await flushedLogs(gw)).filter((l) => l.audit && (l.new_user === 'audited' || l.target === 'audited'));
   // user_files: what became of the deleted account's folders (kept for admins by default)

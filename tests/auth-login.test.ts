@@ -72,7 +72,10 @@ describe('first run', () => {
     const code = setupCode(gw.composed.notices)!;
     const tries = await Promise.all(
       ['a1', 'a2', 'a3', 'a4'].map((n) =>
-        request(gw.url).post('/register').set('X-Forwarded-For', '203.0.113.9').send({ new_user_username: n, new_user_password: PW, setup_code: code }),
+        request(gw.url)
+          .post('/register')
+          .set('X-Forwarded-For', '203.0.113.9')
+          .send({ new_user_username: n, new_user_password: PW, setup_code: code }),
       ),
     );
     expect(tries.filter((r) => r.status === 201)).toHaveLength(1);
@@ -82,7 +85,10 @@ describe('first run', () => {
 
   test('the setup code is not announced when an admin already exists', async () => {
     await registerFirstAdmin(gw);
-    const again = await startGateway({ upstream: fake.url }, { files: { 'data/users_db.json': fs.readFileSync(gw.config.paths.usersDb, 'utf8') } });
+    const again = await startGateway(
+      { upstream: fake.url },
+      { files: { 'data/users_db.json': fs.readFileSync(gw.config.paths.usersDb, 'utf8') } },
+    );
     try {
       expect(setupCode(again.composed.notices)).toBeUndefined();
     } finally {
@@ -120,7 +126,9 @@ describe('register, login, sessions', () => {
     expect(Object.keys(bad.body.error.details.fields).sort()).toEqual(['new_user_password', 'new_user_username']);
     for (const pw of ['x'.repeat(73), 'é'.repeat(37), 'abcdefgh\u0000ijk'])
       expect((await post({ new_user_username: 'longpw', new_user_password: pw, username: 'admin', password: PW })).status).toBe(400);
-    expect((await post({ new_user_username: 'okpw', new_user_password: 'x'.repeat(72), username: 'admin', password: PW })).status).toBe(201);
+    expect((await post({ new_user_username: 'okpw', new_user_password: 'x'.repeat(72), username: 'admin', password: PW })).status).toBe(
+      201,
+    );
     expect((await post({ new_user_username: 'api-key', new_user_password: PW, username: 'admin', password: PW })).status).toBe(400);
 
     const byUser = await post({ new_user_username: 'bob', new_user_password: PW, username: 'alice', password: PW });
@@ -136,13 +144,24 @@ describe('register, login, sessions', () => {
     expect((await post({ new_user_username: 'alice', new_user_password: PW })).status).toBe(401);
 
     // An admin principal (static key via Bearer, or an admin session cookie from the same origin) works too.
-    const byKey = await api().post('/register').set('Authorization', `Bearer ${TEST_KEY}`).send({ new_user_username: 'bykey', new_user_password: PW });
+    const byKey = await api()
+      .post('/register')
+      .set('Authorization', `Bearer ${TEST_KEY}`)
+      .send({ new_user_username: 'bykey', new_user_password: PW });
     expect(byKey.status).toBe(201);
     const { cookie } = await login(gw, 'admin');
-    const byCookie = await api().post('/register').set('Cookie', cookie).set('Origin', gw.url).send({ new_user_username: 'bycookie', new_user_password: PW, role: 'admin' });
+    const byCookie = await api()
+      .post('/register')
+      .set('Cookie', cookie)
+      .set('Origin', gw.url)
+      .send({ new_user_username: 'bycookie', new_user_password: PW, role: 'admin' });
     expect(byCookie.body).toEqual({ username: 'bycookie', role: 'admin' });
     const aliceSession = await login(gw, 'alice');
-    const byUserCookie = await api().post('/register').set('Cookie', aliceSession.cookie).set('Origin', gw.url).send({ new_user_username: 'bob', new_user_password: PW });
+    const byUserCookie = await api()
+      .post('/register')
+      .set('Cookie', aliceSession.cookie)
+      .set('Origin', gw.url)
+      .send({ new_user_username: 'bob', new_user_password: PW });
     expect(byUserCookie.status).toBe(403);
     expect(gw.composed.users.get('bob')).toBeUndefined();
     expect(clientTraffic(fake)).toHaveLength(0);
@@ -171,10 +190,18 @@ describe('register, login, sessions', () => {
     expect(form.status).toBe(200);
     expect(typeof form.body.token).toBe('string');
     // A script-less browser form is redirected to a same-site `next` only.
-    const nav = await api().post('/login').type('form').set('Accept', 'text/html').send({ username: 'carol', password: PW, next: '//evil.example/x' });
+    const nav = await api()
+      .post('/login')
+      .type('form')
+      .set('Accept', 'text/html')
+      .send({ username: 'carol', password: PW, next: '//evil.example/x' });
     expect(nav.status).toBe(303);
     expect(nav.headers.location).toBe('/');
-    const nav2 = await api().post('/login').type('form').set('Accept', 'text/html').send({ username: 'carol', password: PW, next: '/queue' });
+    const nav2 = await api()
+      .post('/login')
+      .type('form')
+      .set('Accept', 'text/html')
+      .send({ username: 'carol', password: PW, next: '/queue' });
     expect(nav2.headers.location).toBe('/queue');
     const badForm = await api().post('/login').type('form').set('Accept', 'text/html').send({ username: 'carol', password: 'wrong-wrong' });
     expect(badForm.status).toBe(303);
@@ -186,7 +213,9 @@ describe('register, login, sessions', () => {
     expect(malformed.body.error.code).toBe('INVALID_BODY');
     const missing = await api().post('/login').send({ username: 'carol' });
     expect(missing.status).toBe(400);
-    const typed = await api().post('/login').send({ username: 'carol', password: { $ne: 1 } });
+    const typed = await api()
+      .post('/login')
+      .send({ username: 'carol', password: { $ne: 1 } });
     expect(typed.status).toBe(400);
     expect(clientTraffic(fake)).toHaveLength(0);
   });
@@ -218,8 +247,15 @@ describe('register, login, sessions', () => {
     await registerUser(gw, 'frank', { role: 'admin' });
     const s = await login(gw, 'frank');
     const me = (r: request.Test) => r.then((x) => x);
-    expect((await me(api().get('/gateway/api/me').set('Cookie', s.cookie))).body).toMatchObject({ username: 'frank', role: 'admin', source: 'cookie' });
-    expect((await me(api().get('/gateway/api/me').set('Authorization', `Bearer ${s.token}`))).body).toMatchObject({ username: 'frank', source: 'jwt' });
+    expect((await me(api().get('/gateway/api/me').set('Cookie', s.cookie))).body).toMatchObject({
+      username: 'frank',
+      role: 'admin',
+      source: 'cookie',
+    });
+    expect((await me(api().get('/gateway/api/me').set('Authorization', `Bearer ${s.token}`))).body).toMatchObject({
+      username: 'frank',
+      source: 'jwt',
+    });
     expect((await me(api().get(`/gateway/api/me?token=${s.token}`))).body).toMatchObject({ username: 'frank', source: 'query' });
     expect((await api().get('/gateway/api/users').set('Authorization', `Bearer ${s.token}`)).status).toBe(200);
 
@@ -252,7 +288,9 @@ describe('register, login, sessions', () => {
     };
     for (const [name, token] of Object.entries(bad)) {
       for (const how of ['bearer', 'cookie', 'query'] as const) {
-        let r = api().get(how === 'query' ? `/queue?token=${encodeURIComponent(token)}` : '/queue').set('Accept', 'application/json');
+        let r = api()
+          .get(how === 'query' ? `/queue?token=${encodeURIComponent(token)}` : '/queue')
+          .set('Accept', 'application/json');
         if (how === 'bearer') r = r.set('Authorization', `Bearer ${token}`);
         if (how === 'cookie') r = r.set('Cookie', `jwt_token=${token}`);
         const res = await r;
@@ -262,7 +300,11 @@ describe('register, login, sessions', () => {
     }
     // The genuine token, and a token we sign with the env secret ourselves, are accepted: the env secret is the key.
     expect((await api().get('/queue').set('Authorization', `Bearer ${s.token}`)).status).toBe(200);
-    const ours = jwt.sign({ ...body, sub: 'gina', role: 'user', jti: 'ours-1', iat_ms: Date.now(), iat: Math.floor(Date.now() / 1000) }, SECRET, { algorithm: 'HS256' });
+    const ours = jwt.sign(
+      { ...body, sub: 'gina', role: 'user', jti: 'ours-1', iat_ms: Date.now(), iat: Math.floor(Date.now() / 1000) },
+      SECRET,
+      { algorithm: 'HS256' },
+    );
     expect((await api().get('/gateway/api/me').set('Authorization', `Bearer ${ours}`)).status).toBe(200);
     expect(clientTraffic(fake).map((r) => r.rawPath)).toEqual(['/queue']);
     expect(clientTraffic(fake)[0].headers.authorization).toBeUndefined();
@@ -325,19 +367,34 @@ describe('register, login, sessions', () => {
     expect((await api().get('/gateway/api/me').set('Cookie', fresh.cookie)).status).toBe(200);
     expect((await api().post('/login').send({ username: 'ivy', password: PW })).status).toBe(401);
 
-    const wrong = await api().post('/gateway/api/me/password').set('Cookie', fresh.cookie).set('Origin', gw.url).send({ current_password: 'nope-nope-1', new_password: 'whatever-123' });
+    const wrong = await api()
+      .post('/gateway/api/me/password')
+      .set('Cookie', fresh.cookie)
+      .set('Origin', gw.url)
+      .send({ current_password: 'nope-nope-1', new_password: 'whatever-123' });
     expect(wrong.status).toBe(401);
     expect(wrong.body.error.code).toBe('INVALID_CREDENTIALS');
-    const weak = await api().post('/gateway/api/me/password').set('Cookie', fresh.cookie).set('Origin', gw.url).send({ current_password: 'a-new-password-2', new_password: 'short' });
+    const weak = await api()
+      .post('/gateway/api/me/password')
+      .set('Cookie', fresh.cookie)
+      .set('Origin', gw.url)
+      .send({ current_password: 'a-new-password-2', new_password: 'short' });
     expect(weak.status).toBe(400);
     // A cookie session changing its password gets a fresh cookie.
-    const viaCookie = await api().post('/gateway/api/me/password').set('Cookie', fresh.cookie).set('Origin', gw.url).send({ current_password: 'a-new-password-2', new_password: 'third-password-3' });
+    const viaCookie = await api()
+      .post('/gateway/api/me/password')
+      .set('Cookie', fresh.cookie)
+      .set('Origin', gw.url)
+      .send({ current_password: 'a-new-password-2', new_password: 'third-password-3' });
     expect(viaCookie.status).toBe(200);
     const newCookie = ([] as string[]).concat(viaCookie.headers['set-cookie'])[0].split(';')[0];
     expect((await api().get('/gateway/api/me').set('Cookie', fresh.cookie)).status).toBe(401);
     expect((await api().get('/gateway/api/me').set('Cookie', newCookie)).status).toBe(200);
 
-    const keyChange = await api().post('/gateway/api/me/password').set('X-API-Key', TEST_KEY).send({ current_password: 'x', new_password: 'whatever-123' });
+    const keyChange = await api()
+      .post('/gateway/api/me/password')
+      .set('X-API-Key', TEST_KEY)
+      .send({ current_password: 'x', new_password: 'whatever-123' });
     expect(keyChange.status).toBe(400);
 
     await gw.composed.users.update('ivy', { disabled: true });
@@ -401,7 +458,10 @@ describe('secret and cookie security', () => {
       const secretFile = path.join(gw.config.paths.dataDir, 'jwt_secret');
       expect(fs.statSync(secretFile).mode & 0o777).toBe(0o600);
       expect(fs.readFileSync(secretFile, 'utf8').trim().length).toBeGreaterThanOrEqual(64);
-      files = { 'data/users_db.json': fs.readFileSync(gw.config.paths.usersDb, 'utf8'), 'data/jwt_secret': fs.readFileSync(secretFile, 'utf8') };
+      files = {
+        'data/users_db.json': fs.readFileSync(gw.config.paths.usersDb, 'utf8'),
+        'data/jwt_secret': fs.readFileSync(secretFile, 'utf8'),
+      };
     } finally {
       await gw.close();
     }
@@ -422,10 +482,35 @@ describe('secret and cookie security', () => {
 
   test('the cookie is Secure under TLS and with force_https', async () => {
     const dir = fs.mkdtempSync(path.join(require('node:os').tmpdir(), 'cgw-tls-'));
-    execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1', '-subj', '/CN=localhost', '-keyout', path.join(dir, 'key.pem'), '-out', path.join(dir, 'cert.pem')], { stdio: 'ignore' });
+    execFileSync(
+      'openssl',
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'ec',
+        '-pkeyopt',
+        'ec_paramgen_curve:prime256v1',
+        '-nodes',
+        '-days',
+        '1',
+        '-subj',
+        '/CN=localhost',
+        '-keyout',
+        path.join(dir, 'key.pem'),
+        '-out',
+        path.join(dir, 'cert.pem'),
+      ],
+      { stdio: 'ignore' },
+    );
     const tls = await startGateway(
       { upstream: fake.url, tls: { cert: 'cert.pem', key: 'key.pem' } },
-      { files: { 'cert.pem': fs.readFileSync(path.join(dir, 'cert.pem'), 'utf8'), 'key.pem': fs.readFileSync(path.join(dir, 'key.pem'), 'utf8') } },
+      {
+        files: {
+          'cert.pem': fs.readFileSync(path.join(dir, 'cert.pem'), 'utf8'),
+          'key.pem': fs.readFileSync(path.join(dir, 'key.pem'), 'utf8'),
+        },
+      },
     );
     fs.rmSync(dir, { recursive: true, force: true });
     try {
@@ -440,8 +525,17 @@ describe('secret and cookie security', () => {
     for (const force_https of [false, true]) {
       const proxied = await startGateway({ upstream: fake.url, force_https, ...TRUST_LOCAL_PROXY });
       try {
-        await request(proxied.url).post('/register').set('X-Forwarded-Proto', 'https').set('X-Forwarded-For', '10.1.1.1').send({ new_user_username: 'admin', new_user_password: PW, setup_code: setupCode(proxied.composed.notices) }).expect(201);
-        const res = await request(proxied.url).post('/login').set('X-Forwarded-Proto', 'https').set('X-Forwarded-For', '10.1.1.1').send({ username: 'admin', password: PW });
+        await request(proxied.url)
+          .post('/register')
+          .set('X-Forwarded-Proto', 'https')
+          .set('X-Forwarded-For', '10.1.1.1')
+          .send({ new_user_username: 'admin', new_user_password: PW, setup_code: setupCode(proxied.composed.notices) })
+          .expect(201);
+        const res = await request(proxied.url)
+          .post('/login')
+          .set('X-Forwarded-Proto', 'https')
+          .set('X-Forwarded-For', '10.1.1.1')
+          .send({ username: 'admin', password: PW });
         expect(res.status).toBe(200);
         expect(([] as string[]).concat(res.headers['set-cookie'])[0].split(/;\s*/)).toContain('Secure');
         // Plain HTTP: with force_https the gateway redirects before any route; without it, no Secure flag.

@@ -52,7 +52,14 @@ test('POST creates a token shown once; GET lists it without secret or hash; the 
   const list = await api().get('/gateway/api/tokens').set('Authorization', auth);
   expect(list.status).toBe(200);
   const row = list.body.tokens.find((x: { id: string }) => x.id === t.id);
-  expect(row).toEqual({ id: t.id, name: 'render bot', prefix: t.prefix, created_at: t.created_at, expires_at: t.expires_at, last_used_at: null });
+  expect(row).toEqual({
+    id: t.id,
+    name: 'render bot',
+    prefix: t.prefix,
+    created_at: t.created_at,
+    expires_at: t.expires_at,
+    last_used_at: null,
+  });
   expect(JSON.stringify(list.body)).not.toContain(t.token);
 
   await gw.composed.users.flush();
@@ -60,7 +67,9 @@ test('POST creates a token shown once; GET lists it without secret or hash; the 
   expect(file).not.toContain(t.token);
   expect(file).toContain(crypto.createHash('sha256').update(t.token).digest('hex'));
   // Bob sees none of Alice's tokens.
-  const bobs = await api().get('/gateway/api/tokens').set('Authorization', `Bearer ${(await login(gw, 'bob')).token}`);
+  const bobs = await api()
+    .get('/gateway/api/tokens')
+    .set('Authorization', `Bearer ${(await login(gw, 'bob')).token}`);
   expect(bobs.body.tokens).toEqual([]);
 });
 
@@ -160,7 +169,10 @@ test("disabling, password change or deletion of the owner voids the owner's toke
 
   const auth2 = `Bearer ${(await login(gw, 'carl')).token}`;
   const t2 = await createToken(auth2);
-  const changed = await api().post('/gateway/api/me/password').set('Authorization', auth2).send({ current_password: PW, new_password: 'carl-new-pass-1' });
+  const changed = await api()
+    .post('/gateway/api/me/password')
+    .set('Authorization', auth2)
+    .send({ current_password: PW, new_password: 'carl-new-pass-1' });
   expect(changed.status).toBe(200);
   expect((await WAYS.xApiKey(t2.token)).status).toBe(401);
   const auth3 = `Bearer ${changed.body.token}`;
@@ -182,7 +194,9 @@ test('token events are audited and no token value is logged', async () => {
   await WAYS.xApiKey(t.token);
   await api().delete(`/gateway/api/tokens/${t.id}`).set('Authorization', auth);
   const logs = await flushedLogs(gw);
-  expect(logs.filter((l) => l.audit && l.event === 'token_create' && l.token_id === t.id)).toEqual([expect.objectContaining({ user: 'alice', prefix: t.prefix })]);
+  expect(logs.filter((l) => l.audit && l.event === 'token_create' && l.token_id === t.id)).toEqual([
+    expect.objectContaining({ user: 'alice', prefix: t.prefix }),
+  ]);
   expect(logs.filter((l) => l.audit && l.event === 'token_revoke' && l.token_id === t.id)).toHaveLength(1);
   const text = logText(logs);
   expect(text).not.toContain(t.token);

@@ -184,7 +184,9 @@ describe('browser: the admin page (users, tokens, own password, IP lists) in rea
     await admin.locator('#token-list li', { hasText: 'ci-bot' }).locator('button', { hasText: 'Revoke' }).click();
     await msg(admin, 'tokens-msg', 'Token ci-bot revoked.');
     await admin.locator('#token-empty').waitFor({ state: 'visible' });
-    expect((await hit(gw.url, '/gateway/api/me', { headers: { Authorization: `Bearer ${secret}` }, from: `127.0.0.${probe++}` })).status).toBe(401);
+    expect(
+      (await hit(gw.url, '/gateway/api/me', { headers: { Authorization: `Bearer ${secret}` }, from: `127.0.0.${probe++}` })).status,
+    ).toBe(401);
   });
 
   test('changing one’s own password: wrong current password is refused; afterwards only the new one works', async () => {

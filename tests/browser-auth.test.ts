@@ -126,7 +126,9 @@ describe('browser: first admin, sign-in, ComfyUI page, sign-out (real Chromium)'
     expect(comfyId).toBeTruthy();
     await expect(page.evaluate('localStorage.getItem("Comfy.userId")')).resolves.toBe(comfyId);
     await page.evaluate('localStorage.setItem("Comfy.userId", "someone-else"); localStorage.removeItem("Comfy.userName")');
-    await page.waitForFunction(`localStorage.getItem("Comfy.userId") === ${JSON.stringify(comfyId)} && localStorage.getItem("Comfy.userName") === "admin1"`);
+    await page.waitForFunction(
+      `localStorage.getItem("Comfy.userId") === ${JSON.stringify(comfyId)} && localStorage.getItem("Comfy.userName") === "admin1"`,
+    );
     const cookies = await ctx.cookies();
     expect(cookies.map((c) => c.name)).toEqual(['jwt_token']);
     expect(cookies[0].httpOnly).toBe(true);

@@ -40,7 +40,10 @@ describe('failed logins from an untrusted socket', () => {
 
   test('5 failures → 429 RATE_LIMITED with Retry-After, even for the right password; rotating spoofed headers does not dodge it', async () => {
     for (let i = 0; i < 5; i++) {
-      const res = await loginFrom(gw, '127.0.0.2', i % 2 ? 'alice' : `nobody${i}`, 'wrong-password', { 'X-Forwarded-For': `198.51.100.${i}`, 'X-Real-IP': `198.51.100.${i}` });
+      const res = await loginFrom(gw, '127.0.0.2', i % 2 ? 'alice' : `nobody${i}`, 'wrong-password', {
+        'X-Forwarded-For': `198.51.100.${i}`,
+        'X-Real-IP': `198.51.100.${i}`,
+      });
       expect(res.status).toBe(401);
       expect(res.body.error.code).toBe('INVALID_CREDENTIALS');
     }
@@ -71,10 +74,20 @@ describe('failed logins from an untrusted socket', () => {
 
   test('registrations with bad admin credentials count too', async () => {
     for (let i = 0; i < 5; i++) {
-      const r = await hit(gw.url, '/register', { method: 'POST', from: '127.0.0.5', body: { new_user_username: `x${i}y`, new_user_password: 'long-enough-1', username: 'admin', password: 'nope-nope' } });
+      const r = await hit(gw.url, '/register', {
+        method: 'POST',
+        from: '127.0.0.5',
+        body: { new_user_username: `x${i}y`, new_user_password: 'long-enough-1', username: 'admin', password: 'nope-nope' },
+      });
       expect(r.status).toBe(401);
     }
-    expectRateLimited(await hit(gw.url, '/register', { method: 'POST', from: '127.0.0.5', body: { new_user_username: 'zz', new_user_password: 'long-enough-1', username: 'admin', password: PW } }));
+    expectRateLimited(
+      await hit(gw.url, '/register', {
+        method: 'POST',
+        from: '127.0.0.5',
+        body: { new_user_username: 'zz', new_user_password: 'long-enough-1', username: 'admin', password: PW },
+      }),
+    );
     const users = (await hit(gw.url, '/gateway/api/users', { headers: { 'x-api-key': TEST_KEY } })).body.users as { username: string }[];
     expect(users.map((u) => u.username)).toContain('alice');
     expect(users.map((u) => u.username)).not.toContain('zz');
@@ -115,7 +128,8 @@ describe('through a trusted proxy', () => {
   });
 
   test('successes do not count', async () => {
-    for (let i = 0; i < 12; i++) expect((await loginFrom(gw, '127.0.0.2', 'alice', PW, { 'X-Forwarded-For': '192.0.2.200' })).status).toBe(200);
+    for (let i = 0; i < 12; i++)
+      expect((await loginFrom(gw, '127.0.0.2', 'alice', PW, { 'X-Forwarded-For': '192.0.2.200' })).status).toBe(200);
   });
 });
 
@@ -158,7 +172,10 @@ describe('bad tokens', () => {
 
 describe('blacklist_after_attempts', () => {
   test('N failures append the real client IP to blacklist.txt; the list reloads and the address is refused', async () => {
-    const gw = await startGateway({ upstream: fake.url, api_key: TEST_KEY, blacklist_after_attempts: 3 }, { files: { 'blacklist.txt': '# existing\n203.0.113.1\n' } });
+    const gw = await startGateway(
+      { upstream: fake.url, api_key: TEST_KEY, blacklist_after_attempts: 3 },
+      { files: { 'blacklist.txt': '# existing\n203.0.113.1\n' } },
+    );
     try {
       for (let i = 0; i < 3; i++) {
         const r = await loginFrom(gw, '127.0.0.2', `user${i}`, 'wrong-password', { 'X-Forwarded-For': '127.0.0.3' });
@@ -188,8 +205,12 @@ describe('a trusted proxy is never blacklisted', () => {
       await new Promise((r) => setTimeout(r, 300));
       expect(fs.existsSync(gw.config.paths.blacklist) ? fs.readFileSync(gw.config.paths.blacklist, 'utf8') : '').not.toContain('127.0.0.4');
       // the same proxy naming its clients: those are blacklisted as usual
-      for (let i = 0; i < 2; i++) expect((await loginFrom(gw, '127.0.0.4', `q${i}`, 'wrong-password', { 'X-Forwarded-For': '198.51.100.77' })).status).toBe(401);
-      await waitFor(() => fs.existsSync(gw.config.paths.blacklist) && fs.readFileSync(gw.config.paths.blacklist, 'utf8').includes('198.51.100.77'), 2000);
+      for (let i = 0; i < 2; i++)
+        expect((await loginFrom(gw, '127.0.0.4', `q${i}`, 'wrong-password', { 'X-Forwarded-For': '198.51.100.77' })).status).toBe(401);
+      await waitFor(
+        () => fs.existsSync(gw.config.paths.blacklist) && fs.readFileSync(gw.config.paths.blacklist, 'utf8').includes('198.51.100.77'),
+        2000,
+      );
       expect(fs.readFileSync(gw.config.paths.blacklist, 'utf8')).not.toContain('127.0.0.4');
     } finally {
       await gw.close();
@@ -203,7 +224,13 @@ describe('the lockout grows to at most 5 minutes (unit, fake clock)', () => {
     const logger = createLogger({ levels: ['silent'], file: null, stdout: false });
     const appended: string[] = [];
     const ipLists = { appendToBlacklist: async (ip: string) => (appended.push(ip), true) } as unknown as IpLists;
-    const bf = createBruteForce({ config: { blacklist_after_attempts: 0 }, audit: createAudit(logger), ipLists, logger, options: { now: () => t } });
+    const bf = createBruteForce({
+      config: { blacklist_after_attempts: 0 },
+      audit: createAudit(logger),
+      ipLists,
+      logger,
+      options: { now: () => t },
+    });
     const req = { headers: {}, socket: { remoteAddress: '192.0.2.1' } } as unknown as IncomingMessage;
     setContext(req, { clientIp: '192.0.2.1' } as never);
     const waitOf = (): number => {
@@ -232,7 +259,13 @@ describe('the lockout grows to at most 5 minutes (unit, fake clock)', () => {
 
   test('failures older than the window are forgotten', async () => {
     const logger = createLogger({ levels: ['silent'], file: null, stdout: false });
-    const bf = createBruteForce({ config: { blacklist_after_attempts: 0 }, audit: createAudit(logger), ipLists: {} as IpLists, logger, options: { windowMs: 300 } });
+    const bf = createBruteForce({
+      config: { blacklist_after_attempts: 0 },
+      audit: createAudit(logger),
+      ipLists: {} as IpLists,
+      logger,
+      options: { windowMs: 300 },
+    });
     const attempt = () => {
       const req = { headers: {}, socket: { remoteAddress: '192.0.2.2' } } as unknown as IncomingMessage;
       setContext(req, { clientIp: '192.0.2.2' } as never);

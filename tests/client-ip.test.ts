@@ -25,7 +25,19 @@ describe('parsing', () => {
     expect(normalizeIp('203.0.113.7:5555')).toBe('203.0.113.7');
     expect(normalizeIp('[2001:db8::1]:443')).toBe('2001:db8::1');
     expect(normalizeIp('fe80::1%eth0')).toBe('fe80::1');
-    for (const bad of ['', '10', '127.1', '0x7f.0.0.1', '010.0.0.1', '1.2.3.256', 'unknown', '1.2.3.4, 5.6.7.8', 'example.com', undefined, null])
+    for (const bad of [
+      '',
+      '10',
+      '127.1',
+      '0x7f.0.0.1',
+      '010.0.0.1',
+      '1.2.3.256',
+      'unknown',
+      '1.2.3.4, 5.6.7.8',
+      'example.com',
+      undefined,
+      null,
+    ])
       expect(normalizeIp(bad as string)).toBeNull();
   });
 
@@ -36,7 +48,20 @@ describe('parsing', () => {
     expect(inRanges('::ffff:10.9.9.9', [parseRange('10.0.0.0/8')])).toBe(true);
     expect(inRanges('10.9.9.9', [parseRange('::ffff:10.0.0.0/104')])).toBe(true);
     expect(inRanges('10.9.9.9', [parseRange('::/0')])).toBe(false); // an IPv4 client is not in an IPv6 range
-    for (const bad of ['10', '127.1', '1.2.3.4/33', '::1/129', '1.2.3.4:80', '1.2.3.4/', '/8', '1.2.3.4/8/8', 'fe80::1%eth0', '[::1]', 'a.b.c.d', '1.2.3.4 5.6.7.8'])
+    for (const bad of [
+      '10',
+      '127.1',
+      '1.2.3.4/33',
+      '::1/129',
+      '1.2.3.4:80',
+      '1.2.3.4/',
+      '/8',
+      '1.2.3.4/8/8',
+      'fe80::1%eth0',
+      '[::1]',
+      'a.b.c.d',
+      '1.2.3.4 5.6.7.8',
+    ])
       expect(() => parseRange(bad)).toThrow(/not an IP address or CIDR|prefix length/);
   });
 });
@@ -100,8 +125,12 @@ describe('createClientIp', () => {
   });
 
   test('a bad trusted_proxies entry is a ConfigError naming it', () => {
-    expect(() => createClientIp({ trusted_proxies: ['10.0.0.0/8', '10.0.0.0/40', 'proxy.lan'], client_ip_header: 'x-forwarded-for' })).toThrow(ConfigError);
-    expect(() => createClientIp({ trusted_proxies: ['127.1'], client_ip_header: 'x-forwarded-for' })).toThrow(/trusted_proxies\[0\]: not an IP address or CIDR/);
+    expect(() =>
+      createClientIp({ trusted_proxies: ['10.0.0.0/8', '10.0.0.0/40', 'proxy.lan'], client_ip_header: 'x-forwarded-for' }),
+    ).toThrow(ConfigError);
+    expect(() => createClientIp({ trusted_proxies: ['127.1'], client_ip_header: 'x-forwarded-for' })).toThrow(
+      /trusted_proxies\[0\]: not an IP address or CIDR/,
+    );
   });
 });
 
@@ -117,17 +146,37 @@ describe('direct loopback', () => {
 
   test('any forwarding header of any kind makes it not local', () => {
     const headers = [
-      'X-Forwarded-For', 'X-Forwarded-Proto', 'X-Forwarded-Host', 'X-Forwarded-Port', 'X-Forwarded-Server', 'X-Forwarded', 'Forwarded',
-      'X-Real-IP', 'CF-Connecting-IP', 'True-Client-IP', 'Cf-Access-Jwt-Assertion', 'Cf-Access-Authenticated-User-Email', 'CF-Ray',
-      'CF-Visitor', 'CF-IPCountry', 'Via', 'X-Client-IP', 'Fastly-Client-IP', 'X-Cluster-Client-IP', 'X-Original-Forwarded-For',
-      'Tailscale-User-Login', 'X_Forwarded_For',
+      'X-Forwarded-For',
+      'X-Forwarded-Proto',
+      'X-Forwarded-Host',
+      'X-Forwarded-Port',
+      'X-Forwarded-Server',
+      'X-Forwarded',
+      'Forwarded',
+      'X-Real-IP',
+      'CF-Connecting-IP',
+      'True-Client-IP',
+      'Cf-Access-Jwt-Assertion',
+      'Cf-Access-Authenticated-User-Email',
+      'CF-Ray',
+      'CF-Visitor',
+      'CF-IPCountry',
+      'Via',
+      'X-Client-IP',
+      'Fastly-Client-IP',
+      'X-Cluster-Client-IP',
+      'X-Original-Forwarded-For',
+      'Tailscale-User-Login',
+      'X_Forwarded_For',
     ];
     for (const h of headers) {
       const req = fakeReq('127.0.0.1', { [h]: '203.0.113.1' });
       expect([h, hasForwardingHeaders(req)]).toEqual([h, true]);
       expect([h, isDirectLoopback(req)]).toEqual([h, false]);
     }
-    expect(hasForwardingHeaders(fakeReq('127.0.0.1', { 'User-Agent': 'curl', Accept: '*/*', 'X-API-Key': 'k', Host: 'localhost' }))).toBe(false);
+    expect(hasForwardingHeaders(fakeReq('127.0.0.1', { 'User-Agent': 'curl', Accept: '*/*', 'X-API-Key': 'k', Host: 'localhost' }))).toBe(
+      false,
+    );
   });
 });
 

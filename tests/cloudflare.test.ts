@@ -36,8 +36,19 @@ const now = () => Math.floor(Date.now() / 1000);
 
 /** A Cloudflare Access application token. */
 function sign(key: Key, claims: Record<string, unknown> = {}, opts: { kid?: string } = {}): string {
-  const payload = { aud: [AUD], iss: ISS, iat: now(), nbf: now() - 5, exp: now() + 600, type: 'app', sub: 'uid-1', email: 'alice@example.com', ...claims };
-  for (const k of Object.keys(payload)) if ((payload as Record<string, unknown>)[k] === undefined) delete (payload as Record<string, unknown>)[k];
+  const payload = {
+    aud: [AUD],
+    iss: ISS,
+    iat: now(),
+    nbf: now() - 5,
+    exp: now() + 600,
+    type: 'app',
+    sub: 'uid-1',
+    email: 'alice@example.com',
+    ...claims,
+  };
+  for (const k of Object.keys(payload))
+    if ((payload as Record<string, unknown>)[k] === undefined) delete (payload as Record<string, unknown>)[k];
   return jwt.sign(payload, key.privateKey, { algorithm: 'RS256', keyid: opts.kid ?? key.kid });
 }
 
@@ -59,7 +70,14 @@ afterAll(async () => {
 beforeEach(() => fake.clearRequests());
 
 const cfConfig = (extra: Record<string, unknown> = {}) => ({
-  cloudflare_access: { team_domain: TEAM, audience: AUD, certs_url: jwks.url, auto_provision: true, service_tokens: { 'ops.access': 'api-key', 'svc.access': 'robot' }, ...extra },
+  cloudflare_access: {
+    team_domain: TEAM,
+    audience: AUD,
+    certs_url: jwks.url,
+    auto_provision: true,
+    service_tokens: { 'ops.access': 'api-key', 'svc.access': 'robot' },
+    ...extra,
+  },
 });
 
 describe('cloudflare_access (optional): assertions as credentials', () => {
@@ -79,7 +97,10 @@ describe('cloudflare_access (optional): assertions as credentials', () => {
     expect(fake.requests.find((r) => r.rawPath.includes('edge-cf'))?.headers['cf-access-jwt-assertion']).toBeUndefined();
     const me = await as(sign(key1), '/gateway/api/me');
     expect(me.body).toMatchObject({ username: 'alice', role: 'user', source: 'cf-access' });
-    const users = (await hit(gw.url, '/gateway/api/users', { headers: { 'x-api-key': TEST_KEY } })).body.users as { username: string; role: string }[];
+    const users = (await hit(gw.url, '/gateway/api/users', { headers: { 'x-api-key': TEST_KEY } })).body.users as {
+      username: string;
+      role: string;
+    }[];
     expect(users.find((u) => u.username === 'alice')?.role).toBe('user');
     expect(jwks.state.hits).toBe(1); // keys are cached
     // a user principal is not an admin
@@ -144,7 +165,11 @@ describe('cloudflare_access (optional): assertions as credentials', () => {
     expect(ops.body).toMatchObject({ username: 'api-key', role: 'admin', source: 'cf-access' });
     const missing = await as(svc('svc.access'));
     expect([missing.status, missing.body.error.code]).toEqual([403, 'CF_ACCESS_UNKNOWN_USER']);
-    await hit(gw.url, '/gateway/api/users', { method: 'POST', headers: { 'x-api-key': TEST_KEY }, body: { username: 'robot', password: 'robot-password-1', role: 'user' } });
+    await hit(gw.url, '/gateway/api/users', {
+      method: 'POST',
+      headers: { 'x-api-key': TEST_KEY },
+      body: { username: 'robot', password: 'robot-password-1', role: 'user' },
+    });
     expect((await as(svc('svc.access'), '/gateway/api/me')).body).toMatchObject({ username: 'robot', role: 'user' });
     const unmapped = await as(svc('stranger.access'));
     expect([unmapped.status, unmapped.body.error.code]).toEqual([403, 'CF_ACCESS_UNKNOWN_USER']);
@@ -165,7 +190,8 @@ describe('without auto_provision', () => {
   test('an email binds only to the account holding exactly that email; never by local part, whatever the spelling', async () => {
     const gw = await startGateway({ upstream: fake.url, api_key: TEST_KEY, ...cfConfig({ auto_provision: false }) });
     try {
-      const asEmail = (email: string, p = '/object_info?edge-cf') => hit(gw.url, p, { headers: { 'Cf-Access-Jwt-Assertion': sign(key1, { email }) } });
+      const asEmail = (email: string, p = '/object_info?edge-cf') =>
+        hit(gw.url, p, { headers: { 'Cf-Access-Jwt-Assertion': sign(key1, { email }) } });
       const refused = async (email: string) => {
         const before = reached(fake, 'edge-cf');
         const res = await asEmail(email);
@@ -175,14 +201,19 @@ describe('without auto_provision', () => {
       await refused('bob@example.com');
       expect((await hit(gw.url, '/gateway/api/users', { headers: admin })).body.users).toHaveLength(0);
       // an account named after the local part, created by an admin without an email: not anyone's by email
-      expect((await hit(gw.url, '/gateway/api/users', { method: 'POST', headers: admin, body: { username: 'bob', password: 'bob-password-1' } })).status).toBe(201);
-      for (const e of ['bob@example.com', 'Bob+x@attacker.example', 'BOB@example.com', 'bob@attacker.example', 'b.o.b@example.com']) await refused(e);
+      expect(
+        (await hit(gw.url, '/gateway/api/users', { method: 'POST', headers: admin, body: { username: 'bob', password: 'bob-password-1' } }))
+          .status,
+      ).toBe(201);
+      for (const e of ['bob@example.com', 'Bob+x@attacker.example', 'BOB@example.com', 'bob@attacker.example', 'b.o.b@example.com'])
+        await refused(e);
       // the admin sets bob's email: exactly that address (lower-cased) binds, nothing around it
       const set = await hit(gw.url, '/gateway/api/users/bob', { method: 'PATCH', headers: admin, body: { email: 'Bob@Example.com' } });
       expect([set.status, set.body.email]).toEqual([200, 'bob@example.com']);
       expect((await asEmail('bob@example.com', '/gateway/api/me')).body).toMatchObject({ username: 'bob', source: 'cf-access' });
       expect((await asEmail('BOB@EXAMPLE.COM', '/gateway/api/me')).body).toMatchObject({ username: 'bob' });
-      for (const e of ['bob+x@example.com', 'bob@example.com.attacker.example', 'bob@sub.example.com', 'xbob@example.com']) await refused(e);
+      for (const e of ['bob+x@example.com', 'bob@example.com.attacker.example', 'bob@sub.example.com', 'xbob@example.com'])
+        await refused(e);
       const list = (await hit(gw.url, '/gateway/api/users', { headers: admin })).body.users as { username: string; email: string | null }[];
       expect(list.find((u) => u.username === 'bob')?.email).toBe('bob@example.com');
     } finally {
@@ -195,7 +226,8 @@ describe('without auto_provision', () => {
     try {
       const asEmail = (email: string) => hit(gw.url, '/gateway/api/me', { headers: { 'Cf-Access-Jwt-Assertion': sign(key1, { email }) } });
       const post = (body: Record<string, unknown>) => hit(gw.url, '/gateway/api/users', { method: 'POST', headers: admin, body });
-      const patch = (name: string, body: Record<string, unknown>) => hit(gw.url, `/gateway/api/users/${name}`, { method: 'PATCH', headers: admin, body });
+      const patch = (name: string, body: Record<string, unknown>) =>
+        hit(gw.url, `/gateway/api/users/${name}`, { method: 'PATCH', headers: admin, body });
       expect((await post({ username: 'root', password: 'root-password-1', role: 'admin' })).status).toBe(201);
       const r0 = await asEmail('root@attacker.example');
       expect([r0.status, r0.body.error.code]).toEqual([403, 'CF_ACCESS_UNKNOWN_USER']);
@@ -210,7 +242,10 @@ describe('without auto_provision', () => {
         const q = await patch('erin', { email: bad });
         expect([q.status, q.body.error.code]).toEqual([400, 'INVALID_BODY']);
       }
-      const users = (await hit(gw.url, '/gateway/api/users', { headers: admin })).body.users as { username: string; email: string | null }[];
+      const users = (await hit(gw.url, '/gateway/api/users', { headers: admin })).body.users as {
+        username: string;
+        email: string | null;
+      }[];
       expect(users.map((u) => u.username).sort()).toEqual(['erin', 'root']);
       expect(users.find((u) => u.username === 'erin')?.email).toBe('erin@example.com');
       // an admin's own email, set by an admin, binds (an explicit decision, not a guess)
@@ -227,7 +262,11 @@ describe('without auto_provision', () => {
     const gw = await startGateway({ upstream: fake.url, api_key: TEST_KEY, ...cfConfig({ auto_provision: false }) });
     try {
       const asEmail = (email: string) => hit(gw.url, '/gateway/api/me', { headers: { 'Cf-Access-Jwt-Assertion': sign(key1, { email }) } });
-      await hit(gw.url, '/gateway/api/users', { method: 'POST', headers: admin, body: { username: 'erin', password: 'erin-password-1', email: 'erin@example.com' } });
+      await hit(gw.url, '/gateway/api/users', {
+        method: 'POST',
+        headers: admin,
+        body: { username: 'erin', password: 'erin-password-1', email: 'erin@example.com' },
+      });
       expect((await asEmail('erin@example.com')).body).toMatchObject({ username: 'erin', source: 'cf-access' });
       expect((await hit(gw.url, '/gateway/api/users/erin', { method: 'DELETE', headers: admin })).status).toBe(204);
       await hit(gw.url, '/gateway/api/users', { method: 'POST', headers: admin, body: { username: 'erin', password: 'erin-password-2' } });
@@ -242,12 +281,25 @@ describe('without auto_provision', () => {
 
   test('old bindings carry over only for accounts Access created (no password); local-part bindings are dropped', async () => {
     const at = '2026-01-01T00:00:00.000Z';
-    const user = (username: string, hash: string) => ({ username, role: 'user', password_hash: hash, disabled: false, permissions: [], created_at: at, tokens_valid_after: 0 });
+    const user = (username: string, hash: string) => ({
+      username,
+      role: 'user',
+      password_hash: hash,
+      disabled: false,
+      permissions: [],
+      created_at: at,
+      tokens_valid_after: 0,
+    });
     const gw = await startGateway(
       { upstream: fake.url, api_key: TEST_KEY, ...cfConfig({ auto_provision: false }) },
       {
         files: {
-          'data/users_db.json': JSON.stringify({ version: 1, users: [user('prov', '!'), user('alice', `$2b$04$${'a'.repeat(53)}`)], tokens: [], revoked: [] }),
+          'data/users_db.json': JSON.stringify({
+            version: 1,
+            users: [user('prov', '!'), user('alice', `$2b$04$${'a'.repeat(53)}`)],
+            tokens: [],
+            revoked: [],
+          }),
           'data/cf_access_bindings.json': JSON.stringify({ emails: { 'prov@example.com': 'prov', 'alice+x@attacker.example': 'alice' } }),
         },
       },
@@ -257,7 +309,10 @@ describe('without auto_provision', () => {
       expect((await asEmail('prov@example.com')).body).toMatchObject({ username: 'prov', source: 'cf-access' });
       const r = await asEmail('alice+x@attacker.example');
       expect([r.status, r.body.error.code]).toEqual([403, 'CF_ACCESS_UNKNOWN_USER']);
-      const users = (await hit(gw.url, '/gateway/api/users', { headers: admin })).body.users as { username: string; email: string | null }[];
+      const users = (await hit(gw.url, '/gateway/api/users', { headers: admin })).body.users as {
+        username: string;
+        email: string | null;
+      }[];
       expect(Object.fromEntries(users.map((u) => [u.username, u.email]))).toEqual({ prov: 'prov@example.com', alice: null });
     } finally {
       await gw.close();
@@ -270,15 +325,26 @@ describe('auto_provision never takes over an existing account', () => {
     const gw = await startGateway({ upstream: fake.url, api_key: TEST_KEY, ...cfConfig({ auto_provision: true }) });
     try {
       const admin = { 'x-api-key': TEST_KEY };
-      await hit(gw.url, '/gateway/api/users', { method: 'POST', headers: admin, body: { username: 'carol', password: 'carol-password-1' } });
-      const me = await hit(gw.url, '/gateway/api/me', { headers: { 'Cf-Access-Jwt-Assertion': sign(key1, { email: 'Carol+x@attacker.example' }) } });
+      await hit(gw.url, '/gateway/api/users', {
+        method: 'POST',
+        headers: admin,
+        body: { username: 'carol', password: 'carol-password-1' },
+      });
+      const me = await hit(gw.url, '/gateway/api/me', {
+        headers: { 'Cf-Access-Jwt-Assertion': sign(key1, { email: 'Carol+x@attacker.example' }) },
+      });
       expect(me.status).toBe(200);
       expect(me.body.username).not.toBe('carol');
-      const users = (await hit(gw.url, '/gateway/api/users', { headers: admin })).body.users as { username: string; email: string | null }[];
+      const users = (await hit(gw.url, '/gateway/api/users', { headers: admin })).body.users as {
+        username: string;
+        email: string | null;
+      }[];
       expect(users.find((u) => u.username === 'carol')?.email).toBeNull();
       expect(users.find((u) => u.username === me.body.username)?.email).toBe('carol+x@attacker.example');
       // the same identity comes back to the account it created
-      const again = await hit(gw.url, '/gateway/api/me', { headers: { 'Cf-Access-Jwt-Assertion': sign(key1, { email: 'carol+X@attacker.example' }) } });
+      const again = await hit(gw.url, '/gateway/api/me', {
+        headers: { 'Cf-Access-Jwt-Assertion': sign(key1, { email: 'carol+X@attacker.example' }) },
+      });
       expect(again.body.username).toBe(me.body.username);
     } finally {
       await gw.close();
@@ -299,7 +365,11 @@ describe('required: true', () => {
       const res = await hit(gw.url, p, { headers: { 'x-api-key': TEST_KEY } });
       expect([p, res.status, res.body?.error?.code]).toEqual([p, 403, 'CF_ACCESS_REQUIRED']);
     }
-    for (const bad of [sign(key1, { aud: ['x'] }), sign(key1, { exp: now() - 3600 }), `${b64({ alg: 'none', kid: key1.kid })}.${b64(validClaims())}.`]) {
+    for (const bad of [
+      sign(key1, { aud: ['x'] }),
+      sign(key1, { exp: now() - 3600 }),
+      `${b64({ alg: 'none', kid: key1.kid })}.${b64(validClaims())}.`,
+    ]) {
       const res = await hit(gw.url, '/object_info?edge-cf', { headers: { 'x-api-key': TEST_KEY, 'Cf-Access-Jwt-Assertion': bad } });
       expect([res.status, res.body.error.code]).toEqual([403, 'CF_ACCESS_REQUIRED']);
     }

@@ -19,9 +19,13 @@ async function uploadPng(env: IsolationEnv, who: Caller, name: string) {
     Buffer.from('\x89PNG\r\n\x1a\n'),
     Buffer.from(`\r\n--${boundary}--\r\n`),
   ]);
-  return raw(env.gw, 'POST', '/upload/image', { headers: { ...who.headers, 'Content-Type': `multipart/form-data; boundary=${boundary}` }, body });
+  return raw(env.gw, 'POST', '/upload/image', {
+    headers: { ...who.headers, 'Content-Type': `multipart/form-data; boundary=${boundary}` },
+    body,
+  });
 }
-const loadImageOptions = async (env: IsolationEnv, who: Caller) => (await raw(env.gw, 'GET', '/object_info/LoadImage', { headers: who.headers })).json().LoadImage.input.required.image[0] as string[];
+const loadImageOptions = async (env: IsolationEnv, who: Caller) =>
+  (await raw(env.gw, 'GET', '/object_info/LoadImage', { headers: who.headers })).json().LoadImage.input.required.image[0] as string[];
 
 describe('a current server (version, argv, /internal/folder_paths, --multi-user)', () => {
   let env: IsolationEnv;
@@ -56,7 +60,10 @@ describe('a current server (version, argv, /internal/folder_paths, --multi-user)
   });
 
   test('the first prompt answer tells whether ComfyUI honours our prompt_id (this one does: no warning)', async () => {
-    const r = await raw(env.gw, 'POST', '/prompt', { headers: { ...env.alice.headers, 'Content-Type': 'application/json' }, body: JSON.stringify({ prompt: sampleWorkflow('honoured') }) });
+    const r = await raw(env.gw, 'POST', '/prompt', {
+      headers: { ...env.alice.headers, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ prompt: sampleWorkflow('honoured') }),
+    });
     expect(r.status).toBe(200);
     expect(env.fake.prompts.has(r.json().prompt_id)).toBe(true);
     const logs = await flushedLogs(env.gw);
@@ -71,7 +78,10 @@ describe.each([
   [['main.py', '--listen', '0.0.0.0', '--listen', '127.0.0.1'], []],
   [['main.py', '--listen=::'], ['::']],
   [['main.py'], []],
-  [['main.py', '--listen', '--multi-user'], ['0.0.0.0', '::']],
+  [
+    ['main.py', '--listen', '--multi-user'],
+    ['0.0.0.0', '::'],
+  ],
 ])('argv %j', (argv, exposed) => {
   let env: IsolationEnv;
   beforeAll(async () => {
@@ -96,7 +106,7 @@ describe('the input folder from argv (--input-directory) beats the guess next to
     await env.close();
     fs.rmSync(dir, { recursive: true, force: true });
   });
-  test('named in the line, and files there show in the owner\'s list', async () => {
+  test("named in the line, and files there show in the owner's list", async () => {
     expect(String((await serverLines(env.gw))[0].msg)).toContain(`input folder ${dir} (from argv)`);
     fs.mkdirSync(path.join(dir, 'alice'));
     fs.writeFileSync(path.join(dir, 'alice', 'there.png'), 'x');
@@ -127,7 +137,10 @@ describe('an old server that reports neither argv nor /internal (like 7914c47)',
     expect(await loadImageOptions(env, env.alice)).toContain('alice/mine.png');
     expect((await loadImageOptions(env, env.bob)).some((o) => o.includes('mine.png'))).toBe(false);
     // a refused upload records nothing
-    const bad = await raw(env.gw, 'POST', '/upload/image', { headers: { ...env.bob.headers, 'Content-Type': 'multipart/form-data; boundary=x' }, body: 'garbage' });
+    const bad = await raw(env.gw, 'POST', '/upload/image', {
+      headers: { ...env.bob.headers, 'Content-Type': 'multipart/form-data; boundary=x' },
+      body: 'garbage',
+    });
     expect(bad.status).toBeGreaterThanOrEqual(400);
     expect(await loadImageOptions(env, env.bob)).toEqual((await loadImageOptions(env, env.bob)).filter((o) => o.startsWith('bob/')));
   });

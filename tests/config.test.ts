@@ -36,7 +36,13 @@ describe('config loading', () => {
   });
 
   test('every problem is reported at once, with where it is', () => {
-    const { file } = tmpConfig({ port: 'eighty', bogus_key: 1, whitelist: 5, cookie: { name: 'x', nope: true }, api_key_file: 'missing.txt' });
+    const { file } = tmpConfig({
+      port: 'eighty',
+      bogus_key: 1,
+      whitelist: 5,
+      cookie: { name: 'x', nope: true },
+      api_key_file: 'missing.txt',
+    });
     const problems = problemsOf(() => loadConfig(['--config', file], {}));
     const text = problems.join('\n');
     expect(text).toMatch(/port/);
@@ -75,7 +81,9 @@ describe('config loading', () => {
     const flag = loadConfig(['--config', file, '--api-key', 'flag-key-0123456789abcdef'], {});
     expect(flag.apiKey).toBe('flag-key-0123456789abcdef');
     const { file: plain } = tmpConfig({});
-    expect(loadConfig(['--config', plain], { COMFYUI_GATEWAY_API_KEY: 'env-key-0123456789abcdef' }).apiKey).toBe('env-key-0123456789abcdef');
+    expect(loadConfig(['--config', plain], { COMFYUI_GATEWAY_API_KEY: 'env-key-0123456789abcdef' }).apiKey).toBe(
+      'env-key-0123456789abcdef',
+    );
     expect(problemsOf(() => loadConfig(['--config', plain, '--api-key', 'short'], {})).join()).toMatch(/api_key/);
   });
 

@@ -66,13 +66,26 @@ test('disabling, a password change and a demotion by an admin apply to hot crede
   await warm(bearer(pete.token));
   await warm(bearer(rita.token), '/gateway/api/users');
 
-  expect((await hit(stack.gw.url, '/gateway/api/users/dana', { method: 'PATCH', headers: bearer(admin.token), body: { disabled: true } })).status).toBe(200);
+  expect(
+    (await hit(stack.gw.url, '/gateway/api/users/dana', { method: 'PATCH', headers: bearer(admin.token), body: { disabled: true } }))
+      .status,
+  ).toBe(200);
   await refusedNow(bearer(dana.token), /INVALID_CREDENTIALS|TOKEN_REVOKED/);
 
-  expect((await hit(stack.gw.url, '/gateway/api/users/pete', { method: 'PATCH', headers: bearer(admin.token), body: { password: 'another-password-2' } })).status).toBe(200);
+  expect(
+    (
+      await hit(stack.gw.url, '/gateway/api/users/pete', {
+        method: 'PATCH',
+        headers: bearer(admin.token),
+        body: { password: 'another-password-2' },
+      })
+    ).status,
+  ).toBe(200);
   await refusedNow(bearer(pete.token), 'TOKEN_REVOKED');
 
-  expect((await hit(stack.gw.url, '/gateway/api/users/rita', { method: 'PATCH', headers: bearer(admin.token), body: { role: 'user' } })).status).toBe(200);
+  expect(
+    (await hit(stack.gw.url, '/gateway/api/users/rita', { method: 'PATCH', headers: bearer(admin.token), body: { role: 'user' } })).status,
+  ).toBe(200);
   const after = await hit(stack.gw.url, '/gateway/api/users', { headers: bearer(rita.token) });
   expect(after.status).toBe(403);
   expect(after.body.error.code).toBe('FORBIDDEN');

@@ -26,13 +26,23 @@ const wsUrl = (p: string) => stack.gw.url.replace(/^http/, 'ws') + p;
 test('cookie POST /gateway/api/tokens from a foreign Origin (or with no Origin at all) → 403, no token made', async () => {
   expectCsrf(await request(stack.gw.url).post('/gateway/api/tokens').set('Cookie', alice.cookie).set('Origin', EVIL).send({ name: 'x' }));
   expectCsrf(await request(stack.gw.url).post('/gateway/api/tokens').set('Cookie', alice.cookie).send({ name: 'x' }));
-  expectCsrf(await request(stack.gw.url).post('/gateway/api/tokens').set('Cookie', alice.cookie).set('Referer', `${EVIL}/page`).send({ name: 'x' }));
+  expectCsrf(
+    await request(stack.gw.url).post('/gateway/api/tokens').set('Cookie', alice.cookie).set('Referer', `${EVIL}/page`).send({ name: 'x' }),
+  );
   expectCsrf(await request(stack.gw.url).post('/gateway/api/tokens').set('Cookie', alice.cookie).set('Origin', 'null').send({ name: 'x' }));
   expect(stack.gw.composed.users.tokens.list('alice')).toEqual([]);
 
-  const same = await request(stack.gw.url).post('/gateway/api/tokens').set('Cookie', alice.cookie).set('Origin', stack.gw.url).send({ name: 'x' });
+  const same = await request(stack.gw.url)
+    .post('/gateway/api/tokens')
+    .set('Cookie', alice.cookie)
+    .set('Origin', stack.gw.url)
+    .send({ name: 'x' });
   expect(same.status).toBe(201);
-  const byReferer = await request(stack.gw.url).post('/gateway/api/tokens').set('Cookie', alice.cookie).set('Referer', `${stack.gw.url}/gateway/static/admin.html`).send({ name: 'y' });
+  const byReferer = await request(stack.gw.url)
+    .post('/gateway/api/tokens')
+    .set('Cookie', alice.cookie)
+    .set('Referer', `${stack.gw.url}/gateway/static/admin.html`)
+    .send({ name: 'y' });
   expect(byReferer.status).toBe(201);
   // Reading stays possible without an Origin (GET is not a state change).
   expect((await request(stack.gw.url).get('/gateway/api/tokens').set('Cookie', alice.cookie)).body.tokens).toHaveLength(2);
@@ -62,17 +72,40 @@ test('header-authenticated scripts are not subject to the Origin rule', async ()
     if (foreign.status !== 200) throw new Error(`${name} with a foreign Origin → ${foreign.status}`);
     expect(clientTraffic(stack.fake).filter((r) => r.method === 'POST')).toHaveLength(2);
   }
-  const tok = await request(stack.gw.url).post('/gateway/api/tokens').set('Authorization', `Bearer ${alice.token}`).send({ name: 'script' });
+  const tok = await request(stack.gw.url)
+    .post('/gateway/api/tokens')
+    .set('Authorization', `Bearer ${alice.token}`)
+    .send({ name: 'script' });
   expect(tok.status).toBe(201);
   expect((await request(stack.gw.url).delete(`/gateway/api/tokens/${tok.body.id}`).set('X-API-Key', tok.body.token)).status).toBe(204);
 });
 
 test('other cookie-authenticated state changes: admin API, password, register, logout', async () => {
-  expectCsrf(await request(stack.gw.url).patch('/gateway/api/users/alice').set('Cookie', admin.cookie).set('Origin', EVIL).send({ role: 'admin' }));
+  expectCsrf(
+    await request(stack.gw.url).patch('/gateway/api/users/alice').set('Cookie', admin.cookie).set('Origin', EVIL).send({ role: 'admin' }),
+  );
   expectCsrf(await request(stack.gw.url).delete('/gateway/api/users/alice').set('Cookie', admin.cookie).set('Origin', EVIL));
-  expectCsrf(await request(stack.gw.url).post('/gateway/api/users').set('Cookie', admin.cookie).set('Origin', EVIL).send({ username: 'evil', password: PW }));
-  expectCsrf(await request(stack.gw.url).post('/register').set('Cookie', admin.cookie).set('Origin', EVIL).send({ new_user_username: 'evil2', new_user_password: PW }));
-  expectCsrf(await request(stack.gw.url).post('/gateway/api/me/password').set('Cookie', alice.cookie).set('Origin', EVIL).send({ current_password: PW, new_password: 'hijacked-pass-1' }));
+  expectCsrf(
+    await request(stack.gw.url)
+      .post('/gateway/api/users')
+      .set('Cookie', admin.cookie)
+      .set('Origin', EVIL)
+      .send({ username: 'evil', password: PW }),
+  );
+  expectCsrf(
+    await request(stack.gw.url)
+      .post('/register')
+      .set('Cookie', admin.cookie)
+      .set('Origin', EVIL)
+      .send({ new_user_username: 'evil2', new_user_password: PW }),
+  );
+  expectCsrf(
+    await request(stack.gw.url)
+      .post('/gateway/api/me/password')
+      .set('Cookie', alice.cookie)
+      .set('Origin', EVIL)
+      .send({ current_password: PW, new_password: 'hijacked-pass-1' }),
+  );
   expectCsrf(await request(stack.gw.url).post('/logout').set('Cookie', alice.cookie).set('Origin', EVIL));
   expect(stack.gw.composed.users.get('alice')).toMatchObject({ role: 'user' });
   expect(stack.gw.composed.users.get('evil')).toBeUndefined();
@@ -107,11 +140,18 @@ test('login CSRF: a foreign page cannot sign a browser in, register or log out; 
   const before = stack.gw.composed.users.count();
   expectCsrf(await request(stack.gw.url).post('/login').set('Origin', EVIL).send({ username: 'alice', password: PW }));
   expectCsrf(await request(stack.gw.url).post('/api/login').set('Origin', EVIL).type('form').send({ username: 'alice', password: PW }));
-  expectCsrf(await request(stack.gw.url).post('/register').set('Origin', EVIL).send({ new_user_username: 'mallory', new_user_password: PW, username: 'admin', password: PW }));
+  expectCsrf(
+    await request(stack.gw.url)
+      .post('/register')
+      .set('Origin', EVIL)
+      .send({ new_user_username: 'mallory', new_user_password: PW, username: 'admin', password: PW }),
+  );
   expectCsrf(await request(stack.gw.url).post('/logout').set('Origin', EVIL).set('Cookie', alice.cookie));
   expect(stack.gw.composed.users.count()).toBe(before);
   expect((await request(stack.gw.url).post('/login').send({ username: 'alice', password: PW })).status).toBe(200);
-  expect((await request(stack.gw.url).post('/login').set('Origin', stack.gw.url).send({ username: 'alice', password: PW })).status).toBe(200);
+  expect((await request(stack.gw.url).post('/login').set('Origin', stack.gw.url).send({ username: 'alice', password: PW })).status).toBe(
+    200,
+  );
   // the session the foreign page tried to end is still alive
   expect((await request(stack.gw.url).get('/gateway/api/me').set('Cookie', alice.cookie)).status).toBe(200);
   expect(clientTraffic(stack.fake)).toHaveLength(0);
@@ -136,6 +176,11 @@ test('behind a trusted proxy that rewrites Host, the forwarded host is the origi
   }
   // Not a trusted proxy: X-Forwarded-Host is the client's word and changes nothing.
   expectCsrf(
-    await request(stack.gw.url).post('/gateway/api/tokens').set('Cookie', alice.cookie).set('X-Forwarded-Host', 'evil.example').set('Origin', 'http://evil.example').send({ name: 'x' }),
+    await request(stack.gw.url)
+      .post('/gateway/api/tokens')
+      .set('Cookie', alice.cookie)
+      .set('X-Forwarded-Host', 'evil.example')
+      .set('Origin', 'http://evil.example')
+      .send({ name: 'x' }),
   );
 });

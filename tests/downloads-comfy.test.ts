@@ -30,7 +30,13 @@ beforeAll(async () => {
     },
     { env: { HF_ENDPOINT: hf.url } },
   );
-  await callApi(gw.url, 'POST', '/gateway/api/users', { username: 'carol', password: 'correct-horse-battery-1', role: 'user', permissions: [] }, KEY);
+  await callApi(
+    gw.url,
+    'POST',
+    '/gateway/api/users',
+    { username: 'carol', password: 'correct-horse-battery-1', role: 'user', permissions: [] },
+    KEY,
+  );
   const l = await callApi(gw.url, 'POST', '/login', { username: 'carol', password: 'correct-horse-battery-1' });
   carol = { authorization: `Bearer ${l.body.token}` };
 });
@@ -66,7 +72,12 @@ describe('model folders learned from ComfyUI', () => {
     const bytes = crypto.randomBytes(50_000);
     const f = hf.addFile('org/c', 'landed.safetensors', bytes);
     expect((await post('/api/download-models', { models: { 'loras/landed.safetensors': f.url } })).status).toBe(202);
-    await waitFor(async () => (await post('/api/models-availability-status', { models: { 'loras/landed.safetensors': f.url } })).body.models['loras/landed.safetensors'].state === 'available');
+    await waitFor(
+      async () =>
+        (await post('/api/models-availability-status', { models: { 'loras/landed.safetensors': f.url } })).body.models[
+          'loras/landed.safetensors'
+        ].state === 'available',
+    );
     expect(fs.readFileSync(path.join(comfy.modelsDir, 'loras', 'landed.safetensors')).equals(bytes)).toBe(true);
   });
 });
@@ -76,7 +87,12 @@ describe('feature flags', () => {
     for (const p of ['/api/features', '/features']) {
       const r = await callApi(gw.url, 'GET', p, undefined, KEY);
       expect(r.status).toBe(200);
-      expect(r.body).toEqual({ supports_preview_metadata: true, max_upload_size: expect.any(Number), server_side_model_downloads: true, hf_auth_eligible: true });
+      expect(r.body).toEqual({
+        supports_preview_metadata: true,
+        max_upload_size: expect.any(Number),
+        server_side_model_downloads: true,
+        hf_auth_eligible: true,
+      });
     }
     const fwd = await callApi(gw.url, 'GET', '/api/features', undefined, { ...KEY, 'x-forwarded-for': '203.0.113.1' });
     expect(fwd.body.hf_auth_eligible).toBe(false);
@@ -104,7 +120,10 @@ describe('feature flags', () => {
 });
 
 test('with ComfyUI unreachable and no models_dir, polls say missing and downloads are 502 UPSTREAM_UNAVAILABLE', async () => {
-  const g = await startGateway({ api_key: TEST_KEY, upstream: 'http://127.0.0.1:9', model_downloads: { allowed_hosts: [hf.host], redirect_hosts: [hf.cdnHost] } }, { env: { HF_ENDPOINT: hf.url } });
+  const g = await startGateway(
+    { api_key: TEST_KEY, upstream: 'http://127.0.0.1:9', model_downloads: { allowed_hosts: [hf.host], redirect_hosts: [hf.cdnHost] } },
+    { env: { HF_ENDPOINT: hf.url } },
+  );
   try {
     const url = hf.addFile('org/c', 'down.safetensors', crypto.randomBytes(10)).url;
     const p = await callApi(g.url, 'POST', '/api/models-availability-status', { models: { 'checkpoints/down.safetensors': url } }, KEY);

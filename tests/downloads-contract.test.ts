@@ -78,13 +78,22 @@ describe('POST /api/models-availability-status', () => {
   });
 
   test('an empty or absent models map is fine; malformed JSON and wrong shapes are 400', async () => {
-    expect((await post('/api/models-availability-status', {})).body).toEqual({ models: {}, hf_auth: { token_available: false, eligible: true } });
+    expect((await post('/api/models-availability-status', {})).body).toEqual({
+      models: {},
+      hf_auth: { token_available: false, eligible: true },
+    });
     const bad = await post('/api/models-availability-status', '{"models": {');
     expect(bad.status).toBe(400);
     expect(bad.body.error.code).toBe('INVALID_JSON');
     expect(bad.body.error).toHaveProperty('message');
     expect(bad.body.error).toHaveProperty('details');
-    for (const body of ['[]', '"x"', '{"models": []}', '{"models": {"checkpoints/a.safetensors": 5}}', '{"models": {"a/b.pt": {"url": "x", "sha256": "zz"}}}']) {
+    for (const body of [
+      '[]',
+      '"x"',
+      '{"models": []}',
+      '{"models": {"checkpoints/a.safetensors": 5}}',
+      '{"models": {"a/b.pt": {"url": "x", "sha256": "zz"}}}',
+    ]) {
       const r = await post('/api/models-availability-status', body);
       expect([r.status, r.body.error.code]).toEqual([400, 'INVALID_BODY']);
     }
@@ -119,7 +128,9 @@ describe('POST /api/download-models', () => {
     const cdnGets = hf.requests.filter((r) => r.server === 'cdn' && r.method === 'GET');
     expect(cdnGets.length).toBeGreaterThan(0);
     const logs = await flushedLogs(gw);
-    const events = logs.filter((l) => l.audit && String(l.event).startsWith('model_download') && l.model_id === 'checkpoints/model.safetensors');
+    const events = logs.filter(
+      (l) => l.audit && String(l.event).startsWith('model_download') && l.model_id === 'checkpoints/model.safetensors',
+    );
     expect(events.map((l) => [l.event, l.user])).toEqual([
       ['model_download_start', 'api-key'],
       ['model_download_finish', 'api-key'],
@@ -202,7 +213,11 @@ describe('POST /api/download-models', () => {
     expect(e.progress.progress).toBeLessThan(1);
     expect(tmpFiles().length).toBe(1);
     const dup = await post('/api/download-models', { models: { 'checkpoints/slow.safetensors': f.url } });
-    expect([dup.status, dup.body.error.code, dup.body.error.details.model_id]).toEqual([409, 'ALREADY_DOWNLOADING', 'checkpoints/slow.safetensors']);
+    expect([dup.status, dup.body.error.code, dup.body.error.details.model_id]).toEqual([
+      409,
+      'ALREADY_DOWNLOADING',
+      'checkpoints/slow.safetensors',
+    ]);
     const c = await post('/api/cancel-model-download-session', { model_id: 'checkpoints/slow.safetensors' });
     expect([c.status, c.body]).toEqual([200, { cancelled: true }]);
     expect((await entry('checkpoints/slow.safetensors', f.url)).state).toBe('missing');
@@ -211,7 +226,9 @@ describe('POST /api/download-models', () => {
     const again = await post('/api/cancel-model-download-session', { model_id: 'checkpoints/slow.safetensors' });
     expect([again.status, again.body.error.code]).toEqual([404, 'NOT_DOWNLOADING']);
     const logs = await flushedLogs(gw);
-    expect(logs.some((l) => l.event === 'model_download_cancel' && l.user === 'api-key' && l.model_id === 'checkpoints/slow.safetensors')).toBe(true);
+    expect(
+      logs.some((l) => l.event === 'model_download_cancel' && l.user === 'api-key' && l.model_id === 'checkpoints/slow.safetensors'),
+    ).toBe(true);
   });
 
   test('cancel then restart at once: the old worker never touches the new session (epochs)', async () => {
@@ -235,7 +252,10 @@ describe('POST /api/download-models', () => {
     expect(res.body.scheduled).toEqual(Object.keys(models));
     await waitFor(async () => {
       const s = (await status(models)).models;
-      return s['upscale_models/q1.safetensors'].progress?.bytes_downloaded > 0 && s['upscale_models/q2.safetensors'].progress?.bytes_downloaded > 0;
+      return (
+        s['upscale_models/q1.safetensors'].progress?.bytes_downloaded > 0 &&
+        s['upscale_models/q2.safetensors'].progress?.bytes_downloaded > 0
+      );
     });
     const s = (await status(models)).models;
     expect(s['upscale_models/q3.safetensors']).toEqual({
@@ -256,7 +276,11 @@ describe('POST /api/download-models', () => {
     const gated = hf.addFile('org/aon-gated', 'g.safetensors', rand(1000), { gated: true });
     const cases: [Record<string, unknown>, number, string][] = [
       [{ 'checkpoints/aon.safetensors': ok.url, 'nope/x.safetensors': ok.url }, 400, 'INVALID_MODEL_ID'],
-      [{ 'checkpoints/aon.safetensors': ok.url, 'checkpoints/x.safetensors': 'https://evil.example/x.safetensors' }, 400, 'URL_NOT_ALLOWED'],
+      [
+        { 'checkpoints/aon.safetensors': ok.url, 'checkpoints/x.safetensors': 'https://evil.example/x.safetensors' },
+        400,
+        'URL_NOT_ALLOWED',
+      ],
       [{ 'checkpoints/aon.safetensors': ok.url, 'checkpoints/have.safetensors': ok.url }, 409, 'ALREADY_AVAILABLE'],
       [{ 'checkpoints/aon.safetensors': ok.url, 'checkpoints/g.safetensors': gated.url }, 400, 'MODEL_NOT_DOWNLOADABLE'],
     ];
@@ -275,9 +299,23 @@ describe('POST /api/download-models', () => {
   test('model ids: exactly one slash, safe segments, model extension, a known model folder', async () => {
     const ok = hf.addFile('org/ids', 'i.safetensors', rand(10)).url;
     const bad = [
-      'i.safetensors', 'checkpoints/sub/i.safetensors', '/i.safetensors', 'checkpoints/', '../i.safetensors', 'checkpoints/..',
-      'checkpoints/.', './i.safetensors', 'checkpoints/i.txt', 'checkpoints/i.safetensors.tmp', 'custom_nodes/i.safetensors',
-      'configs/i.pt', 'unknown/i.safetensors', 'check points/i.safetensors', 'checkpoints/i%2e.pt', 'checkpoints\\i.pt', '',
+      'i.safetensors',
+      'checkpoints/sub/i.safetensors',
+      '/i.safetensors',
+      'checkpoints/',
+      '../i.safetensors',
+      'checkpoints/..',
+      'checkpoints/.',
+      './i.safetensors',
+      'checkpoints/i.txt',
+      'checkpoints/i.safetensors.tmp',
+      'custom_nodes/i.safetensors',
+      'configs/i.pt',
+      'unknown/i.safetensors',
+      'check points/i.safetensors',
+      'checkpoints/i%2e.pt',
+      'checkpoints\\i.pt',
+      '',
     ];
     for (const id of bad) {
       const r = await post('/api/download-models', { models: { [id]: ok } });
@@ -297,7 +335,11 @@ describe('POST /api/download-models', () => {
     expect((await post('/api/download-models', { models: 'x' })).body.error.code).toBe('INVALID_BODY');
     const huge = hf.addFile('org/huge', 'huge.safetensors', rand(100), { advertisedSize: 4e15 });
     const r = await post('/api/download-models', { models: { 'checkpoints/huge.safetensors': huge.url } });
-    expect([r.status, r.body.error.code, r.body.error.details.model_id]).toEqual([507, 'INSUFFICIENT_STORAGE', 'checkpoints/huge.safetensors']);
+    expect([r.status, r.body.error.code, r.body.error.details.model_id]).toEqual([
+      507,
+      'INSUFFICIENT_STORAGE',
+      'checkpoints/huge.safetensors',
+    ]);
     expect((await entry('checkpoints/huge.safetensors', huge.url)).state).toBe('missing');
     expect(hf.requests.filter((x) => x.server === 'cdn' && x.url.includes(huge.sha256)).length).toBe(0);
   });

@@ -13,7 +13,8 @@ import { callApi, startFakeHf, waitFor, type FakeHf, type JsonReply } from './he
 
 const KEY = { 'x-api-key': TEST_KEY };
 /** A user's HF token file: kept per account id, not per name. */
-const tokenFile = (gw: TestGateway, user: string) => path.join(gw.config.paths.dataDir, 'hf_tokens', `${gw.composed.users.get(user)!.id}.json`);
+const tokenFile = (gw: TestGateway, user: string) =>
+  path.join(gw.config.paths.dataDir, 'hf_tokens', `${gw.composed.users.get(user)!.id}.json`);
 const PW = 'correct-horse-battery-1';
 
 let hf: FakeHf;
@@ -141,7 +142,10 @@ describe('per-user HuggingFace login (loopback callback)', () => {
     // one-shot: the callback server is gone
     await expect(fetch(cb)).rejects.toThrow();
 
-    expect((await call(gw, 'GET', '/api/hf-auth-token-status', undefined, alice)).body).toEqual({ token_available: true, username: 'hf-alice' });
+    expect((await call(gw, 'GET', '/api/hf-auth-token-status', undefined, alice)).body).toEqual({
+      token_available: true,
+      username: 'hf-alice',
+    });
     expect((await call(gw, 'GET', '/api/hf-auth-token-status', undefined, bob)).body).toEqual({ token_available: false, username: null });
 
     const file = tokenFile(gw, 'alice');
@@ -154,7 +158,12 @@ describe('per-user HuggingFace login (loopback callback)', () => {
   test("only alice's downloads use alice's token; bob gets nothing from it", async () => {
     const models = { 'checkpoints/g.safetensors': gated.url };
     const a = await poll(alice, models);
-    expect(a.body.models['checkpoints/g.safetensors']).toEqual({ state: 'missing', progress: null, file_size: 120_000, is_hf_downloadable: true });
+    expect(a.body.models['checkpoints/g.safetensors']).toEqual({
+      state: 'missing',
+      progress: null,
+      file_size: 120_000,
+      is_hf_downloadable: true,
+    });
     expect(a.body.hf_auth).toEqual({ token_available: true, eligible: true });
     const b = await poll(bob, models);
     expect(b.body.models['checkpoints/g.safetensors'].is_hf_downloadable).toBe(false);
@@ -194,7 +203,7 @@ describe('per-user HuggingFace login (loopback callback)', () => {
     expect((await poll(carol, { 'checkpoints/p.safetensors': pub.url })).body.models['checkpoints/p.safetensors'].state).toBe('missing');
   });
 
-  test('refresh 60 s before expiry with the refresh token; logout removes only the caller\'s token', async () => {
+  test("refresh 60 s before expiry with the refresh token; logout removes only the caller's token", async () => {
     hf.tokenTtlSec = 30; // already inside the 60 s window: the next use must refresh
     hf.oauthUser = 'hf-bob';
     const { callback } = await hfLogin(gw, bob);
@@ -209,14 +218,19 @@ describe('per-user HuggingFace login (loopback callback)', () => {
     expect(second.access_token).not.toBe(first);
     expect(second.expires_at).toBeGreaterThan(Date.now() / 1000 + 3000);
     expect(fs.statSync(file).mode & 0o777).toBe(0o600);
-    expect((await call(gw, 'GET', '/api/hf-auth-token-status', undefined, bob)).body).toEqual({ token_available: true, username: 'hf-bob' });
+    expect((await call(gw, 'GET', '/api/hf-auth-token-status', undefined, bob)).body).toEqual({
+      token_available: true,
+      username: 'hf-bob',
+    });
 
     const out = await call(gw, 'POST', '/api/hf-auth-logout', {}, bob);
     expect([out.status, out.body]).toEqual([200, { logged_out: true }]);
     expect(fs.existsSync(file)).toBe(false);
     expect(fs.existsSync(tokenFile(gw, 'alice'))).toBe(true);
     expect((await call(gw, 'GET', '/api/hf-auth-token-status', undefined, alice)).body.token_available).toBe(true);
-    expect((await poll(bob, { 'checkpoints/g2.safetensors': gated.url })).body.models['checkpoints/g2.safetensors'].is_hf_downloadable).toBe(false);
+    expect(
+      (await poll(bob, { 'checkpoints/g2.safetensors': gated.url })).body.models['checkpoints/g2.safetensors'].is_hf_downloadable,
+    ).toBe(false);
     // idempotent, also for someone who never logged in
     expect((await call(gw, 'POST', '/api/hf-auth-logout', {}, bob)).body).toEqual({ logged_out: true });
     expect((await call(gw, 'POST', '/api/hf-auth-logout', undefined, carol)).body).toEqual({ logged_out: true });

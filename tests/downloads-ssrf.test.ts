@@ -153,7 +153,9 @@ describe('the connection guard itself', () => {
     const client = createSafeHttp({ hosts, resolver: resolverFor({ 'models.example': addrs }) });
     try {
       // Were a connection attempted, 127.0.0.1:443 would refuse it (ECONNREFUSED) instead of the guard's error.
-      await expect(client.request('https://models.example/x.safetensors', { method: 'GET', follow: true })).rejects.toBeInstanceOf(BlockedError);
+      await expect(client.request('https://models.example/x.safetensors', { method: 'GET', follow: true })).rejects.toBeInstanceOf(
+        BlockedError,
+      );
     } finally {
       client.close();
     }
@@ -168,7 +170,9 @@ describe('the connection guard itself', () => {
     const client = createSafeHttp({ hosts, resolver: resolverFor({ 'models.test': ['127.0.0.1'], localhost: ['127.0.0.1'] }) });
     const before = trap.connections();
     try {
-      await expect(client.request(`http://models.test:${trap.port}/x.safetensors`, { method: 'GET', follow: true })).rejects.toBeInstanceOf(BlockedError);
+      await expect(client.request(`http://models.test:${trap.port}/x.safetensors`, { method: 'GET', follow: true })).rejects.toBeInstanceOf(
+        BlockedError,
+      );
       expect(trap.connections()).toBe(before);
       const { res } = await client.request(`http://localhost:${trap.port}/x.safetensors`, { method: 'GET', follow: true });
       res.resume();
@@ -184,6 +188,7 @@ describe('the connection guard itself', () => {
     expect(parseHostRule('localhost:8080')).toEqual({ host: 'localhost', port: 8080, allowPrivate: true, allowHttp: true });
     expect(parseHostRule('[::1]:9')).toEqual({ host: '[::1]', port: 9, allowPrivate: true, allowHttp: true });
     expect(parseHostRule('mirror.lan:443')).toEqual({ host: 'mirror.lan', port: 443, allowPrivate: true, allowHttp: false });
-    for (const bad of ['https://huggingface.co', 'a b', 'host:0', 'host:70000', 'user@host', '']) expect(() => parseHostRule(bad)).toThrow();
+    for (const bad of ['https://huggingface.co', 'a b', 'host:0', 'host:70000', 'user@host', ''])
+      expect(() => parseHostRule(bad)).toThrow();
   });
 });

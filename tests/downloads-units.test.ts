@@ -103,7 +103,16 @@ test('token store: 0600 atomic files, refresh near expiry, a logout during a ref
 
 test('a login that is never completed times out and frees the callback port', async () => {
   const tokens = createTokenStore({ dir: tmpDir(), hfApi: stubApi(), clientId: 'cid', logger });
-  const oauth = createHfOAuth({ clientId: 'cid', callbackPort: 0, redirectUri: null, hfApi: stubApi(), tokens, logger, audit: createAudit(logger), timeoutMs: 150 });
+  const oauth = createHfOAuth({
+    clientId: 'cid',
+    callbackPort: 0,
+    redirectUri: null,
+    hfApi: stubApi(),
+    tokens,
+    logger,
+    audit: createAudit(logger),
+    timeoutMs: 150,
+  });
   const url = new URL(await oauth.start('alice', '127.0.0.1'));
   const port = Number(new URL(url.searchParams.get('redirect_uri')!).port);
   expect(oauth.inProgress()).toBe(true);
@@ -132,7 +141,9 @@ test('a body cut right after the headers is noticed even when the disk check is 
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
   const port = (server.address() as net.AddressInfo).port;
-  const client = createSafeHttp({ hosts: createHostPolicy({ allowedHosts: [`127.0.0.1:${port}`], redirectHosts: [], hfEndpoint: 'https://huggingface.co' }) });
+  const client = createSafeHttp({
+    hosts: createHostPolicy({ allowedHosts: [`127.0.0.1:${port}`], redirectHosts: [], hfEndpoint: 'https://huggingface.co' }),
+  });
   const dest = path.join(tmpDir(), 'checkpoints', 'cut.safetensors');
   try {
     const t0 = Date.now();

@@ -15,7 +15,14 @@ test('deleting a gateway user deletes their HuggingFace token; a new user of the
     const dir = path.join(gw.config.paths.dataDir, 'hf_tokens');
     fs.mkdirSync(dir, { recursive: true });
     const file = path.join(dir, tokenFileName(made.body.id));
-    const stored = (who: string) => JSON.stringify({ access_token: 'hf_secret_of_dana', refresh_token: null, expires_at: Date.now() / 1000 + 3600, scope: 'openid', hf_username: who });
+    const stored = (who: string) =>
+      JSON.stringify({
+        access_token: 'hf_secret_of_dana',
+        refresh_token: null,
+        expires_at: Date.now() / 1000 + 3600,
+        scope: 'openid',
+        hf_username: who,
+      });
     fs.writeFileSync(file, stored('dana-hf'), { mode: 0o600 });
     // a file under the bare name (another account's, say) is not this account's
     fs.writeFileSync(path.join(dir, tokenFileName('dana')), stored('not-dana'), { mode: 0o600 });

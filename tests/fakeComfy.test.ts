@@ -15,14 +15,25 @@ interface Resp {
   json(): any;
 }
 
-function request(fake: FakeComfy, method: string, p: string, opts: { headers?: Record<string, string>; body?: Buffer | string } = {}): Promise<Resp> {
+function request(
+  fake: FakeComfy,
+  method: string,
+  p: string,
+  opts: { headers?: Record<string, string>; body?: Buffer | string } = {},
+): Promise<Resp> {
   return new Promise((resolve, reject) => {
     const req = http.request({ host: '127.0.0.1', port: fake.port, method, path: p, headers: opts.headers, agent: false }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c) => chunks.push(c));
       res.on('end', () => {
         const body = Buffer.concat(chunks);
-        resolve({ status: res.statusCode ?? 0, headers: res.headers, body, text: body.toString('utf8'), json: () => JSON.parse(body.toString('utf8')) });
+        resolve({
+          status: res.statusCode ?? 0,
+          headers: res.headers,
+          body,
+          text: body.toString('utf8'),
+          json: () => JSON.parse(body.toString('utf8')),
+        });
       });
       res.on('error', reject);
     });
@@ -35,7 +46,10 @@ function request(fake: FakeComfy, method: string, p: string, opts: { headers?: R
 const postJson = (fake: FakeComfy, p: string, obj: unknown, headers: Record<string, string> = {}) =>
   request(fake, 'POST', p, { body: JSON.stringify(obj), headers: { 'Content-Type': 'application/json', ...headers } });
 
-function multipart(fields: Record<string, string>, file?: { field?: string; filename: string; data: Buffer; type?: string }): { body: Buffer; contentType: string } {
+function multipart(
+  fields: Record<string, string>,
+  file?: { field?: string; filename: string; data: Buffer; type?: string },
+): { body: Buffer; contentType: string } {
   const boundary = '----fakecomfytest' + crypto.randomBytes(8).toString('hex');
   const parts: Buffer[] = [];
   if (file) {
@@ -47,7 +61,8 @@ function multipart(fields: Record<string, string>, file?: { field?: string; file
       Buffer.from('\r\n'),
     );
   }
-  for (const [k, v] of Object.entries(fields)) parts.push(Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="${k}"\r\n\r\n${v}\r\n`));
+  for (const [k, v] of Object.entries(fields))
+    parts.push(Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="${k}"\r\n\r\n${v}\r\n`));
   parts.push(Buffer.from(`--${boundary}--\r\n`));
   return { body: Buffer.concat(parts), contentType: `multipart/form-data; boundary=${boundary}` };
 }
@@ -120,7 +135,13 @@ describe('fake ComfyUI', () => {
   });
 
   test('layout and route table', () => {
-    for (const d of [fake.inputDir, fake.outputDir, fake.tempDir, path.join(fake.modelsDir, 'checkpoints'), path.join(fake.modelsDir, 'loras')]) {
+    for (const d of [
+      fake.inputDir,
+      fake.outputDir,
+      fake.tempDir,
+      path.join(fake.modelsDir, 'checkpoints'),
+      path.join(fake.modelsDir, 'loras'),
+    ]) {
       expect(fs.statSync(d).isDirectory()).toBe(true);
     }
     expect(fake.url).toBe(`http://127.0.0.1:${fake.port}`);
@@ -144,7 +165,9 @@ describe('fake ComfyUI', () => {
     // origin without port: only hostnames are compared
     expect((await request(fake, 'GET', '/prompt', { headers: { Origin: 'http://127.0.0.1' } })).status).toBe(200);
     // non-loopback Host: no check
-    expect((await request(fake, 'GET', '/prompt', { headers: { Host: 'comfy.example.com', Origin: 'http://evil.example' } })).status).toBe(200);
+    expect((await request(fake, 'GET', '/prompt', { headers: { Host: 'comfy.example.com', Origin: 'http://evil.example' } })).status).toBe(
+      200,
+    );
     const c = ws('?clientId=o1', { Origin: 'http://evil.example' });
     await expect(c.open()).rejects.toThrow(/403/);
     expect(fake.wsClients().some((x) => x.sid === 'o1')).toBe(false);
@@ -276,7 +299,10 @@ describe('fake ComfyUI', () => {
     const noOut = await postJson(fake, '/prompt', { prompt: { '1': { class_type: 'EmptyLatentImage', inputs: {} } } });
     expect(noOut.json().error.type).toBe('prompt_no_outputs');
     const li = await postJson(fake, '/prompt', {
-      prompt: { '1': { class_type: 'LoadImage', inputs: { image: '../../etc/passwd' } }, '2': { class_type: 'PreviewImage', inputs: { images: ['1', 0] } } },
+      prompt: {
+        '1': { class_type: 'LoadImage', inputs: { image: '../../etc/passwd' } },
+        '2': { class_type: 'PreviewImage', inputs: { images: ['1', 0] } },
+      },
     });
     expect(li.status).toBe(400);
     expect(li.json().node_errors['1'].errors[0].type).toBe('custom_validation_failed');
@@ -315,7 +341,9 @@ describe('fake ComfyUI', () => {
     const r2 = await request(fake, 'POST', '/upload/image', { body: other.body, headers: { 'Content-Type': other.contentType } });
     expect(r2.json().name).toBe('cat (1).png');
     const over = multipart({ subfolder: 'alice', overwrite: 'true' }, { filename: 'cat.png', data: makePng({ color: [7, 7, 7] }) });
-    expect((await request(fake, 'POST', '/upload/image', { body: over.body, headers: { 'Content-Type': over.contentType } })).json().name).toBe('cat.png');
+    expect(
+      (await request(fake, 'POST', '/upload/image', { body: over.body, headers: { 'Content-Type': over.contentType } })).json().name,
+    ).toBe('cat.png');
     // object_info lists input images recursively
     const oi = (await request(fake, 'GET', '/object_info/LoadImage')).json();
     expect(oi.LoadImage.input.required.image[0]).toEqual(expect.arrayContaining(['alice/cat.png', 'alice/cat (1).png']));
@@ -332,10 +360,18 @@ describe('fake ComfyUI', () => {
     }
     expect((await request(fake, 'POST', '/upload/image', { body: 'x', headers: { 'Content-Type': 'text/plain' } })).status).toBe(400);
     const trunc = multipart({}, { filename: 'z.png', data: png });
-    expect((await request(fake, 'POST', '/upload/image', { body: trunc.body.subarray(0, 60), headers: { 'Content-Type': trunc.contentType } })).status).toBe(400);
+    expect(
+      (await request(fake, 'POST', '/upload/image', { body: trunc.body.subarray(0, 60), headers: { 'Content-Type': trunc.contentType } }))
+        .status,
+    ).toBe(400);
 
     // a LoadImage prompt referencing the upload validates
-    const ok = await postJson(fake, '/prompt', { prompt: { '1': { class_type: 'LoadImage', inputs: { image: 'alice/cat.png [input]' } }, '2': { class_type: 'PreviewImage', inputs: { images: ['1', 0] } } } });
+    const ok = await postJson(fake, '/prompt', {
+      prompt: {
+        '1': { class_type: 'LoadImage', inputs: { image: 'alice/cat.png [input]' } },
+        '2': { class_type: 'PreviewImage', inputs: { images: ['1', 0] } },
+      },
+    });
     expect(ok.status).toBe(200);
     const h = await fake.waitForPrompt(ok.json().prompt_id);
     expect(h.outputs['2'].images[0]).toMatchObject({ type: 'temp', subfolder: '' });
@@ -353,7 +389,9 @@ describe('fake ComfyUI', () => {
     expect(v.headers['content-type']).toBe('application/octet-stream');
     expect(v.body.equals(data)).toBe(true);
     const html = multipart({ type: 'output' }, { filename: 'x.html', data: Buffer.from('<script>alert(1)</script>'), type: 'text/html' });
-    expect((await request(fake, 'POST', '/upload/image', { body: html.body, headers: { 'Content-Type': html.contentType } })).status).toBe(200);
+    expect((await request(fake, 'POST', '/upload/image', { body: html.body, headers: { 'Content-Type': html.contentType } })).status).toBe(
+      200,
+    );
     const hv = await request(fake, 'GET', '/view?filename=x.html');
     expect(hv.headers['content-type']).toBe('text/html'); // worst case: active content served inline
     expect(hv.headers['x-content-type-options']).toBeUndefined();
@@ -432,7 +470,10 @@ describe('fake ComfyUI', () => {
     expect(infos).toHaveLength(2);
     expect(infos.filter((x) => x.active)).toHaveLength(1);
     const oldCount = old.msgs.length;
-    const r = await postJson(fake, '/prompt', { prompt: { '1': { class_type: 'SaveImage', inputs: { filename_prefix: 'dup' } } }, client_id: 'dup' });
+    const r = await postJson(fake, '/prompt', {
+      prompt: { '1': { class_type: 'SaveImage', inputs: { filename_prefix: 'dup' } } },
+      client_id: 'dup',
+    });
     const pid = r.json().prompt_id;
     await neu.waitFor((m) => m.type === 'executing' && m.data.node === null && m.data.prompt_id === pid);
     expect(old.msgs.length).toBe(oldCount);
@@ -514,7 +555,10 @@ describe('fake ComfyUI', () => {
   test('bodies over max_upload_size get 413', async () => {
     const small = await startFakeComfy({ maxUploadSize: 1024 });
     try {
-      const r = await request(small, 'POST', '/upload/image', { body: Buffer.alloc(4096), headers: { 'Content-Type': 'application/octet-stream' } });
+      const r = await request(small, 'POST', '/upload/image', {
+        body: Buffer.alloc(4096),
+        headers: { 'Content-Type': 'application/octet-stream' },
+      });
       expect(r.status).toBe(413);
       expect(small.requests[0].tooLarge).toBe(true);
       const ok = await postJson(small, '/prompt', { prompt: { '1': { class_type: 'SaveImage', inputs: {} } } });

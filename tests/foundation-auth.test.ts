@@ -8,9 +8,28 @@ const METHODS = ['GET', 'POST', 'PUT', 'DELETE', 'PATCH'] as const;
 
 /** Paths the bypassable extensions exempted by suffix or prefix; every one needs a credential here. */
 const SUFFIX_TRICKS = [
-  '/api/userdata/x.json', '/anything.js', '/view?filename=a.png', '/extensions/core/x.js', '/extensions/ComfyUI-Manager/js/a.js',
-  '/ws', '/api/ws', '/scripts/app.js', '/favicon.ico', '/index.html', '/', '/x.css', '/login.js', '/health.json', '/gateway/../prompt',
-  '/api/prompt', '//api//prompt', '/%61pi/prompt', '/templates/x.json', '/assets/index.js', '/object_info', '/api/view.png',
+  '/api/userdata/x.json',
+  '/anything.js',
+  '/view?filename=a.png',
+  '/extensions/core/x.js',
+  '/extensions/ComfyUI-Manager/js/a.js',
+  '/ws',
+  '/api/ws',
+  '/scripts/app.js',
+  '/favicon.ico',
+  '/index.html',
+  '/',
+  '/x.css',
+  '/login.js',
+  '/health.json',
+  '/gateway/../prompt',
+  '/api/prompt',
+  '//api//prompt',
+  '/%61pi/prompt',
+  '/templates/x.json',
+  '/assets/index.js',
+  '/object_info',
+  '/api/view.png',
 ];
 
 function concrete(path: string): string {
@@ -85,7 +104,10 @@ describe('deny by default', () => {
       (u) => request(u).get('/prompt').set('Authorization', 'Bearer wrong-key-0123456789abcdef'),
       (u) => request(u).get(`/prompt?api_key=${TEST_KEY}`).set('Authorization', 'Bearer wrong'),
       (u) => request(u).get(`/prompt?api_key=${TEST_KEY}`).set('X-API-Key', TEST_KEY.slice(0, -1)),
-      (u) => request(u).get('/prompt').set('Authorization', `Basic ${Buffer.from(`x:${TEST_KEY}`).toString('base64')}`),
+      (u) =>
+        request(u)
+          .get('/prompt')
+          .set('Authorization', `Basic ${Buffer.from(`x:${TEST_KEY}`).toString('base64')}`),
       (u) => request(u).get(`/prompt?api_key=nope&token=${TEST_KEY}`),
       (u) => request(u).get(`/prompt?api_key=${TEST_KEY}&api_key=other`),
     ];

@@ -29,7 +29,9 @@ describe('ComfyUI down and back', () => {
     expect(page.status).toBe(502);
     expect(page.headers['content-type']).toMatch(/text\/html/);
     expect(page.text).toMatch(/ComfyUI is not reachable/);
-    await expect(openSocket(stack.gw.url.replace('http', 'ws') + '/ws?clientId=z', { 'X-API-Key': TEST_KEY })).rejects.toMatchObject({ status: 502 });
+    await expect(openSocket(stack.gw.url.replace('http', 'ws') + '/ws?clientId=z', { 'X-API-Key': TEST_KEY })).rejects.toMatchObject({
+      status: 502,
+    });
     await new Promise((r) => setTimeout(r, 1100)); // health probe cache
     expect((await request(stack.gw.url).get('/health')).body).toEqual({ status: 'degraded', upstream: 'down' });
     // the gateway's own pages keep working
@@ -126,7 +128,9 @@ describe('refused requests do not hold the connection', () => {
       s.on('data', (d) => (text += d.toString('latin1')));
       s.on('close', () => resolve({ text, closedAfterMs: Date.now() - started }));
       s.on('error', () => undefined);
-      s.write(`POST /api/upload/image HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: ${200 * 1024 * 1024}\r\n\r\n`);
+      s.write(
+        `POST /api/upload/image HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: ${200 * 1024 * 1024}\r\n\r\n`,
+      );
       const trickle = setInterval(() => (s.writable ? s.write(Buffer.alloc(1024)) : clearInterval(trickle)), 50);
       s.on('close', () => clearInterval(trickle));
       setTimeout(() => s.destroy(), 5000);

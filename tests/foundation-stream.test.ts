@@ -54,7 +54,8 @@ describe('streaming through the gateway (a separate process, RSS measured from /
     fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ host: '127.0.0.1', port: 0, data_dir: 'data', log_levels: ['warn'] }));
     gw = await spawnGateway(['--config', path.join(dir, 'config.json'), '--upstream', fake.url, '--api-key', TEST_KEY]);
     // warm up: first requests allocate the proxy machinery
-    for (let i = 0; i < 20; i++) await fetch(`${gw.url}/api/object_info`, { headers: { 'X-API-Key': TEST_KEY } }).then((r) => r.arrayBuffer());
+    for (let i = 0; i < 20; i++)
+      await fetch(`${gw.url}/api/object_info`, { headers: { 'X-API-Key': TEST_KEY } }).then((r) => r.arrayBuffer());
   }, 120_000);
   afterAll(async () => {
     gw.kill('SIGKILL');
@@ -66,21 +67,23 @@ describe('streaming through the gateway (a separate process, RSS measured from /
   test('a 200 MB upload streams through with gateway RSS growth under 64 MB', async () => {
     const body = multipartUpload({ filename: 'big-upload.png', size: SIZE, fields: { type: 'input', overwrite: 'true' } });
     const before = gw.rss();
-    const { peak, result } = await peakRss(gw, () =>
-      new Promise<{ status: number; text: string }>((resolve, reject) => {
-        const req = http.request(`${gw.url}/api/upload/image`, {
-          method: 'POST',
-          agent,
-          headers: { 'X-API-Key': TEST_KEY, 'Content-Type': body.contentType, 'Content-Length': body.contentLength },
-        });
-        req.on('response', (res) => {
-          let text = '';
-          res.on('data', (c) => (text += c));
-          res.on('end', () => resolve({ status: res.statusCode!, text }));
-        });
-        req.on('error', reject);
-        body.stream.pipe(req);
-      }),
+    const { peak, result } = await peakRss(
+      gw,
+      () =>
+        new Promise<{ status: number; text: string }>((resolve, reject) => {
+          const req = http.request(`${gw.url}/api/upload/image`, {
+            method: 'POST',
+            agent,
+            headers: { 'X-API-Key': TEST_KEY, 'Content-Type': body.contentType, 'Content-Length': body.contentLength },
+          });
+          req.on('response', (res) => {
+            let text = '';
+            res.on('data', (c) => (text += c));
+            res.on('end', () => resolve({ status: res.statusCode!, text }));
+          });
+          req.on('error', reject);
+          body.stream.pipe(req);
+        }),
     );
     expect(result.status).toBe(200);
     const saved = findFile(fake.inputDir, 'big-upload.png');
@@ -102,20 +105,22 @@ describe('streaming through the gateway (a separate process, RSS measured from /
     }
     fs.closeSync(fd);
     const before = gw.rss();
-    const { peak, result } = await peakRss(gw, () =>
-      new Promise<{ status: number; bytes: number; digest: string }>((resolve, reject) => {
-        http
-          .get(`${gw.url}/api/view?filename=big-view.bin&type=output`, { agent, headers: { 'X-API-Key': TEST_KEY } }, (res) => {
-            const h = crypto.createHash('sha256');
-            let bytes = 0;
-            res.on('data', (c: Buffer) => {
-              bytes += c.length;
-              h.update(c);
-            });
-            res.on('end', () => resolve({ status: res.statusCode!, bytes, digest: h.digest('hex') }));
-          })
-          .on('error', reject);
-      }),
+    const { peak, result } = await peakRss(
+      gw,
+      () =>
+        new Promise<{ status: number; bytes: number; digest: string }>((resolve, reject) => {
+          http
+            .get(`${gw.url}/api/view?filename=big-view.bin&type=output`, { agent, headers: { 'X-API-Key': TEST_KEY } }, (res) => {
+              const h = crypto.createHash('sha256');
+              let bytes = 0;
+              res.on('data', (c: Buffer) => {
+                bytes += c.length;
+                h.update(c);
+              });
+              res.on('end', () => resolve({ status: res.statusCode!, bytes, digest: h.digest('hex') }));
+            })
+            .on('error', reject);
+        }),
     );
     expect(result.status).toBe(200);
     expect(result.bytes).toBe(SIZE);

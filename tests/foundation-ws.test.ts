@@ -8,11 +8,14 @@ describe('WebSocket through the gateway', () => {
   const wsUrl = (path: string) => stack.wsUrl(path);
   beforeEach(() => stack.fake.clearRequests());
 
-  test.each(['/ws?clientId=abc', '/api/ws?clientId=abc', '/ws', '//api//ws'])('%s without a credential is refused before any upstream connection', async (p) => {
-    await expect(openSocket(wsUrl(p))).rejects.toMatchObject({ status: 401 });
-    await expect(openSocket(wsUrl(p), { 'X-API-Key': 'wrong-key-0123456789abcdef' })).rejects.toMatchObject({ status: 401 });
-    expect(clientTraffic(stack.fake)).toHaveLength(0);
-  });
+  test.each(['/ws?clientId=abc', '/api/ws?clientId=abc', '/ws', '//api//ws'])(
+    '%s without a credential is refused before any upstream connection',
+    async (p) => {
+      await expect(openSocket(wsUrl(p))).rejects.toMatchObject({ status: 401 });
+      await expect(openSocket(wsUrl(p), { 'X-API-Key': 'wrong-key-0123456789abcdef' })).rejects.toMatchObject({ status: 401 });
+      expect(clientTraffic(stack.fake)).toHaveLength(0);
+    },
+  );
 
   test('with a credential: status with sid, JSON events and binary preview frames arrive; text goes both ways', async () => {
     const s = await openSocket(wsUrl('/ws?clientId=client-one'), { 'X-API-Key': TEST_KEY });
@@ -26,7 +29,10 @@ describe('WebSocket through the gateway', () => {
     const res = await fetch(`${stack.gw.url}/api/prompt`, {
       method: 'POST',
       headers: { 'X-API-Key': TEST_KEY, 'Content-Type': 'application/json' },
-      body: JSON.stringify({ client_id: 'client-one', prompt: { '1': { class_type: 'KSampler', inputs: {} }, '2': { class_type: 'PreviewImage', inputs: {} } } }),
+      body: JSON.stringify({
+        client_id: 'client-one',
+        prompt: { '1': { class_type: 'KSampler', inputs: {} }, '2': { class_type: 'PreviewImage', inputs: {} } },
+      }),
     });
     expect(res.status).toBe(200);
     const bin = await s.next((f) => f.isBinary);

@@ -47,16 +47,32 @@ describe('personal token lifetimes', () => {
   it('a token that would be expired when created is refused (400 INVALID_BODY) and nothing is stored', async () => {
     const gw = await startGateway({ api_key: TEST_KEY });
     try {
-      expect((await hit(gw.url, '/gateway/api/users', { method: 'POST', headers: { 'X-API-Key': TEST_KEY }, body: { username: 'tess', password: PW } })).status).toBe(201);
+      expect(
+        (
+          await hit(gw.url, '/gateway/api/users', {
+            method: 'POST',
+            headers: { 'X-API-Key': TEST_KEY },
+            body: { username: 'tess', password: PW },
+          })
+        ).status,
+      ).toBe(201);
       const { token } = await login(gw, 'tess');
       const auth = { Authorization: `Bearer ${token}` };
       for (const h of [1e-7, 1e-4, 0.0002, Number.MIN_VALUE, '1e-9']) {
-        const r = await hit(gw.url, '/gateway/api/tokens', { method: 'POST', headers: auth, body: { name: 'instant', expires_in_hours: h } });
+        const r = await hit(gw.url, '/gateway/api/tokens', {
+          method: 'POST',
+          headers: auth,
+          body: { name: 'instant', expires_in_hours: h },
+        });
         expect([String(h), r.status, r.body.error?.code]).toEqual([String(h), 400, 'INVALID_BODY']);
         expect(r.body.error.details.fields.expires_in_hours).toBeDefined();
       }
       expect((await hit(gw.url, '/gateway/api/tokens', { headers: auth })).body.tokens).toEqual([]);
-      const ok = await hit(gw.url, '/gateway/api/tokens', { method: 'POST', headers: auth, body: { name: 'one second', expires_in_hours: 1 / 3600 } });
+      const ok = await hit(gw.url, '/gateway/api/tokens', {
+        method: 'POST',
+        headers: auth,
+        body: { name: 'one second', expires_in_hours: 1 / 3600 },
+      });
       expect(ok.status).toBe(201);
       expect(Date.parse(ok.body.expires_at)).toBeGreaterThan(Date.now() - 1000);
     } finally {
@@ -105,8 +121,18 @@ describe('account ids and emails in the store and the CLI', () => {
 
   it('accounts from before ids get a stable id and keep their name-keyed records; a later account of a deleted name gets neither', async () => {
     const file = path.join(dir, 'users_db.json');
-    const legacy = (username: string) => ({ username, role: 'user', password_hash: '!', disabled: false, permissions: [], created_at: '2026-01-01T00:00:00.000Z', tokens_valid_after: 0 });
-    fs.writeFileSync(file, JSON.stringify({ version: 1, users: [legacy('old'), legacy('gone')], tokens: [], revoked: [] }), { mode: 0o600 });
+    const legacy = (username: string) => ({
+      username,
+      role: 'user',
+      password_hash: '!',
+      disabled: false,
+      permissions: [],
+      created_at: '2026-01-01T00:00:00.000Z',
+      tokens_valid_after: 0,
+    });
+    fs.writeFileSync(file, JSON.stringify({ version: 1, users: [legacy('old'), legacy('gone')], tokens: [], revoked: [] }), {
+      mode: 0o600,
+    });
     const a = await createUserStore({ file });
     const b = await createUserStore({ file }); // a second reader (the CLI) before anything was written
     const id = a.get('old')!.id;

@@ -33,31 +33,34 @@ describe('index.html through the gateway (fake ComfyUI)', () => {
   const stack = useStack();
   beforeEach(() => stack.fake.clearRequests());
 
-  test.each(['/', '/index.html', '//index.html'])('GET %s carries exactly one inject script, before </head>, with a correct Content-Length', async (p) => {
-    const res = await rawGet(stack.gw.url, p, { 'X-API-Key': TEST_KEY, 'Accept-Encoding': 'gzip, deflate, br', 'If-None-Match': '"x"' });
-    expect(res.status).toBe(200);
-    const html = res.body.toString('utf8');
-    expect(count(html, TAG)).toBe(1);
-    expect(count(html, '<script')).toBe(1);
-    expect(html.indexOf(TAG)).toBeLessThan(html.indexOf('</head>'));
-    expect(html.indexOf('<title>ComfyUI</title>')).toBeLessThan(html.indexOf(TAG));
-    expect(html).toContain('<div id="app">ComfyUI fake</div>');
-    expect(Number(res.headers['content-length'])).toBe(res.body.length);
-    expect(res.headers['content-encoding']).toBeUndefined();
-    expect(res.headers['content-type']).toMatch(/^text\/html/);
-    expect(res.headers['x-content-type-options']).toBe('nosniff');
-    expect(res.headers['cache-control']).toBe('no-store');
-    expect(res.headers.etag).toBeUndefined();
-    // The tag names the signed-in principal so the page can pin ComfyUI's user choice before the app starts.
-    expect(html).toContain(`${TAG} data-user="api-key"`);
-    // ComfyUI saw one plain request without our credentials, asked for an uncompressed, unconditional page.
-    const seen = stack.fake.requests.filter((r) => r.rawPath === '/' || r.rawPath === '/index.html');
-    expect(seen).toHaveLength(1);
-    expect(seen[0].method).toBe('GET');
-    expect(seen[0].headers['accept-encoding']).toBe('identity');
-    expect(seen[0].headers['x-api-key']).toBeUndefined();
-    expect(seen[0].headers['if-none-match']).toBeUndefined();
-  });
+  test.each(['/', '/index.html', '//index.html'])(
+    'GET %s carries exactly one inject script, before </head>, with a correct Content-Length',
+    async (p) => {
+      const res = await rawGet(stack.gw.url, p, { 'X-API-Key': TEST_KEY, 'Accept-Encoding': 'gzip, deflate, br', 'If-None-Match': '"x"' });
+      expect(res.status).toBe(200);
+      const html = res.body.toString('utf8');
+      expect(count(html, TAG)).toBe(1);
+      expect(count(html, '<script')).toBe(1);
+      expect(html.indexOf(TAG)).toBeLessThan(html.indexOf('</head>'));
+      expect(html.indexOf('<title>ComfyUI</title>')).toBeLessThan(html.indexOf(TAG));
+      expect(html).toContain('<div id="app">ComfyUI fake</div>');
+      expect(Number(res.headers['content-length'])).toBe(res.body.length);
+      expect(res.headers['content-encoding']).toBeUndefined();
+      expect(res.headers['content-type']).toMatch(/^text\/html/);
+      expect(res.headers['x-content-type-options']).toBe('nosniff');
+      expect(res.headers['cache-control']).toBe('no-store');
+      expect(res.headers.etag).toBeUndefined();
+      // The tag names the signed-in principal so the page can pin ComfyUI's user choice before the app starts.
+      expect(html).toContain(`${TAG} data-user="api-key"`);
+      // ComfyUI saw one plain request without our credentials, asked for an uncompressed, unconditional page.
+      const seen = stack.fake.requests.filter((r) => r.rawPath === '/' || r.rawPath === '/index.html');
+      expect(seen).toHaveLength(1);
+      expect(seen[0].method).toBe('GET');
+      expect(seen[0].headers['accept-encoding']).toBe('identity');
+      expect(seen[0].headers['x-api-key']).toBeUndefined();
+      expect(seen[0].headers['if-none-match']).toBeUndefined();
+    },
+  );
 
   test('unauthenticated: a browser is sent to /login, a script gets 401, ComfyUI sees nothing', async () => {
     const nav = await rawGet(stack.gw.url, '/', { Accept: 'text/html' });
@@ -117,7 +120,10 @@ describe('index.html from an upstream that misbehaves', () => {
     ['deflate', (b: Buffer) => zlib.deflateSync(b)],
     ['br', (b: Buffer) => zlib.brotliCompressSync(b)],
   ])('a %s-compressed page is decoded, injected and sent plain with a correct length', async (enc, compress) => {
-    reply = { headers: { 'Content-Type': 'text/html; charset=utf-8', 'Content-Encoding': enc, ETag: '"abc"', 'X-Upstream': 'kept' }, body: compress(Buffer.from(page)) };
+    reply = {
+      headers: { 'Content-Type': 'text/html; charset=utf-8', 'Content-Encoding': enc, ETag: '"abc"', 'X-Upstream': 'kept' },
+      body: compress(Buffer.from(page)),
+    };
     const res = await get();
     expect(res.status).toBe(200);
     expect(seen[0]['accept-encoding']).toBe('identity');
@@ -180,11 +186,15 @@ describe('index.html from an upstream that misbehaves', () => {
   test('POST / is not intercepted (only GET of the page)', async () => {
     reply = { headers: { 'Content-Type': 'text/html' }, body: '<html><head></head></html>' };
     const res = await new Promise<Raw>((resolve, reject) => {
-      const req = http.request(gw.url + '/', { method: 'POST', headers: { 'X-API-Key': TEST_KEY, 'Content-Length': '0' }, agent: false }, (r) => {
-        const chunks: Buffer[] = [];
-        r.on('data', (c: Buffer) => chunks.push(c));
-        r.on('end', () => resolve({ status: r.statusCode ?? 0, headers: r.headers, body: Buffer.concat(chunks) }));
-      });
+      const req = http.request(
+        gw.url + '/',
+        { method: 'POST', headers: { 'X-API-Key': TEST_KEY, 'Content-Length': '0' }, agent: false },
+        (r) => {
+          const chunks: Buffer[] = [];
+          r.on('data', (c: Buffer) => chunks.push(c));
+          r.on('end', () => resolve({ status: r.statusCode ?? 0, headers: r.headers, body: Buffer.concat(chunks) }));
+        },
+      );
       req.on('error', reject);
       req.end();
     });
@@ -208,7 +218,9 @@ describe('the injected tag', () => {
 
   test('names the signed-in user and their ComfyUI user id, HTML-escaped', () => {
     const tag = injectTag(ctxWith({ username: 'alice', role: 'user', permissions: [], source: 'cookie', comfyUser: 'alice_"><script>x' }));
-    expect(tag).toBe('<script src="/gateway/static/inject.js" data-user="alice" data-comfy-user="alice_&#34;&#62;&#60;script&#62;x"></script>');
+    expect(tag).toBe(
+      '<script src="/gateway/static/inject.js" data-user="alice" data-comfy-user="alice_&#34;&#62;&#60;script&#62;x"></script>',
+    );
     expect(injectTag(ctxWith(null))).toBe('<script src="/gateway/static/inject.js"></script>');
   });
 

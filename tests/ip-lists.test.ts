@@ -35,7 +35,9 @@ describe('start-up', () => {
   });
 
   test('the whitelist is checked the same way', async () => {
-    await expect(startGateway({ upstream: fake.url }, { files: { 'whitelist.txt': '127.0.0.1\n127.1\n' } })).rejects.toThrow(/whitelist\.txt:2/);
+    await expect(startGateway({ upstream: fake.url }, { files: { 'whitelist.txt': '127.0.0.1\n127.1\n' } })).rejects.toThrow(
+      /whitelist\.txt:2/,
+    );
   });
 });
 
@@ -50,10 +52,18 @@ describe('blocking at the front door', () => {
   afterAll(() => gw.close());
   beforeEach(() => fake.clearRequests());
 
-  const probe = (from: string, headers: Record<string, string> = {}, p = '/object_info?edge-probe') => hit(gw.url, p, { from, headers: { ...KEY, ...headers } });
+  const probe = (from: string, headers: Record<string, string> = {}, p = '/object_info?edge-probe') =>
+    hit(gw.url, p, { from, headers: { ...KEY, ...headers } });
 
   test('a blacklisted socket gets 403 IP_BLOCKED on every kind of route, and nothing reaches ComfyUI', async () => {
-    for (const p of ['/object_info?edge-probe', '/health', '/login', '/gateway/static/gateway.css', '/prompt?edge-probe', '/nonexistent?edge-probe']) {
+    for (const p of [
+      '/object_info?edge-probe',
+      '/health',
+      '/login',
+      '/gateway/static/gateway.css',
+      '/prompt?edge-probe',
+      '/nonexistent?edge-probe',
+    ]) {
       const res = await probe('127.0.0.2', {}, p);
       expect([p, res.status, res.body?.error?.code]).toEqual([p, 403, 'IP_BLOCKED']);
     }
@@ -104,10 +114,14 @@ describe('blocking at the front door', () => {
 
 describe('whitelist', () => {
   test('a non-empty whitelist admits only its entries (comments and blank lines are not entries)', async () => {
-    const gw = await startGateway({ upstream: fake.url, api_key: TEST_KEY }, { files: { 'whitelist.txt': '# only these\n\n127.0.0.3\n127.0.0.8/29\n' } });
+    const gw = await startGateway(
+      { upstream: fake.url, api_key: TEST_KEY },
+      { files: { 'whitelist.txt': '# only these\n\n127.0.0.3\n127.0.0.8/29\n' } },
+    );
     try {
       fake.clearRequests();
-      const from = async (ip: string) => (await hit(gw.url, '/object_info?edge-wl', { from: ip, headers: { ...KEY, 'X-Forwarded-For': '127.0.0.3' } })).status;
+      const from = async (ip: string) =>
+        (await hit(gw.url, '/object_info?edge-wl', { from: ip, headers: { ...KEY, 'X-Forwarded-For': '127.0.0.3' } })).status;
       expect(await from('127.0.0.3')).toBe(200);
       expect(await from('127.0.0.9')).toBe(200);
       expect(await from('127.0.0.2')).toBe(403);
@@ -165,7 +179,11 @@ describe('live reload', () => {
     fs.writeFileSync(blacklist, '127.0.0.7\nbroken line\n');
     // wait for the reload to have looked at the bad file (its error line), not a fixed time
     let err: Record<string, unknown> | undefined;
-    await waitFor(async () => Boolean((err = (await flushedLogs(gw)).find((l) => l.level === 50 && String(l.msg).includes('malformed')))), RELOAD, 100);
+    await waitFor(
+      async () => Boolean((err = (await flushedLogs(gw)).find((l) => l.level === 50 && String(l.msg).includes('malformed')))),
+      RELOAD,
+      100,
+    );
     expect(await status('127.0.0.6')).toBe(403); // last good list still applies
     expect(await status('127.0.0.7')).toBe(200); // the bad edit did not half-apply
     expect(JSON.stringify(err)).toMatch(/blacklist\.txt:2: not an IP address or CIDR: \\"broken line\\"/);
@@ -199,7 +217,11 @@ describe('GET|PUT /gateway/api/ip-lists', () => {
     expect(got.status).toBe(200);
     expect(got.body).toEqual({ whitelist: [], blacklist: ['203.0.113.1'] });
 
-    const put = await hit(gw.url, '/api/gateway/api/ip-lists', { method: 'PUT', headers: KEY, body: { blacklist: ['127.0.0.9', '2001:db8::/32', '127.0.0.9'] } });
+    const put = await hit(gw.url, '/api/gateway/api/ip-lists', {
+      method: 'PUT',
+      headers: KEY,
+      body: { blacklist: ['127.0.0.9', '2001:db8::/32', '127.0.0.9'] },
+    });
     expect(put.status).toBe(200);
     expect(put.body).toEqual({ whitelist: [], blacklist: ['127.0.0.9', '2001:db8::/32'] });
     const text = fs.readFileSync(gw.config.paths.blacklist, 'utf8');
@@ -208,7 +230,11 @@ describe('GET|PUT /gateway/api/ip-lists', () => {
     // applied without waiting for the file watcher
     expect((await hit(gw.url, '/object_info', { from: '127.0.0.9', headers: KEY })).status).toBe(403);
     const { cookie } = await login(gw, 'admin');
-    const viaCookie = await hit(gw.url, '/gateway/api/ip-lists', { method: 'PUT', headers: { cookie, origin: gw.url }, body: { blacklist: [] } });
+    const viaCookie = await hit(gw.url, '/gateway/api/ip-lists', {
+      method: 'PUT',
+      headers: { cookie, origin: gw.url },
+      body: { blacklist: [] },
+    });
     expect(viaCookie.status).toBe(200);
     expect((await hit(gw.url, '/object_info', { from: '127.0.0.9', headers: KEY })).status).toBe(200);
     const logs = await flushedLogs(gw);
@@ -225,7 +251,11 @@ describe('GET|PUT /gateway/api/ip-lists', () => {
     expect(res.status).toBe(400);
     expect(res.body.error.code).toBe('INVALID_BODY');
     const problems = res.body.error.details.problems as { list: string; index: number }[];
-    expect(problems.map((p) => [p.list, p.index])).toEqual([['whitelist', 1], ['blacklist', 1], ['blacklist', 2]]);
+    expect(problems.map((p) => [p.list, p.index])).toEqual([
+      ['whitelist', 1],
+      ['blacklist', 1],
+      ['blacklist', 2],
+    ]);
     expect(fs.readFileSync(gw.config.paths.blacklist, 'utf8')).toBe(before);
     for (const body of [[], { whitelist: 'x' }, { other: [] }, {}, 'text']) {
       const r = await hit(gw.url, '/gateway/api/ip-lists', { method: 'PUT', headers: KEY, body });
@@ -236,10 +266,16 @@ describe('GET|PUT /gateway/api/ip-lists', () => {
   test('non-admins get 403, strangers 401, cross-site cookie writes 403', async () => {
     const { cookie } = await login(gw, 'bob');
     expect((await hit(gw.url, '/gateway/api/ip-lists', { headers: { cookie } })).status).toBe(403);
-    expect((await hit(gw.url, '/gateway/api/ip-lists', { method: 'PUT', headers: { cookie, origin: gw.url }, body: { blacklist: [] } })).status).toBe(403);
+    expect(
+      (await hit(gw.url, '/gateway/api/ip-lists', { method: 'PUT', headers: { cookie, origin: gw.url }, body: { blacklist: [] } })).status,
+    ).toBe(403);
     expect((await hit(gw.url, '/gateway/api/ip-lists')).status).toBe(401);
     const admin = await login(gw, 'admin');
-    const csrf = await hit(gw.url, '/gateway/api/ip-lists', { method: 'PUT', headers: { cookie: admin.cookie, origin: 'https://evil.example' }, body: { whitelist: ['1.1.1.1'] } });
+    const csrf = await hit(gw.url, '/gateway/api/ip-lists', {
+      method: 'PUT',
+      headers: { cookie: admin.cookie, origin: 'https://evil.example' },
+      body: { whitelist: ['1.1.1.1'] },
+    });
     expect(csrf.status).toBe(403);
     expect(csrf.body.error.code).toBe('CSRF_REJECTED');
     expect(fs.existsSync(gw.config.paths.whitelist) ? fs.readFileSync(gw.config.paths.whitelist, 'utf8') : '').not.toContain('1.1.1.1');
@@ -252,7 +288,11 @@ describe('createIpLists (unit)', () => {
     const logger = createLogger({ levels: ['silent'], file: null, stdout: false });
     fs.writeFileSync(path.join(dir, 'w.txt'), '2001:db8::/32\n::1\n10.0.0.0/8\n');
     fs.writeFileSync(path.join(dir, 'b.txt'), '2001:db8:dead::1\n10.6.6.6\n');
-    const lists = createIpLists({ paths: { whitelist: path.join(dir, 'w.txt'), blacklist: path.join(dir, 'b.txt') }, logger, audit: createAudit(logger) });
+    const lists = createIpLists({
+      paths: { whitelist: path.join(dir, 'w.txt'), blacklist: path.join(dir, 'b.txt') },
+      logger,
+      audit: createAudit(logger),
+    });
     try {
       expect(lists.blockedBy('2001:db8::5')).toBeNull();
       expect(lists.blockedBy('::1')).toBeNull();

@@ -33,7 +33,9 @@ export async function addUser(gw: TestGateway, name: string, role: 'user' | 'adm
 }
 
 /** Starts the environment (`config` overrides the gateway's config.json). */
-export async function startIsolationEnv(opts: { config?: Record<string, unknown>; fake?: FakeComfyOptions; fakeInstance?: FakeComfy } = {}): Promise<IsolationEnv> {
+export async function startIsolationEnv(
+  opts: { config?: Record<string, unknown>; fake?: FakeComfyOptions; fakeInstance?: FakeComfy } = {},
+): Promise<IsolationEnv> {
   const fake = opts.fakeInstance ?? (await startFakeComfy({ promptDelayMs: 60, ...opts.fake }));
   const gw = await startGateway({ api_key: TEST_KEY, upstream: fake.url, model_downloads: { enabled: false }, ...opts.config });
   const alice = await addUser(gw, 'alice');
@@ -64,7 +66,13 @@ export function raw(
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('end', () => {
         const body = Buffer.concat(chunks);
-        resolve({ status: res.statusCode ?? 0, headers: res.headers, body, text: body.toString('utf8'), json: () => JSON.parse(body.toString('utf8')) });
+        resolve({
+          status: res.statusCode ?? 0,
+          headers: res.headers,
+          body,
+          text: body.toString('utf8'),
+          json: () => JSON.parse(body.toString('utf8')),
+        });
       });
       res.on('error', reject);
     });
@@ -96,7 +104,9 @@ export function multipartBody(parts: { name: string; value?: string; filename?: 
   for (const p of parts) {
     const disp = `Content-Disposition: form-data; name="${p.name}"${p.filename !== undefined ? `; filename="${p.filename}"` : ''}`;
     const extra = (p.headers ?? []).map((h) => `${h}\r\n`).join('');
-    chunks.push(Buffer.from(`--${boundary}\r\n${disp}\r\n${p.filename !== undefined ? 'Content-Type: image/png\r\n' : ''}${extra}\r\n`, 'utf8'));
+    chunks.push(
+      Buffer.from(`--${boundary}\r\n${disp}\r\n${p.filename !== undefined ? 'Content-Type: image/png\r\n' : ''}${extra}\r\n`, 'utf8'),
+    );
     chunks.push(p.data ?? Buffer.from(p.value ?? '', 'utf8'));
     chunks.push(Buffer.from('\r\n'));
   }

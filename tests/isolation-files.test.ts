@@ -64,7 +64,10 @@ describe('per-user files', () => {
       ['LoadImage file:// URL', loadWith('LoadImage', 'image', 'file:///etc/passwd')],
       ['LoadAudio absolute', loadWith('LoadAudio', 'audio', '/home/bob/a.wav')],
       ['VHS_LoadVideo ../', loadWith('VHS_LoadVideo', 'video', '../../secret.mp4')],
-      ['output_path of a saver', { prompt: { ...sampleWorkflow(), '21': { class_type: 'Image Save', inputs: { output_path: '/var/www' } } } }],
+      [
+        'output_path of a saver',
+        { prompt: { ...sampleWorkflow(), '21': { class_type: 'Image Save', inputs: { output_path: '/var/www' } } } },
+      ],
     ];
 
     it.each(tricks)('%s → 400 PATH_NOT_ALLOWED, nothing queued', async (_name, body) => {
@@ -105,11 +108,20 @@ describe('per-user files', () => {
       const none = await upload(env, env.alice, [{ name: 'image', filename: 'a.png', data: PNG }]);
       expect(none.status).toBe(200);
       expect(none.json()).toMatchObject({ name: 'a.png', subfolder: 'alice', type: 'input' });
-      const sub = await upload(env, env.alice, [{ name: 'subfolder', value: 'pets' }, { name: 'image', filename: 'cat.png', data: PNG }]);
+      const sub = await upload(env, env.alice, [
+        { name: 'subfolder', value: 'pets' },
+        { name: 'image', filename: 'cat.png', data: PNG },
+      ]);
       expect(sub.json().subfolder).toBe('alice/pets');
-      const already = await upload(env, env.alice, [{ name: 'image', filename: 'dog.png', data: PNG }, { name: 'subfolder', value: 'alice/pets' }]);
+      const already = await upload(env, env.alice, [
+        { name: 'image', filename: 'dog.png', data: PNG },
+        { name: 'subfolder', value: 'alice/pets' },
+      ]);
       expect(already.json().subfolder).toBe('alice/pets');
-      const spoofed = await upload(env, env.bob, [{ name: 'subfolder', value: 'alice' }, { name: 'image', filename: 'x.png', data: PNG }]);
+      const spoofed = await upload(env, env.bob, [
+        { name: 'subfolder', value: 'alice' },
+        { name: 'image', filename: 'x.png', data: PNG },
+      ]);
       expect(spoofed.json().subfolder).toBe('bob/alice');
       // A part charset other than UTF-8 would make ComfyUI read another value than the one checked (issue 9).
       const charset = await upload(env, env.bob, [
@@ -124,16 +136,58 @@ describe('per-user files', () => {
     });
 
     const refused: [string, Parameters<typeof multipartBody>[0], string][] = [
-      ['subfolder ../', [{ name: 'subfolder', value: '../bob' }, { name: 'image', filename: 'x.png', data: PNG }], 'PATH_NOT_ALLOWED'],
-      ['subfolder absolute', [{ name: 'subfolder', value: '/tmp' }, { name: 'image', filename: 'x.png', data: PNG }], 'PATH_NOT_ALLOWED'],
-      ['subfolder backslash', [{ name: 'subfolder', value: '..\\bob' }, { name: 'image', filename: 'x.png', data: PNG }], 'PATH_NOT_ALLOWED'],
-      ['subfolder %2e%2e', [{ name: 'subfolder', value: '%2e%2e' }, { name: 'image', filename: 'x.png', data: PNG }], 'PATH_NOT_ALLOWED'],
-      ['subfolder fullwidth', [{ name: 'subfolder', value: '\uff0e\uff0e\uff0fbob' }, { name: 'image', filename: 'x.png', data: PNG }], 'PATH_NOT_ALLOWED'],
+      [
+        'subfolder ../',
+        [
+          { name: 'subfolder', value: '../bob' },
+          { name: 'image', filename: 'x.png', data: PNG },
+        ],
+        'PATH_NOT_ALLOWED',
+      ],
+      [
+        'subfolder absolute',
+        [
+          { name: 'subfolder', value: '/tmp' },
+          { name: 'image', filename: 'x.png', data: PNG },
+        ],
+        'PATH_NOT_ALLOWED',
+      ],
+      [
+        'subfolder backslash',
+        [
+          { name: 'subfolder', value: '..\\bob' },
+          { name: 'image', filename: 'x.png', data: PNG },
+        ],
+        'PATH_NOT_ALLOWED',
+      ],
+      [
+        'subfolder %2e%2e',
+        [
+          { name: 'subfolder', value: '%2e%2e' },
+          { name: 'image', filename: 'x.png', data: PNG },
+        ],
+        'PATH_NOT_ALLOWED',
+      ],
+      [
+        'subfolder fullwidth',
+        [
+          { name: 'subfolder', value: '\uff0e\uff0e\uff0fbob' },
+          { name: 'image', filename: 'x.png', data: PNG },
+        ],
+        'PATH_NOT_ALLOWED',
+      ],
       ['filename ../', [{ name: 'image', filename: '../x.png', data: PNG }], 'PATH_NOT_ALLOWED'],
       ['filename with a directory', [{ name: 'image', filename: 'bob/x.png', data: PNG }], 'PATH_NOT_ALLOWED'],
       // a backslash in a quoted parameter is an escape to some parsers and a character to others: refused outright
       ['filename backslash', [{ name: 'image', filename: '..\\x.png', data: PNG }], 'INVALID_BODY'],
-      ['RFC 5987 name*', [{ name: 'subfolder"; name*=UTF-8\'\'subfolder; x="', value: '../bob' }, { name: 'image', filename: 'x.png', data: PNG }], 'INVALID_BODY'],
+      [
+        'RFC 5987 name*',
+        [
+          { name: 'subfolder"; name*=UTF-8\'\'subfolder; x="', value: '../bob' },
+          { name: 'image', filename: 'x.png', data: PNG },
+        ],
+        'INVALID_BODY',
+      ],
       ['filename*', [{ name: 'image"; filename*=UTF-8\'\'..%2Fbob%2Fx.png; y="', filename: 'x.png', data: PNG }], 'INVALID_BODY'],
     ];
 
@@ -148,17 +202,25 @@ describe('per-user files', () => {
 
     it('non-multipart bodies are refused', async () => {
       fake.clearRequests();
-      const r = await raw(env.gw, 'POST', '/upload/image', { headers: { ...env.alice.headers, 'Content-Type': 'application/x-www-form-urlencoded' }, body: 'subfolder=../bob' });
+      const r = await raw(env.gw, 'POST', '/upload/image', {
+        headers: { ...env.alice.headers, 'Content-Type': 'application/x-www-form-urlencoded' },
+        body: 'subfolder=../bob',
+      });
       expect([r.status, r.json().error.code]).toEqual([400, 'INVALID_BODY']);
       expect(received(fake, /upload/)).toEqual([]);
     });
 
     it('a mask may only be painted on the user’s own image', async () => {
-      const ok = await upload(env, env.alice, [
-        { name: 'image', filename: 'mask.png', data: PNG },
-        { name: 'original_ref', value: JSON.stringify({ filename: 'cat.png', subfolder: 'alice/pets', type: 'input' }) },
-        { name: 'subfolder', value: 'clipspace' },
-      ], '/upload/mask');
+      const ok = await upload(
+        env,
+        env.alice,
+        [
+          { name: 'image', filename: 'mask.png', data: PNG },
+          { name: 'original_ref', value: JSON.stringify({ filename: 'cat.png', subfolder: 'alice/pets', type: 'input' }) },
+          { name: 'subfolder', value: 'clipspace' },
+        ],
+        '/upload/mask',
+      );
       expect(ok.status).toBe(200);
       expect(ok.json().subfolder).toBe('alice/clipspace');
       fake.clearRequests();
@@ -168,7 +230,15 @@ describe('per-user files', () => {
         { filename: '../input/alice/pets/cat.png', type: 'output' },
         { filename: 'cat.png [input]', subfolder: 'alice/../alice/pets' },
       ]) {
-        const r = await upload(env, env.bob, [{ name: 'original_ref', value: JSON.stringify(ref) }, { name: 'image', filename: 'm.png', data: PNG }], '/api/upload/mask');
+        const r = await upload(
+          env,
+          env.bob,
+          [
+            { name: 'original_ref', value: JSON.stringify(ref) },
+            { name: 'image', filename: 'm.png', data: PNG },
+          ],
+          '/api/upload/mask',
+        );
         expect([JSON.stringify(ref), r.status, r.json().error.code]).toEqual([JSON.stringify(ref), 400, 'PATH_NOT_ALLOWED']);
       }
       expect(received(fake, /upload/)).toEqual([]);
@@ -183,7 +253,13 @@ describe('per-user files', () => {
       const timer = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 20);
       const res = await new Promise<{ status: number; body: string }>((resolve, reject) => {
         const req = http.request(
-          { host: '127.0.0.1', port: env.gw.port, method: 'POST', path: '/api/upload/image', headers: { ...env.alice.headers, 'Content-Type': mp.contentType, 'Content-Length': mp.contentLength } },
+          {
+            host: '127.0.0.1',
+            port: env.gw.port,
+            method: 'POST',
+            path: '/api/upload/image',
+            headers: { ...env.alice.headers, 'Content-Type': mp.contentType, 'Content-Length': mp.contentLength },
+          },
           (r) => {
             let b = '';
             r.on('data', (c) => (b += c));
@@ -223,19 +299,32 @@ describe('per-user files', () => {
 
     it('serves a user their own outputs, inputs and temp previews', async () => {
       for (const p of ['/view', '/api/view', '//api//view', '/%76iew']) {
-        const r = await raw(env.gw, 'GET', `${p}?${q({ filename: output.filename, subfolder: output.subfolder, type: 'output' })}`, { headers: env.alice.headers });
+        const r = await raw(env.gw, 'GET', `${p}?${q({ filename: output.filename, subfolder: output.subfolder, type: 'output' })}`, {
+          headers: env.alice.headers,
+        });
         expect([p, r.status, r.headers['content-type']]).toEqual([p, 200, 'image/png']);
       }
-      const ann = await raw(env.gw, 'GET', `/view?${q({ filename: `${output.filename} [output]`, subfolder: output.subfolder, type: 'input' })}`, { headers: env.alice.headers });
+      const ann = await raw(
+        env.gw,
+        'GET',
+        `/view?${q({ filename: `${output.filename} [output]`, subfolder: output.subfolder, type: 'input' })}`,
+        { headers: env.alice.headers },
+      );
       expect(ann.status).toBe(200);
-      const tmp = await raw(env.gw, 'GET', `/view?${q({ filename: preview.filename, subfolder: preview.subfolder, type: 'temp' })}`, { headers: env.alice.headers });
+      const tmp = await raw(env.gw, 'GET', `/view?${q({ filename: preview.filename, subfolder: preview.subfolder, type: 'temp' })}`, {
+        headers: env.alice.headers,
+      });
       expect(tmp.status).toBe(200);
-      const input = await raw(env.gw, 'GET', `/view?${q({ filename: 'cat.png', subfolder: 'alice/pets', type: 'input' })}`, { headers: env.alice.headers });
+      const input = await raw(env.gw, 'GET', `/view?${q({ filename: 'cat.png', subfolder: 'alice/pets', type: 'input' })}`, {
+        headers: env.alice.headers,
+      });
       expect(input.status).toBe(200);
     });
 
     it('another user’s file answers exactly like a missing one, whatever the spelling', async () => {
-      const missing = await raw(env.gw, 'GET', `/view?${q({ filename: 'nope.png', subfolder: 'bob', type: 'output' })}`, { headers: env.bob.headers });
+      const missing = await raw(env.gw, 'GET', `/view?${q({ filename: 'nope.png', subfolder: 'bob', type: 'output' })}`, {
+        headers: env.bob.headers,
+      });
       expect(missing.status).toBe(404);
       const attempts = [
         q({ filename: output.filename, subfolder: output.subfolder, type: 'output' }),
@@ -254,20 +343,31 @@ describe('per-user files', () => {
       for (const a of attempts) {
         for (const p of ['/view', '/api/view', '//api//view']) {
           const r = await raw(env.gw, 'GET', `${p}?${a}`, { headers: env.bob.headers });
-          expect([a, r.status, r.text, r.headers['content-type']]).toEqual([a, missing.status, missing.text, missing.headers['content-type']]);
+          expect([a, r.status, r.text, r.headers['content-type']]).toEqual([
+            a,
+            missing.status,
+            missing.text,
+            missing.headers['content-type'],
+          ]);
         }
       }
     });
 
     it('admins may read everything', async () => {
-      const r = await raw(env.gw, 'GET', `/view?${q({ filename: output.filename, subfolder: output.subfolder, type: 'output' })}`, { headers: env.admin.headers });
+      const r = await raw(env.gw, 'GET', `/view?${q({ filename: output.filename, subfolder: output.subfolder, type: 'output' })}`, {
+        headers: env.admin.headers,
+      });
       expect(r.status).toBe(200);
     });
 
     it('active content is never rendered in the gateway’s origin', async () => {
-      const svg = await upload(env, env.alice, [{ name: 'image', filename: 'x.svg', data: Buffer.from('<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>') }]);
+      const svg = await upload(env, env.alice, [
+        { name: 'image', filename: 'x.svg', data: Buffer.from('<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>') },
+      ]);
       expect(svg.status).toBe(200);
-      const r = await raw(env.gw, 'GET', `/view?${q({ filename: 'x.svg', subfolder: 'alice', type: 'input' })}`, { headers: env.alice.headers });
+      const r = await raw(env.gw, 'GET', `/view?${q({ filename: 'x.svg', subfolder: 'alice', type: 'input' })}`, {
+        headers: env.alice.headers,
+      });
       expect(r.status).toBe(200);
       expect(r.headers['content-disposition']).toMatch(/^attachment/);
       expect(r.headers['content-security-policy']).toMatch(/sandbox/);

@@ -27,8 +27,18 @@ describe('GET /history with a long ledger', () => {
     // predates account ids, so the ledger keeps her prompts under her name.
     const rows = Array.from({ length: 300 }, (_, i) => [crypto.randomUUID(), 'alice', 1_700_000_000_000 + i, '', 'x', []]);
     fs.writeFileSync(path.join(dataDir, 'prompt_ledger.json'), JSON.stringify({ version: 1, prompts: rows }), { mode: 0o600 });
-    const alice = { username: 'alice', role: 'user', password_hash: bcrypt.hashSync(PW, 4), disabled: false, permissions: [], created_at: '2026-01-01T00:00:00.000Z', tokens_valid_after: 0 };
-    fs.writeFileSync(path.join(dataDir, 'users_db.json'), JSON.stringify({ version: 1, users: [alice], tokens: [], revoked: [] }), { mode: 0o600 });
+    const alice = {
+      username: 'alice',
+      role: 'user',
+      password_hash: bcrypt.hashSync(PW, 4),
+      disabled: false,
+      permissions: [],
+      created_at: '2026-01-01T00:00:00.000Z',
+      tokens_valid_after: 0,
+    };
+    fs.writeFileSync(path.join(dataDir, 'users_db.json'), JSON.stringify({ version: 1, users: [alice], tokens: [], revoked: [] }), {
+      mode: 0o600,
+    });
     fake = await startFakeComfy({ promptDelayMs: 5 });
     env = await startIsolationEnv({ fakeInstance: fake, config: { data_dir: dataDir } });
     for (let i = 0; i < 3; i++) alices.push(await queue(env.alice));

@@ -7,7 +7,11 @@ import { postJson, raw, received, startIsolationEnv, until, type Caller, type Is
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
 
-async function queue(env: IsolationEnv, who: Caller, opts: { clientId?: string; prefix?: string; extra?: Record<string, unknown>; promptId?: string } = {}): Promise<string> {
+async function queue(
+  env: IsolationEnv,
+  who: Caller,
+  opts: { clientId?: string; prefix?: string; extra?: Record<string, unknown>; promptId?: string } = {},
+): Promise<string> {
   const body: Record<string, unknown> = { prompt: sampleWorkflow(opts.prefix ?? 'ComfyUI') };
   if (opts.clientId !== undefined) body.client_id = opts.clientId;
   if (opts.extra) body.extra_data = opts.extra;
@@ -37,7 +41,9 @@ describe('isolation over HTTP', () => {
     it('each user gets their own ComfyUI user, sent on every request; the client cannot choose it', async () => {
       fake.clearRequests();
       const a = await raw(env.gw, 'GET', '/api/userdata?dir=workflows', { headers: { ...env.alice.headers, 'comfy-user': 'default' } });
-      const b = await raw(env.gw, 'GET', '/userdata?dir=workflows', { headers: { ...env.bob.headers, 'Comfy-User': Object.keys(fake.users).find((k) => fake.users[k] === 'alice') ?? 'x' } });
+      const b = await raw(env.gw, 'GET', '/userdata?dir=workflows', {
+        headers: { ...env.bob.headers, 'Comfy-User': Object.keys(fake.users).find((k) => fake.users[k] === 'alice') ?? 'x' },
+      });
       expect([a.status, b.status]).toEqual([404, 404]); // no workflows yet: the user is known (unknown would be 401)
       const ids = Object.fromEntries(Object.entries(fake.users).map(([id, name]) => [name, id]));
       expect(ids.alice).toMatch(/^alice_/);
@@ -47,7 +53,10 @@ describe('isolation over HTTP', () => {
       const file = path.join(dataDir, 'comfy_users.json');
       // kept per account id: a later account of the same name gets a ComfyUI user of its own
       const accountId = (name: string) => env.gw.composed.users.get(name)!.id;
-      expect(JSON.parse(fs.readFileSync(file, 'utf8')).users).toMatchObject({ [accountId('alice')]: ids.alice, [accountId('bob')]: ids.bob });
+      expect(JSON.parse(fs.readFileSync(file, 'utf8')).users).toMatchObject({
+        [accountId('alice')]: ids.alice,
+        [accountId('bob')]: ids.bob,
+      });
       expect(fs.statSync(file).mode & 0o777).toBe(0o600);
     });
 
@@ -63,7 +72,10 @@ describe('isolation over HTTP', () => {
     });
 
     it('a user’s saved workflow is invisible to the other', async () => {
-      const put = await raw(env.gw, 'POST', '/api/userdata/workflows%2Fsecret.json', { headers: { ...env.alice.headers, 'Content-Type': 'application/json' }, body: '{"nodes":[]}' });
+      const put = await raw(env.gw, 'POST', '/api/userdata/workflows%2Fsecret.json', {
+        headers: { ...env.alice.headers, 'Content-Type': 'application/json' },
+        body: '{"nodes":[]}',
+      });
       expect(put.status).toBe(200);
       const mine = await raw(env.gw, 'GET', '/api/userdata/workflows%2Fsecret.json', { headers: env.alice.headers });
       expect(mine.status).toBe(200);
@@ -91,18 +103,30 @@ describe('isolation over HTTP', () => {
     it('a prompt without client_id still gets one, so its events are never broadcast', async () => {
       const id = await queue(env, env.bob);
       expect(typeof fake.prompts.get(id).extra_data.client_id).toBe('string');
-      const viaExtra = await postJson(env.gw, '/prompt', env.bob, { prompt: sampleWorkflow(), extra_data: { client_id: 'someone-elses-socket' } });
+      const viaExtra = await postJson(env.gw, '/prompt', env.bob, {
+        prompt: sampleWorkflow(),
+        extra_data: { client_id: 'someone-elses-socket' },
+      });
       expect(fake.prompts.get(viaExtra.json().prompt_id).extra_data.client_id).not.toBe('someone-elses-socket');
       await fake.waitForPrompt(viaExtra.json().prompt_id);
     });
 
     it('a bad body is refused before ComfyUI sees it', async () => {
       fake.clearRequests();
-      const bad = await raw(env.gw, 'POST', '/prompt', { headers: { ...env.alice.headers, 'Content-Type': 'application/json' }, body: '{"prompt":' });
+      const bad = await raw(env.gw, 'POST', '/prompt', {
+        headers: { ...env.alice.headers, 'Content-Type': 'application/json' },
+        body: '{"prompt":',
+      });
       expect([bad.status, bad.json().error.code]).toEqual([400, 'INVALID_BODY']);
-      const arr = await raw(env.gw, 'POST', '/prompt', { headers: { ...env.alice.headers, 'Content-Type': 'application/json' }, body: '[1]' });
+      const arr = await raw(env.gw, 'POST', '/prompt', {
+        headers: { ...env.alice.headers, 'Content-Type': 'application/json' },
+        body: '[1]',
+      });
       expect([arr.status, arr.json().error.code]).toEqual([400, 'INVALID_BODY']);
-      const big = await raw(env.gw, 'POST', '/prompt', { headers: { ...env.alice.headers, 'Content-Type': 'application/json' }, body: `{"prompt":{},"x":"${'a'.repeat(9 * 1024 * 1024)}"}` });
+      const big = await raw(env.gw, 'POST', '/prompt', {
+        headers: { ...env.alice.headers, 'Content-Type': 'application/json' },
+        body: `{"prompt":{},"x":"${'a'.repeat(9 * 1024 * 1024)}"}`,
+      });
       expect([big.status, big.json().error.code]).toEqual([413, 'PAYLOAD_TOO_LARGE']);
       expect(received(fake, /prompt/, 'POST')).toEqual([]);
     });
@@ -127,7 +151,10 @@ describe('isolation over HTTP', () => {
     });
     afterAll(async () => {
       fake.promptDelayMs = 40;
-      await raw(env.gw, 'POST', '/queue', { headers: { ...env.admin.headers, 'Content-Type': 'application/json' }, body: '{"clear":true}' });
+      await raw(env.gw, 'POST', '/queue', {
+        headers: { ...env.admin.headers, 'Content-Type': 'application/json' },
+        body: '{"clear":true}',
+      });
       await raw(env.gw, 'POST', '/interrupt', { headers: { ...env.admin.headers, 'Content-Type': 'application/json' }, body: '{}' });
     });
 
@@ -144,9 +171,9 @@ describe('isolation over HTTP', () => {
       expect(ids(all).sort()).toEqual([...alicePending, ...bobPending].sort());
       const alicesForAdmin = [...all.queue_running, ...all.queue_pending].find((e: any[]) => e[1] === alicePending[0]);
       expect(alicesForAdmin[3].my_api_key).toBeUndefined();
-      const alicesForAlice = [...(await raw(env.gw, 'GET', '/queue', { headers: env.alice.headers })).json().queue_pending, ...[]].concat(
-        (await raw(env.gw, 'GET', '/queue', { headers: env.alice.headers })).json().queue_running,
-      ).find((e: any[]) => e[1] === alicePending[0]);
+      const alicesForAlice = [...(await raw(env.gw, 'GET', '/queue', { headers: env.alice.headers })).json().queue_pending, ...[]]
+        .concat((await raw(env.gw, 'GET', '/queue', { headers: env.alice.headers })).json().queue_running)
+        .find((e: any[]) => e[1] === alicePending[0]);
       expect(alicesForAlice[3].my_api_key).toBe('alice-secret');
     });
 
@@ -220,7 +247,11 @@ describe('isolation over HTTP', () => {
     });
 
     it('interrupt stops only the caller’s own running prompt', async () => {
-      await until(async () => ids((await raw(env.gw, 'GET', '/queue', { headers: env.admin.headers })).json()).length > 0 && !!(await raw(env.gw, 'GET', '/queue', { headers: env.admin.headers })).json().queue_running.length);
+      await until(
+        async () =>
+          ids((await raw(env.gw, 'GET', '/queue', { headers: env.admin.headers })).json()).length > 0 &&
+          !!(await raw(env.gw, 'GET', '/queue', { headers: env.admin.headers })).json().queue_running.length,
+      );
       const running = (await raw(env.gw, 'GET', '/queue', { headers: env.admin.headers })).json().queue_running[0][1];
       const owner = alicePending.includes(running) ? env.alice : env.bob;
       const other = owner === env.alice ? env.bob : env.alice;

@@ -20,7 +20,8 @@ describe('JSON bodies read like Python reads them', () => {
     await fake.close();
   });
 
-  const send = (path: string, body: string | Buffer) => raw(env.gw, 'POST', path, { headers: { ...env.bob.headers, 'Content-Type': 'application/json' }, body });
+  const send = (path: string, body: string | Buffer) =>
+    raw(env.gw, 'POST', path, { headers: { ...env.bob.headers, 'Content-Type': 'application/json' }, body });
   const prompt = JSON.stringify({ prompt: sampleWorkflow('json') });
   const deep = (n: number) => `{"prompt":${JSON.stringify(sampleWorkflow('deep'))},"extra_data":{"x":${'['.repeat(n)}${']'.repeat(n)}}}`;
 
@@ -34,7 +35,11 @@ describe('JSON bodies read like Python reads them', () => {
     ['-Infinity', '/api/prompt', prompt.replace('"cfg":7', '"cfg":-Infinity')],
     ['a byte-order mark', '/prompt', Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(prompt)])],
     ['bytes that are not UTF-8', '/prompt', Buffer.concat([Buffer.from(prompt.slice(0, -2)), Buffer.from(',"x":"\xff"}}', 'latin1')])],
-    ['a key given twice with different values', '/prompt', prompt.replace('"filename_prefix":"json"', '"filename_prefix":"json","filename_prefix":"../alice/x"')],
+    [
+      'a key given twice with different values',
+      '/prompt',
+      prompt.replace('"filename_prefix":"json"', '"filename_prefix":"json","filename_prefix":"../alice/x"'),
+    ],
     ['a duplicate prompt', '/prompt', `{"prompt":{},${prompt.slice(1)}`],
     ['trailing garbage', '/prompt', `${prompt}x`],
   ];
@@ -57,7 +62,10 @@ describe('JSON bodies read like Python reads them', () => {
       ['/gateway/api/tokens', env.bob.headers],
     ] as [string, Record<string, string>][]) {
       const before = (await flushedLogs(env.gw)).length;
-      const r = await raw(env.gw, 'POST', path, { headers: { ...headers, 'Content-Type': 'application/json' }, body: `{"username":${nest},"password":${nest},"name":${nest}}` });
+      const r = await raw(env.gw, 'POST', path, {
+        headers: { ...headers, 'Content-Type': 'application/json' },
+        body: `{"username":${nest},"password":${nest},"name":${nest}}`,
+      });
       expect([path, r.status >= 400 && r.status < 500]).toEqual([path, true]);
       expect((await flushedLogs(env.gw)).slice(before).filter((l) => (l.level as number) >= 50)).toEqual([]);
     }
@@ -79,7 +87,11 @@ describe('JSON bodies read like Python reads them', () => {
 
   it('numbers reach ComfyUI with their exact text (64-bit seeds, 7.0, 1e2); repeated identical keys are fine', async () => {
     fake.clearRequests();
-    const text = prompt.replace('"seed":42', '"seed":18446744073709551615').replace('"cfg":7', '"cfg":7.0').replace('"steps":20', '"steps":20,"steps":20').replace('"denoise":1', '"denoise":1e0');
+    const text = prompt
+      .replace('"seed":42', '"seed":18446744073709551615')
+      .replace('"cfg":7', '"cfg":7.0')
+      .replace('"steps":20', '"steps":20,"steps":20')
+      .replace('"denoise":1', '"denoise":1e0');
     const r = await send('/prompt', text);
     expect(r.status).toBe(200);
     const sent = received(fake, /^\/prompt$/, 'POST')[0].bodyText!;

@@ -21,7 +21,9 @@ describe('multipart rewriter', () => {
     Buffer.from(`preamble junk\r\n--${B}\r\nContent-Disposition: form-data; name="type"\r\n\r\ninput\r\n`),
     Buffer.from(`--${B}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n`),
     file,
-    Buffer.from(`\r\n--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\nContent-Type: text/plain; charset="UTF-8"\r\n\r\nsub/dir\r\n`),
+    Buffer.from(
+      `\r\n--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\nContent-Type: text/plain; charset="UTF-8"\r\n\r\nsub/dir\r\n`,
+    ),
     Buffer.from(`--${B}--\r\nepilogue`),
   ]);
   const rules = (extra: Partial<Parameters<typeof multipartRewriter>[0]> = {}) => ({
@@ -50,7 +52,9 @@ describe('multipart rewriter', () => {
 
   it('gives the same output however the body is chunked', async () => {
     const whole = await run(body, () => body.length);
-    expect(whole.toString('latin1')).toContain(`--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\n\r\nalice/sub/dir\r\n--${B}--\r\n`);
+    expect(whole.toString('latin1')).toContain(
+      `--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\n\r\nalice/sub/dir\r\n--${B}--\r\n`,
+    );
     expect(whole.toString('latin1')).not.toContain('charset');
     expect(whole.toString('latin1')).not.toContain('preamble');
     expect(whole.toString('latin1')).not.toContain('epilogue');
@@ -67,40 +71,126 @@ describe('multipart rewriter', () => {
   it('adds the subfolder when the body has none', async () => {
     const b = Buffer.from(`--${B}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\nPNG\r\n--${B}--\r\n`);
     const out = (await run(b, () => 3)).toString();
-    expect(out).toBe(`--${B}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\nPNG\r\n--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\n\r\nalice\r\n--${B}--\r\n`);
+    expect(out).toBe(
+      `--${B}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\nPNG\r\n--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\n\r\nalice\r\n--${B}--\r\n`,
+    );
   });
 
   it.each([
-    ['a bare boundary inside a part', `--${B}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\nxx\n--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\n\r\n../x\r\n--${B}--\r\n`, 'INVALID_BODY'],
+    [
+      'a bare boundary inside a part',
+      `--${B}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\nxx\n--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\n\r\n../x\r\n--${B}--\r\n`,
+      'INVALID_BODY',
+    ],
     ['a truncated body', `--${B}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\nxx`, 'INVALID_BODY'],
     ['name*', `--${B}\r\nContent-Disposition: form-data; name*=UTF-8''subfolder\r\n\r\n../x\r\n--${B}--\r\n`, 'INVALID_BODY'],
-    ['two dispositions', `--${B}\r\nContent-Disposition: form-data; name="x"\r\nContent-Disposition: form-data; name="subfolder"\r\n\r\n../x\r\n--${B}--\r\n`, 'INVALID_BODY'],
+    [
+      'two dispositions',
+      `--${B}\r\nContent-Disposition: form-data; name="x"\r\nContent-Disposition: form-data; name="subfolder"\r\n\r\n../x\r\n--${B}--\r\n`,
+      'INVALID_BODY',
+    ],
     ['a folded header', `--${B}\r\nContent-Disposition: form-data;\r\n name="subfolder"\r\n\r\n../x\r\n--${B}--\r\n`, 'INVALID_BODY'],
     ['a part without headers', `--${B}\r\n\r\n../x\r\n--${B}--\r\n`, 'INVALID_BODY'],
     ['a bad subfolder', `--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\n\r\n../x\r\n--${B}--\r\n`, 'PATH_NOT_ALLOWED'],
-    ['a directory in the file name', `--${B}\r\nContent-Disposition: form-data; name="image"; filename="a/b.png"\r\n\r\nx\r\n--${B}--\r\n`, 'PATH_NOT_ALLOWED'],
-    ['a _charset_ part', `--${B}\r\nContent-Disposition: form-data; name="_charset_"\r\n\r\nutf-7\r\n--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\n\r\nx\r\n--${B}--\r\n`, 'INVALID_BODY'],
-    ['a utf-7 part charset', `--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\nContent-Type: text/plain; charset=utf-7\r\n\r\nx\r\n--${B}--\r\n`, 'INVALID_BODY'],
-    ['a quoted, upper-case utf-7 part charset', `--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\nContent-Type: text/plain; CHARSET = "UTF-7"\r\n\r\nx\r\n--${B}--\r\n`, 'INVALID_BODY'],
-    ['a second charset after utf-8', `--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\nContent-Type: text/plain; charset=utf-8; charset=utf-7\r\n\r\nx\r\n--${B}--\r\n`, 'INVALID_BODY'],
-    ['a charset on the file part', `--${B}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\nContent-Type: image/png; charset=utf-16\r\n\r\nx\r\n--${B}--\r\n`, 'INVALID_BODY'],
-    ['base64 transfer encoding', `--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\nContent-Transfer-Encoding: base64\r\n\r\nLi4vYm9i\r\n--${B}--\r\n`, 'INVALID_BODY'],
-    ['quoted-printable transfer encoding', `--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\ncontent-transfer-encoding: Quoted-Printable\r\n\r\n=2E=2E/bob\r\n--${B}--\r\n`, 'INVALID_BODY'],
-    ['7bit transfer encoding on the file', `--${B}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\nContent-Transfer-Encoding: 7bit\r\n\r\nx\r\n--${B}--\r\n`, 'INVALID_BODY'],
-    ['another part header', `--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\nContent-Encoding: gzip\r\n\r\nx\r\n--${B}--\r\n`, 'INVALID_BODY'],
-    ['two content types', `--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\nContent-Type: text/plain\r\nContent-Type: text/plain; charset=utf-7\r\n\r\nx\r\n--${B}--\r\n`, 'INVALID_BODY'],
+    [
+      'a directory in the file name',
+      `--${B}\r\nContent-Disposition: form-data; name="image"; filename="a/b.png"\r\n\r\nx\r\n--${B}--\r\n`,
+      'PATH_NOT_ALLOWED',
+    ],
+    [
+      'a _charset_ part',
+      `--${B}\r\nContent-Disposition: form-data; name="_charset_"\r\n\r\nutf-7\r\n--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\n\r\nx\r\n--${B}--\r\n`,
+      'INVALID_BODY',
+    ],
+    [
+      'a utf-7 part charset',
+      `--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\nContent-Type: text/plain; charset=utf-7\r\n\r\nx\r\n--${B}--\r\n`,
+      'INVALID_BODY',
+    ],
+    [
+      'a quoted, upper-case utf-7 part charset',
+      `--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\nContent-Type: text/plain; CHARSET = "UTF-7"\r\n\r\nx\r\n--${B}--\r\n`,
+      'INVALID_BODY',
+    ],
+    [
+      'a second charset after utf-8',
+      `--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\nContent-Type: text/plain; charset=utf-8; charset=utf-7\r\n\r\nx\r\n--${B}--\r\n`,
+      'INVALID_BODY',
+    ],
+    [
+      'a charset on the file part',
+      `--${B}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\nContent-Type: image/png; charset=utf-16\r\n\r\nx\r\n--${B}--\r\n`,
+      'INVALID_BODY',
+    ],
+    [
+      'base64 transfer encoding',
+      `--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\nContent-Transfer-Encoding: base64\r\n\r\nLi4vYm9i\r\n--${B}--\r\n`,
+      'INVALID_BODY',
+    ],
+    [
+      'quoted-printable transfer encoding',
+      `--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\ncontent-transfer-encoding: Quoted-Printable\r\n\r\n=2E=2E/bob\r\n--${B}--\r\n`,
+      'INVALID_BODY',
+    ],
+    [
+      '7bit transfer encoding on the file',
+      `--${B}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\nContent-Transfer-Encoding: 7bit\r\n\r\nx\r\n--${B}--\r\n`,
+      'INVALID_BODY',
+    ],
+    [
+      'another part header',
+      `--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\nContent-Encoding: gzip\r\n\r\nx\r\n--${B}--\r\n`,
+      'INVALID_BODY',
+    ],
+    [
+      'two content types',
+      `--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\nContent-Type: text/plain\r\nContent-Type: text/plain; charset=utf-7\r\n\r\nx\r\n--${B}--\r\n`,
+      'INVALID_BODY',
+    ],
     ['an unknown field', `--${B}\r\nContent-Disposition: form-data; name="comfy_user"\r\n\r\nx\r\n--${B}--\r\n`, 'INVALID_BODY'],
     ['a field name in another case', `--${B}\r\nContent-Disposition: form-data; name="Subfolder"\r\n\r\nx\r\n--${B}--\r\n`, 'INVALID_BODY'],
-    ['a duplicate field', `--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\n\r\nx\r\n--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\n\r\ny\r\n--${B}--\r\n`, 'INVALID_BODY'],
-    ['a duplicate file', `--${B}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\nx\r\n--${B}\r\nContent-Disposition: form-data; name="image"; filename="b.png"\r\n\r\ny\r\n--${B}--\r\n`, 'INVALID_BODY'],
-    ['a field sent as a file', `--${B}\r\nContent-Disposition: form-data; name="subfolder"; filename="x"\r\n\r\nx\r\n--${B}--\r\n`, 'INVALID_BODY'],
+    [
+      'a duplicate field',
+      `--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\n\r\nx\r\n--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\n\r\ny\r\n--${B}--\r\n`,
+      'INVALID_BODY',
+    ],
+    [
+      'a duplicate file',
+      `--${B}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\nx\r\n--${B}\r\nContent-Disposition: form-data; name="image"; filename="b.png"\r\n\r\ny\r\n--${B}--\r\n`,
+      'INVALID_BODY',
+    ],
+    [
+      'a field sent as a file',
+      `--${B}\r\nContent-Disposition: form-data; name="subfolder"; filename="x"\r\n\r\nx\r\n--${B}--\r\n`,
+      'INVALID_BODY',
+    ],
     ['a file sent as a field', `--${B}\r\nContent-Disposition: form-data; name="image"\r\n\r\nx\r\n--${B}--\r\n`, 'INVALID_BODY'],
     ['an empty file name', `--${B}\r\nContent-Disposition: form-data; name="image"; filename=""\r\n\r\nx\r\n--${B}--\r\n`, 'INVALID_BODY'],
-    ['name*0 continuation', `--${B}\r\nContent-Disposition: form-data; name*0="sub"; name*1="folder"\r\n\r\nx\r\n--${B}--\r\n`, 'INVALID_BODY'],
-    ['an unquoted non-token value', `--${B}\r\nContent-Disposition: form-data; name="image"; filename=a/b.png\r\n\r\nx\r\n--${B}--\r\n`, 'INVALID_BODY'],
-    ['a non-ASCII parameter name', `--${B}\r\nContent-Disposition: form-data; \u212Aey="x"; name="subfolder"\r\n\r\nx\r\n--${B}--\r\n`, 'INVALID_BODY'],
-    ['two semicolons in a quoted value', `--${B}\r\nContent-Disposition: form-data; name="image"; filename="a;b;c.png"\r\n\r\nx\r\n--${B}--\r\n`, 'INVALID_BODY'],
-    ['an oversized subfolder', `--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\n\r\n${'a'.repeat(70_000)}\r\n--${B}--\r\n`, 'INVALID_BODY'],
+    [
+      'name*0 continuation',
+      `--${B}\r\nContent-Disposition: form-data; name*0="sub"; name*1="folder"\r\n\r\nx\r\n--${B}--\r\n`,
+      'INVALID_BODY',
+    ],
+    [
+      'an unquoted non-token value',
+      `--${B}\r\nContent-Disposition: form-data; name="image"; filename=a/b.png\r\n\r\nx\r\n--${B}--\r\n`,
+      'INVALID_BODY',
+    ],
+    [
+      'a non-ASCII parameter name',
+      `--${B}\r\nContent-Disposition: form-data; \u212Aey="x"; name="subfolder"\r\n\r\nx\r\n--${B}--\r\n`,
+      'INVALID_BODY',
+    ],
+    [
+      'two semicolons in a quoted value',
+      `--${B}\r\nContent-Disposition: form-data; name="image"; filename="a;b;c.png"\r\n\r\nx\r\n--${B}--\r\n`,
+      'INVALID_BODY',
+    ],
+    [
+      'an oversized subfolder',
+      `--${B}\r\nContent-Disposition: form-data; name="subfolder"\r\n\r\n${'a'.repeat(70_000)}\r\n--${B}--\r\n`,
+      'INVALID_BODY',
+    ],
   ])('refuses %s', async (_n, text, expected) => {
     const err = await run(Buffer.from(text), () => 7).catch((e) => e);
     expect(err).toBeInstanceOf(AppError);

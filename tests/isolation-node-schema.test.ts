@@ -31,16 +31,33 @@ describe('file nodes known by their schema', () => {
   /** A prompt with node 20 of `cls` (its output previewed when it makes images), as ComfyUI received it. */
   async function submit(who: Caller, node: Record<string, unknown>, extra: Record<string, unknown> = {}) {
     fake.clearRequests();
-    const prompt = { ...sampleWorkflow('schema'), ...extra, '20': node, '21': { class_type: 'PreviewImage', inputs: { images: ['20', 0] } } };
+    const prompt = {
+      ...sampleWorkflow('schema'),
+      ...extra,
+      '20': node,
+      '21': { class_type: 'PreviewImage', inputs: { images: ['20', 0] } },
+    };
     const r = await postJson(env.gw, '/prompt', who, { prompt });
     const sent = received(fake, /^\/prompt$/, 'POST')[0];
     return { r, forwarded: sent ? (JSON.parse(sent.bodyText!).prompt as Record<string, any>) : null };
   }
 
   it.each([
-    ['WebcamCapture (a WEBCAM widget)', { class_type: 'WebcamCapture', inputs: { image: 'alice/pic.png', width: 0, height: 0, capture_on_queue: false } }, 'image'],
-    ['a custom picker with an upload flag and an unusual input name', { class_type: 'PhotoPicker', inputs: { photo: 'alice/pic.png' } }, 'photo'],
-    ['a custom picker listing the input folder without any flag', { class_type: 'FolderPicker', inputs: { picture: 'alice/pic.png' } }, 'picture'],
+    [
+      'WebcamCapture (a WEBCAM widget)',
+      { class_type: 'WebcamCapture', inputs: { image: 'alice/pic.png', width: 0, height: 0, capture_on_queue: false } },
+      'image',
+    ],
+    [
+      'a custom picker with an upload flag and an unusual input name',
+      { class_type: 'PhotoPicker', inputs: { photo: 'alice/pic.png' } },
+      'photo',
+    ],
+    [
+      'a custom picker listing the input folder without any flag',
+      { class_type: 'FolderPicker', inputs: { picture: 'alice/pic.png' } },
+      'picture',
+    ],
   ])('%s: bob’s reference to alice’s file is read from his own folder instead', async (_n, node, input) => {
     const { forwarded } = await submit(env.bob, node);
     expect(forwarded!['20'].inputs[input]).toBe('bob/alice/pic.png');
@@ -53,7 +70,9 @@ describe('file nodes known by their schema', () => {
     ['PhotoPicker', { class_type: 'PhotoPicker', inputs: { photo: ['30', 0] } }],
     ['FolderPicker', { class_type: 'FolderPicker', inputs: { picture: '../alice/pic.png' } }],
   ])('%s with a file name taken from another node, or leaving the folder → 400 PATH_NOT_ALLOWED, nothing queued', async (_n, node) => {
-    const { r, forwarded } = await submit(env.bob, node, { '30': { class_type: 'CLIPTextEncode', inputs: { text: 'alice/pic.png', clip: ['4', 1] } } });
+    const { r, forwarded } = await submit(env.bob, node, {
+      '30': { class_type: 'CLIPTextEncode', inputs: { text: 'alice/pic.png', clip: ['4', 1] } },
+    });
     expect([r.status, r.json().error.code, r.json().error.details.node]).toEqual([400, 'PATH_NOT_ALLOWED', '20']);
     expect(forwarded).toBeNull();
   });
@@ -67,7 +86,14 @@ describe('file nodes known by their schema', () => {
 
   it('a node that merely has "Load" in its name but no file input is left alone; schemas are asked once per class', async () => {
     fake.clearRequests();
-    for (let i = 0; i < 3; i++) await postJson(env.gw, '/prompt', env.bob, { prompt: { ...sampleWorkflow('again'), '20': { class_type: 'PhotoPicker', inputs: { photo: 'bob/pic.png' } }, '21': { class_type: 'PreviewImage', inputs: { images: ['20', 0] } } } });
+    for (let i = 0; i < 3; i++)
+      await postJson(env.gw, '/prompt', env.bob, {
+        prompt: {
+          ...sampleWorkflow('again'),
+          '20': { class_type: 'PhotoPicker', inputs: { photo: 'bob/pic.png' } },
+          '21': { class_type: 'PreviewImage', inputs: { images: ['20', 0] } },
+        },
+      });
     // asked before this test already (cached): no schema reads at all now
     expect(received(fake, /^\/object_info/)).toEqual([]);
     // CheckpointLoaderSimple has "Load" in its name and a model list, not a file of the input folder: untouched
@@ -77,7 +103,11 @@ describe('file nodes known by their schema', () => {
 
   it('/object_info shows bob only his own files in every file input, whatever the node is called', async () => {
     const oi = (await raw(env.gw, 'GET', '/object_info', { headers: env.bob.headers })).json();
-    for (const [cls, input] of [['LoadImage', 'image'], ['PhotoPicker', 'photo'], ['FolderPicker', 'picture']]) {
+    for (const [cls, input] of [
+      ['LoadImage', 'image'],
+      ['PhotoPicker', 'photo'],
+      ['FolderPicker', 'picture'],
+    ]) {
       const list = oi[cls].input.required[input][0] as string[];
       expect([cls, list.includes('bob/pic.png'), list.some((f) => f.startsWith('alice/'))]).toEqual([cls, true, false]);
     }

@@ -15,7 +15,10 @@ describe('ComfyUI users are created with gateway users', () => {
   });
 
   test('creating a gateway user creates its ComfyUI user at once, before the user ever signs in', async () => {
-    const res = await request(gw.url).post('/gateway/api/users').set('X-API-Key', TEST_KEY).send({ username: 'carol', password: 'carol-password-1' });
+    const res = await request(gw.url)
+      .post('/gateway/api/users')
+      .set('X-API-Key', TEST_KEY)
+      .send({ username: 'carol', password: 'carol-password-1' });
     expect(res.status).toBe(201);
     const deadline = Date.now() + 3000;
     while (!Object.values(fake.users).includes('carol') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));

@@ -34,8 +34,32 @@ describe('splitUserPath', () => {
   });
 
   it.each([
-    '..', '../x', 'a/../b', 'a/..', '/abs', 'C:x', 'c:/x', 'a\\b', 'a\u0000b', 'a\nb', 'a\u0085b', '%2e%2e/x', 'x%2Fy', 'x%5cy', 'x%00',
-    '\uff0e\uff0e/x', 'a\uff0fb', 'a\uff3cb', '\u2024\u2024/x', 'a\u2215b', 'a\u2044b', 'a\u29f8b', 'a\ufe52b', '\u2025/x', 'a\ufe55b', 'x'.repeat(5000),
+    '..',
+    '../x',
+    'a/../b',
+    'a/..',
+    '/abs',
+    'C:x',
+    'c:/x',
+    'a\\b',
+    'a\u0000b',
+    'a\nb',
+    'a\u0085b',
+    '%2e%2e/x',
+    'x%2Fy',
+    'x%5cy',
+    'x%00',
+    '\uff0e\uff0e/x',
+    'a\uff0fb',
+    'a\uff3cb',
+    '\u2024\u2024/x',
+    'a\u2215b',
+    'a\u2044b',
+    'a\u29f8b',
+    'a\ufe52b',
+    '\u2025/x',
+    'a\ufe55b',
+    'x'.repeat(5000),
   ])('%j is refused with PATH_NOT_ALLOWED', (v) => {
     expect(code(() => splitUserPath(v))).toBe('PATH_NOT_ALLOWED');
   });
@@ -106,7 +130,9 @@ describe('scanObject', () => {
       if (k === 2) return [null, true, false][crypto.randomInt(3)];
       if (k === 3) return crypto.randomInt(100) / 7;
       if (k === 4) return Array.from({ length: crypto.randomInt(4) }, () => rnd(d + 1));
-      return Object.fromEntries(Array.from({ length: crypto.randomInt(4) }, () => [crypto.randomBytes(3).toString('hex') + '"', rnd(d + 1)]));
+      return Object.fromEntries(
+        Array.from({ length: crypto.randomInt(4) }, () => [crypto.randomBytes(3).toString('hex') + '"', rnd(d + 1)]),
+      );
     };
     for (let i = 0; i < 300; i++) {
       const obj = Object.fromEntries(Array.from({ length: 1 + crypto.randomInt(6) }, (_, j) => [`k${j}\\"`, rnd(0)]));
@@ -124,8 +150,15 @@ describe('scanObject', () => {
 
 describe('WebSocket hooks', () => {
   const owners: Record<string, string> = { 'pid-alice': 'alice', 'pid-bob': 'bob' };
-  const ledger = { owner: (id: string) => owners[id], addFiles: () => undefined } as unknown as Parameters<typeof createIsolationWsHooks>[0]['ledger'];
-  const tracker = { state: { kind: 'unknown' }, idle: () => false, onStatus: () => undefined, onPromptEvent: () => undefined } as Parameters<typeof createIsolationWsHooks>[0]['tracker'];
+  const ledger = { owner: (id: string) => owners[id], addFiles: () => undefined } as unknown as Parameters<
+    typeof createIsolationWsHooks
+  >[0]['ledger'];
+  const tracker = {
+    state: { kind: 'unknown' },
+    idle: () => false,
+    onStatus: () => undefined,
+    onPromptEvent: () => undefined,
+  } as Parameters<typeof createIsolationWsHooks>[0]['tracker'];
   const clientIds = { upstreamFor: (u: string, c: string) => `up-${u}-${c}`, fresh: () => 'fresh-id', nobody: () => 'nobody' };
   const hooks = createIsolationWsHooks({ clientIds, ledger, tracker });
   const session = (user: string, clientId: string | null) => {
@@ -146,7 +179,10 @@ describe('WebSocket hooks', () => {
     expect([pass(a, twoKeys), pass(b, twoKeys)]).toEqual([false, true]);
     const unknown = pyJson({ type: 'progress', data: { prompt_id: 'pid-nobody' } });
     expect([pass(a, unknown), pass(b, unknown)]).toEqual([false, false]);
-    const executed = pyJson({ type: 'executed', data: { node: '9', output: { text: [{ prompt_id: 'pid-alice' }] }, prompt_id: 'pid-bob' } });
+    const executed = pyJson({
+      type: 'executed',
+      data: { node: '9', output: { text: [{ prompt_id: 'pid-alice' }] }, prompt_id: 'pid-bob' },
+    });
     expect([pass(a, executed), pass(b, executed)]).toEqual([false, true]);
   });
 

@@ -8,7 +8,10 @@ import { startGateway, TEST_KEY } from './helpers/gateway';
 import { postJson, received, startIsolationEnv, type Caller, type IsolationEnv } from './isolation-env';
 
 /** The sample workflow with a URL in one more node's input (a URL loader as custom node packs ship them). */
-const withUrl = (value: unknown, cls = 'LoadImageFromUrl', input = 'url') => ({ ...sampleWorkflow('url'), '20': { class_type: cls, inputs: { [input]: value } } });
+const withUrl = (value: unknown, cls = 'LoadImageFromUrl', input = 'url') => ({
+  ...sampleWorkflow('url'),
+  '20': { class_type: cls, inputs: { [input]: value } },
+});
 
 describe('URL inputs in prompts', () => {
   let env: IsolationEnv;
@@ -95,7 +98,10 @@ describe('prompt_url_allow', () => {
   let fake: FakeComfy;
   beforeAll(async () => {
     fake = await startFakeComfy({ promptDelayMs: 20 });
-    env = await startIsolationEnv({ fakeInstance: fake, config: { prompt_url_allow: ['10.0.0.0/8', '127.0.0.0/8', 'fd00::/8', 'images.internal'] } });
+    env = await startIsolationEnv({
+      fakeInstance: fake,
+      config: { prompt_url_allow: ['10.0.0.0/8', '127.0.0.0/8', 'fd00::/8', 'images.internal'] },
+    });
   });
   afterAll(async () => {
     await env.close();

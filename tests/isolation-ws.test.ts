@@ -38,7 +38,10 @@ describe('isolating WebSocket relay', () => {
     return s;
   };
   const queue = async (c: Caller, clientId?: string) => {
-    const r = await postJson(env.gw, '/api/prompt', c, { prompt: sampleWorkflow('ws'), ...(clientId !== undefined ? { client_id: clientId } : {}) });
+    const r = await postJson(env.gw, '/api/prompt', c, {
+      prompt: sampleWorkflow('ws'),
+      ...(clientId !== undefined ? { client_id: clientId } : {}),
+    });
     expect(r.status).toBe(200);
     return r.json().prompt_id as string;
   };

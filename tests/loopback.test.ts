@@ -79,7 +79,11 @@ describe('allow_loopback_without_auth: true (identity api-key)', () => {
 
   test('browsers: another site posting to 127.0.0.1, and DNS rebinding, are refused', async () => {
     const port = new URL(gw.url).port;
-    const crossSite = await hit(gw.url, '/prompt?edge-lb', { method: 'POST', headers: { origin: 'https://evil.example' }, body: { prompt: {} } });
+    const crossSite = await hit(gw.url, '/prompt?edge-lb', {
+      method: 'POST',
+      headers: { origin: 'https://evil.example' },
+      body: { prompt: {} },
+    });
     expect(crossSite.status).toBe(401);
     const fetchMeta = await hit(gw.url, '/object_info?edge-lb', { headers: { 'sec-fetch-site': 'cross-site' } });
     expect(fetchMeta.status).toBe(401);
@@ -88,7 +92,9 @@ describe('allow_loopback_without_auth: true (identity api-key)', () => {
     expect(await upgradeStatus(gw.url, '/ws?clientId=edge-lb', { headers: { origin: 'https://evil.example' } })).toBe(401);
     expect(reached(fake, 'edge-lb')).toBe(0);
     // the local user's own tab is same-origin and keeps working
-    const own = await hit(gw.url, '/object_info?edge-lb', { headers: { origin: `http://127.0.0.1:${port}`, 'sec-fetch-site': 'same-origin' } });
+    const own = await hit(gw.url, '/object_info?edge-lb', {
+      headers: { origin: `http://127.0.0.1:${port}`, 'sec-fetch-site': 'same-origin' },
+    });
     expect(own.status).toBe(200);
   });
 
@@ -117,12 +123,20 @@ describe('loopback_identity: a gateway user', () => {
     const gw = await startGateway({ upstream: fake.url, api_key: TEST_KEY, allow_loopback_without_auth: true, loopback_identity: 'robot' });
     try {
       expect((await hit(gw.url, '/gateway/api/me')).status).toBe(401);
-      const created = await hit(gw.url, '/gateway/api/users', { method: 'POST', headers: { 'x-api-key': TEST_KEY }, body: { username: 'robot', password: 'robot-password-1', role: 'user' } });
+      const created = await hit(gw.url, '/gateway/api/users', {
+        method: 'POST',
+        headers: { 'x-api-key': TEST_KEY },
+        body: { username: 'robot', password: 'robot-password-1', role: 'user' },
+      });
       expect(created.status).toBe(201);
       const me = await hit(gw.url, '/gateway/api/me');
       expect(me.body).toMatchObject({ username: 'robot', role: 'user', source: 'loopback' });
       expect((await hit(gw.url, '/gateway/api/audit')).status).toBe(403); // a user, not an admin
-      const disabled = await hit(gw.url, '/gateway/api/users/robot', { method: 'PATCH', headers: { 'x-api-key': TEST_KEY }, body: { disabled: true } });
+      const disabled = await hit(gw.url, '/gateway/api/users/robot', {
+        method: 'PATCH',
+        headers: { 'x-api-key': TEST_KEY },
+        body: { disabled: true },
+      });
       expect(disabled.status).toBe(200);
       expect((await hit(gw.url, '/gateway/api/me')).status).toBe(401);
     } finally {

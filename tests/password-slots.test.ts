@@ -17,8 +17,17 @@ const admin = { 'X-API-Key': TEST_KEY };
 beforeAll(async () => {
   fake = await startFakeComfy();
   // A realistic cost, so that hashing a whole burst would take seconds of every pool thread.
-  gw = await startGateway({ api_key: TEST_KEY, upstream: fake.url, bcrypt_cost: 12, ...TRUST_LOCAL_PROXY, model_downloads: { enabled: false } });
-  for (const u of ['ivan', 'judy']) expect((await hit(gw.url, '/gateway/api/users', { method: 'POST', headers: admin, body: { username: u, password: PW } })).status).toBe(201);
+  gw = await startGateway({
+    api_key: TEST_KEY,
+    upstream: fake.url,
+    bcrypt_cost: 12,
+    ...TRUST_LOCAL_PROXY,
+    model_downloads: { enabled: false },
+  });
+  for (const u of ['ivan', 'judy'])
+    expect((await hit(gw.url, '/gateway/api/users', { method: 'POST', headers: admin, body: { username: u, password: PW } })).status).toBe(
+      201,
+    );
 });
 afterAll(async () => {
   await gw.close();
@@ -34,7 +43,11 @@ describe('password checks in flight are capped', () => {
     const judy = await login({ url: gw.url }, 'judy');
     const mintToken = async (name: string) => {
       const t0 = Date.now();
-      const r = await hit(gw.url, '/gateway/api/tokens', { method: 'POST', headers: { ...judyFrom, Authorization: `Bearer ${judy.token}` }, body: { name } });
+      const r = await hit(gw.url, '/gateway/api/tokens', {
+        method: 'POST',
+        headers: { ...judyFrom, Authorization: `Bearer ${judy.token}` },
+        body: { name },
+      });
       expect(r.status).toBe(201);
       return Date.now() - t0;
     };
@@ -70,7 +83,11 @@ describe('password checks in flight are capped', () => {
   });
 
   it('a stolen session guessing the current password in parallel is capped the same way', async () => {
-    const ivan = await hit(gw.url, '/login', { method: 'POST', headers: { 'X-Forwarded-For': '203.0.113.90' }, body: { username: 'ivan', password: PW } });
+    const ivan = await hit(gw.url, '/login', {
+      method: 'POST',
+      headers: { 'X-Forwarded-For': '203.0.113.90' },
+      body: { username: 'ivan', password: PW },
+    });
     expect(ivan.status).toBe(200);
     const before = (await audits('password_change_failure')).length;
     const answers = await Promise.all(
@@ -122,11 +139,11 @@ describe('createPasswordSlots (unit)', () => {
     await Promise.all([s.run(req('a'), async () => 1), s.run(req('a'), async () => 2)]);
   });
 
-  it('bcrypt leaves two pool threads free for file I/O and one core for the event loop', () => {
+  it('bcrypt runs one job per core, at least two, and leaves two pool threads free for file I/O', () => {
     expect(hashingThreads({}, 8)).toBe(2);
     expect(hashingThreads({ UV_THREADPOOL_SIZE: '16' }, 32)).toBe(14);
     expect(hashingThreads({ UV_THREADPOOL_SIZE: '2' }, 8)).toBe(1);
-    expect(hashingThreads({ UV_THREADPOOL_SIZE: '16' }, 2)).toBe(1);
-    expect(hashingThreads({}, 1)).toBe(1);
+    expect(hashingThreads({ UV_THREADPOOL_SIZE: '16' }, 2)).toBe(2);
+    expect(hashingThreads({}, 1)).toBe(2);
   });
 });

@@ -32,12 +32,18 @@ function twins(path: string): string[] {
 }
 
 describe('canonicalize', () => {
-  it.each(['/manager/reboot', '/api/manager/reboot', '//api//manager/reboot', '/%6danager/reboot', '/api/%6d%61nager/reboot', '/api/api/manager/reboot', '/%41PI/manager/reboot', '/x/../manager/./reboot/'])(
-    '%s is the route /manager/reboot',
-    (url) => {
-      expect(canonicalize(url).path).toBe('/manager/reboot');
-    },
-  );
+  it.each([
+    '/manager/reboot',
+    '/api/manager/reboot',
+    '//api//manager/reboot',
+    '/%6danager/reboot',
+    '/api/%6d%61nager/reboot',
+    '/api/api/manager/reboot',
+    '/%41PI/manager/reboot',
+    '/x/../manager/./reboot/',
+  ])('%s is the route /manager/reboot', (url) => {
+    expect(canonicalize(url).path).toBe('/manager/reboot');
+  });
 
   it('decodes exactly once', () => {
     const r = canonicalize('/%256danager/reboot');
@@ -63,21 +69,28 @@ describe('canonicalize', () => {
     expect(decide('/userdata/workflows%2Fa.json').access).toBe('user');
   });
 
-  it.each(['/%zz', '/a%00b', '/a%5cb', '/..', '/%2e%2e/x', '/api/../..', 'manager', '/a%0ab', '/%C0%AF', '/x/a%2F..%2Fmanager'])('refuses %s with 400 INVALID_PATH', (url) => {
-    let err: unknown;
-    try {
-      canonicalize(url);
-    } catch (e) {
-      err = e;
-    }
-    expect(err).toBeInstanceOf(AppError);
-    expect((err as AppError).status).toBe(400);
-    expect((err as AppError).code).toBe('INVALID_PATH');
-  });
+  it.each(['/%zz', '/a%00b', '/a%5cb', '/..', '/%2e%2e/x', '/api/../..', 'manager', '/a%0ab', '/%C0%AF', '/x/a%2F..%2Fmanager'])(
+    'refuses %s with 400 INVALID_PATH',
+    (url) => {
+      let err: unknown;
+      try {
+        canonicalize(url);
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(AppError);
+      expect((err as AppError).status).toBe(400);
+      expect((err as AppError).code).toBe('INVALID_PATH');
+    },
+  );
 });
 
 describe('policy table', () => {
-  const adminFamilies = [...MANAGER_FAMILIES.map((f) => `/${f}/anything`), '/extensions/ComfyUI-Manager/js/comfyui-manager.js', '/extensions/comfyui-manager/x.js'];
+  const adminFamilies = [
+    ...MANAGER_FAMILIES.map((f) => `/${f}/anything`),
+    '/extensions/ComfyUI-Manager/js/comfyui-manager.js',
+    '/extensions/comfyui-manager/x.js',
+  ];
 
   it.each(adminFamilies)('%s is admin-only on every twin and encoding', (path) => {
     for (const t of twins(path)) {
@@ -157,16 +170,25 @@ describe('admin families through the running gateway', () => {
     ];
     for (const p of paths) {
       for (const method of ['GET', 'POST']) {
-        const r = await raw(env.gw, method, p, { headers: { ...env.alice.headers, 'Content-Type': 'application/json' }, body: method === 'POST' ? '{}' : undefined });
+        const r = await raw(env.gw, method, p, {
+          headers: { ...env.alice.headers, 'Content-Type': 'application/json' },
+          body: method === 'POST' ? '{}' : undefined,
+        });
         expect([method, p, r.status, r.json().error.code]).toEqual([method, p, 403, 'FORBIDDEN']);
       }
     }
     for (const p of twins('/free').filter((x) => !x.includes('v2'))) {
-      const r = await raw(env.gw, 'POST', p, { headers: { ...env.bob.headers, 'Content-Type': 'application/json' }, body: '{"unload_models":true}' });
+      const r = await raw(env.gw, 'POST', p, {
+        headers: { ...env.bob.headers, 'Content-Type': 'application/json' },
+        body: '{"unload_models":true}',
+      });
       expect([p, r.status, r.json().error.code]).toEqual([p, 403, 'FORBIDDEN']);
     }
     for (const p of twins('/users').filter((x) => !x.includes('v2'))) {
-      const r = await raw(env.gw, 'POST', p, { headers: { ...env.bob.headers, 'Content-Type': 'application/json' }, body: '{"username":"mallory"}' });
+      const r = await raw(env.gw, 'POST', p, {
+        headers: { ...env.bob.headers, 'Content-Type': 'application/json' },
+        body: '{"username":"mallory"}',
+      });
       expect([p, r.status, r.json().error.code]).toEqual([p, 403, 'FORBIDDEN']);
     }
     expect(env.fake.requests.map((r) => `${r.method} ${r.rawPath}`)).toEqual([]);
@@ -175,8 +197,17 @@ describe('admin families through the running gateway', () => {
 
   it('the unisolated assets API is admin-only; the frontend bundle under /assets/ stays open to users', async () => {
     env.fake.clearRequests();
-    for (const [method, p] of [['GET', '/api/assets'], ['GET', '/api/assets/0b0e5c7e-1111-4e4e-9999-000000000000/content'], ['POST', '/api/assets'], ['GET', '/assets'], ['GET', '//api//%61ssets']]) {
-      const r = await raw(env.gw, method, p, { headers: { ...env.alice.headers, 'Content-Type': 'application/json' }, body: method === 'POST' ? '{}' : undefined });
+    for (const [method, p] of [
+      ['GET', '/api/assets'],
+      ['GET', '/api/assets/0b0e5c7e-1111-4e4e-9999-000000000000/content'],
+      ['POST', '/api/assets'],
+      ['GET', '/assets'],
+      ['GET', '//api//%61ssets'],
+    ]) {
+      const r = await raw(env.gw, method, p, {
+        headers: { ...env.alice.headers, 'Content-Type': 'application/json' },
+        body: method === 'POST' ? '{}' : undefined,
+      });
       expect([method, p, r.status, r.json().error.code]).toEqual([method, p, 403, 'FORBIDDEN']);
     }
     expect(env.fake.requests.map((r) => `${r.method} ${r.rawPath}`)).toEqual([]);

@@ -46,7 +46,9 @@ describe('prompt ids on a server that makes its own (legacy)', () => {
       const one = (await raw(env.gw, 'GET', `/api/history/${pid}`, { headers: env.alice.headers })).json();
       expect(Object.keys(one)).toEqual([pid]);
       const img = executed.json.data.output.images[0];
-      const view = await raw(env.gw, 'GET', `/view?filename=${img.filename}&subfolder=${img.subfolder}&type=output`, { headers: env.alice.headers });
+      const view = await raw(env.gw, 'GET', `/view?filename=${img.filename}&subfolder=${img.subfolder}&type=output`, {
+        headers: env.alice.headers,
+      });
       expect(view.status).toBe(200);
       // bob: nothing; the admin (static key) sees the gateway's id too
       expect((await raw(env.gw, 'GET', '/history', { headers: env.bob.headers })).json()).toEqual({});
@@ -72,7 +74,9 @@ describe('prompt ids on a server that makes its own (legacy)', () => {
     // bob's delete and interrupt of alice's ids do nothing upstream
     await postJson(env.gw, '/queue', env.bob, { delete: [second] });
     await postJson(env.gw, '/interrupt', env.bob, { prompt_id: first });
-    expect((await raw(env.gw, 'GET', '/queue', { headers: env.alice.headers })).json().queue_pending.map((e: unknown[]) => e[1])).toEqual([second]);
+    expect((await raw(env.gw, 'GET', '/queue', { headers: env.alice.headers })).json().queue_pending.map((e: unknown[]) => e[1])).toEqual([
+      second,
+    ]);
 
     const del = await postJson(env.gw, '/queue', env.alice, { delete: [second] });
     expect(del.status).toBe(200);

@@ -91,7 +91,9 @@ describe('closing WebSockets when their credential is invalidated', () => {
     await stillRelaying(b);
     await stillRelaying(keyed);
     // and the revoked session cannot open a new one
-    await expect(openSocket(`${gw.url.replace(/^http/, 'ws')}/ws`, { Authorization: `Bearer ${u.token}` })).rejects.toMatchObject({ status: 401 });
+    await expect(openSocket(`${gw.url.replace(/^http/, 'ws')}/ws`, { Authorization: `Bearer ${u.token}` })).rejects.toMatchObject({
+      status: 401,
+    });
   });
 
   it('logout of a cookie session (browser) closes the socket opened with the cookie', async () => {
@@ -105,7 +107,11 @@ describe('closing WebSockets when their credential is invalidated', () => {
   it('revoking one personal token closes its sockets; the session and another token keep theirs', async () => {
     const u = await freshUser();
     const mk = async (name: string) => {
-      const r = await hit(gw.url, '/gateway/api/tokens', { method: 'POST', headers: { Authorization: `Bearer ${u.token}` }, body: { name } });
+      const r = await hit(gw.url, '/gateway/api/tokens', {
+        method: 'POST',
+        headers: { Authorization: `Bearer ${u.token}` },
+        body: { name },
+      });
       expect(r.status).toBe(201);
       return r.body as { id: string; token: string };
     };
@@ -151,7 +157,11 @@ describe('closing WebSockets when their credential is invalidated', () => {
   it('an admin setting a password closes the user’s sockets', async () => {
     const u = await freshUser();
     const s = await relayed({ Authorization: `Bearer ${u.token}` });
-    const r = await hit(gw.url, `/gateway/api/users/${u.name}`, { method: 'PATCH', headers: admin, body: { password: 'reset-by-admin-3' } });
+    const r = await hit(gw.url, `/gateway/api/users/${u.name}`, {
+      method: 'PATCH',
+      headers: admin,
+      body: { password: 'reset-by-admin-3' },
+    });
     expect(r.status).toBe(200);
     await expectRevoked(s);
   });
@@ -159,7 +169,11 @@ describe('closing WebSockets when their credential is invalidated', () => {
   it('disabling a user closes all their sockets (any credential); other users’ stay', async () => {
     const u = await freshUser();
     const other = await freshUser();
-    const tok = await hit(gw.url, '/gateway/api/tokens', { method: 'POST', headers: { Authorization: `Bearer ${u.token}` }, body: { name: 't' } });
+    const tok = await hit(gw.url, '/gateway/api/tokens', {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${u.token}` },
+      body: { name: 't' },
+    });
     const viaJwt = await relayed({ Authorization: `Bearer ${u.token}` });
     const viaToken = await relayed({ 'X-API-Key': tok.body.token });
     const bystander = await relayed({ Authorization: `Bearer ${other.token}` });

@@ -13,11 +13,27 @@ const KEY = { 'x-api-key': TEST_KEY };
 function selfSigned(): { cert: string; key: string } {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgw-cert-'));
   try {
-    execFileSync('openssl', [
-      'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=localhost',
-      '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost',
-      '-keyout', path.join(dir, 'key.pem'), '-out', path.join(dir, 'cert.pem'),
-    ], { stdio: 'ignore' });
+    execFileSync(
+      'openssl',
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'rsa:2048',
+        '-nodes',
+        '-days',
+        '1',
+        '-subj',
+        '/CN=localhost',
+        '-addext',
+        'subjectAltName=IP:127.0.0.1,DNS:localhost',
+        '-keyout',
+        path.join(dir, 'key.pem'),
+        '-out',
+        path.join(dir, 'cert.pem'),
+      ],
+      { stdio: 'ignore' },
+    );
     return { cert: fs.readFileSync(path.join(dir, 'cert.pem'), 'utf8'), key: fs.readFileSync(path.join(dir, 'key.pem'), 'utf8') };
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
@@ -38,7 +54,10 @@ describe('tls {cert, key}: the gateway serves HTTPS', () => {
   let gw: TestGateway;
   beforeAll(async () => {
     const { cert, key } = selfSigned();
-    gw = await startGateway({ upstream: fake.url, api_key: TEST_KEY, tls: { cert: 'tls/cert.pem', key: 'tls/key.pem' } }, { files: { 'tls/cert.pem': cert, 'tls/key.pem': key } });
+    gw = await startGateway(
+      { upstream: fake.url, api_key: TEST_KEY, tls: { cert: 'tls/cert.pem', key: 'tls/key.pem' } },
+      { files: { 'tls/cert.pem': cert, 'tls/key.pem': key } },
+    );
     await registerFirstAdminTls(gw);
   });
   afterAll(() => gw.close());
@@ -155,10 +174,18 @@ describe('force_https', () => {
     expect(res.status).toBe(200);
     expect(res.headers['strict-transport-security']).toMatch(/max-age=/);
     expect(reached(fake, 'edge-force')).toBe(1);
-    const login = await hit(gw.url, '/login', { method: 'POST', from: '127.0.0.2', headers: { 'X-Forwarded-Proto': 'https' }, body: { username: 'admin', password: PW } });
+    const login = await hit(gw.url, '/login', {
+      method: 'POST',
+      from: '127.0.0.2',
+      headers: { 'X-Forwarded-Proto': 'https' },
+      body: { username: 'admin', password: PW },
+    });
     expect(login.status).toBe(200);
     expect(isSecureCookie(cookieOf(login))).toBe(true);
-    const viaHttp = await hit(gw.url, '/x?y', { from: '127.0.0.2', headers: { 'X-Forwarded-Proto': 'http', 'X-Forwarded-Host': 'comfy.example.com' } });
+    const viaHttp = await hit(gw.url, '/x?y', {
+      from: '127.0.0.2',
+      headers: { 'X-Forwarded-Proto': 'http', 'X-Forwarded-Host': 'comfy.example.com' },
+    });
     expect(viaHttp.status).toBe(308);
     expect(viaHttp.headers.location).toBe('https://comfy.example.com/x?y');
   });
@@ -166,9 +193,13 @@ describe('force_https', () => {
   test('WebSocket upgrades over plain HTTP are refused (403), over a trusted HTTPS proxy accepted', async () => {
     fake.clearRequests();
     expect(await upgradeStatus(gw.url, '/ws?clientId=edge-force', { headers: KEY })).toBe(403);
-    expect(await upgradeStatus(gw.url, '/ws?clientId=edge-force', { from: '127.0.0.3', headers: { ...KEY, 'X-Forwarded-Proto': 'https' } })).toBe(403);
+    expect(
+      await upgradeStatus(gw.url, '/ws?clientId=edge-force', { from: '127.0.0.3', headers: { ...KEY, 'X-Forwarded-Proto': 'https' } }),
+    ).toBe(403);
     expect(reached(fake, 'edge-force')).toBe(0);
-    expect(await upgradeStatus(gw.url, '/ws?clientId=edge-force', { from: '127.0.0.2', headers: { ...KEY, 'X-Forwarded-Proto': 'https' } })).toBe(101);
+    expect(
+      await upgradeStatus(gw.url, '/ws?clientId=edge-force', { from: '127.0.0.2', headers: { ...KEY, 'X-Forwarded-Proto': 'https' } }),
+    ).toBe(101);
   });
 
   test('a Host that is not a host name is not echoed into a redirect', async () => {
@@ -198,7 +229,7 @@ describe('security headers', () => {
     }
   });
 
-  test("proxied ComfyUI responses get nosniff only (its frontend keeps its inline scripts)", async () => {
+  test('proxied ComfyUI responses get nosniff only (its frontend keeps its inline scripts)', async () => {
     const res = await hit(gw.url, '/object_info', { headers: KEY });
     expect(res.status).toBe(200);
     expect(res.headers['x-content-type-options']).toBe('nosniff');

@@ -63,8 +63,10 @@ describe('userdata on a ComfyUI without --multi-user', () => {
     expect(fs.readFileSync(path.join(shared(), 'gateway-users', 'alice', 'workflows', 'mine.json'), 'utf8')).toBe('{"w":1}');
   });
 
-  test('move and delete stay in the caller\'s folder', async () => {
-    expect((await send(env, env.alice, 'POST', '/userdata/workflows%2Fmine.json/move/workflows%2Fnew.json', '')).json()).toBe('workflows/new.json');
+  test("move and delete stay in the caller's folder", async () => {
+    expect((await send(env, env.alice, 'POST', '/userdata/workflows%2Fmine.json/move/workflows%2Fnew.json', '')).json()).toBe(
+      'workflows/new.json',
+    );
     expect(fs.existsSync(path.join(shared(), 'gateway-users', 'alice', 'workflows', 'new.json'))).toBe(true);
     expect((await send(env, env.bob, 'DELETE', '/userdata/workflows%2Fnew.json')).status).toBe(404);
     expect((await send(env, env.alice, 'DELETE', '/userdata/workflows%2Fnew.json')).status).toBe(204);

@@ -72,10 +72,14 @@ test('add --admin, list, role, passwd, remove against the running gateway’s st
   expect(add).toMatchObject({ code: 0, stdout: 'added root (admin)\n' });
   // The running gateway sees the new admin at once: the setup path is closed and the admin can sign in.
   expect(gw.composed.users.hasAdmin()).toBe(true);
-  expect((await request(gw.url).post('/register').send({ new_user_username: 'late', new_user_password: 'late-password-1' })).status).toBe(401);
+  expect((await request(gw.url).post('/register').send({ new_user_username: 'late', new_user_password: 'late-password-1' })).status).toBe(
+    401,
+  );
   const root = await login(gw, 'root', 'root-password-1');
 
-  expect((await cli(['add', 'bob', '--config', 'config.json'], { cwd: gw.dir, stdin: 'bob-password-1\r\nignored second line\n' })).code).toBe(0);
+  expect(
+    (await cli(['add', 'bob', '--config', 'config.json'], { cwd: gw.dir, stdin: 'bob-password-1\r\nignored second line\n' })).code,
+  ).toBe(0);
   const bob = await login(gw, 'bob', 'bob-password-1');
   expect((await request(gw.url).get('/gateway/api/users').set('Cookie', bob.cookie)).status).toBe(403);
   expect((await cli(['role', 'bob', 'admin'], { cwd: gw.dir })).stdout).toBe('bob is now admin\n');
@@ -83,7 +87,10 @@ test('add --admin, list, role, passwd, remove against the running gateway’s st
 
   const list = await cli(['list'], { cwd: gw.dir });
   expect(list.code).toBe(0);
-  const rows = list.stdout.trim().split('\n').map((l) => l.split('\t'));
+  const rows = list.stdout
+    .trim()
+    .split('\n')
+    .map((l) => l.split('\t'));
   expect(rows.map((r) => r.slice(0, 3))).toEqual([
     ['root', 'admin', 'enabled'],
     ['bob', 'admin', 'enabled'],

@@ -80,7 +80,16 @@ test('password change and disable move tokens_valid_after (ms) and drop personal
   const store = await createUserStore({ file, now: () => clock });
   await store.create(user('ann'));
   expect(store.get('ann')!.tokens_valid_after).toBe(clock + 1);
-  const tok = { id: 't1', username: 'ann', name: 'n', prefix: 'cgw_abcdefgh', sha256: 'f'.repeat(64), created_at: new Date(clock).toISOString(), expires_at: null, last_used_at: null };
+  const tok = {
+    id: 't1',
+    username: 'ann',
+    name: 'n',
+    prefix: 'cgw_abcdefgh',
+    sha256: 'f'.repeat(64),
+    created_at: new Date(clock).toISOString(),
+    expires_at: null,
+    last_used_at: null,
+  };
   await store.tokens.add(tok);
   expect(store.tokens.findBySha256('f'.repeat(64))).toMatchObject({ id: 't1' });
   clock += 5000;

@@ -26,7 +26,9 @@ export async function loadJwtSecret(opts: { env: NodeJS.ProcessEnv; envName: str
   const fromEnv = opts.env[opts.envName];
   if (fromEnv) {
     const warning =
-      Buffer.byteLength(fromEnv) < 32 ? `${opts.envName} is shorter than 32 bytes; use a long random value for signing sessions` : undefined;
+      Buffer.byteLength(fromEnv) < 32
+        ? `${opts.envName} is shorter than 32 bytes; use a long random value for signing sessions`
+        : undefined;
     return { key: crypto.createSecretKey(Buffer.from(fromEnv, 'utf8')), source: 'env', warning };
   }
   const file = path.join(opts.dataDir, JWT_SECRET_FILE);

@@ -15,13 +15,23 @@ export const PASSWORD_CHECKS_PER_CLIENT = 4;
 export const PASSWORD_CHECKS_TOTAL = 32;
 
 /** Builds the caps; `clientIp` is the one client-IP function's answer for a request (net/clientIp.ts). */
-export function createPasswordSlots(deps: { clientIp: (req: IncomingMessage) => string; perClient?: number; total?: number }): PasswordSlots {
+export function createPasswordSlots(deps: {
+  clientIp: (req: IncomingMessage) => string;
+  perClient?: number;
+  total?: number;
+}): PasswordSlots {
   const perClient = deps.perClient ?? PASSWORD_CHECKS_PER_CLIENT;
   const total = deps.total ?? PASSWORD_CHECKS_TOTAL;
   const byClient = new Map<string, number>();
   let inFlight = 0;
   const busy = (scope: 'client' | 'gateway', limit: number) =>
-    new AppError(429, 'RATE_LIMITED', 'Too many password checks in flight; try again in a moment', { in_flight_limit: limit, scope }, { 'Retry-After': '1' });
+    new AppError(
+      429,
+      'RATE_LIMITED',
+      'Too many password checks in flight; try again in a moment',
+      { in_flight_limit: limit, scope },
+      { 'Retry-After': '1' },
+    );
   return {
     async run(req, check) {
       const ip = deps.clientIp(req);

@@ -18,12 +18,12 @@ const looksLikeBcrypt = (h: string | null | undefined): h is string => !!h && /^
 /**
  * bcrypt hashes that may run at once. Native bcrypt runs on libuv's thread pool, which file I/O, DNS and zlib share:
  * leaving two of its threads free keeps a burst of logins from stalling every store write behind the hashes; and
- * each hash keeps a core busy for a quarter of a second, so one core stays free for the event loop (every other
- * request) during a login storm.
+ * each hash keeps a core busy for a quarter of a second, so the lane is one job per core (at least two, so that a
+ * revocation's hash is never stuck behind a single long login), and never the whole pool.
  */
 export function hashingThreads(env: NodeJS.ProcessEnv = process.env, cores = os.availableParallelism()): number {
   const pool = Number(env.UV_THREADPOOL_SIZE) || 4;
-  return Math.max(1, Math.min(pool - 2, cores - 1));
+  return Math.min(Math.max(2, cores), Math.max(1, pool - 2));
 }
 
 /** Builds the password service; the dummy hash is made once, up front, at the same cost as real ones. */
@@ -55,7 +55,8 @@ function createLane(n: number): <T>(task: () => Promise<T>) => Promise<T> {
       return await task();
     } finally {
       const next = waiting.shift();
-      if (next) next(); // the slot passes straight on
+      if (next)
+        next(); // the slot passes straight on
       else running--;
     }
   };

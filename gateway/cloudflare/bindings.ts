@@ -11,9 +11,13 @@ import type { UserStore } from '../users/types';
 export async function migrateLegacyBindings(deps: { file: string; users: UserStore; logger: Logger }): Promise<void> {
   let emails: Record<string, unknown>;
   try {
-    emails = ((JSON.parse(fs.readFileSync(deps.file, 'utf8')) as { emails?: Record<string, unknown> }).emails ?? {}) as Record<string, unknown>;
+    emails = ((JSON.parse(fs.readFileSync(deps.file, 'utf8')) as { emails?: Record<string, unknown> }).emails ?? {}) as Record<
+      string,
+      unknown
+    >;
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') deps.logger.error({ file: deps.file, err: (e as Error).message }, 'old Cloudflare Access bindings unreadable; not carried over');
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT')
+      deps.logger.error({ file: deps.file, err: (e as Error).message }, 'old Cloudflare Access bindings unreadable; not carried over');
     return;
   }
   for (const [email, name] of Object.entries(emails)) {

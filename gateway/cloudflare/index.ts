@@ -19,7 +19,11 @@ const USERNAME_RE = /^[a-z0-9][a-z0-9_-]{1,31}$/;
 
 /** The team domain as a bare host (`https://team.cloudflareaccess.com/` → `team.cloudflareaccess.com`). */
 export function teamHost(teamDomain: string): string {
-  return teamDomain.trim().replace(/^https?:\/\//i, '').replace(/\/.*$/, '').toLowerCase();
+  return teamDomain
+    .trim()
+    .replace(/^https?:\/\//i, '')
+    .replace(/\/.*$/, '')
+    .toLowerCase();
 }
 
 /**
@@ -28,7 +32,11 @@ export function teamHost(teamDomain: string): string {
  */
 export function usernameFromEmail(email: string): string {
   const local = email.split('@')[0].split('+')[0].toLowerCase();
-  const name = local.replace(/[^a-z0-9_-]+/g, '-').replace(/^[-_]+/, '').slice(0, 32).replace(/[-_]+$/, '');
+  const name = local
+    .replace(/[^a-z0-9_-]+/g, '-')
+    .replace(/^[-_]+/, '')
+    .slice(0, 32)
+    .replace(/[-_]+$/, '');
   if (USERNAME_RE.test(name) && name !== 'api-key') return name;
   return `cf-${crypto.createHash('sha256').update(email).digest('hex').slice(0, 8)}`;
 }
@@ -62,9 +70,16 @@ export function createCloudflareAccess(deps: {
   const { users, logger, audit } = deps;
   const host = teamHost(cf.team_domain);
   const issuer = `https://${host}`;
-  const jwks = createJwksCache({ url: cf.certs_url ?? `${issuer}/cdn-cgi/access/certs`, logger, fetchImpl: deps.fetchImpl, ...deps.jwksOptions });
+  const jwks = createJwksCache({
+    url: cf.certs_url ?? `${issuer}/cdn-cgi/access/certs`,
+    logger,
+    fetchImpl: deps.fetchImpl,
+    ...deps.jwksOptions,
+  });
   // Bindings kept by earlier versions (email → name, made on first sight) carry over only where Access made the account.
-  const migrated = users ? migrateLegacyBindings({ file: path.join(deps.config.paths.dataDir, 'cf_access_bindings.json'), users, logger }) : Promise.resolve();
+  const migrated = users
+    ? migrateLegacyBindings({ file: path.join(deps.config.paths.dataDir, 'cf_access_bindings.json'), users, logger })
+    : Promise.resolve();
   const opts = { jwks, audience: cf.audience, issuer };
 
   // Verified assertions, briefly: the browser sends the same one with every asset request.
@@ -103,7 +118,8 @@ export function createCloudflareAccess(deps: {
 
   async function userForEmail(rawEmail: string): Promise<UserRecord> {
     const email = rawEmail.trim().toLowerCase();
-    if (!/^[^@\s]+@[^@\s]+$/.test(email) || email.length > 320) throw new AppError(401, 'INVALID_CREDENTIALS', 'Cloudflare Access assertion refused', { reason: 'bad email' });
+    if (!/^[^@\s]+@[^@\s]+$/.test(email) || email.length > 320)
+      throw new AppError(401, 'INVALID_CREDENTIALS', 'Cloudflare Access assertion refused', { reason: 'bad email' });
     if (!users) throw new AppError(403, 'CF_ACCESS_UNKNOWN_USER', 'No gateway user store to map Cloudflare Access identities to');
     await migrated;
     // Exactly this email, stored on the account (compared lower-cased). Nothing else binds: a name that happens to
@@ -124,13 +140,23 @@ export function createCloudflareAccess(deps: {
     const claims = await claimsOf(assertion);
     if (typeof claims.email === 'string' && claims.email) return toPrincipal(await userForEmail(claims.email), claims.exp);
     if (typeof claims.common_name === 'string' && claims.common_name) {
-      const target = Object.prototype.hasOwnProperty.call(cf!.service_tokens, claims.common_name) ? cf!.service_tokens[claims.common_name] : undefined;
-      if (!target) throw new AppError(403, 'CF_ACCESS_UNKNOWN_USER', 'This Cloudflare Access service token is not mapped to a gateway user', { common_name: claims.common_name });
+      const target = Object.prototype.hasOwnProperty.call(cf!.service_tokens, claims.common_name)
+        ? cf!.service_tokens[claims.common_name]
+        : undefined;
+      if (!target)
+        throw new AppError(403, 'CF_ACCESS_UNKNOWN_USER', 'This Cloudflare Access service token is not mapped to a gateway user', {
+          common_name: claims.common_name,
+        });
       if (target === 'api-key') return { ...API_KEY_PRINCIPAL, source: 'cf-access', exp: claims.exp };
       const u = users?.get(target);
       if (!u) {
-        logger.warn({ common_name: claims.common_name, user: target }, 'cloudflare_access.service_tokens maps to a user that does not exist');
-        throw new AppError(403, 'CF_ACCESS_UNKNOWN_USER', 'This Cloudflare Access service token maps to no gateway user', { common_name: claims.common_name });
+        logger.warn(
+          { common_name: claims.common_name, user: target },
+          'cloudflare_access.service_tokens maps to a user that does not exist',
+        );
+        throw new AppError(403, 'CF_ACCESS_UNKNOWN_USER', 'This Cloudflare Access service token maps to no gateway user', {
+          common_name: claims.common_name,
+        });
       }
       return toPrincipal(u, claims.exp);
     }
@@ -141,7 +167,10 @@ export function createCloudflareAccess(deps: {
     if (!cf!.required || ctx.decision.rule.id === 'health') return;
     const raw = req.headers[CF_ASSERTION_HEADER];
     const assertion = Array.isArray(raw) ? raw[0] : raw;
-    if (!assertion) throw new AppError(403, 'CF_ACCESS_REQUIRED', 'This gateway is only reachable through Cloudflare Access', { reason: 'missing assertion' });
+    if (!assertion)
+      throw new AppError(403, 'CF_ACCESS_REQUIRED', 'This gateway is only reachable through Cloudflare Access', {
+        reason: 'missing assertion',
+      });
     try {
       await claimsOf(assertion);
     } catch (e) {

@@ -41,7 +41,11 @@ export function createJwksCache(deps: {
     attemptedAt = now();
     count++;
     try {
-      const res = await fetchImpl(deps.url, { signal: AbortSignal.timeout(deps.timeoutMs ?? 5000), redirect: 'error', headers: { accept: 'application/json' } });
+      const res = await fetchImpl(deps.url, {
+        signal: AbortSignal.timeout(deps.timeoutMs ?? 5000),
+        redirect: 'error',
+        headers: { accept: 'application/json' },
+      });
       if (!res.ok) throw new Error(`HTTP ${res.status}`);
       const text = await res.text();
       if (text.length > MAX_BODY) throw new Error('response too large');
@@ -64,7 +68,10 @@ export function createJwksCache(deps: {
       fetchedAt = now();
       deps.logger.debug({ url: deps.url, kids: [...next.keys()] }, 'Cloudflare Access keys fetched');
     } catch (err) {
-      deps.logger.warn({ url: deps.url, err: (err as Error).message }, 'Cloudflare Access keys could not be fetched; keeping the cached ones');
+      deps.logger.warn(
+        { url: deps.url, err: (err as Error).message },
+        'Cloudflare Access keys could not be fetched; keeping the cached ones',
+      );
     }
   }
 

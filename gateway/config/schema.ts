@@ -42,10 +42,17 @@ export const configSchema = z
     allow_loopback_without_auth: z.boolean().default(false),
     loopback_identity: z.string().min(1).default('api-key'),
     bcrypt_cost: z.number().int().min(4).max(15).default(12),
-    tls: z.object({ cert: z.string().min(1), key: z.string().min(1) }).strict().nullable().default(null),
+    tls: z
+      .object({ cert: z.string().min(1), key: z.string().min(1) })
+      .strict()
+      .nullable()
+      .default(null),
     cookie: z
       .object({
-        name: z.string().regex(/^[A-Za-z0-9_-]+$/).default('jwt_token'),
+        name: z
+          .string()
+          .regex(/^[A-Za-z0-9_-]+$/)
+          .default('jwt_token'),
         same_site: z.enum(['lax', 'strict']).default('lax'),
       })
       .strict()

@@ -28,9 +28,12 @@ export function parseModelsBody(body: unknown): Map<string, ModelSource> {
   if (!isObject(body)) throw dlErrors.invalidBody('Validation failed.', { errors: [{ path: [], message: 'body must be a JSON object' }] });
   const models = Object.prototype.hasOwnProperty.call(body, 'models') ? body.models : {};
   if (!isObject(models))
-    throw dlErrors.invalidBody('Validation failed.', { errors: [{ path: ['models'], message: 'models must be an object of model_id → url' }] });
+    throw dlErrors.invalidBody('Validation failed.', {
+      errors: [{ path: ['models'], message: 'models must be an object of model_id → url' }],
+    });
   const keys = Object.keys(models);
-  if (keys.length > MAX_MODELS) throw dlErrors.invalidBody('Validation failed.', { errors: [{ path: ['models'], message: `at most ${MAX_MODELS} models` }] });
+  if (keys.length > MAX_MODELS)
+    throw dlErrors.invalidBody('Validation failed.', { errors: [{ path: ['models'], message: `at most ${MAX_MODELS} models` }] });
   const out = new Map<string, ModelSource>();
   for (const id of keys) {
     const v = Object.getOwnPropertyDescriptor(models, id)?.value;

@@ -16,7 +16,8 @@ export const dlErrors = {
       `Model ${modelId} is gated on HuggingFace and your HuggingFace login (if any) does not grant access.`,
       { model_id: modelId, url },
     ),
-  alreadyAvailable: (modelId: string) => new AppError(409, 'ALREADY_AVAILABLE', `Model already exists on disk: ${modelId}`, { model_id: modelId }),
+  alreadyAvailable: (modelId: string) =>
+    new AppError(409, 'ALREADY_AVAILABLE', `Model already exists on disk: ${modelId}`, { model_id: modelId }),
   alreadyDownloading: (modelId: string) =>
     new AppError(409, 'ALREADY_DOWNLOADING', `A download for ${modelId} is already in progress.`, { model_id: modelId }),
   notDownloading: (modelId: string) => new AppError(404, 'NOT_DOWNLOADING', `No active download for ${modelId}.`, { model_id: modelId }),
@@ -24,7 +25,9 @@ export const dlErrors = {
     new AppError(507, 'INSUFFICIENT_STORAGE', `Not enough free disk space for ${modelId}.`, { model_id: modelId, required, available }),
   forbidden: () => new AppError(403, 'FORBIDDEN', 'Downloading models requires the download_models permission.'),
   notYourDownload: (modelId: string) =>
-    new AppError(403, 'FORBIDDEN', `The download of ${modelId} was started by another user; only they or an admin may cancel it.`, { model_id: modelId }),
+    new AppError(403, 'FORBIDDEN', `The download of ${modelId} was started by another user; only they or an admin may cancel it.`, {
+      model_id: modelId,
+    }),
   hfNotEligible: () =>
     new AppError(
       403,
@@ -34,10 +37,18 @@ export const dlErrors = {
     ),
   hfNotConfigured: () => new AppError(503, 'HF_AUTH_NOT_CONFIGURED', 'HuggingFace login is not configured (hf_oauth.client_id).'),
   hfInProgress: () =>
-    new AppError(409, 'HF_AUTH_IN_PROGRESS', 'Another HuggingFace login attempt is in progress. Try again after it completes or times out.'),
+    new AppError(
+      409,
+      'HF_AUTH_IN_PROGRESS',
+      'Another HuggingFace login attempt is in progress. Try again after it completes or times out.',
+    ),
   hfStartFailed: (why: string) => new AppError(503, 'HF_AUTH_START_FAILED', `Could not start the HuggingFace login flow: ${why}`),
   foldersUnknown: () =>
-    new AppError(502, 'UPSTREAM_UNAVAILABLE', "ComfyUI's model folders are not known yet (ComfyUI is not reachable and comfyui.models_dir is not set)."),
+    new AppError(
+      502,
+      'UPSTREAM_UNAVAILABLE',
+      "ComfyUI's model folders are not known yet (ComfyUI is not reachable and comfyui.models_dir is not set).",
+    ),
   methodNotAllowed: () => new AppError(405, 'METHOD_NOT_ALLOWED', 'Method not allowed'),
 };
 

@@ -31,16 +31,23 @@ export function loopbackMarker(): Gate {
 export function featuresInterceptor(deps: { upstream: Upstream; eligibility: EligibilityConfig; cookieName: string }): Interceptor {
   return {
     id: 'downloads-features',
-    matches: (ctx, method) => (method === 'GET' || method === 'HEAD') && ctx.route.segments.length === 1 && ctx.route.segments[0].toLowerCase() === 'features',
+    matches: (ctx, method) =>
+      (method === 'GET' || method === 'HEAD') && ctx.route.segments.length === 1 && ctx.route.segments[0].toLowerCase() === 'features',
     async handle(req, res, ctx) {
-      const r = await callUpstream(deps.upstream, 'GET', upstreamUrl(ctx), { ...headersForRead(req, ctx, { cookieName: deps.cookieName, upstreamOrigin: deps.upstream.origin }), accept: 'application/json' });
+      const r = await callUpstream(deps.upstream, 'GET', upstreamUrl(ctx), {
+        ...headersForRead(req, ctx, { cookieName: deps.cookieName, upstreamOrigin: deps.upstream.origin }),
+        accept: 'application/json',
+      });
       let body: Buffer = r.body;
       let type = String(r.headers['content-type'] ?? 'application/json');
       if (r.status === 200) {
         try {
           const parsed: unknown = JSON.parse(r.body.toString('utf8'));
           if (parsed && typeof parsed === 'object' && !Array.isArray(parsed)) {
-            const merged = { ...(parsed as Record<string, unknown>), ...gatewayFlags(ctx.principal, isDirectLoopback(req), deps.eligibility) };
+            const merged = {
+              ...(parsed as Record<string, unknown>),
+              ...gatewayFlags(ctx.principal, isDirectLoopback(req), deps.eligibility),
+            };
             body = Buffer.from(JSON.stringify(merged));
             type = 'application/json; charset=utf-8';
           }
@@ -71,7 +78,10 @@ export function featuresWsHooks(eligibility: EligibilityConfig): WsHooks {
       }
       if (!msg || msg.type !== 'feature_flags' || !msg.data || typeof msg.data !== 'object' || Array.isArray(msg.data)) return data;
       const loop = (s.principal as Marked)[DIRECT_LOOPBACK] === true;
-      return JSON.stringify({ ...msg, data: { ...(msg.data as Record<string, unknown>), ...gatewayFlags(s.principal, loop, eligibility) } });
+      return JSON.stringify({
+        ...msg,
+        data: { ...(msg.data as Record<string, unknown>), ...gatewayFlags(s.principal, loop, eligibility) },
+      });
     },
   };
 }

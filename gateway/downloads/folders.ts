@@ -10,9 +10,27 @@ const NEVER = new Set(['custom_nodes', 'configs', 'diffusers', 'input', 'output'
 
 /** ComfyUI's standard model folders, valid under `comfyui.models_dir` even before their directory exists. */
 const STANDARD = [
-  'checkpoints', 'loras', 'vae', 'text_encoders', 'clip', 'diffusion_models', 'unet', 'clip_vision', 'style_models',
-  'embeddings', 'vae_approx', 'controlnet', 't2i_adapter', 'gligen', 'upscale_models', 'latent_upscale_models',
-  'hypernetworks', 'photomaker', 'classifiers', 'model_patches', 'audio_encoders',
+  'checkpoints',
+  'loras',
+  'vae',
+  'text_encoders',
+  'clip',
+  'diffusion_models',
+  'unet',
+  'clip_vision',
+  'style_models',
+  'embeddings',
+  'vae_approx',
+  'controlnet',
+  't2i_adapter',
+  'gligen',
+  'upscale_models',
+  'latent_upscale_models',
+  'hypernetworks',
+  'photomaker',
+  'classifiers',
+  'model_patches',
+  'audio_encoders',
 ];
 
 /** Model folder name → its directories on this host (the first one receives downloads). */

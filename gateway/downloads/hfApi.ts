@@ -59,11 +59,21 @@ export function createHfApi(opts: { endpoint: string; fetchImpl?: typeof fetch; 
       }
     },
     exchangeCode: (p) =>
-      tokenCall({ grant_type: 'authorization_code', code: p.code, redirect_uri: p.redirectUri, client_id: p.clientId, code_verifier: p.verifier }),
+      tokenCall({
+        grant_type: 'authorization_code',
+        code: p.code,
+        redirect_uri: p.redirectUri,
+        client_id: p.clientId,
+        code_verifier: p.verifier,
+      }),
     refresh: (p) => tokenCall({ grant_type: 'refresh_token', refresh_token: p.refreshToken, client_id: p.clientId }),
     async whoami(token) {
       try {
-        const res = await f(`${base}/api/whoami-v2`, { headers: { authorization: `Bearer ${token}` }, signal: timeout(), redirect: 'error' });
+        const res = await f(`${base}/api/whoami-v2`, {
+          headers: { authorization: `Bearer ${token}` },
+          signal: timeout(),
+          redirect: 'error',
+        });
         if (!res.ok) {
           await res.arrayBuffer().catch(() => undefined);
           return null;

@@ -117,7 +117,8 @@ export function createHostPolicy(opts: { allowedHosts: string[]; redirectHosts: 
       }
       const r = check(url, allowed);
       if (!r.ok) return r;
-      if (!hasModelExtension(url.pathname)) return { ok: false, reason: 'the URL must name a model file (.safetensors, .sft, .ckpt, .pth, .pt)' };
+      if (!hasModelExtension(url.pathname))
+        return { ok: false, reason: 'the URL must name a model file (.safetensors, .sft, .ckpt, .pth, .pt)' };
       return r;
     },
     checkRedirect(target) {

@@ -108,7 +108,14 @@ export function createDownloads(deps: DownloadsDeps): Downloads {
   });
   const prober = createProber({ hosts, http, hf: hfApi, logger });
   const freeSpace = deps.freeSpace ?? statfsFree;
-  const manager = createDownloadManager({ http, maxConcurrent: md.max_concurrent, logger, audit, freeSpace, hfToken: (u) => tokens.valid(u) });
+  const manager = createDownloadManager({
+    http,
+    maxConcurrent: md.max_concurrent,
+    logger,
+    audit,
+    freeSpace,
+    hfToken: (u) => tokens.valid(u),
+  });
   const oauth = createHfOAuth({
     clientId: config.hf_oauth.client_id,
     callbackPort: config.hf_oauth.callback_port,
@@ -137,7 +144,20 @@ export function createDownloads(deps: DownloadsDeps): Downloads {
   }
 
   return {
-    routes: downloadRoutes({ eligibility, folders, hosts, prober, manager, tokens, oauth, hfApi, audit, freeSpace, sweepNew, recheck: deps.recheck }),
+    routes: downloadRoutes({
+      eligibility,
+      folders,
+      hosts,
+      prober,
+      manager,
+      tokens,
+      oauth,
+      hfApi,
+      audit,
+      freeSpace,
+      sweepNew,
+      recheck: deps.recheck,
+    }),
     interceptors: [featuresInterceptor({ upstream, eligibility, cookieName: config.cookie.name })],
     wsHooks: featuresWsHooks(eligibility),
     enrichers: [loopbackMarker()],
@@ -164,5 +184,8 @@ export function createDownloads(deps: DownloadsDeps): Downloads {
  */
 export function createDownloadsOff(deps: { upstream: Upstream; cookieName: string }): { interceptors: Interceptor[]; wsHooks: WsHooks } {
   const eligibility = { enabled: false, allowedRoles: [], clientId: null, redirectUri: null };
-  return { interceptors: [featuresInterceptor({ upstream: deps.upstream, eligibility, cookieName: deps.cookieName })], wsHooks: featuresWsHooks(eligibility) };
+  return {
+    interceptors: [featuresInterceptor({ upstream: deps.upstream, eligibility, cookieName: deps.cookieName })],
+    wsHooks: featuresWsHooks(eligibility),
+  };
 }

@@ -155,7 +155,10 @@ export function createDownloadManager(deps: {
       let sum = 0;
       for (const s of sessions.values()) {
         if (s.total === null) continue;
-        const d = await fs.promises.stat(path.dirname(s.dest)).then((st) => st.dev, () => -1);
+        const d = await fs.promises.stat(path.dirname(s.dest)).then(
+          (st) => st.dev,
+          () => -1,
+        );
         if (d === dev) sum += Math.max(0, s.total - s.bytes);
       }
       return sum;

@@ -184,7 +184,9 @@ export function createHfOAuth(deps: {
           f.redirectUri = `http://127.0.0.1:${port}${CALLBACK_PATH}`;
         } catch (e) {
           end(f);
-          throw dlErrors.hfStartFailed(`could not bind the callback port ${deps.callbackPort} (${(e as NodeJS.ErrnoException).code ?? 'error'})`);
+          throw dlErrors.hfStartFailed(
+            `could not bind the callback port ${deps.callbackPort} (${(e as NodeJS.ErrnoException).code ?? 'error'})`,
+          );
         }
       }
       const params = new URLSearchParams({

@@ -158,7 +158,12 @@ export function createProber(deps: { hosts: HostPolicy; http: SafeHttp; hf: HfAp
       if (linked !== null) return { size: linked, sha256: sha256FromEtag(r.headers['x-linked-etag']), blocked: null, at: Date.now() };
       if (r.status >= 300 && r.status < 400) r = await headOnce(url, token, true);
       if (r.status === 200)
-        return { size: parseLength(r.headers['content-length']), sha256: sha256FromEtag(r.first['x-linked-etag']), blocked: null, at: Date.now() };
+        return {
+          size: parseLength(r.headers['content-length']),
+          sha256: sha256FromEtag(r.first['x-linked-etag']),
+          blocked: null,
+          at: Date.now(),
+        };
     } catch (e) {
       if (e instanceof BlockedError) return { size: null, sha256: null, blocked: e.message, at: Date.now() };
       deps.logger.debug({ err: (e as Error).message }, 'model size probe failed');

@@ -236,7 +236,14 @@ export function downloadRoutes(d: RouteDeps): RouteMount {
       sendCallbackPage(res, result, false);
     });
 
-    const known = ['/models-availability-status', '/download-models', '/cancel-model-download-session', '/hf-auth-token-status', '/hf-auth-login-start', '/hf-auth-logout'];
+    const known = [
+      '/models-availability-status',
+      '/download-models',
+      '/cancel-model-download-session',
+      '/hf-auth-token-status',
+      '/hf-auth-login-start',
+      '/hf-auth-logout',
+    ];
     r.all(known, () => {
       throw dlErrors.methodNotAllowed();
     });

@@ -74,7 +74,11 @@ export function createSafeHttp(deps: { hosts: HostPolicy; resolver?: Resolver; u
   function once(url: URL, rule: HostRule, opts: SafeRequestOptions): Promise<http.IncomingMessage> {
     return new Promise((resolvePromise, reject) => {
       const lib = url.protocol === 'https:' ? https : http;
-      const headers: Record<string, string> = { 'user-agent': deps.userAgent ?? 'comfyui-gateway', 'accept-encoding': 'identity', ...opts.headers };
+      const headers: Record<string, string> = {
+        'user-agent': deps.userAgent ?? 'comfyui-gateway',
+        'accept-encoding': 'identity',
+        ...opts.headers,
+      };
       if (opts.hfToken && deps.hosts.isHf(url)) headers.authorization = `Bearer ${opts.hfToken}`;
       const req = lib.request(
         {
@@ -108,7 +112,8 @@ export function createSafeHttp(deps: { hosts: HostPolicy; resolver?: Resolver; u
         const res = await once(url, rule, opts);
         firstHeaders ??= res.headers;
         const status = res.statusCode ?? 0;
-        if (!opts.follow || status < 300 || status >= 400 || status === 304 || !res.headers.location) return { res, url, first: firstHeaders };
+        if (!opts.follow || status < 300 || status >= 400 || status === 304 || !res.headers.location)
+          return { res, url, first: firstHeaders };
         res.resume();
         if (hop >= MAX_REDIRECTS) throw new BlockedError('too many redirects');
         let next: URL;

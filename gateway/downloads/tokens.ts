@@ -36,7 +36,9 @@ export interface TokenStore {
 
 /** A filesystem-safe file name for a gateway username (hashed when it has unusual characters). */
 export function tokenFileName(user: string): string {
-  return /^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$/.test(user) ? `${user}.json` : `u-${crypto.createHash('sha256').update(user).digest('hex')}.json`;
+  return /^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$/.test(user)
+    ? `${user}.json`
+    : `u-${crypto.createHash('sha256').update(user).digest('hex')}.json`;
 }
 
 /** Turns an HF token response into what we keep. */
@@ -46,13 +48,19 @@ export function toStored(t: HfTokenResponse, previous: StoredToken | null, hfUse
     access_token: t.access_token,
     refresh_token: t.refresh_token ?? previous?.refresh_token ?? null,
     expires_at: now + (Number.isFinite(expiresIn) && expiresIn > 0 ? expiresIn : 3600),
-    scope: typeof t.scope === 'string' ? t.scope : previous?.scope ?? '',
+    scope: typeof t.scope === 'string' ? t.scope : (previous?.scope ?? ''),
     hf_username: hfUsername ?? previous?.hf_username ?? null,
   };
 }
 
 /** Creates the store. Memory is authoritative after first read: the gateway is the only writer. */
-export function createTokenStore(deps: { dir: string; hfApi: HfApi; clientId: string | null; logger: Logger; now?: () => number }): TokenStore {
+export function createTokenStore(deps: {
+  dir: string;
+  hfApi: HfApi;
+  clientId: string | null;
+  logger: Logger;
+  now?: () => number;
+}): TokenStore {
   const now = deps.now ?? (() => Date.now() / 1000);
   const cache = new Map<string, StoredToken | null>();
   /** bumped on every save/remove so a refresh that finishes after a logout is discarded, not resurrected */

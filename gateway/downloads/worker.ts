@@ -35,7 +35,17 @@ export function tmpPathFor(dest: string, epoch: number): string {
 /** Names the orphan sweep may remove: our temp files only (`<model file>.<epoch>.tmp`, epoch captured), never other `.tmp` files. */
 export const TMP_PATTERN = /\.(?:safetensors|sft|ckpt|pth|pt)\.(\d+)\.tmp$/;
 
-const TRANSIENT_CODES = new Set(['ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ECONNREFUSED', 'ECONNABORTED', 'EAI_AGAIN', 'ERR_STREAM_PREMATURE_CLOSE', 'EHOSTUNREACH', 'ENETUNREACH']);
+const TRANSIENT_CODES = new Set([
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'EPIPE',
+  'ECONNREFUSED',
+  'ECONNABORTED',
+  'EAI_AGAIN',
+  'ERR_STREAM_PREMATURE_CLOSE',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+]);
 
 function isAbort(e: unknown, signal: AbortSignal): boolean {
   return signal.aborted || (e as Error)?.name === 'AbortError';
@@ -78,12 +88,14 @@ function pump(res: IncomingMessage, out: fs.WriteStream, onChunk: (c: Buffer) =>
     res.on('end', () => finish(null));
     res.on('error', (e) => finish(e));
     res.on('close', () => {
-      if (!res.complete) finish(Object.assign(new Error('connection closed before the body was complete'), { code: 'ERR_STREAM_PREMATURE_CLOSE' }));
+      if (!res.complete)
+        finish(Object.assign(new Error('connection closed before the body was complete'), { code: 'ERR_STREAM_PREMATURE_CLOSE' }));
     });
     signal.addEventListener('abort', onAbort, { once: true });
     if (signal.aborted) onAbort();
     else if (res.readableEnded) finish(null);
-    else if (res.destroyed) finish(Object.assign(new Error('connection closed before the body was complete'), { code: 'ERR_STREAM_PREMATURE_CLOSE' }));
+    else if (res.destroyed)
+      finish(Object.assign(new Error('connection closed before the body was complete'), { code: 'ERR_STREAM_PREMATURE_CLOSE' }));
   });
 }
 
@@ -110,7 +122,13 @@ export async function runDownload(http: SafeHttp, job: WorkerJob): Promise<numbe
         const free = await job.freeSpace(path.dirname(job.dest));
         const onDisk = written;
         const headers: Record<string, string> = written > 0 ? { range: `bytes=${written}-`, ...(etag ? { 'if-range': etag } : {}) } : {};
-        const { res, first } = await http.request(job.url, { method: 'GET', hfToken: job.hfToken, follow: true, headers, signal: job.signal });
+        const { res, first } = await http.request(job.url, {
+          method: 'GET',
+          hfToken: job.hfToken,
+          follow: true,
+          headers,
+          signal: job.signal,
+        });
         const status = res.statusCode ?? 0;
         let append = false;
         if (status === 206 && written > 0) {
@@ -168,7 +186,10 @@ export async function runDownload(http: SafeHttp, job: WorkerJob): Promise<numbe
             if (written + c.length > limit)
               return total !== null
                 ? new DownloadFailure('SIZE_MISMATCH', `the server sent more than the ${total} bytes it announced`)
-                : new DownloadFailure('INSUFFICIENT_STORAGE', `the server announced no size and sent more than the ${room} bytes free on disk`);
+                : new DownloadFailure(
+                    'INSUFFICIENT_STORAGE',
+                    `the server announced no size and sent more than the ${room} bytes free on disk`,
+                  );
             hash?.update(c);
             written += c.length;
             job.progress(written, total);
@@ -194,7 +215,10 @@ export async function runDownload(http: SafeHttp, job: WorkerJob): Promise<numbe
         }
         resumes++;
         // Resume from what is really on disk; the hash must then cover exactly those bytes.
-        written = await fs.promises.stat(tmp).then((s) => s.size, () => 0);
+        written = await fs.promises.stat(tmp).then(
+          (s) => s.size,
+          () => 0,
+        );
         if (hash) hash = await hashPrefix(tmp, written);
         await new Promise((r) => setTimeout(r, 250 * resumes));
       }
@@ -202,7 +226,8 @@ export async function runDownload(http: SafeHttp, job: WorkerJob): Promise<numbe
     if (!job.isActive()) throw Object.assign(new Error('cancelled'), { name: 'AbortError' });
     if (hash && expectedSha) {
       const got = hash.digest('hex');
-      if (got !== expectedSha.toLowerCase()) throw new DownloadFailure('HASH_MISMATCH', `sha256 mismatch: expected ${expectedSha}, got ${got}`);
+      if (got !== expectedSha.toLowerCase())
+        throw new DownloadFailure('HASH_MISMATCH', `sha256 mismatch: expected ${expectedSha}, got ${got}`);
     }
     await place(tmp, job.dest);
     return written;
@@ -249,7 +274,13 @@ async function place(tmp: string, dest: string): Promise<void> {
     if (code === 'EEXIST') throw taken();
     if (!NO_HARD_LINKS.has(code)) throw e;
     // Without hard links only a last check before rename() is possible (a small window, not an atomic guarantee).
-    if (await fs.promises.lstat(dest).then(() => true, () => false)) throw taken();
+    if (
+      await fs.promises.lstat(dest).then(
+        () => true,
+        () => false,
+      )
+    )
+      throw taken();
     await fs.promises.rename(tmp, dest);
     return;
   }

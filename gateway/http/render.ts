@@ -64,9 +64,20 @@ export function sendError(req: IncomingMessage, res: ServerResponse, err: unknow
 export function rejectUpgrade(socket: Duplex, err: unknown): void {
   const e = toAppError(err);
   const body = errorBody(e);
-  const reason = { 400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 429: 'Too Many Requests', 502: 'Bad Gateway', 503: 'Service Unavailable' }[e.status] ?? 'Error';
+  const reason =
+    {
+      400: 'Bad Request',
+      401: 'Unauthorized',
+      403: 'Forbidden',
+      404: 'Not Found',
+      429: 'Too Many Requests',
+      502: 'Bad Gateway',
+      503: 'Service Unavailable',
+    }[e.status] ?? 'Error';
   if (!socket.writable) return void socket.destroy();
-  const extra = Object.entries(e.headers).map(([k, v]) => `${k}: ${v}\r\n`).join('');
+  const extra = Object.entries(e.headers)
+    .map(([k, v]) => `${k}: ${v}\r\n`)
+    .join('');
   socket.end(
     `HTTP/1.1 ${e.status} ${reason}\r\nConnection: close\r\nContent-Type: application/json; charset=utf-8\r\n${extra}Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
   );

@@ -120,7 +120,13 @@ export function createBruteForce(deps: {
 
   function refuse(waitMs: number): never {
     const secs = Math.max(1, Math.ceil(waitMs / 1000));
-    throw new AppError(429, 'RATE_LIMITED', `Too many failed attempts; try again in ${secs} s`, { retry_after: secs }, { 'Retry-After': String(secs) });
+    throw new AppError(
+      429,
+      'RATE_LIMITED',
+      `Too many failed attempts; try again in ${secs} s`,
+      { retry_after: secs },
+      { 'Retry-After': String(secs) },
+    );
   }
 
   function check(req: IncomingMessage, username?: string): void {
@@ -170,9 +176,18 @@ export function createBruteForce(deps: {
       .increment(ip)
       .then(async ({ totalHits }) => {
         if (totalHits < blacklistAfter) return;
-        const added = await ipLists.appendToBlacklist(ip, `auto-blacklisted ${new Date(now()).toISOString()} after ${totalHits} failed attempts`);
+        const added = await ipLists.appendToBlacklist(
+          ip,
+          `auto-blacklisted ${new Date(now()).toISOString()} after ${totalHits} failed attempts`,
+        );
         if (added) {
-          audit.record({ event: 'ip_auto_blacklisted', ip: ipOf(req), entry: ip, user_agent: req.headers['user-agent'], failures: totalHits });
+          audit.record({
+            event: 'ip_auto_blacklisted',
+            ip: ipOf(req),
+            entry: ip,
+            user_agent: req.headers['user-agent'],
+            failures: totalHits,
+          });
           logger.warn({ ip, failures: totalHits }, 'address appended to the blacklist after repeated failures');
         }
       })

@@ -80,9 +80,21 @@ export function socketIp(req: IncomingMessage): string {
 
 /** Forwarder headers matched by exact name; families are matched by prefix below. */
 const FORWARDING_HEADERS = new Set([
-  'forwarded', 'via', 'x-real-ip', 'true-client-ip', 'x-client-ip', 'client-ip', 'x-cluster-client-ip',
-  'fastly-client-ip', 'x-envoy-external-address', 'x-azure-clientip', 'x-appengine-user-ip', 'akamai-origin-hop',
-  'x-proxyuser-ip', 'x-host', 'x-url-scheme',
+  'forwarded',
+  'via',
+  'x-real-ip',
+  'true-client-ip',
+  'x-client-ip',
+  'client-ip',
+  'x-cluster-client-ip',
+  'fastly-client-ip',
+  'x-envoy-external-address',
+  'x-azure-clientip',
+  'x-appengine-user-ip',
+  'akamai-origin-hop',
+  'x-proxyuser-ip',
+  'x-host',
+  'x-url-scheme',
 ]);
 /** `x-forwarded-*` (and bare `x-forwarded`), Cloudflare's `cf-*` (cf-connecting-ip, cf-access-*, cf-ray, cf-visitor),
  * `x-original-*` (IIS/ARR, some ingresses) and tailscale's `tailscale-*` (serve/funnel). */

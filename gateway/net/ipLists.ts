@@ -164,7 +164,10 @@ export function createIpLists(deps: {
       const before = state[list].compiled.entries.length;
       const problems = load(list);
       if (problems.length) {
-        logger.error({ list, file: files[list], problems: problems.map(describe) }, `${list} has malformed lines; keeping the last good list`);
+        logger.error(
+          { list, file: files[list], problems: problems.map(describe) },
+          `${list} has malformed lines; keeping the last good list`,
+        );
       } else {
         logger.info({ list, file: files[list], entries: state[list].compiled.entries.length, before }, `${list} reloaded`);
       }
@@ -217,7 +220,9 @@ export function createIpLists(deps: {
   /** Keeps the leading comment block of a file, so hand-written explanations survive an edit from the admin page. */
   function headerOf(file: string, list: ListName): string {
     const lines: string[] = [];
-    for (const l of readText(file).replace(/^\uFEFF/, '').split(/\r?\n/)) {
+    for (const l of readText(file)
+      .replace(/^\uFEFF/, '')
+      .split(/\r?\n/)) {
       if (!l.trim().startsWith('#')) break;
       lines.push(l);
     }
@@ -257,7 +262,8 @@ export function createIpLists(deps: {
           const c: Compiled = { entries: [], exact: new Set(), ranges: [] };
           entries.forEach((raw, index) => {
             const entry = raw.trim();
-            if (!entry || entry.includes('\n') || entry.includes('#')) return void problems.push({ list, index, entry: raw, message: 'not an IP address or CIDR' });
+            if (!entry || entry.includes('\n') || entry.includes('#'))
+              return void problems.push({ list, index, entry: raw, message: 'not an IP address or CIDR' });
             addEntry(c, entry, (message) => problems.push({ list, index, entry: raw, message }));
           });
           built[list] = c;
@@ -266,7 +272,12 @@ export function createIpLists(deps: {
         // Whoever edits the lists from afar would be shut out by their own edit, with no way back but a shell.
         const by = keep ? blocking(built.whitelist ?? state.whitelist.compiled, built.blacklist ?? state.blacklist.compiled, keep) : null;
         if (by)
-          throw new AppError(409, 'SELF_LOCKOUT', `This change would make the ${by} refuse your own address (${keep}); nothing was written`, { ip: keep, list: by });
+          throw new AppError(
+            409,
+            'SELF_LOCKOUT',
+            `This change would make the ${by} refuse your own address (${keep}); nothing was written`,
+            { ip: keep, list: by },
+          );
         for (const list of ['whitelist', 'blacklist'] as const) {
           const c = built[list];
           if (!c) continue;
@@ -287,7 +298,8 @@ export function createIpLists(deps: {
         const full = net.kind() === 'ipv4' ? 32 : 128;
         const addr = bits === full ? net.toString() : `${net.toString()}/${bits}`;
         const bl = state.blacklist.compiled;
-        const covered = (bits === full && bl.exact.has(addr)) || bl.ranges.some(([n, b]) => n.kind() === net.kind() && b <= bits && net.match(n, b));
+        const covered =
+          (bits === full && bl.exact.has(addr)) || bl.ranges.some(([n, b]) => n.kind() === net.kind() && b <= bits && net.match(n, b));
         if (covered) return false;
         const current = readText(files.blacklist);
         const sep = current && !current.endsWith('\n') ? '\n' : '';

@@ -26,7 +26,8 @@ function hostIsLocal(req: IncomingMessage): boolean {
  * this machine (DNS rebinding), and not a browser acting for another site.
  */
 export function createIsLocal(clientIp: Pick<ClientIp, 'fromTrustedProxy'>): (req: IncomingMessage) => boolean {
-  return (req) => isDirectLoopback(req) && !clientIp.fromTrustedProxy(req) && hostIsLocal(req) && !crossSite(req, (req.headers.host ?? '').toLowerCase());
+  return (req) =>
+    isDirectLoopback(req) && !clientIp.fromTrustedProxy(req) && hostIsLocal(req) && !crossSite(req, (req.headers.host ?? '').toLowerCase());
 }
 
 /**
@@ -50,7 +51,8 @@ export function createLoopbackPrincipal(deps: {
     if (identity === 'api-key') return { ...API_KEY_PRINCIPAL, source: 'loopback' };
     const u = users?.get(identity);
     if (!u || u.disabled) {
-      if (!warned) logger.warn({ loopback_identity: identity }, 'loopback_identity names no enabled user; loopback requests need credentials');
+      if (!warned)
+        logger.warn({ loopback_identity: identity }, 'loopback_identity names no enabled user; loopback requests need credentials');
       warned = true;
       return null;
     }

@@ -59,7 +59,13 @@ const isDir = (p: string) => {
 };
 
 /** Builds the discovery over the upstream client. `configuredInputDir` (comfyui.input_dir / base_dir) wins. */
-export function createComfyServer(deps: { upstream: Upstream; logger: Logger; upstreamUrl: string; configuredInputDir: string | null; retryMs?: number }): ComfyServer {
+export function createComfyServer(deps: {
+  upstream: Upstream;
+  logger: Logger;
+  upstreamUrl: string;
+  configuredInputDir: string | null;
+  retryMs?: number;
+}): ComfyServer {
   const { upstream, logger } = deps;
   let info: ComfyServerInfo | null = null;
   let inflight: Promise<ComfyServerInfo | null> | null = null;
@@ -112,7 +118,12 @@ export function createComfyServer(deps: { upstream: Upstream; logger: Logger; up
     }
     const exposedOn: string[] = [];
     const listen = argv ? flag(argv, '--listen', '0.0.0.0,::') : null;
-    if (listen) for (const a of listen.split(',').map((x) => x.trim()).filter(Boolean)) if (!LOOPBACK.test(a)) exposedOn.push(a);
+    if (listen)
+      for (const a of listen
+        .split(',')
+        .map((x) => x.trim())
+        .filter(Boolean))
+        if (!LOOPBACK.test(a)) exposedOn.push(a);
     // Whatever argv says, a gateway that reaches ComfyUI on a non-loopback address means others can too.
     const host = new URL(deps.upstreamUrl).hostname;
     if (!LOOPBACK.test(host) && !exposedOn.includes(host)) exposedOn.push(host);
@@ -122,10 +133,10 @@ export function createComfyServer(deps: { upstream: Upstream; logger: Logger; up
   function describe(i: ComfyServerInfo): string {
     return [
       `ComfyUI at ${deps.upstreamUrl}: version ${i.version ?? 'unknown (older than the version report, e.g. mid-2024)'}`,
-      `multi-user ${i.multiUser === null ? 'unknown' : i.multiUser ? 'on' : 'OFF (the gateway keeps each user\'s settings and workflows apart itself)'}`,
+      `multi-user ${i.multiUser === null ? 'unknown' : i.multiUser ? 'on' : "OFF (the gateway keeps each user's settings and workflows apart itself)"}`,
       `/internal/folder_paths ${i.internalRoutes ? 'present' : 'absent'}`,
       `client prompt_id ${i.promptIdHonoured === null ? 'learned from the first prompt' : i.promptIdHonoured ? 'honoured' : 'ignored (ids mapped)'}`,
-      `input folder ${i.inputDir ? `${i.inputDir} (from ${i.inputDirFrom})` : 'unknown (users\' uploads are listed from what they uploaded through the gateway)'}`,
+      `input folder ${i.inputDir ? `${i.inputDir} (from ${i.inputDirFrom})` : "unknown (users' uploads are listed from what they uploaded through the gateway)"}`,
       `command line ${i.argv ? 'reported' : 'not reported'}`,
     ].join('; ');
   }
@@ -146,7 +157,19 @@ export function createComfyServer(deps: { upstream: Upstream; logger: Logger; up
       .then((i) => {
         info = i;
         lastAt = Date.now();
-        logger.info({ comfyui: { version: i.version, multiUser: i.multiUser, internalRoutes: i.internalRoutes, promptIdHonoured: i.promptIdHonoured, inputDir: i.inputDir, inputDirFrom: i.inputDirFrom } }, describe(i));
+        logger.info(
+          {
+            comfyui: {
+              version: i.version,
+              multiUser: i.multiUser,
+              internalRoutes: i.internalRoutes,
+              promptIdHonoured: i.promptIdHonoured,
+              inputDir: i.inputDir,
+              inputDirFrom: i.inputDirFrom,
+            },
+          },
+          describe(i),
+        );
         if (i.exposedOn.length) {
           logger.warn(
             { exposedOn: i.exposedOn },

@@ -4,8 +4,17 @@ import type { RequestContext } from '../http/context';
 
 /** Headers no client may pass to ComfyUI: our credentials, identity and forwarding claims. */
 const STRIP = new Set([
-  'authorization', 'x-api-key', 'comfy-user', 'sec-fetch-site', 'forwarded', 'x-real-ip', 'cf-connecting-ip',
-  'true-client-ip', 'x-client-ip', 'cf-access-jwt-assertion', 'cf-access-authenticated-user-email',
+  'authorization',
+  'x-api-key',
+  'comfy-user',
+  'sec-fetch-site',
+  'forwarded',
+  'x-real-ip',
+  'cf-connecting-ip',
+  'true-client-ip',
+  'x-client-ip',
+  'cf-access-jwt-assertion',
+  'cf-access-authenticated-user-email',
 ]);
 
 /** Removes the gateway cookie from a Cookie header, keeping the rest. */
@@ -62,7 +71,8 @@ export function sanitizeHeaders(
 }
 
 /** Content types that would run script in the gateway's origin if rendered. */
-const ACTIVE = /^(text\/html|application\/xhtml|image\/svg|text\/xml|application\/xml|[a-z]+\/[a-z.+-]*xml|text\/javascript|application\/javascript|application\/ecmascript|text\/ecmascript|application\/x-javascript|multipart\/x-mixed-replace)/i;
+const ACTIVE =
+  /^(text\/html|application\/xhtml|image\/svg|text\/xml|application\/xml|[a-z]+\/[a-z.+-]*xml|text\/javascript|application\/javascript|application\/ecmascript|text\/ecmascript|application\/x-javascript|multipart\/x-mixed-replace)/i;
 
 /** True when a response body could execute if rendered inline. */
 export function isActiveContent(contentType: string | undefined): boolean {
@@ -74,7 +84,15 @@ export const FILE_ROUTES = new Set(['view', 'userdata', 'view_metadata', 'vhs'])
 
 /** Hop-by-hop headers: they describe one connection and never travel to the next hop (either direction). */
 export const HOP_BY_HOP: ReadonlySet<string> = new Set([
-  'connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'transfer-encoding', 'upgrade', 'te', 'trailer', 'expect',
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'proxy-authenticate',
+  'transfer-encoding',
+  'upgrade',
+  'te',
+  'trailer',
+  'expect',
 ]);
 
 const CONDITIONAL = new Set(['if-none-match', 'if-modified-since', 'if-match', 'if-unmodified-since', 'if-range', 'range']);
@@ -83,7 +101,11 @@ const CONDITIONAL = new Set(['if-none-match', 'if-modified-since', 'if-match', '
  * Headers for an upstream call whose answer the gateway reads and rewrites (isolation, index.html injection,
  * /features): the sanitized client headers without hop-by-hop, conditional or length headers, uncompressed.
  */
-export function headersForRead(req: IncomingMessage, ctx: RequestContext, opts: { cookieName: string; upstreamOrigin: string }): OutgoingHttpHeaders {
+export function headersForRead(
+  req: IncomingMessage,
+  ctx: RequestContext,
+  opts: { cookieName: string; upstreamOrigin: string },
+): OutgoingHttpHeaders {
   const out: OutgoingHttpHeaders = {};
   for (const [k, v] of Object.entries(sanitizeHeaders(req, ctx, opts))) {
     if (v === undefined || HOP_BY_HOP.has(k) || CONDITIONAL.has(k) || k === 'content-length' || k === 'accept-encoding') continue;

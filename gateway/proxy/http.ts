@@ -49,7 +49,11 @@ export function createHttpProxy(deps: { upstream: Upstream; cookieName: string; 
       const headers: OutgoingHttpHeaders = {};
       for (const k in h) if (!REQUEST_HOP.has(k)) headers[k] = h[k];
       // DELETE and OPTIONS without a body say so, or some servers wait for one (as http-proxy did).
-      if ((req.method === 'DELETE' || req.method === 'OPTIONS') && headers['content-length'] === undefined && headers['transfer-encoding'] === undefined)
+      if (
+        (req.method === 'DELETE' || req.method === 'OPTIONS') &&
+        headers['content-length'] === undefined &&
+        headers['transfer-encoding'] === undefined
+      )
         headers['content-length'] = '0';
       const path = upstreamUrl(ctx);
       req.url = path;

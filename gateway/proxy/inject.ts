@@ -12,9 +12,7 @@ export const INJECT_SRC = '/gateway/static/inject.js';
 /** The script tag, carrying who is signed in so the page can pin its user before ComfyUI's app reads it. */
 export function injectTag(ctx: RequestContext): string {
   const p = ctx.principal;
-  const attrs = p
-    ? ` data-user="${escapeHtml(p.username)}"${p.comfyUser ? ` data-comfy-user="${escapeHtml(p.comfyUser)}"` : ''}`
-    : '';
+  const attrs = p ? ` data-user="${escapeHtml(p.username)}"${p.comfyUser ? ` data-comfy-user="${escapeHtml(p.comfyUser)}"` : ''}` : '';
   return `<script src="${INJECT_SRC}"${attrs}></script>`;
 }
 
@@ -71,7 +69,12 @@ export function createInjectInterceptor(deps: { upstream: Upstream; cookieName: 
     },
     async handle(req: IncomingMessage, res: ServerResponse, ctx: RequestContext) {
       req.resume();
-      const up = await callUpstream(deps.upstream, 'GET', upstreamUrl(ctx), headersForRead(req, ctx, { cookieName: deps.cookieName, upstreamOrigin: deps.upstream.origin }));
+      const up = await callUpstream(
+        deps.upstream,
+        'GET',
+        upstreamUrl(ctx),
+        headersForRead(req, ctx, { cookieName: deps.cookieName, upstreamOrigin: deps.upstream.origin }),
+      );
       const isHtml = /^\s*text\/html\b/i.test(String(up.headers['content-type'] ?? ''));
       const plain = up.status === 200 && isHtml ? decode(up.body, up.headers['content-encoding'] as string | undefined) : null;
       if (!plain) {

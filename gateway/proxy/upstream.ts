@@ -36,7 +36,16 @@ export function createUpstream(base: string, opts: { timeoutMs?: number; maxBody
       const headers: http.OutgoingHttpHeaders = { ...init.headers, host: url.host };
       if (init.body !== undefined) headers['content-length'] = Buffer.byteLength(init.body);
       const req = lib.request(
-        { protocol: url.protocol, hostname: url.hostname, port: url.port, method, path, headers, agent, timeout: init.timeoutMs ?? timeoutMs },
+        {
+          protocol: url.protocol,
+          hostname: url.hostname,
+          port: url.port,
+          method,
+          path,
+          headers,
+          agent,
+          timeout: init.timeoutMs ?? timeoutMs,
+        },
         (res) => {
           const chunks: Buffer[] = [];
           let size = 0;
@@ -71,7 +80,8 @@ export function createUpstream(base: string, opts: { timeoutMs?: number; maxBody
     /** GET + JSON parse; throws on non-2xx or bad JSON. */
     async json<T = unknown>(method: string, path: string, init: Parameters<typeof request>[2] = {}): Promise<T> {
       const r = await request(method, path, init);
-      if (r.status < 200 || r.status >= 300) throw Object.assign(new Error(`upstream ${method} ${path} → ${r.status}`), { status: r.status });
+      if (r.status < 200 || r.status >= 300)
+        throw Object.assign(new Error(`upstream ${method} ${path} → ${r.status}`), { status: r.status });
       return JSON.parse(r.body.toString('utf8')) as T;
     },
     /** Whether ComfyUI answers, cached for a second so /health cannot be used to hammer it. */
@@ -102,7 +112,13 @@ export function createUpstream(base: string, opts: { timeoutMs?: number; maxBody
 export type Upstream = ReturnType<typeof createUpstream>;
 
 /** A call the gateway makes for a client: a network failure becomes 502 UPSTREAM_UNAVAILABLE, no answer in time 504 UPSTREAM_TIMEOUT. */
-export async function callUpstream(upstream: Upstream, method: string, path: string, headers: http.OutgoingHttpHeaders, body?: Buffer | string): Promise<UpstreamResponse> {
+export async function callUpstream(
+  upstream: Upstream,
+  method: string,
+  path: string,
+  headers: http.OutgoingHttpHeaders,
+  body?: Buffer | string,
+): Promise<UpstreamResponse> {
   const h = { ...headers };
   if (body === undefined) delete h['content-type'];
   try {

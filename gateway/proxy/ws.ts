@@ -241,7 +241,15 @@ export function createWsRelay(deps: {
   };
 
   // Opens the upstream socket, then completes the client's handshake (or refuses it with 502).
-  function connectUpstream(req: IncomingMessage, socket: Duplex, head: Buffer, s: WsSession, forwardPath: string, qs: string, headers: IncomingHttpHeaders): void {
+  function connectUpstream(
+    req: IncomingMessage,
+    socket: Duplex,
+    head: Buffer,
+    s: WsSession,
+    forwardPath: string,
+    qs: string,
+    headers: IncomingHttpHeaders,
+  ): void {
     if (socket.destroyed || s.revoked) {
       connecting.delete(s);
       if (!socket.destroyed) rejectUpgrade(socket, new AppError(401, 'TOKEN_REVOKED', 'This credential was revoked'));

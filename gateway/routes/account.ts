@@ -81,7 +81,8 @@ export function accountRoutes(deps: AccountRouteDeps): RouteMount {
       const body = bodyObject(req);
       onlyKeys(body, ['current_password', 'new_password']);
       const user = accountOf(req, 'password');
-      if (typeof body.current_password !== 'string') throw errors.invalidBody('current_password is required', { fields: { current_password: 'required' } });
+      if (typeof body.current_password !== 'string')
+        throw errors.invalidBody('current_password is required', { fields: { current_password: 'required' } });
       const problem = passwordProblem(body.new_password);
       if (problem) throw errors.invalidBody('Invalid new password', { fields: { new_password: problem } });
       limiter?.check(req);
@@ -103,7 +104,8 @@ export function accountRoutes(deps: AccountRouteDeps): RouteMount {
       // Every earlier session (this one included) is now void; hand the caller a fresh one.
       const issued = jwt.issue(updated);
       const p = principalOf(req);
-      if (p.source === 'cookie') res.append('Set-Cookie', sessionCookie(config, issued.token, issued.maxAgeSeconds, cookieSecure(req, config)));
+      if (p.source === 'cookie')
+        res.append('Set-Cookie', sessionCookie(config, issued.token, issued.maxAgeSeconds, cookieSecure(req, config)));
       res.set('Cache-Control', 'no-store').json({ password_changed: true, token: issued.token, expires_at: issued.expires_at });
     });
 
@@ -125,13 +127,18 @@ export function accountRoutes(deps: AccountRouteDeps): RouteMount {
       if (!name || name.length > 64 || /[\u0000-\u001f\u007f]/.test(name)) fields.name = 'required, 1 to 64 printable characters';
       let hours = max;
       if (body.expires_in_hours !== undefined) {
-        const h = typeof body.expires_in_hours === 'string' && body.expires_in_hours.trim() !== '' ? Number(body.expires_in_hours) : body.expires_in_hours;
-        if (typeof h !== 'number' || !Number.isFinite(h) || h <= 0 || h > max) fields.expires_in_hours = `a number of hours, more than 0 and at most ${max}`;
+        const h =
+          typeof body.expires_in_hours === 'string' && body.expires_in_hours.trim() !== ''
+            ? Number(body.expires_in_hours)
+            : body.expires_in_hours;
+        if (typeof h !== 'number' || !Number.isFinite(h) || h <= 0 || h > max)
+          fields.expires_in_hours = `a number of hours, more than 0 and at most ${max}`;
         else hours = h;
       }
       const lifetimeMs = Math.round(hours * 3600_000);
       // A lifetime that rounds below a second would make a token already expired (or expiring as it is handed out).
-      if (!fields.expires_in_hours && lifetimeMs < MIN_TOKEN_LIFETIME_MS) fields.expires_in_hours = `the token would expire at once; at least ${MIN_TOKEN_LIFETIME_MS / 1000} s`;
+      if (!fields.expires_in_hours && lifetimeMs < MIN_TOKEN_LIFETIME_MS)
+        fields.expires_in_hours = `the token would expire at once; at least ${MIN_TOKEN_LIFETIME_MS / 1000} s`;
       if (Object.keys(fields).length) throw errors.invalidBody('Invalid token request', { fields });
       if (store.tokens.list(user.username).length >= MAX_TOKENS_PER_USER)
         throw new AppError(409, 'TOO_MANY_TOKENS', `At most ${MAX_TOKENS_PER_USER} personal tokens per user; revoke some first`);
@@ -148,8 +155,19 @@ export function accountRoutes(deps: AccountRouteDeps): RouteMount {
         last_used_at: null,
       };
       await store.tokens.add(rec);
-      audit.record({ event: 'token_create', user: user.username, token_id: rec.id, token_name: name, prefix, expires_at: rec.expires_at, ...origin(req) });
-      res.status(201).set('Cache-Control', 'no-store').json({ ...publicToken(rec), token });
+      audit.record({
+        event: 'token_create',
+        user: user.username,
+        token_id: rec.id,
+        token_name: name,
+        prefix,
+        expires_at: rec.expires_at,
+        ...origin(req),
+      });
+      res
+        .status(201)
+        .set('Cache-Control', 'no-store')
+        .json({ ...publicToken(rec), token });
     });
 
     app.delete('/gateway/api/tokens/:id', async (req, res) => {

@@ -53,7 +53,12 @@ export const PAGE_CSP =
 
 /** Sends public/<name> (written by the pages work), or a minimal script-free form until it exists. */
 function sendPage(res: express.Response, name: string, placeholder: () => string): void {
-  res.set({ 'Content-Security-Policy': PAGE_CSP, 'X-Frame-Options': 'DENY', 'Cache-Control': 'no-store', 'X-Content-Type-Options': 'nosniff' });
+  res.set({
+    'Content-Security-Policy': PAGE_CSP,
+    'X-Frame-Options': 'DENY',
+    'Cache-Control': 'no-store',
+    'X-Content-Type-Options': 'nosniff',
+  });
   const file = path.join(PUBLIC_DIR, name);
   if (fs.existsSync(file)) return void res.sendFile(file);
   res.type('html').send(placeholder());
@@ -134,7 +139,10 @@ export function authRoutes(deps: AuthRouteDeps): RouteMount {
       if (p) audit.record({ event: 'logout', user: p.username, source: p.source, ...origin(req) });
       if (p && config.free_memory_on_logout && deps.upstream) {
         deps.upstream
-          .request('POST', '/free', { headers: { 'content-type': 'application/json' }, body: JSON.stringify({ unload_models: true, free_memory: true }) })
+          .request('POST', '/free', {
+            headers: { 'content-type': 'application/json' },
+            body: JSON.stringify({ unload_models: true, free_memory: true }),
+          })
           .catch((err) => deps.logger?.warn({ err: (err as Error).message }, 'free_memory_on_logout: upstream /free failed'));
       }
       if (wantsHtml(req) || isBrowserForm(req)) return void res.redirect(req.method === 'GET' ? 302 : 303, '/login?signed_out=1');
@@ -179,7 +187,13 @@ export function authRoutes(deps: AuthRouteDeps): RouteMount {
       let via: string;
       const deny = (e: AppError): never => {
         limiter?.fail(req, adminName);
-        audit.record({ event: 'register_denied', user: adminName ?? ctx.principal?.username ?? null, new_user: newName, reason: e.code, ...origin(req) });
+        audit.record({
+          event: 'register_denied',
+          user: adminName ?? ctx.principal?.username ?? null,
+          new_user: newName,
+          reason: e.code,
+          ...origin(req),
+        });
         limiter?.check(req, adminName); // a parallel burst: see /login
         throw e;
       };
@@ -208,7 +222,9 @@ export function authRoutes(deps: AuthRouteDeps): RouteMount {
       } else {
         deny(
           firstRun
-            ? new AppError(401, 'AUTH_REQUIRED', 'Enter the setup code printed by the gateway to create the first administrator', { setup_required: true })
+            ? new AppError(401, 'AUTH_REQUIRED', 'Enter the setup code printed by the gateway to create the first administrator', {
+                setup_required: true,
+              })
             : new AppError(401, 'AUTH_REQUIRED', 'Administrator credentials are required to register users'),
         );
       }

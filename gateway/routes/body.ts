@@ -56,12 +56,14 @@ export function onlyKeys(body: Record<string, unknown>, allowed: string[]): void
 /** Where an auth event came from, for the audit trail. */
 export function origin(req: IncomingMessage): { ip: string; user_agent: string } {
   const ua = req.headers['user-agent'];
-  return { ip: getContext(req).clientIp, user_agent: (Array.isArray(ua) ? ua[0] : ua ?? '').slice(0, 256) };
+  return { ip: getContext(req).clientIp, user_agent: (Array.isArray(ua) ? ua[0] : (ua ?? '')).slice(0, 256) };
 }
 
 /** True for an HTML form post from a browser (no script): it gets redirects instead of JSON. */
 export function isBrowserForm(req: IncomingMessage): boolean {
-  return /^application\/x-www-form-urlencoded\b/i.test(req.headers['content-type'] ?? '') && /\btext\/html\b/i.test(req.headers.accept ?? '');
+  return (
+    /^application\/x-www-form-urlencoded\b/i.test(req.headers['content-type'] ?? '') && /\btext\/html\b/i.test(req.headers.accept ?? '')
+  );
 }
 
 /** A same-site path to go to after sign-in (never another host, never `//x` or `/\x`). */

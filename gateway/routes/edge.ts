@@ -67,14 +67,16 @@ export function edgeRoutes(deps: { ipLists: IpLists; audit: Audit; chain: Pick<C
     app.put('/gateway/api/ip-lists', express.json({ limit: '4mb' }), fresh, async (req, res) => {
       adminOnly(req);
       const body: unknown = req.body;
-      if (!body || typeof body !== 'object' || Array.isArray(body)) throw errors.invalidBody('Expected a JSON object {whitelist: [...], blacklist: [...]}');
+      if (!body || typeof body !== 'object' || Array.isArray(body))
+        throw errors.invalidBody('Expected a JSON object {whitelist: [...], blacklist: [...]}');
       const b = body as Record<string, unknown>;
       const unknown = Object.keys(b).filter((k) => k !== 'whitelist' && k !== 'blacklist');
       const problems: Record<string, unknown>[] = [];
       if (unknown.length) problems.push({ message: `unknown field(s): ${unknown.join(', ')}` });
       const whitelist = entriesOf(b.whitelist, 'whitelist', problems);
       const blacklist = entriesOf(b.blacklist, 'blacklist', problems);
-      if (!problems.length && whitelist === undefined && blacklist === undefined) problems.push({ message: 'give whitelist, blacklist or both' });
+      if (!problems.length && whitelist === undefined && blacklist === undefined)
+        problems.push({ message: 'give whitelist, blacklist or both' });
       if (problems.length) throw errors.invalidBody('Invalid IP lists', { problems });
       const before = ipLists.get();
       const ctx = getContext(req);

@@ -3,9 +3,16 @@ import express from 'express';
 import type { RouteMount } from '../app';
 
 /** Where the gateway's own pages and assets live (public/ at the repository root). */
-export const PUBLIC_DIR = path.resolve(__dirname, '..', '..', ...(__dirname.includes(`${path.sep}dist${path.sep}`) ? ['..'] : []), 'public');
+export const PUBLIC_DIR = path.resolve(
+  __dirname,
+  '..',
+  '..',
+  ...(__dirname.includes(`${path.sep}dist${path.sep}`) ? ['..'] : []),
+  'public',
+);
 
-const CSP = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+const CSP =
+  "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
 /** Serves public/ under /gateway/static/ with a strict CSP: no inline scripts anywhere; the admin page also at /admin. */
 export function staticRoutes(): RouteMount {

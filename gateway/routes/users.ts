@@ -49,8 +49,11 @@ export function userAdminRoutes(deps: UserAdminDeps): RouteMount {
     app.get('/gateway/api/users', (_req, res) => {
       // For the admin table: personal-token count, and the last sign-in the audit trail remembers (since start-up).
       const lastSignIn = new Map<string, string>();
-      for (const e of audit.recent(5000)) if (e.event === 'login_success' && e.user && !lastSignIn.has(e.user)) lastSignIn.set(e.user, e.time);
-      const users = store.list().map((u) => ({ ...publicUser(u), tokens: store.tokens.list(u.username).length, last_sign_in: lastSignIn.get(u.username) ?? null }));
+      for (const e of audit.recent(5000))
+        if (e.event === 'login_success' && e.user && !lastSignIn.has(e.user)) lastSignIn.set(e.user, e.time);
+      const users = store
+        .list()
+        .map((u) => ({ ...publicUser(u), tokens: store.tokens.list(u.username).length, last_sign_in: lastSignIn.get(u.username) ?? null }));
       res.set('Cache-Control', 'no-store').json({ users });
     });
 
@@ -124,7 +127,9 @@ export function userAdminRoutes(deps: UserAdminDeps): RouteMount {
       const q = getContext(req).query;
       const files = q.getAll('files');
       if (files.length > 1 || (files.length === 1 && files[0] !== 'keep' && files[0] !== 'delete'))
-        throw errors.invalidBody('files must be "keep" (default: readable by admins only) or "delete"', { fields: { files: 'keep or delete' } });
+        throw errors.invalidBody('files must be "keep" (default: readable by admins only) or "delete"', {
+          fields: { files: 'keep or delete' },
+        });
       const mode: FilesOnDelete = files[0] === 'delete' ? 'delete' : 'keep';
       if (!store.get(target)) throw errors.notFound(`No user ${target}`);
       await deps.folders?.check(mode);

@@ -78,7 +78,13 @@ export async function runUsersCli(
       allowPositionals: true,
       strict: true,
       tokens: true,
-      options: { config: { type: 'string' }, 'data-dir': { type: 'string' }, admin: { type: 'boolean' }, email: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+      options: {
+        config: { type: 'string' },
+        'data-dir': { type: 'string' },
+        admin: { type: 'boolean' },
+        email: { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
     });
     // as for the gateway: a repeated option is an error, not "last one wins"
     const names = parsed.tokens.flatMap((t) => (t.kind === 'option' ? [t.name] : []));
@@ -131,8 +137,14 @@ export async function runUsersCli(
         const problem = usernameProblem(u);
         if (problem) throw new UsageError(`user name ${problem}`);
         if (store.get(u)) throw new UsageError(`user ${u} already exists`);
-        if (values.email !== undefined && store.byEmail(values.email)) throw new UsageError(`another account already has the email ${values.email}`);
-        const rec = await store.create({ username: u, password_hash: await newPassword(), role: values.admin ? 'admin' : 'user', email: values.email ?? null });
+        if (values.email !== undefined && store.byEmail(values.email))
+          throw new UsageError(`another account already has the email ${values.email}`);
+        const rec = await store.create({
+          username: u,
+          password_hash: await newPassword(),
+          role: values.admin ? 'admin' : 'user',
+          email: values.email ?? null,
+        });
         stdout.write(`added ${rec.username} (${rec.role})\n`);
         break;
       }
@@ -141,7 +153,9 @@ export async function runUsersCli(
         const users = store.list();
         if (!users.length) stdout.write('no users\n');
         for (const u of users)
-          stdout.write(`${u.username}\t${u.role}\t${u.disabled ? 'disabled' : 'enabled'}\t${u.permissions.join(',') || '-'}\t${u.created_at}\t${u.email ?? '-'}\n`);
+          stdout.write(
+            `${u.username}\t${u.role}\t${u.disabled ? 'disabled' : 'enabled'}\t${u.permissions.join(',') || '-'}\t${u.created_at}\t${u.email ?? '-'}\n`,
+          );
         break;
       }
       case 'remove': {
@@ -192,7 +206,13 @@ export async function runUsersCli(
 }
 
 if (require.main === module) {
-  runUsersCli(process.argv.slice(2), { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr, cwd: process.cwd(), env: process.env }).then(
+  runUsersCli(process.argv.slice(2), {
+    stdin: process.stdin,
+    stdout: process.stdout,
+    stderr: process.stderr,
+    cwd: process.cwd(),
+    env: process.env,
+  }).then(
     (code) => process.exit(code),
     (err) => {
       process.stderr.write(`users: ${(err as Error).stack ?? err}\n`);

@@ -41,6 +41,7 @@ export function permissionsProblem(v: unknown): string | null {
 /** Why an account email is unacceptable, or null when it is fine (null or '' clears it, where clearing is allowed). */
 export function emailProblem(v: unknown): string | null {
   if (typeof v !== 'string') return 'must be a string (an email address)';
-  if (v.length > 320 || !/^[^@\s\u0000-\u001f\u007f]+@[^@\s\u0000-\u001f\u007f]+$/.test(v.trim())) return 'must be one email address (local@domain)';
+  if (v.length > 320 || !/^[^@\s\u0000-\u001f\u007f]+@[^@\s\u0000-\u001f\u007f]+$/.test(v.trim()))
+    return 'must be one email address (local@domain)';
   return null;
 }

@@ -41,7 +41,12 @@ export interface GatewayUserStore extends UserStore {
  * process (the users CLI) are picked up before the next read when nothing of ours is pending, and otherwise by the
  * next write, which starts from that version and re-applies our own edits instead of overwriting it.
  */
-export async function createUserStore(opts: { file: string; logger?: Logger; now?: () => number; revocations?: Revocations }): Promise<GatewayUserStore> {
+export async function createUserStore(opts: {
+  file: string;
+  logger?: Logger;
+  now?: () => number;
+  revocations?: Revocations;
+}): Promise<GatewayUserStore> {
   const { file, logger, revocations: bus } = opts;
   const now = opts.now ?? Date.now;
   fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
@@ -171,7 +176,8 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
     const holder = email === null ? undefined : findEmail(email);
     if (holder && holder !== self) throw new AppError(409, 'EMAIL_EXISTS', `Another account (${holder.username}) already has that email`);
   };
-  const announce = (u: UserRecord, reason: 'password' | 'disabled' | 'deleted') => bus?.emit({ kind: 'user', username: u.username, accountId: u.id, reason });
+  const announce = (u: UserRecord, reason: 'password' | 'disabled' | 'deleted') =>
+    bus?.emit({ kind: 'user', username: u.username, accountId: u.id, reason });
   // Void every credential issued up to now; `+ 1` so that one issued later in this same millisecond is still
   // valid (issuers use max(now, tokens_valid_after), see auth/jwt.ts) while one issued earlier is not.
   const voidBefore = () => now() + 1;
@@ -253,7 +259,8 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
         tokens_valid_after: voidBefore(),
       };
       change((d) => {
-        if (rec.role === 'admin' && !d.users.some((x) => x.role === 'admin')) d.setup ??= { completed_at: rec.created_at, first_admin: rec.username };
+        if (rec.role === 'admin' && !d.users.some((x) => x.role === 'admin'))
+          d.setup ??= { completed_at: rec.created_at, first_admin: rec.username };
         d.users = d.users.filter((x) => x.username !== rec.username);
         d.users.push(copyUser(rec));
       });
@@ -311,7 +318,18 @@ export async function createUserStore(opts: { file: string; logger?: Logger; now
       announce(target, 'deleted');
       for (const l of removedListeners) l(username, target.id, keyOfRecord(target));
     },
-    ...credentialParts({ data: () => db.data, change, refresh, reindex, persist, exists: (u) => !!find(u), bySha: () => bySha, revoked: () => revoked, now, bus }),
+    ...credentialParts({
+      data: () => db.data,
+      change,
+      refresh,
+      reindex,
+      persist,
+      exists: (u) => !!find(u),
+      bySha: () => bySha,
+      revoked: () => revoked,
+      now,
+      bus,
+    }),
     async flush() {
       while (queued || unsaved > 0) await tail;
     },

@@ -28,7 +28,10 @@ export function credentialParts(ctx: StoreInternals): Pick<UserStore, 'tokens' |
     tokens: {
       list(username) {
         ctx.refresh();
-        return ctx.data().tokens.filter((t) => t.username === username).map((t) => ({ ...t }));
+        return ctx
+          .data()
+          .tokens.filter((t) => t.username === username)
+          .map((t) => ({ ...t }));
       },
       findBySha256(sha256) {
         ctx.refresh();

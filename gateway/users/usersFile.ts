@@ -130,4 +130,3 @@ export function signature(file: string): string | null {
     return null;
   }
 }
-

@@ -18,7 +18,11 @@ import { addUser, raw, type Caller } from '../isolation-env';
 jest.setTimeout(240_000);
 
 const REPO = path.resolve(__dirname, '..', '..');
-const SERVERS = process.env.COMFYUI_SERVERS_DIR ?? [path.resolve(REPO, '..', 'shared', 'comfyui'), path.resolve(REPO, '..', '..', 'shared', 'comfyui')].find((d) => fs.existsSync(path.join(d, 'start.sh')))!;
+const SERVERS =
+  process.env.COMFYUI_SERVERS_DIR ??
+  [path.resolve(REPO, '..', 'shared', 'comfyui'), path.resolve(REPO, '..', '..', 'shared', 'comfyui')].find((d) =>
+    fs.existsSync(path.join(d, 'start.sh')),
+  )!;
 
 async function freePort(): Promise<number> {
   const tryPort = (p: number) =>
@@ -71,7 +75,10 @@ async function startComfy(tree: string): Promise<{ url: string; dataDir: string;
       await stop();
       throw new Error(`ComfyUI ${tree} did not answer:\n${out.slice(-3000)}`);
     }
-    const ok = await fetch(`${url}/system_stats`, { signal: AbortSignal.timeout(2000) }).then((r) => r.ok, () => false);
+    const ok = await fetch(`${url}/system_stats`, { signal: AbortSignal.timeout(2000) }).then(
+      (r) => r.ok,
+      () => false,
+    );
     if (ok) return { url, dataDir, stop };
     await new Promise((r) => setTimeout(r, 250));
   }
@@ -84,12 +91,22 @@ describe.each(['7914c47', '0.3.44'])('real ComfyUI %s: multipart charsets', (tre
   const input = () => path.join(comfy.dataDir, 'input');
   const output = () => path.join(comfy.dataDir, 'output');
   const all = () => [...listFiles(input()).map((f) => `input/${f}`), ...listFiles(output()).map((f) => `output/${f}`)];
-  const direct = (route: string, b: Buffer) => raw({ port: Number(new URL(comfy.url).port) }, 'POST', route, { headers: { 'Content-Type': `multipart/form-data; boundary=${B}` }, body: b });
-  const viaGateway = (route: string, b: Buffer) => raw(gw, 'POST', route, { headers: { ...bob.headers, 'Content-Type': `multipart/form-data; boundary=${B}` }, body: b });
+  const direct = (route: string, b: Buffer) =>
+    raw({ port: Number(new URL(comfy.url).port) }, 'POST', route, {
+      headers: { 'Content-Type': `multipart/form-data; boundary=${B}` },
+      body: b,
+    });
+  const viaGateway = (route: string, b: Buffer) =>
+    raw(gw, 'POST', route, { headers: { ...bob.headers, 'Content-Type': `multipart/form-data; boundary=${B}` }, body: b });
 
   beforeAll(async () => {
     comfy = await startComfy(tree);
-    gw = await startGateway({ upstream: comfy.url, api_key: TEST_KEY, model_downloads: { enabled: false }, comfyui: { input_dir: input() } });
+    gw = await startGateway({
+      upstream: comfy.url,
+      api_key: TEST_KEY,
+      model_downloads: { enabled: false },
+      comfyui: { input_dir: input() },
+    });
     await addUser(gw, 'alice');
     bob = await addUser(gw, 'bob');
   });
@@ -104,23 +121,29 @@ describe.each(['7914c47', '0.3.44'])('real ComfyUI %s: multipart charsets', (tre
     }
   });
 
-  it.each(ATTACKS)('sent straight to ComfyUI as the old gateway forwarded it, %s overwrites alice’s file', async (_n, route, parts, target) => {
-    const r = await direct(route.replace(/^\/api/, ''), bodyForAiohttp314(parts('bob/')));
-    expect(r.status).toBe(200);
-    const [area, ...rest] = target.split('/');
-    expect(fs.readFileSync(path.join(area === 'output' ? output() : input(), ...rest))).toEqual(BOB_PNG);
-  });
+  it.each(ATTACKS)(
+    'sent straight to ComfyUI as the old gateway forwarded it, %s overwrites alice’s file',
+    async (_n, route, parts, target) => {
+      const r = await direct(route.replace(/^\/api/, ''), bodyForAiohttp314(parts('bob/')));
+      expect(r.status).toBe(200);
+      const [area, ...rest] = target.split('/');
+      expect(fs.readFileSync(path.join(area === 'output' ? output() : input(), ...rest))).toEqual(BOB_PNG);
+    },
+  );
 
-  it.each(ATTACKS)('through the gateway, %s (either framing) → 400 INVALID_BODY and alice’s files are untouched', async (_n, route, parts) => {
-    const before = all();
-    for (const b of [body(parts('')), bodyForAiohttp314(parts(''))]) {
-      const r = await viaGateway(route, b);
-      expect([r.status, r.json().error.code]).toEqual([400, 'INVALID_BODY']);
-    }
-    expect(all()).toEqual(before);
-    expect(fs.readFileSync(path.join(input(), 'alice', 'secret.png'))).toEqual(ALICE_PNG);
-    expect(fs.readFileSync(path.join(output(), 'alice', 'secret.png'))).toEqual(ALICE_PNG);
-  });
+  it.each(ATTACKS)(
+    'through the gateway, %s (either framing) → 400 INVALID_BODY and alice’s files are untouched',
+    async (_n, route, parts) => {
+      const before = all();
+      for (const b of [body(parts('')), bodyForAiohttp314(parts(''))]) {
+        const r = await viaGateway(route, b);
+        expect([r.status, r.json().error.code]).toEqual([400, 'INVALID_BODY']);
+      }
+      expect(all()).toEqual(before);
+      expect(fs.readFileSync(path.join(input(), 'alice', 'secret.png'))).toEqual(ALICE_PNG);
+      expect(fs.readFileSync(path.join(output(), 'alice', 'secret.png'))).toEqual(ALICE_PNG);
+    },
+  );
 
   it('the UTF-7 mask reference that names alice’s image after decoding is refused; a plain upload still lands in input/bob/', async () => {
     const before = all();
@@ -130,7 +153,14 @@ describe.each(['7914c47', '0.3.44'])('real ComfyUI %s: multipart charsets', (tre
       expect([m.status, m.json().error.code]).toEqual([400, 'INVALID_BODY']);
     }
     expect(all()).toEqual(before);
-    const ok = await viaGateway('/api/upload/image', body([file('image', 'mine.png'), field('subfolder', 'pets', ['Content-Type: text/plain; charset=utf-8']), field('overwrite', 'true')]));
+    const ok = await viaGateway(
+      '/api/upload/image',
+      body([
+        file('image', 'mine.png'),
+        field('subfolder', 'pets', ['Content-Type: text/plain; charset=utf-8']),
+        field('overwrite', 'true'),
+      ]),
+    );
     expect([ok.status, ok.json()]).toEqual([200, { name: 'mine.png', subfolder: 'bob/pets', type: 'input' }]);
     expect(fs.readFileSync(path.join(input(), 'bob', 'pets', 'mine.png'))).toEqual(BOB_PNG);
   });

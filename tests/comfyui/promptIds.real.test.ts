@@ -32,7 +32,12 @@ describe.each(TREES)('prompt ids on real ComfyUI %s', (tree) => {
       const named = (type: string) => (f: { json?: any }) => f.json?.type === type && f.json?.data?.prompt_id === pid;
       await aSock.next(named('execution_start'), 60_000);
       const executed = await aSock.next(named('executed'), 60_000);
-      await aSock.next((f) => (f.json?.type === 'execution_success' || (f.json?.type === 'executing' && f.json?.data?.node === null)) && f.json?.data?.prompt_id === pid, 60_000);
+      await aSock.next(
+        (f) =>
+          (f.json?.type === 'execution_success' || (f.json?.type === 'executing' && f.json?.data?.node === null)) &&
+          f.json?.data?.prompt_id === pid,
+        60_000,
+      );
       const image = executed.json.data.output.images[0] as { filename: string; subfolder: string; type: string };
       expect(image.subfolder).toBe('alice');
       // Every frame alice got that names a prompt names hers, by the gateway's id.
@@ -45,20 +50,36 @@ describe.each(TREES)('prompt ids on real ComfyUI %s', (tree) => {
       expect(Object.keys(one)).toEqual([pid]);
       expect(one[pid].outputs['2'].images[0].filename).toBe(image.filename);
 
-      const view = await fetch(`${stack.gw.url}/view?filename=${encodeURIComponent(image.filename)}&subfolder=alice&type=output`, { headers: bearer(alice.token) });
+      const view = await fetch(`${stack.gw.url}/view?filename=${encodeURIComponent(image.filename)}&subfolder=alice&type=output`, {
+        headers: bearer(alice.token),
+      });
       expect(view.status).toBe(200);
-      expect(Buffer.from(await view.arrayBuffer()).subarray(1, 4).toString()).toBe('PNG');
+      expect(
+        Buffer.from(await view.arrayBuffer())
+          .subarray(1, 4)
+          .toString(),
+      ).toBe('PNG');
 
       // bob: no frame about alice's prompt, nothing in his history, alice's id is "missing" for him, his delete does nothing
       expect((bSock.frames as { json?: any }[]).filter((f) => f.json?.data?.prompt_id)).toEqual([]);
       expect(await (await fetch(`${stack.gw.url}/history`, { headers: bearer(bob.token) })).json()).toEqual({});
       expect(await (await fetch(`${stack.gw.url}/history/${pid}`, { headers: bearer(bob.token) })).json()).toEqual({});
-      const bobDel = await fetch(`${stack.gw.url}/history`, { method: 'POST', headers: { ...bearer(bob.token), 'content-type': 'application/json' }, body: JSON.stringify({ delete: [pid] }) });
+      const bobDel = await fetch(`${stack.gw.url}/history`, {
+        method: 'POST',
+        headers: { ...bearer(bob.token), 'content-type': 'application/json' },
+        body: JSON.stringify({ delete: [pid] }),
+      });
       expect(bobDel.status).toBe(200);
-      expect(Object.keys((await (await fetch(`${stack.gw.url}/history/${pid}`, { headers: bearer(alice.token) })).json()) as object)).toEqual([pid]);
+      expect(
+        Object.keys((await (await fetch(`${stack.gw.url}/history/${pid}`, { headers: bearer(alice.token) })).json()) as object),
+      ).toEqual([pid]);
 
       // alice deletes her own entry by the id she knows
-      const del = await fetch(`${stack.gw.url}/history`, { method: 'POST', headers: { ...bearer(alice.token), 'content-type': 'application/json' }, body: JSON.stringify({ delete: [pid] }) });
+      const del = await fetch(`${stack.gw.url}/history`, {
+        method: 'POST',
+        headers: { ...bearer(alice.token), 'content-type': 'application/json' },
+        body: JSON.stringify({ delete: [pid] }),
+      });
       expect(del.status).toBe(200);
       expect(await (await fetch(`${stack.gw.url}/history/${pid}`, { headers: bearer(alice.token) })).json()).toEqual({});
 

@@ -54,7 +54,12 @@ describe.each(TREES)('real ComfyUI %s: knowing the server, uploads, /system_stat
     const res = await fetch(`${stack.gw.url}/prompt`, {
       method: 'POST',
       headers: { ...bearer(alice.token), 'content-type': 'application/json' },
-      body: JSON.stringify({ prompt: { '1': { class_type: 'LoadImage', inputs: { image: answer.name } }, '2': { class_type: 'SaveImage', inputs: { images: ['1', 0], filename_prefix: 'loaded' } } } }),
+      body: JSON.stringify({
+        prompt: {
+          '1': { class_type: 'LoadImage', inputs: { image: answer.name } },
+          '2': { class_type: 'SaveImage', inputs: { images: ['1', 0], filename_prefix: 'loaded' } },
+        },
+      }),
     });
     expect(res.status).toBe(200);
   });

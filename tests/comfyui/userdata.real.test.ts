@@ -28,7 +28,8 @@ describe.each(TREES)('userdata without --multi-user on real ComfyUI %s', (tree) 
     for (const u of [a, b]) fs.rmSync(path.join(stack.comfy.userDir, 'default', 'gateway-users', u), { recursive: true, force: true });
   });
   const get = (token: string, p: string) => fetch(`${stack.gw.url}${p}`, { headers: bearer(token) });
-  const post = (token: string, p: string, body: string) => fetch(`${stack.gw.url}${p}`, { method: 'POST', headers: { ...bearer(token), 'content-type': 'application/json' }, body });
+  const post = (token: string, p: string, body: string) =>
+    fetch(`${stack.gw.url}${p}`, { method: 'POST', headers: { ...bearer(token), 'content-type': 'application/json' }, body });
 
   // (7914c47 lists only one level below dir unless recurse=true: its glob is `dir/**/*`; its own UI sends recurse=true)
   test("a saved workflow is the saver's only: listing, reading, moving, deleting, and no way around", async () => {
@@ -45,7 +46,10 @@ describe.each(TREES)('userdata without --multi-user on real ComfyUI %s', (tree) 
     expect([403, 404, 200]).toContain(bobList.status);
     if (bobList.status === 200) expect(await bobList.json()).toEqual([]);
     expect((await get(bob, '/api/userdata/workflows%2Fmine.json')).status).toBe(404);
-    for (const p of [`/api/userdata/..%2F${a}%2Fworkflows%2Fmine.json`, `/userdata/..%2F..%2Fgateway-users%2F${a}%2Fworkflows%2Fmine.json`]) {
+    for (const p of [
+      `/api/userdata/..%2F${a}%2Fworkflows%2Fmine.json`,
+      `/userdata/..%2F..%2Fgateway-users%2F${a}%2Fworkflows%2Fmine.json`,
+    ]) {
       const r = await get(bob, p);
       expect([p, r.status]).toEqual([p, 400]);
       expect(['INVALID_PATH', 'PATH_NOT_ALLOWED']).toContain(((await r.json()) as any).error.code);
@@ -75,7 +79,7 @@ describe.each(TREES)('userdata without --multi-user on real ComfyUI %s', (tree) 
   });
 
   if (tree === '0.3.44') {
-    test('/v2/userdata lists only the caller\'s folder, with paths relative to it', async () => {
+    test("/v2/userdata lists only the caller's folder, with paths relative to it", async () => {
       expect((await post(alice, '/api/userdata/workflows%2Fv2.json?overwrite=true', '{}')).status).toBe(200);
       const mine = (await (await get(alice, '/api/v2/userdata')).json()) as { path: string }[];
       expect(mine.map((e) => e.path).sort()).toEqual(['comfy.settings.json', 'workflows', 'workflows/v2.json']);

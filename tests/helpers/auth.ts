@@ -10,16 +10,30 @@ const OWNER_ADDRESS = '127.0.0.254';
 
 /** Registers the first administrator from this (loopback) machine, no setup code needed. */
 export async function registerFirstAdmin(gw: { url: string }, username = 'admin', password = PW): Promise<void> {
-  const res = await hit(gw.url, '/register', { method: 'POST', from: OWNER_ADDRESS, body: { new_user_username: username, new_user_password: password } });
+  const res = await hit(gw.url, '/register', {
+    method: 'POST',
+    from: OWNER_ADDRESS,
+    body: { new_user_username: username, new_user_password: password },
+  });
   if (res.status !== 201) throw new Error(`first admin: ${res.status} ${res.text}`);
 }
 
 /** Registers a user with the admin's credentials in the body (Sentinel's way). */
-export async function registerUser(gw: { url: string }, username: string, opts: { password?: string; admin?: [string, string]; role?: string } = {}) {
+export async function registerUser(
+  gw: { url: string },
+  username: string,
+  opts: { password?: string; admin?: [string, string]; role?: string } = {},
+) {
   const [au, ap] = opts.admin ?? ['admin', PW];
   const res = await request(gw.url)
     .post('/register')
-    .send({ new_user_username: username, new_user_password: opts.password ?? PW, username: au, password: ap, ...(opts.role ? { role: opts.role } : {}) });
+    .send({
+      new_user_username: username,
+      new_user_password: opts.password ?? PW,
+      username: au,
+      password: ap,
+      ...(opts.role ? { role: opts.role } : {}),
+    });
   if (res.status !== 201) throw new Error(`register ${username}: ${res.status} ${JSON.stringify(res.body)}`);
   return res.body as { username: string; role: string };
 }
@@ -71,7 +85,10 @@ export function fromFreshIps(url: string): ReturnType<typeof request> {
 }
 
 /** The first admin (`admin`, from a loopback address) plus one user, both signed in. */
-export async function adminAndUser(gw: { url: string }, username: string): Promise<{ admin: Awaited<ReturnType<typeof login>>; user: Awaited<ReturnType<typeof login>> }> {
+export async function adminAndUser(
+  gw: { url: string },
+  username: string,
+): Promise<{ admin: Awaited<ReturnType<typeof login>>; user: Awaited<ReturnType<typeof login>> }> {
   await registerFirstAdmin(gw);
   await registerUser(gw, username);
   return { user: await login(gw, username), admin: await login(gw, 'admin') };

@@ -48,7 +48,11 @@ export async function watchProblems(context: BrowserContext): Promise<PageProble
     page.on('console', (msg) => {
       if (msg.type() !== 'error') return;
       const text = msg.text();
-      problems.push({ kind: /CSP violation|Content Security Policy|Refused to/i.test(text) ? 'csp' : 'console', text, url: msg.location().url });
+      problems.push({
+        kind: /CSP violation|Content Security Policy|Refused to/i.test(text) ? 'csp' : 'console',
+        text,
+        url: msg.location().url,
+      });
     });
     page.on('pageerror', (err) => problems.push({ kind: 'pageerror', text: err.message, url: page.url() }));
   };

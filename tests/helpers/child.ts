@@ -58,9 +58,16 @@ export async function spawnGateway(args: string[], env: NodeJS.ProcessEnv = {}, 
 }
 
 /** Runs main.js to completion (for start-up refusals) and returns its exit code and output. */
-export function runGateway(args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 60_000): Promise<{ code: number | null; stderr: string; stdout: string }> {
+export function runGateway(
+  args: string[],
+  env: NodeJS.ProcessEnv = {},
+  timeoutMs = 60_000,
+): Promise<{ code: number | null; stderr: string; stdout: string }> {
   return new Promise((resolve, reject) => {
-    const proc = spawn(process.execPath, [MAIN_JS, ...args], { env: { PATH: process.env.PATH, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const proc = spawn(process.execPath, [MAIN_JS, ...args], {
+      env: { PATH: process.env.PATH, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let out = '';
     let err = '';
     proc.stdout.on('data', (d) => (out += d));

@@ -413,7 +413,9 @@ async function bodyJson(b: Body): Promise<any> {
   try {
     return JSON.parse(text);
   } catch (e: any) {
-    throw new HttpError(400, { error: { type: 'invalid_json', message: 'Invalid JSON body', details: String(e?.message ?? e), extra_info: {} } });
+    throw new HttpError(400, {
+      error: { type: 'invalid_json', message: 'Invalid JSON body', details: String(e?.message ?? e), extra_info: {} },
+    });
   }
 }
 
@@ -446,7 +448,13 @@ function decodeTransfer(data: Buffer, cte: string | undefined): Buffer {
   if (!e || e === 'binary' || e === '8bit' || e === '7bit') return data;
   if (e === 'base64') return Buffer.from(data.toString('latin1').replace(/\s+/g, ''), 'base64');
   if (e === 'quoted-printable') {
-    return Buffer.from(data.toString('latin1').replace(/=\r?\n/g, '').replace(/=([0-9A-Fa-f]{2})/g, (_m, h: string) => String.fromCharCode(parseInt(h, 16))), 'latin1');
+    return Buffer.from(
+      data
+        .toString('latin1')
+        .replace(/=\r?\n/g, '')
+        .replace(/=([0-9A-Fa-f]{2})/g, (_m, h: string) => String.fromCharCode(parseInt(h, 16))),
+      'latin1',
+    );
   }
   throw new HttpError(500, `unknown content transfer encoding ${cte}`);
 }
@@ -486,7 +494,18 @@ async function parseMultipart(src: Readable, boundary: string, stagingDir: strin
   let buf: Buffer = Buffer.from('\r\n'); // so the very first boundary also matches `\r\n--boundary`
   type State = 'preamble' | 'after' | 'headers' | 'body' | 'done';
   let state = 'preamble' as State;
-  let cur: { name: string; filename?: string; contentType: string; cte?: string; explicitType: boolean; chunks?: Buffer[]; size: number; ws?: fs.WriteStream; file?: string; hash?: crypto.Hash } | null = null;
+  let cur: {
+    name: string;
+    filename?: string;
+    contentType: string;
+    cte?: string;
+    explicitType: boolean;
+    chunks?: Buffer[];
+    size: number;
+    ws?: fs.WriteStream;
+    file?: string;
+    hash?: crypto.Hash;
+  } | null = null;
   // aiohttp (RFC 7578 §4.6): a first part named `_charset_` sets the charset of every later text field
   let partIndex = 0;
   let defaultCharset: string | null = null;
@@ -513,7 +532,13 @@ async function parseMultipart(src: Readable, boundary: string, stagingDir: strin
     if (c.ws) {
       await new Promise<void>((resolve, reject) => c.ws!.end((err?: Error | null) => (err ? reject(err) : resolve())));
       if (!result.files.has(c.name) && !result.fields.has(c.name)) {
-        result.files.set(c.name, { filename: c.filename!, file: c.file!, size: c.size, sha256: c.hash!.digest('hex'), contentType: c.contentType });
+        result.files.set(c.name, {
+          filename: c.filename!,
+          file: c.file!,
+          size: c.size,
+          sha256: c.hash!.digest('hex'),
+          contentType: c.contentType,
+        });
       }
     } else {
       const data = decodeTransfer(Buffer.concat(c.chunks!), c.cte);
@@ -549,7 +574,17 @@ async function parseMultipart(src: Readable, boundary: string, stagingDir: strin
       result.tmpFiles.push(file);
       const ws = fs.createWriteStream(file);
       ws.on('error', () => {});
-      cur = { name: params.name, filename: params.filename, contentType, cte, explicitType, size: 0, ws, file, hash: crypto.createHash('sha256') };
+      cur = {
+        name: params.name,
+        filename: params.filename,
+        contentType,
+        cte,
+        explicitType,
+        size: 0,
+        ws,
+        file,
+        hash: crypto.createHash('sha256'),
+      };
     } else {
       cur = { name: params.name, contentType, cte, explicitType, size: 0, chunks: [] };
     }
@@ -771,8 +806,18 @@ function defineRoutes(): RouteDef[] {
   // server.py
   add('GET', '/ws', (s, c) => s.sendText(c, 400, 'No WebSocket UPGRADE hdr: None\n Can "Upgrade" only to "WebSocket".'));
   add('GET', '/', (s, c) => s.index(c));
-  add('GET', '/embeddings', (s, c) => s.json(c, s.listModels('embeddings').map((f) => pySplitext(f)[0])));
-  add('GET', '/models', (s, c) => s.json(c, s.modelFolders().map((f) => f.name)));
+  add('GET', '/embeddings', (s, c) =>
+    s.json(
+      c,
+      s.listModels('embeddings').map((f) => pySplitext(f)[0]),
+    ),
+  );
+  add('GET', '/models', (s, c) =>
+    s.json(
+      c,
+      s.modelFolders().map((f) => f.name),
+    ),
+  );
   add('GET', '/models/{folder}', (s, c) => {
     const f = s.modelFolders().find((x) => x.name === c.params.folder);
     if (!f) return s.sendEmpty(c, 404);
@@ -813,11 +858,19 @@ function defineRoutes(): RouteDef[] {
   add('GET', '/api/jobs/{job_id}', (s, c) => s.getJob(c));
   add('GET', '/i18n', (s, c) => s.json(c, {}));
   add('GET', '/workflow_templates', (s, c) => s.json(c, {}));
-  add('GET', '/experiment/models', (s, c) => s.json(c, s.modelFolders().map((f) => ({ name: f.name, folders: f.paths }))));
+  add('GET', '/experiment/models', (s, c) =>
+    s.json(
+      c,
+      s.modelFolders().map((f) => ({ name: f.name, folders: f.paths })),
+    ),
+  );
   add('GET', '/experiment/models/{folder}', (s, c) => {
     const f = s.modelFolders().find((x) => x.name === c.params.folder);
     if (!f) return s.sendEmpty(c, 404);
-    return s.json(c, s.listModels(f.name).map((name) => ({ name, pathIndex: 0 })));
+    return s.json(
+      c,
+      s.listModels(f.name).map((name) => ({ name, pathIndex: 0 })),
+    );
   });
   // app/user_manager.py + app/app_settings.py
   add('GET', '/users', (s, c) => s.getUsers(c));
@@ -840,21 +893,36 @@ function defineRoutes(): RouteDef[] {
   // /internal sub-app: no /api twin
   add('GET', '/internal/logs', (s, c) => s.json(c, s.logText()), false);
   add('GET', '/internal/logs/raw', (s, c) => s.json(c, { entries: s.logEntries(), size: { cols: 80, rows: 24 } }), false);
-  add('PATCH', '/internal/logs/subscribe', async (s, c) => {
-    const j = await bodyJson(c.body);
-    if (!isObj(j)) throw new HttpError(400, 'expected a JSON object');
-    return s.sendEmpty(c, 200);
-  }, false);
-  add('GET', '/internal/folder_paths', (s, c) => {
-    const out: Record<string, string[]> = {};
-    for (const f of s.modelFolders()) out[f.name] = f.paths;
-    return s.json(c, out);
-  }, false);
-  add('GET', '/internal/files/{directory_type}', (s, c) => {
-    const dir = s.dirByType(c.params.directory_type);
-    if (!dir) return s.json(c, { error: 'Invalid directory type' }, 400);
-    return s.json(c, walkFiles(dir));
-  }, false);
+  add(
+    'PATCH',
+    '/internal/logs/subscribe',
+    async (s, c) => {
+      const j = await bodyJson(c.body);
+      if (!isObj(j)) throw new HttpError(400, 'expected a JSON object');
+      return s.sendEmpty(c, 200);
+    },
+    false,
+  );
+  add(
+    'GET',
+    '/internal/folder_paths',
+    (s, c) => {
+      const out: Record<string, string[]> = {};
+      for (const f of s.modelFolders()) out[f.name] = f.paths;
+      return s.json(c, out);
+    },
+    false,
+  );
+  add(
+    'GET',
+    '/internal/files/{directory_type}',
+    (s, c) => {
+      const dir = s.dirByType(c.params.directory_type);
+      if (!dir) return s.json(c, { error: 'Invalid directory type' }, 400);
+      return s.json(c, walkFiles(dir));
+    },
+    false,
+  );
   // static frontend (web.static: no /api twin)
   add('GET', '/index.html', (s, c) => s.index(c), false, true);
   add('GET', '/extensions/{path}', (s, c) => s.staticJs(c), false, true);
@@ -867,7 +935,12 @@ function defineRoutes(): RouteDef[] {
 const ROUTES = defineRoutes();
 
 /** The full route table of the fake (paths with `{param}` placeholders, without the /api twin). */
-export const FAKE_COMFY_ROUTES: FakeRoute[] = ROUTES.map((r) => ({ method: r.method, path: r.path, apiTwin: r.apiTwin, ...(r.static ? { static: true } : {}) }));
+export const FAKE_COMFY_ROUTES: FakeRoute[] = ROUTES.map((r) => ({
+  method: r.method,
+  path: r.path,
+  apiTwin: r.apiTwin,
+  ...(r.static ? { static: true } : {}),
+}));
 
 /** static routes match any tail (`/extensions/a/b.js`); others match segment by segment */
 function matchRoute(r: RouteDef, p: string): Record<string, string> | null {
@@ -963,7 +1036,8 @@ class FakeComfyServer implements FakeComfy {
   // ───── lifecycle ─────
 
   async init(opts: FakeComfyOptions): Promise<void> {
-    for (const d of [this.inputDir, this.outputDir, this.tempDir, this.userDir, this.customNodesDir]) await fsp.mkdir(d, { recursive: true });
+    for (const d of [this.inputDir, this.outputDir, this.tempDir, this.userDir, this.customNodesDir])
+      await fsp.mkdir(d, { recursive: true });
     for (const f of this.modelFolders()) if (f.name !== 'custom_nodes') await fsp.mkdir(f.paths[0], { recursive: true });
     if (opts.seedModels ?? true) {
       const header = Buffer.from(pyJson({ __metadata__: { 'modelspec.title': 'fake model', format: 'pt' } }), 'utf8');
@@ -1377,7 +1451,10 @@ class FakeComfyServer implements FakeComfy {
     try {
       const isJson = typeof body !== 'string';
       const buf = Buffer.from(isJson ? pyJson(body) : (body as string), 'utf8');
-      res.writeHead(status, { 'Content-Type': isJson ? 'application/json; charset=utf-8' : 'text/plain; charset=utf-8', 'Content-Length': buf.length });
+      res.writeHead(status, {
+        'Content-Type': isJson ? 'application/json; charset=utf-8' : 'text/plain; charset=utf-8',
+        'Content-Length': buf.length,
+      });
       res.end(buf);
     } catch {
       res.destroy();
@@ -1390,7 +1467,12 @@ class FakeComfyServer implements FakeComfy {
     c.res.setHeader('Cache-Control', 'no-cache');
     c.res.setHeader('Pragma', 'no-cache');
     c.res.setHeader('Expires', '0');
-    this.sendText(c, 200, '<!DOCTYPE html><html><head><title>ComfyUI</title></head><body><div id="app">ComfyUI fake</div></body></html>', 'text/html; charset=utf-8');
+    this.sendText(
+      c,
+      200,
+      '<!DOCTYPE html><html><head><title>ComfyUI</title></head><body><div id="app">ComfyUI fake</div></body></html>',
+      'text/html; charset=utf-8',
+    );
   }
   staticJs(c: Ctx): void {
     if (!c.params.path.endsWith('.js')) return this.sendText(c, 404, '404: Not Found');
@@ -1464,54 +1546,172 @@ class FakeComfyServer implements FakeComfy {
       latent_image: ['LATENT'],
     };
     return {
-      CheckpointLoaderSimple: { input: { required: { ckpt_name: [this.listModels('checkpoints')] } }, output: ['MODEL', 'CLIP', 'VAE'], category: 'loaders', display_name: 'Load Checkpoint' },
-      VAELoader: { input: { required: { vae_name: [this.listModels('vae')] } }, output: ['VAE'], category: 'loaders', display_name: 'Load VAE' },
+      CheckpointLoaderSimple: {
+        input: { required: { ckpt_name: [this.listModels('checkpoints')] } },
+        output: ['MODEL', 'CLIP', 'VAE'],
+        category: 'loaders',
+        display_name: 'Load Checkpoint',
+      },
+      VAELoader: {
+        input: { required: { vae_name: [this.listModels('vae')] } },
+        output: ['VAE'],
+        category: 'loaders',
+        display_name: 'Load VAE',
+      },
       LoraLoader: {
-        input: { required: { model: ['MODEL'], clip: ['CLIP'], lora_name: [this.listModels('loras')], strength_model: FLOAT(1, -100, 100), strength_clip: FLOAT(1, -100, 100) } },
+        input: {
+          required: {
+            model: ['MODEL'],
+            clip: ['CLIP'],
+            lora_name: [this.listModels('loras')],
+            strength_model: FLOAT(1, -100, 100),
+            strength_clip: FLOAT(1, -100, 100),
+          },
+        },
         output: ['MODEL', 'CLIP'],
         category: 'loaders',
         display_name: 'Load LoRA',
       },
-      UpscaleModelLoader: { input: { required: { model_name: [this.listModels('upscale_models')] } }, output: ['UPSCALE_MODEL'], category: 'loaders', display_name: 'Load Upscale Model' },
-      CLIPTextEncode: { input: { required: { text: ['STRING', { multiline: true, dynamicPrompts: true }], clip: ['CLIP'] } }, output: ['CONDITIONING'], category: 'conditioning', display_name: 'CLIP Text Encode (Prompt)' },
-      EmptyLatentImage: { input: { required: { width: INT(512, 16, 16384), height: INT(512, 16, 16384), batch_size: INT(1, 1, 4096) } }, output: ['LATENT'], category: 'latent', display_name: 'Empty Latent Image' },
-      KSampler: { input: { required: { ...sampler, denoise: FLOAT(1.0, 0, 1) } }, output: ['LATENT'], category: 'sampling', display_name: 'KSampler' },
+      UpscaleModelLoader: {
+        input: { required: { model_name: [this.listModels('upscale_models')] } },
+        output: ['UPSCALE_MODEL'],
+        category: 'loaders',
+        display_name: 'Load Upscale Model',
+      },
+      CLIPTextEncode: {
+        input: { required: { text: ['STRING', { multiline: true, dynamicPrompts: true }], clip: ['CLIP'] } },
+        output: ['CONDITIONING'],
+        category: 'conditioning',
+        display_name: 'CLIP Text Encode (Prompt)',
+      },
+      EmptyLatentImage: {
+        input: { required: { width: INT(512, 16, 16384), height: INT(512, 16, 16384), batch_size: INT(1, 1, 4096) } },
+        output: ['LATENT'],
+        category: 'latent',
+        display_name: 'Empty Latent Image',
+      },
+      KSampler: {
+        input: { required: { ...sampler, denoise: FLOAT(1.0, 0, 1) } },
+        output: ['LATENT'],
+        category: 'sampling',
+        display_name: 'KSampler',
+      },
       KSamplerAdvanced: {
-        input: { required: { model: ['MODEL'], add_noise: [['enable', 'disable']], noise_seed: INT(0), steps: INT(20, 1, 10000), cfg: FLOAT(8.0), sampler_name: [SAMPLERS], scheduler: [SCHEDULERS], positive: ['CONDITIONING'], negative: ['CONDITIONING'], latent_image: ['LATENT'], start_at_step: INT(0, 0, 10000), end_at_step: INT(10000, 0, 10000), return_with_leftover_noise: [['disable', 'enable']] } },
+        input: {
+          required: {
+            model: ['MODEL'],
+            add_noise: [['enable', 'disable']],
+            noise_seed: INT(0),
+            steps: INT(20, 1, 10000),
+            cfg: FLOAT(8.0),
+            sampler_name: [SAMPLERS],
+            scheduler: [SCHEDULERS],
+            positive: ['CONDITIONING'],
+            negative: ['CONDITIONING'],
+            latent_image: ['LATENT'],
+            start_at_step: INT(0, 0, 10000),
+            end_at_step: INT(10000, 0, 10000),
+            return_with_leftover_noise: [['disable', 'enable']],
+          },
+        },
         output: ['LATENT'],
         category: 'sampling',
         display_name: 'KSampler (Advanced)',
       },
-      VAEDecode: { input: { required: { samples: ['LATENT'], vae: ['VAE'] } }, output: ['IMAGE'], category: 'latent', display_name: 'VAE Decode' },
-      VAEEncode: { input: { required: { pixels: ['IMAGE'], vae: ['VAE'] } }, output: ['LATENT'], category: 'latent', display_name: 'VAE Encode' },
+      VAEDecode: {
+        input: { required: { samples: ['LATENT'], vae: ['VAE'] } },
+        output: ['IMAGE'],
+        category: 'latent',
+        display_name: 'VAE Decode',
+      },
+      VAEEncode: {
+        input: { required: { pixels: ['IMAGE'], vae: ['VAE'] } },
+        output: ['LATENT'],
+        category: 'latent',
+        display_name: 'VAE Encode',
+      },
       ImageScale: {
-        input: { required: { image: ['IMAGE'], upscale_method: [['nearest-exact', 'bilinear', 'area', 'bicubic', 'lanczos']], width: INT(512, 0, 16384), height: INT(512, 0, 16384), crop: [['disabled', 'center']] } },
+        input: {
+          required: {
+            image: ['IMAGE'],
+            upscale_method: [['nearest-exact', 'bilinear', 'area', 'bicubic', 'lanczos']],
+            width: INT(512, 0, 16384),
+            height: INT(512, 0, 16384),
+            crop: [['disabled', 'center']],
+          },
+        },
         output: ['IMAGE'],
         category: 'image/upscaling',
         display_name: 'Upscale Image',
       },
       SaveImage: {
-        input: { required: { images: ['IMAGE', { tooltip: 'The images to save.' }], filename_prefix: ['STRING', { default: 'ComfyUI', tooltip: 'The prefix for the file to save.' }] }, hidden },
+        input: {
+          required: {
+            images: ['IMAGE', { tooltip: 'The images to save.' }],
+            filename_prefix: ['STRING', { default: 'ComfyUI', tooltip: 'The prefix for the file to save.' }],
+          },
+          hidden,
+        },
         output: [],
         category: 'image',
         output_node: true,
         display_name: 'Save Image',
         description: 'Saves the input images to your ComfyUI output directory.',
       },
-      PreviewImage: { input: { required: { images: ['IMAGE'] }, hidden }, output: [], category: 'image', output_node: true, display_name: 'Preview Image', description: 'Saves the input images to your ComfyUI output directory.' },
-      LoadImage: { input: { required: { image: [images, { image_upload: true }] } }, output: ['IMAGE', 'MASK'], category: 'image', display_name: 'Load Image' },
-      LoadImageMask: { input: { required: { image: [images, { image_upload: true }], channel: [['alpha', 'red', 'green', 'blue']] } }, output: ['MASK'], category: 'mask', display_name: 'Load Image (as Mask)' },
-      LoadAudio: { input: { required: { audio: [this.inputFiles(AUDIO_VIDEO_EXT), { audio_upload: true }] } }, output: ['AUDIO'], category: 'audio', display_name: 'Load Audio' },
+      PreviewImage: {
+        input: { required: { images: ['IMAGE'] }, hidden },
+        output: [],
+        category: 'image',
+        output_node: true,
+        display_name: 'Preview Image',
+        description: 'Saves the input images to your ComfyUI output directory.',
+      },
+      LoadImage: {
+        input: { required: { image: [images, { image_upload: true }] } },
+        output: ['IMAGE', 'MASK'],
+        category: 'image',
+        display_name: 'Load Image',
+      },
+      LoadImageMask: {
+        input: { required: { image: [images, { image_upload: true }], channel: [['alpha', 'red', 'green', 'blue']] } },
+        output: ['MASK'],
+        category: 'mask',
+        display_name: 'Load Image (as Mask)',
+      },
+      LoadAudio: {
+        input: { required: { audio: [this.inputFiles(AUDIO_VIDEO_EXT), { audio_upload: true }] } },
+        output: ['AUDIO'],
+        category: 'audio',
+        display_name: 'Load Audio',
+      },
       // Nodes whose names say nothing about files (core's WebcamCapture; custom packs' pickers and exporters):
       WebcamCapture: {
-        input: { required: { image: ['WEBCAM', {}], width: INT(0, 0, 16384), height: INT(0, 0, 16384), capture_on_queue: ['BOOLEAN', { default: true }] } },
+        input: {
+          required: {
+            image: ['WEBCAM', {}],
+            width: INT(0, 0, 16384),
+            height: INT(0, 0, 16384),
+            capture_on_queue: ['BOOLEAN', { default: true }],
+          },
+        },
         output: ['IMAGE', 'MASK'],
         category: 'image',
         display_name: 'Webcam Capture',
       },
-      PhotoPicker: { input: { required: { photo: [images, { image_upload: true }] } }, output: ['IMAGE'], category: 'custom', display_name: 'Photo Picker' },
+      PhotoPicker: {
+        input: { required: { photo: [images, { image_upload: true }] } },
+        output: ['IMAGE'],
+        category: 'custom',
+        display_name: 'Photo Picker',
+      },
       FolderPicker: { input: { required: { picture: [images] } }, output: ['IMAGE'], category: 'custom', display_name: 'Folder Picker' },
-      ExportFrames: { input: { required: { frames: ['IMAGE'], prefix: ['STRING', { default: 'frames' }] } }, output: [], category: 'custom', output_node: true, display_name: 'Export Frames' },
+      ExportFrames: {
+        input: { required: { frames: ['IMAGE'], prefix: ['STRING', { default: 'frames' }] } },
+        output: [],
+        category: 'custom',
+        output_node: true,
+        display_name: 'Export Frames',
+      },
     };
   }
 
@@ -1541,7 +1741,17 @@ class FakeComfyServer implements FakeComfy {
     if (this.legacy) {
       return {
         system: { os: 'posix', python_version: '3.11.9 (main) [GCC 12.2.0]', embedded_python: false },
-        devices: [{ name: 'cuda:0 fake', type: 'cuda', index: 0, vram_total: 25769803776, vram_free: 21474836480, torch_vram_total: 0, torch_vram_free: 0 }],
+        devices: [
+          {
+            name: 'cuda:0 fake',
+            type: 'cuda',
+            index: 0,
+            vram_total: 25769803776,
+            vram_free: 21474836480,
+            torch_vram_total: 0,
+            torch_vram_free: 0,
+          },
+        ],
       };
     }
     return {
@@ -1556,7 +1766,17 @@ class FakeComfyServer implements FakeComfy {
         embedded_python: false,
         argv: this.argv ?? ['main.py', '--listen', '127.0.0.1', ...(this.multiUser ? ['--multi-user'] : [])],
       },
-      devices: [{ name: 'cuda:0 fake', type: 'cuda', index: 0, vram_total: 25769803776, vram_free: 21474836480, torch_vram_total: 0, torch_vram_free: 0 }],
+      devices: [
+        {
+          name: 'cuda:0 fake',
+          type: 'cuda',
+          index: 0,
+          vram_total: 25769803776,
+          vram_free: 21474836480,
+          torch_vram_total: 0,
+          torch_vram_free: 0,
+        },
+      ],
     };
   }
 
@@ -1793,16 +2013,28 @@ class FakeComfyServer implements FakeComfy {
     try {
       j = JSON.parse((await bodyBuffer(c.body)).toString('utf8'));
     } catch (e: any) {
-      return this.json(c, { error: { type: 'invalid_prompt', message: 'Invalid JSON', details: String(e?.message ?? e), extra_info: {} }, node_errors: {} }, 400);
+      return this.json(
+        c,
+        { error: { type: 'invalid_prompt', message: 'Invalid JSON', details: String(e?.message ?? e), extra_info: {} }, node_errors: {} },
+        400,
+      );
     }
     if (!isObj(j)) {
-      return this.json(c, { error: { type: 'invalid_prompt', message: 'Request body must be a JSON object', details: '', extra_info: {} }, node_errors: {} }, 400);
+      return this.json(
+        c,
+        { error: { type: 'invalid_prompt', message: 'Request body must be a JSON object', details: '', extra_info: {} }, node_errors: {} },
+        400,
+      );
     }
     let number: number;
     if ('number' in j) {
       number = typeof j.number === 'string' ? Number(j.number) : j.number;
       if (typeof number !== 'number' || !Number.isFinite(number)) {
-        return this.json(c, { error: { type: 'invalid_prompt', message: 'Invalid number', details: '', extra_info: {} }, node_errors: {} }, 400);
+        return this.json(
+          c,
+          { error: { type: 'invalid_prompt', message: 'Invalid number', details: '', extra_info: {} }, node_errors: {} },
+          400,
+        );
       }
     } else {
       number = this.number;
@@ -1810,7 +2042,11 @@ class FakeComfyServer implements FakeComfy {
       this.number++;
     }
     if (!('prompt' in j)) {
-      return this.json(c, { error: { type: 'no_prompt', message: 'No prompt provided', details: 'No prompt provided', extra_info: {} }, node_errors: {} }, 400);
+      return this.json(
+        c,
+        { error: { type: 'no_prompt', message: 'No prompt provided', details: 'No prompt provided', extra_info: {} }, node_errors: {} },
+        400,
+      );
     }
     const prompt = j.prompt;
     const v = this.validatePrompt(prompt);
@@ -1863,7 +2099,11 @@ class FakeComfyServer implements FakeComfy {
   }
 
   private validatePrompt(prompt: unknown): { ok: true; outputs: string[] } | { ok: false; error: any; nodeErrors: any } {
-    const invalid = (message: string, details = '') => ({ ok: false as const, error: { type: 'invalid_prompt', message, details, extra_info: {} }, nodeErrors: {} });
+    const invalid = (message: string, details = '') => ({
+      ok: false as const,
+      error: { type: 'invalid_prompt', message, details, extra_info: {} },
+      nodeErrors: {},
+    });
     if (!isObj(prompt)) return invalid('Invalid prompt: the prompt must be a JSON object', '');
     const defs = this.nodeDefs();
     for (const [id, node] of Object.entries(prompt)) {
@@ -1877,7 +2117,11 @@ class FakeComfyServer implements FakeComfy {
     }
     const outputs = Object.keys(prompt).filter((id) => defs[prompt[id].class_type].output_node);
     if (outputs.length === 0) {
-      return { ok: false, error: { type: 'prompt_no_outputs', message: 'Prompt has no outputs', details: '', extra_info: {} }, nodeErrors: {} };
+      return {
+        ok: false,
+        error: { type: 'prompt_no_outputs', message: 'Prompt has no outputs', details: '', extra_info: {} },
+        nodeErrors: {},
+      };
     }
     const nodeErrors: Record<string, any> = {};
     const addErr = (id: string, err: any) => {
@@ -1891,9 +2135,18 @@ class FakeComfyServer implements FakeComfy {
       for (const [name, val] of Object.entries(inputs)) {
         const spec = specs[name];
         if (Array.isArray(val)) {
-          const ok = val.length === 2 && typeof val[0] === 'string' && Number.isInteger(val[1]) && Object.prototype.hasOwnProperty.call(prompt, val[0]);
+          const ok =
+            val.length === 2 &&
+            typeof val[0] === 'string' &&
+            Number.isInteger(val[1]) &&
+            Object.prototype.hasOwnProperty.call(prompt, val[0]);
           if (!ok) {
-            addErr(id, { type: 'bad_linked_input', message: 'Bad linked input, must be a length-2 list of [string, int] pointing at an existing node', details: `${name}`, extra_info: { input_name: name, input_config: spec ?? null, received_value: val } });
+            addErr(id, {
+              type: 'bad_linked_input',
+              message: 'Bad linked input, must be a length-2 list of [string, int] pointing at an existing node',
+              details: `${name}`,
+              extra_info: { input_name: name, input_config: spec ?? null, received_value: val },
+            });
           }
           continue;
         }
@@ -1901,25 +2154,45 @@ class FakeComfyServer implements FakeComfy {
           if (name === 'image' || name === 'audio') {
             const problem = this.checkInputFile(val);
             if (problem) {
-              addErr(id, { type: 'custom_validation_failed', message: 'Custom validation failed for node', details: `${name} - ${problem}`, extra_info: { input_name: name, input_config: spec ?? null, received_value: val } });
+              addErr(id, {
+                type: 'custom_validation_failed',
+                message: 'Custom validation failed for node',
+                details: `${name} - ${problem}`,
+                extra_info: { input_name: name, input_config: spec ?? null, received_value: val },
+              });
             }
             continue;
           }
         }
         if (node.class_type === 'SaveImage' && name === 'filename_prefix') {
           if (typeof val !== 'string') {
-            addErr(id, { type: 'invalid_input_type', message: 'Failed to convert an input value to a STRING value', details: `${name}, ${pyJson(val)}`, extra_info: { input_name: name, input_config: spec ?? null, received_value: val } });
+            addErr(id, {
+              type: 'invalid_input_type',
+              message: 'Failed to convert an input value to a STRING value',
+              details: `${name}, ${pyJson(val)}`,
+              extra_info: { input_name: name, input_config: spec ?? null, received_value: val },
+            });
             continue;
           }
           try {
             this.getSaveImagePath(val, this.outputDir, 2, 2, false);
           } catch (e: any) {
-            addErr(id, { type: 'custom_validation_failed', message: 'Custom validation failed for node', details: `${name} - ${e?.message ?? e}`, extra_info: { input_name: name, input_config: spec ?? null, received_value: val } });
+            addErr(id, {
+              type: 'custom_validation_failed',
+              message: 'Custom validation failed for node',
+              details: `${name} - ${e?.message ?? e}`,
+              extra_info: { input_name: name, input_config: spec ?? null, received_value: val },
+            });
           }
           continue;
         }
         if (spec && Array.isArray(spec[0]) && !spec[0].includes(val)) {
-          addErr(id, { type: 'value_not_in_list', message: 'Value not in list', details: `${name}: '${String(val)}' not in ${pyJson(spec[0])}`, extra_info: { input_name: name, input_config: spec, received_value: val } });
+          addErr(id, {
+            type: 'value_not_in_list',
+            message: 'Value not in list',
+            details: `${name}: '${String(val)}' not in ${pyJson(spec[0])}`,
+            extra_info: { input_name: name, input_config: spec, received_value: val },
+          });
         }
       }
       // default filename_prefix "ComfyUI" is always valid
@@ -1931,7 +2204,11 @@ class FakeComfyServer implements FakeComfy {
       const details = Object.values(nodeErrors)
         .flatMap((n: any) => n.errors.map((e: any) => `${e.message}: ${e.details}`))
         .join('\n');
-      return { ok: false, error: { type: 'prompt_outputs_failed_validation', message: 'Prompt outputs failed validation', details, extra_info: {} }, nodeErrors };
+      return {
+        ok: false,
+        error: { type: 'prompt_outputs_failed_validation', message: 'Prompt outputs failed validation', details, extra_info: {} },
+        nodeErrors,
+      };
     }
     return { ok: true, outputs };
   }
@@ -1964,7 +2241,13 @@ class FakeComfyServer implements FakeComfy {
     return order;
   }
 
-  getSaveImagePath(prefix: string, outputDir: string, width: number, height: number, create = true): { full: string; filename: string; counter: number; subfolder: string; prefix: string } {
+  getSaveImagePath(
+    prefix: string,
+    outputDir: string,
+    width: number,
+    height: number,
+    create = true,
+  ): { full: string; filename: string; counter: number; subfolder: string; prefix: string } {
     if (prefix.includes('%')) {
       const d = new Date();
       const p2 = (n: number) => String(n).padStart(2, '0');
@@ -2094,7 +2377,16 @@ class FakeComfyServer implements FakeComfy {
   }
 
   private jobOf(e: StoredPrompt): any {
-    const status = e.state === 'pending' ? 'pending' : e.state === 'running' ? 'in_progress' : e.state === 'success' ? 'completed' : e.state === 'interrupted' ? 'cancelled' : 'failed';
+    const status =
+      e.state === 'pending'
+        ? 'pending'
+        : e.state === 'running'
+          ? 'in_progress'
+          : e.state === 'success'
+            ? 'completed'
+            : e.state === 'interrupted'
+              ? 'cancelled'
+              : 'failed';
     const images = Object.values(e.outputs).flatMap((o: any) => (Array.isArray(o?.images) ? o.images : []));
     return {
       id: e.prompt_id,
@@ -2115,8 +2407,9 @@ class FakeComfyServer implements FakeComfy {
     const limitQ = c.query.get('limit');
     const offsetQ = c.query.get('offset');
     const limit = limitQ !== null ? pyInt(limitQ) : null;
-    const offset = offsetQ !== null ? pyInt(offsetQ) ?? -1 : 0;
-    if ((limitQ !== null && (limit === null || limit < 0)) || offset < 0) return this.json(c, { error: 'invalid pagination parameters' }, 400);
+    const offset = offsetQ !== null ? (pyInt(offsetQ) ?? -1) : 0;
+    if ((limitQ !== null && (limit === null || limit < 0)) || offset < 0)
+      return this.json(c, { error: 'invalid pagination parameters' }, 400);
     let jobs = [...this.prompts.values()].map((e) => this.jobOf(e));
     if (wanted) jobs = jobs.filter((j) => wanted.has(j.status));
     const desc = (c.query.get('sort_order') ?? 'desc') !== 'asc';
@@ -2129,7 +2422,12 @@ class FakeComfyServer implements FakeComfy {
   getJob(c: Ctx): void {
     const e = this.prompts.get(c.params.job_id);
     if (!e) return this.json(c, { error: 'Job not found' }, 404);
-    return this.json(c, { ...this.jobOf(e), outputs: e.outputs, execution_status: e.history?.status ?? null, workflow: { prompt: e.prompt, extra_data: e.extra_data } });
+    return this.json(c, {
+      ...this.jobOf(e),
+      outputs: e.outputs,
+      execution_status: e.history?.status ?? null,
+      workflow: { prompt: e.prompt, extra_data: e.extra_data },
+    });
   }
 
   // ───── execution ─────
@@ -2224,7 +2522,11 @@ class FakeComfyServer implements FakeComfy {
       if (err instanceof StoppedError) return; // the "process" died: nothing reaches history
       if (err instanceof InterruptedError) {
         status = 'interrupted';
-        addMessage('execution_interrupted', { prompt_id: pid, node_id: current, node_type: current ? e.prompt[current].class_type : null, executed }, true);
+        addMessage(
+          'execution_interrupted',
+          { prompt_id: pid, node_id: current, node_type: current ? e.prompt[current].class_type : null, executed },
+          true,
+        );
       } else {
         status = 'error';
         addMessage(
@@ -2360,7 +2662,8 @@ class FakeComfyServer implements FakeComfy {
         return reject(400, 'Bad Request', 'Not a WebSocket endpoint');
       }
       if ((req.method ?? '').toUpperCase() !== 'GET') return reject(405, 'Method Not Allowed', '405: Method Not Allowed');
-      if ((req.headers.upgrade ?? '').toLowerCase() !== 'websocket') return reject(400, 'Bad Request', 'Can "Upgrade" only to "WebSocket".');
+      if ((req.headers.upgrade ?? '').toLowerCase() !== 'websocket')
+        return reject(400, 'Bad Request', 'Can "Upgrade" only to "WebSocket".');
       const requested = query.get('clientId') ?? '';
       this.wss.handleUpgrade(req, socket, head, (ws) => this.onWsConnection(ws, requested, raw));
     } catch {
@@ -2374,7 +2677,8 @@ class FakeComfyServer implements FakeComfy {
       return;
     }
     let sid = requested;
-    if (sid) this.sockets.delete(sid); // "Reusing existing session, remove old"
+    if (sid)
+      this.sockets.delete(sid); // "Reusing existing session, remove old"
     else sid = uuidHex();
     this.sockets.set(sid, ws);
     const info: SockInfo = { ws, sid, rawPath, firstMessage: true };
@@ -2497,7 +2801,12 @@ class FakeComfyServer implements FakeComfy {
 
   private fileInfo(file: string, relTo: string): any {
     const st = fs.statSync(file);
-    return { path: path.relative(relTo, file).split(path.sep).join('/'), size: st.size, modified: Math.floor(st.mtimeMs), created: Math.floor(st.ctimeMs) };
+    return {
+      path: path.relative(relTo, file).split(path.sep).join('/'),
+      size: st.size,
+      modified: Math.floor(st.mtimeMs),
+      created: Math.floor(st.ctimeMs),
+    };
   }
 
   listUserdataV2(c: Ctx): void {
@@ -2533,7 +2842,11 @@ class FakeComfyServer implements FakeComfy {
       }
     };
     walk(target);
-    results.sort((a, b) => Number(a.type !== 'directory') - Number(b.type !== 'directory') || (a.name.toLowerCase() < b.name.toLowerCase() ? -1 : a.name.toLowerCase() > b.name.toLowerCase() ? 1 : 0));
+    results.sort(
+      (a, b) =>
+        Number(a.type !== 'directory') - Number(b.type !== 'directory') ||
+        (a.name.toLowerCase() < b.name.toLowerCase() ? -1 : a.name.toLowerCase() > b.name.toLowerCase() ? 1 : 0),
+    );
     return this.json(c, results);
   }
 
@@ -2576,7 +2889,8 @@ class FakeComfyServer implements FakeComfy {
     const p = this.userDataPath(c, false);
     if (!p) return;
     // 7914c47 reads request.query["overwrite"] without a default: a save or move without it is a 500 there.
-    if (this.legacy && c.query.get('overwrite') === null) return this.sendText(c, 500, '500 Internal Server Error\n\nServer got itself in trouble');
+    if (this.legacy && c.query.get('overwrite') === null)
+      return this.sendText(c, 500, '500 Internal Server Error\n\nServer got itself in trouble');
     const overwrite = (c.query.get('overwrite') ?? 'true') !== 'false';
     const fullInfo = (c.query.get('full_info') ?? 'false').toLowerCase() === 'true';
     if (!overwrite && fs.existsSync(p)) return this.sendText(c, 409, 'File already exists');
@@ -2609,7 +2923,8 @@ class FakeComfyServer implements FakeComfy {
     const dest = this.userDataPath(c, false, 'dest');
     if (!dest) return;
     // 7914c47 reads request.query["overwrite"] without a default: a save or move without it is a 500 there.
-    if (this.legacy && c.query.get('overwrite') === null) return this.sendText(c, 500, '500 Internal Server Error\n\nServer got itself in trouble');
+    if (this.legacy && c.query.get('overwrite') === null)
+      return this.sendText(c, 500, '500 Internal Server Error\n\nServer got itself in trouble');
     const overwrite = (c.query.get('overwrite') ?? 'true') !== 'false';
     const fullInfo = (c.query.get('full_info') ?? 'false').toLowerCase() === 'true';
     if (!overwrite && fs.existsSync(dest)) return this.sendText(c, 409, 'File already exists');
@@ -2739,7 +3054,10 @@ export async function startFakeComfy(opts: FakeComfyOptions = {}): Promise<FakeC
 }
 
 /** A complete, valid txt2img prompt for the fake (checkpoint -> KSampler -> VAEDecode -> SaveImage). */
-export function sampleWorkflow(filenamePrefix = 'ComfyUI', opts: { seed?: number; text?: string; ckpt?: string } = {}): Record<string, any> {
+export function sampleWorkflow(
+  filenamePrefix = 'ComfyUI',
+  opts: { seed?: number; text?: string; ckpt?: string } = {},
+): Record<string, any> {
   return {
     '4': { class_type: 'CheckpointLoaderSimple', inputs: { ckpt_name: opts.ckpt ?? 'fake_model.safetensors' } },
     '5': { class_type: 'EmptyLatentImage', inputs: { width: 512, height: 512, batch_size: 1 } },
@@ -2747,7 +3065,18 @@ export function sampleWorkflow(filenamePrefix = 'ComfyUI', opts: { seed?: number
     '7': { class_type: 'CLIPTextEncode', inputs: { text: 'blurry', clip: ['4', 1] } },
     '3': {
       class_type: 'KSampler',
-      inputs: { seed: opts.seed ?? 42, steps: 20, cfg: 7, sampler_name: 'euler', scheduler: 'normal', denoise: 1, model: ['4', 0], positive: ['6', 0], negative: ['7', 0], latent_image: ['5', 0] },
+      inputs: {
+        seed: opts.seed ?? 42,
+        steps: 20,
+        cfg: 7,
+        sampler_name: 'euler',
+        scheduler: 'normal',
+        denoise: 1,
+        model: ['4', 0],
+        positive: ['6', 0],
+        negative: ['7', 0],
+        latent_image: ['5', 0],
+      },
     },
     '8': { class_type: 'VAEDecode', inputs: { samples: ['3', 0], vae: ['4', 2] } },
     '9': { class_type: 'SaveImage', inputs: { filename_prefix: filenamePrefix, images: ['8', 0] } },

@@ -263,7 +263,8 @@ export async function startFakeHf(opts: { clientId?: string } = {}): Promise<Fak
       if (parts.length >= 5 && parts[2] === 'resolve' && (req.method === 'GET' || req.method === 'HEAD')) {
         const repo = `${parts[0]}/${parts[1]}`;
         const f = files.get(`${repo}@${parts[3]}/${parts.slice(4).join('/')}`);
-        if (!f) return json(res, 404, { error: 'Entry not found' }, { 'x-error-code': repoExists(repo) ? 'EntryNotFound' : 'RepoNotFound' });
+        if (!f)
+          return json(res, 404, { error: 'Entry not found' }, { 'x-error-code': repoExists(repo) ? 'EntryNotFound' : 'RepoNotFound' });
         const g = gate(req, repo);
         if (g !== 200) return json(res, g, { error: 'Access to this model is restricted' }, { 'x-error-code': 'GatedRepo' });
         const sha = f.advertisedSha256 ?? f.sha256;
@@ -368,7 +369,13 @@ export async function callApi(
 }
 
 /** Creates a user with the given permissions through the admin API (as `admin` headers) and signs them in; Bearer headers. */
-export async function userWith(base: string, admin: Record<string, string>, username: string, permissions: string[], password = 'correct-horse-1'): Promise<Record<string, string>> {
+export async function userWith(
+  base: string,
+  admin: Record<string, string>,
+  username: string,
+  permissions: string[],
+  password = 'correct-horse-1',
+): Promise<Record<string, string>> {
   const c = await callApi(base, 'POST', '/gateway/api/users', { username, password, role: 'user', permissions }, admin);
   if (c.status !== 201 && c.status !== 200) throw new Error(`create ${username}: ${c.status} ${c.text}`);
   const l = await callApi(base, 'POST', '/login', { username, password });

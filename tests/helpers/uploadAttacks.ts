@@ -12,12 +12,17 @@ export const B = 'cgwCharsetBoundary42';
 /** One part: its header lines and its body. */
 export type Part = [string[], Buffer | string];
 /** A plain field part. */
-export const field = (name: string, value: string, headers: string[] = []): Part => [[`Content-Disposition: form-data; name="${name}"`, ...headers], value];
-/** A file part. */
-export const file = (name = 'image', filename = 'secret.png', data: Buffer = BOB_PNG, headers: string[] = ['Content-Type: image/png']): Part => [
-  [`Content-Disposition: form-data; name="${name}"; filename="${filename}"`, ...headers],
-  data,
+export const field = (name: string, value: string, headers: string[] = []): Part => [
+  [`Content-Disposition: form-data; name="${name}"`, ...headers],
+  value,
 ];
+/** A file part. */
+export const file = (
+  name = 'image',
+  filename = 'secret.png',
+  data: Buffer = BOB_PNG,
+  headers: string[] = ['Content-Type: image/png'],
+): Part => [[`Content-Disposition: form-data; name="${name}"; filename="${filename}"`, ...headers], data];
 /** A whole multipart body with boundary B. */
 export function body(parts: Part[]): Buffer {
   const out: Buffer[] = [];
@@ -59,21 +64,75 @@ export function listFiles(dir: string): string[] {
  * UTF-7 spellings are written out by hand: `+AC4ALg-` is "..".
  */
 export const ATTACKS: [string, string, (p: string) => Part[], string][] = [
-  ['_charset_=utf-7 subfolder (the reported one)', '/upload/image', (p) => [field('_charset_', 'utf-7'), file(), field('subfolder', `${p}+AC4ALg-/alice`), field('overwrite', 'true')], 'input/alice/secret.png'],
-  ['_charset_=utf-7 with type=output', '/api/upload/image', (p) => [field('_charset_', 'UTF-7'), file(), field('subfolder', `${p}+AC4ALg-/alice`), field('type', 'output'), field('overwrite', 'true')], 'output/alice/secret.png'],
-  ['part charset=utf-7 on the subfolder', '/upload/image', (p) => [file(), field('subfolder', `${p}+AC4ALg-/alice`, ['Content-Type: text/plain; charset=utf-7']), field('overwrite', 'true')], 'input/alice/secret.png'],
-  ['part charset spelled CHARSET="UTF-7"', '/api/upload/image', (p) => [file(), field('subfolder', `${p}+AC4ALg-/alice`, ['content-type: text/plain; CHARSET = "UTF-7"']), field('overwrite', '1')], 'input/alice/secret.png'],
-  ['base64 transfer encoding', '/upload/image', (p) => [file(), field('subfolder', Buffer.from(`${p}../alice`).toString('base64'), ['Content-Transfer-Encoding: base64']), field('overwrite', 'true')], 'input/alice/secret.png'],
-  ['quoted-printable transfer encoding', '/api/upload/image', (p) => [file(), field('subfolder', `${p}=2E=2E/alice`, ['Content-Transfer-Encoding: quoted-printable']), field('overwrite', 'true')], 'input/alice/secret.png'],
-  ['RFC 5987 name* wins over name', '/upload/image', (p) => [file(), [[`Content-Disposition: form-data; name="note"; name*=utf-8''subfolder`], `${p}../alice`], field('overwrite', 'true')], 'input/alice/secret.png'],
+  [
+    '_charset_=utf-7 subfolder (the reported one)',
+    '/upload/image',
+    (p) => [field('_charset_', 'utf-7'), file(), field('subfolder', `${p}+AC4ALg-/alice`), field('overwrite', 'true')],
+    'input/alice/secret.png',
+  ],
+  [
+    '_charset_=utf-7 with type=output',
+    '/api/upload/image',
+    (p) => [
+      field('_charset_', 'UTF-7'),
+      file(),
+      field('subfolder', `${p}+AC4ALg-/alice`),
+      field('type', 'output'),
+      field('overwrite', 'true'),
+    ],
+    'output/alice/secret.png',
+  ],
+  [
+    'part charset=utf-7 on the subfolder',
+    '/upload/image',
+    (p) => [file(), field('subfolder', `${p}+AC4ALg-/alice`, ['Content-Type: text/plain; charset=utf-7']), field('overwrite', 'true')],
+    'input/alice/secret.png',
+  ],
+  [
+    'part charset spelled CHARSET="UTF-7"',
+    '/api/upload/image',
+    (p) => [file(), field('subfolder', `${p}+AC4ALg-/alice`, ['content-type: text/plain; CHARSET = "UTF-7"']), field('overwrite', '1')],
+    'input/alice/secret.png',
+  ],
+  [
+    'base64 transfer encoding',
+    '/upload/image',
+    (p) => [
+      file(),
+      field('subfolder', Buffer.from(`${p}../alice`).toString('base64'), ['Content-Transfer-Encoding: base64']),
+      field('overwrite', 'true'),
+    ],
+    'input/alice/secret.png',
+  ],
+  [
+    'quoted-printable transfer encoding',
+    '/api/upload/image',
+    (p) => [file(), field('subfolder', `${p}=2E=2E/alice`, ['Content-Transfer-Encoding: quoted-printable']), field('overwrite', 'true')],
+    'input/alice/secret.png',
+  ],
+  [
+    'RFC 5987 name* wins over name',
+    '/upload/image',
+    (p) => [file(), [[`Content-Disposition: form-data; name="note"; name*=utf-8''subfolder`], `${p}../alice`], field('overwrite', 'true')],
+    'input/alice/secret.png',
+  ],
   [
     'RFC 5987 filename* in UTF-7',
     '/upload/image',
-    (p) => [[[`Content-Disposition: form-data; name="image"; filename="x.png"; filename*=utf-7''+AC4ALg-%2Falice%2Fsecret.png`, 'Content-Type: image/png'], BOB_PNG], field('overwrite', 'true'), ...(p ? [field('subfolder', 'bob')] : [])],
+    (p) => [
+      [
+        [
+          `Content-Disposition: form-data; name="image"; filename="x.png"; filename*=utf-7''+AC4ALg-%2Falice%2Fsecret.png`,
+          'Content-Type: image/png',
+        ],
+        BOB_PNG,
+      ],
+      field('overwrite', 'true'),
+      ...(p ? [field('subfolder', 'bob')] : []),
+    ],
     'input/alice/secret.png',
   ],
 ];
-
 
 /**
  * A mask reference that names bob's own file as JSON, and alice's once decoded as UTF-7: the `note` string hides

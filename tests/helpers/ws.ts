@@ -5,7 +5,10 @@ export interface TestSocket {
   ws: WebSocket;
   frames: { data: Buffer; isBinary: boolean }[];
   /** resolves with the next frame matching `pred` (already received ones included) */
-  next(pred?: (f: { data: Buffer; isBinary: boolean; json?: any }) => boolean, timeoutMs?: number): Promise<{ data: Buffer; isBinary: boolean; json?: any }>;
+  next(
+    pred?: (f: { data: Buffer; isBinary: boolean; json?: any }) => boolean,
+    timeoutMs?: number,
+  ): Promise<{ data: Buffer; isBinary: boolean; json?: any }>;
   closed: Promise<{ code: number; reason: string }>;
   close(): void;
 }
@@ -29,7 +32,9 @@ export function openSocket(url: string, headers: Record<string, string> = {}): P
       frames.push(f);
       waiters.splice(0).forEach((w) => w());
     });
-    const closed = new Promise<{ code: number; reason: string }>((r) => ws.on('close', (code, reason) => r({ code, reason: reason.toString() })));
+    const closed = new Promise<{ code: number; reason: string }>((r) =>
+      ws.on('close', (code, reason) => r({ code, reason: reason.toString() })),
+    );
     ws.once('unexpected-response', (_req, res) => {
       let body = '';
       res.on('data', (c) => (body += c));
@@ -51,7 +56,7 @@ export function openSocket(url: string, headers: Record<string, string> = {}): P
                   const f = frames[idx];
                   frames.splice(idx, 1);
                   clearTimeout(t);
-                  return res(f), true;
+                  return (res(f), true);
                 }
               }
               return false;

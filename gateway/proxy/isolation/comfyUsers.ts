@@ -37,12 +37,15 @@ export function createComfyUsers(deps: { file: string; upstream: Upstream; logge
     const j = JSON.parse(fs.readFileSync(deps.file, 'utf8')) as { users?: Record<string, unknown> };
     for (const [u, id] of Object.entries(j.users ?? {})) if (typeof id === 'string' && id) ids.set(u, id);
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') deps.logger.warn({ err: (e as Error).message }, 'comfy_users.json unreadable; ComfyUI users will be looked up again');
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT')
+      deps.logger.warn({ err: (e as Error).message }, 'comfy_users.json unreadable; ComfyUI users will be looked up again');
   }
 
   function persist(): Promise<void> {
     const body = JSON.stringify({ version: 1, users: Object.fromEntries(ids) }, null, 1);
-    writing = writing.then(() => writeFileAtomic(deps.file, body)).catch((e) => deps.logger.error({ err: (e as Error).message }, 'comfy_users.json write failed'));
+    writing = writing
+      .then(() => writeFileAtomic(deps.file, body))
+      .catch((e) => deps.logger.error({ err: (e as Error).message }, 'comfy_users.json write failed'));
     return writing;
   }
 
@@ -71,7 +74,9 @@ export function createComfyUsers(deps: { file: string; upstream: Upstream; logge
     multiUser = false;
     if (!warned) {
       warned = true;
-      deps.logger.warn('ComfyUI runs without --multi-user: it ignores comfy-user, so the gateway keeps each user\'s workflows and settings apart itself (under gateway-users/<user>/ of its one user folder; with separate_users off they are shared)');
+      deps.logger.warn(
+        "ComfyUI runs without --multi-user: it ignores comfy-user, so the gateway keeps each user's workflows and settings apart itself (under gateway-users/<user>/ of its one user folder; with separate_users off they are shared)",
+      );
     }
     verified.add(key);
     return SINGLE_USER;

@@ -31,7 +31,13 @@ export interface UserFolders {
  * `base_dir`), else learned from ComfyUI's command line (`/system_stats` argv) or next to its models folder
  * (`/internal/folder_paths`) — same host only: a learned folder must exist here.
  */
-export function createUserFolders(deps: { config: ResolvedConfig; upstream: Upstream; logger: Logger; audit: Audit; inputDir: () => string | null }): UserFolders {
+export function createUserFolders(deps: {
+  config: ResolvedConfig;
+  upstream: Upstream;
+  logger: Logger;
+  audit: Audit;
+  inputDir: () => string | null;
+}): UserFolders {
   const { config, logger } = deps;
   const base = config.configPath ? path.dirname(config.configPath) : process.cwd();
   const configured = (dir: string | null, name: string) => {
@@ -98,7 +104,12 @@ export function createUserFolders(deps: { config: ResolvedConfig; upstream: Upst
       if (mode !== 'delete') return;
       const a = areas();
       if (!a.input || !a.output)
-        throw new AppError(409, 'FILES_UNREACHABLE', "The gateway cannot see ComfyUI's input and output folders, so it cannot delete the user's files; set comfyui.base_dir (or input_dir and output_dir)", { input: !!a.input, output: !!a.output });
+        throw new AppError(
+          409,
+          'FILES_UNREACHABLE',
+          "The gateway cannot see ComfyUI's input and output folders, so it cannot delete the user's files; set comfyui.base_dir (or input_dir and output_dir)",
+          { input: !!a.input, output: !!a.output },
+        );
     },
     plan(username, mode) {
       planned.set(username, mode);
@@ -119,7 +130,9 @@ export function createUserFolders(deps: { config: ResolvedConfig; upstream: Upst
           else {
             result[name] = 'deleted';
             // Removed after the move, off the request: rm never follows symbolic links, it unlinks them.
-            fs.promises.rm(moved, { recursive: true, force: true }).catch((err) => logger.error({ err: (err as Error).message, dir: moved }, "could not delete a deleted user's folder"));
+            fs.promises
+              .rm(moved, { recursive: true, force: true })
+              .catch((err) => logger.error({ err: (err as Error).message, dir: moved }, "could not delete a deleted user's folder"));
           }
         } catch (err) {
           result[name] = 'failed';
@@ -127,7 +140,10 @@ export function createUserFolders(deps: { config: ResolvedConfig; upstream: Upst
         }
       }
       if (Object.values(result).includes('unreachable'))
-        logger.warn({ user: username, result }, "ComfyUI's folders are not visible to the gateway: a later user of this name would see these files; set comfyui.base_dir");
+        logger.warn(
+          { user: username, result },
+          "ComfyUI's folders are not visible to the gateway: a later user of this name would see these files; set comfyui.base_dir",
+        );
       deps.audit.record({ event: 'user_files', user: null, target: username, mode, ...result });
     },
   };

@@ -33,7 +33,8 @@ function charsets(contentType: string): string[] {
 
 /** Refuses a Content-Type naming a charset other than UTF-8/US-ASCII (those decode like the gateway does). */
 export function checkCharset(contentType: string): void {
-  for (const c of charsets(contentType)) if (!SAFE_CHARSETS.has(c)) throw badMultipart(`charset "${c}" is not allowed (only utf-8)`, { charset: c });
+  for (const c of charsets(contentType))
+    if (!SAFE_CHARSETS.has(c)) throw badMultipart(`charset "${c}" is not allowed (only utf-8)`, { charset: c });
 }
 
 /** The boundary of a multipart/form-data Content-Type, or null when it is not one we accept. */

@@ -5,7 +5,21 @@ import type { RequestContext } from '../../http/context';
 import type { IsolationContext } from './context';
 import { viewPromptTuple } from './entries';
 import {
-  callUpstream, cleanQuery, isObj, missingId, parseJsonObject, readBody, seesAll, segs, sendJson, sendUpstream, sibling, upstreamHeaders, upstreamJson, upstreamUrl, withQuery,
+  callUpstream,
+  cleanQuery,
+  isObj,
+  missingId,
+  parseJsonObject,
+  readBody,
+  seesAll,
+  segs,
+  sendJson,
+  sendUpstream,
+  sibling,
+  upstreamHeaders,
+  upstreamJson,
+  upstreamUrl,
+  withQuery,
 } from './http';
 import { scanObject } from './jsonScan';
 import { filesOfOutputs } from './outputs';
@@ -128,11 +142,17 @@ export function historyInterceptors(iso: IsolationContext): Interceptor[] {
       const raw = await readBody(req);
       const headers = headersFor(req, ctx);
       headers['content-type'] = 'application/json';
-      if (seesAll(p, iso.separate)) return sendUpstream(req, res, await callUpstream(iso.upstream, 'POST', upstreamUrl(ctx), headers, upstreamIdsInBody(raw, iso.promptIds)));
+      if (seesAll(p, iso.separate))
+        return sendUpstream(
+          req,
+          res,
+          await callUpstream(iso.upstream, 'POST', upstreamUrl(ctx), headers, upstreamIdsInBody(raw, iso.promptIds)),
+        );
       const body = parseJsonObject(raw);
       if ('delete' in body && !Array.isArray(body.delete)) throw new AppError(400, 'INVALID_BODY', '`delete` must be a list of prompt ids');
       const ids = new Set<string>();
-      for (const id of (body.delete as unknown[] | undefined) ?? []) if (typeof id === 'string' && iso.ledger.owner(id) === p.username) ids.add(iso.promptIds.toUpstream(id));
+      for (const id of (body.delete as unknown[] | undefined) ?? [])
+        if (typeof id === 'string' && iso.ledger.owner(id) === p.username) ids.add(iso.promptIds.toUpstream(id));
       if (body.clear) for (const id of iso.ledger.idsOf(p.username)) ids.add(iso.promptIds.toUpstream(id));
       sendUpstream(req, res, await callUpstream(iso.upstream, 'POST', upstreamUrl(ctx), headers, JSON.stringify({ delete: [...ids] })));
     },

@@ -11,7 +11,6 @@ import { parseJson } from './json';
 /** The largest JSON body the isolation routes read (a prompt with its embedded workflow). */
 export const MAX_JSON_BODY = 8 * 1024 * 1024;
 
-
 /** Reads a request body up to `limit` bytes: 413 PAYLOAD_TOO_LARGE beyond it (checked on Content-Length first). */
 export function readBody(req: IncomingMessage, limit = MAX_JSON_BODY): Promise<Buffer> {
   const tooLarge = () => new AppError(413, 'PAYLOAD_TOO_LARGE', `Request body too large (limit ${limit} bytes)`);
@@ -73,7 +72,17 @@ export function upstreamHeaders(req: IncomingMessage, ctx: RequestContext, cooki
 
 export { callUpstream };
 
-const PASS = ['content-type', 'content-disposition', 'cache-control', 'pragma', 'expires', 'last-modified', 'etag', 'allow', 'content-language'];
+const PASS = [
+  'content-type',
+  'content-disposition',
+  'cache-control',
+  'pragma',
+  'expires',
+  'last-modified',
+  'etag',
+  'allow',
+  'content-language',
+];
 
 /** Sends an upstream answer as is (status, body, the harmless headers), with nosniff. */
 export function sendUpstream(req: IncomingMessage, res: ServerResponse, up: UpstreamResponse, body: Buffer = up.body): void {

@@ -38,9 +38,37 @@ import { createIsolationWsHooks } from './ws';
  * request without comfy-user for its default user.
  */
 const IGNORES_COMFY_USER = new Set([
-  '', 'index.html', 'ws', 'prompt', 'queue', 'history', 'interrupt', 'jobs', 'view', 'view_metadata', 'upload', 'object_info',
-  'embeddings', 'extensions', 'models', 'features', 'system_stats', 'free', 'internal', 'i18n', 'workflow_templates',
-  'experiment', 'templates', 'scripts', 'fonts', 'cursor', 'docs', 'index.css', 'favicon.ico', 'manifest.json', 'vhs',
+  '',
+  'index.html',
+  'ws',
+  'prompt',
+  'queue',
+  'history',
+  'interrupt',
+  'jobs',
+  'view',
+  'view_metadata',
+  'upload',
+  'object_info',
+  'embeddings',
+  'extensions',
+  'models',
+  'features',
+  'system_stats',
+  'free',
+  'internal',
+  'i18n',
+  'workflow_templates',
+  'experiment',
+  'templates',
+  'scripts',
+  'fonts',
+  'cursor',
+  'docs',
+  'index.css',
+  'favicon.ico',
+  'manifest.json',
+  'vhs',
 ]);
 
 /** Multi-user isolation (issue 5, DESIGN §7), ready to be wired into the front door by compose.ts. */
@@ -72,7 +100,14 @@ export function configuredInputDir(config: ResolvedConfig): string | null {
   return dir ? path.resolve(base, dir) : null;
 }
 
-export function createIsolation(deps: { config: ResolvedConfig; logger: Logger; audit: Audit; upstream: Upstream; server?: ComfyServer; keys?: AccountKeys }): Isolation {
+export function createIsolation(deps: {
+  config: ResolvedConfig;
+  logger: Logger;
+  audit: Audit;
+  upstream: Upstream;
+  server?: ComfyServer;
+  keys?: AccountKeys;
+}): Isolation {
   const { config, logger, upstream } = deps;
   // Ownership hangs on account keys, not names: a later account of a deleted account's name starts empty.
   const keys = deps.keys ?? NAME_KEYS;

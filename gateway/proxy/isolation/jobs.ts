@@ -3,7 +3,19 @@ import { AppError } from '../../errors';
 import type { RequestContext } from '../../http/context';
 import type { IsolationContext } from './context';
 import { viewExtraData } from './entries';
-import { callUpstream, isObj, missingId, seesAll, segs, sendJson, sendUpstream, upstreamHeaders, upstreamJson, upstreamUrl, withQuery } from './http';
+import {
+  callUpstream,
+  isObj,
+  missingId,
+  seesAll,
+  segs,
+  sendJson,
+  sendUpstream,
+  upstreamHeaders,
+  upstreamJson,
+  upstreamUrl,
+  withQuery,
+} from './http';
 
 function nonNegative(q: URLSearchParams, name: string): number | null {
   const v = q.get(name);
@@ -34,12 +46,23 @@ export function jobsInterceptors(iso: IsolationContext): Interceptor[] {
       q.delete('offset');
       const up = await callUpstream(iso.upstream, 'GET', withQuery(ctx, q), upstreamHeaders(req, ctx, iso.cookieName, iso.upstream));
       const j = upstreamJson(up);
-      if (!isObj(j) || !Array.isArray(j.jobs)) return up.status === 200 ? sendJson(req, res, { jobs: [], pagination: { offset, limit, total: 0, has_more: false } }) : sendUpstream(req, res, up);
+      if (!isObj(j) || !Array.isArray(j.jobs))
+        return up.status === 200
+          ? sendJson(req, res, { jobs: [], pagination: { offset, limit, total: 0, has_more: false } })
+          : sendUpstream(req, res, up);
       const mine = j.jobs
-        .filter((job: unknown) => isObj(job) && typeof job.id === 'string' && iso.ledger.owner(iso.promptIds.toClient(job.id)) === p.username)
+        .filter(
+          (job: unknown) => isObj(job) && typeof job.id === 'string' && iso.ledger.owner(iso.promptIds.toClient(job.id)) === p.username,
+        )
         .map((job: Record<string, unknown>) => ({ ...job, id: iso.promptIds.toClient(job.id as string) }));
       const page = mine.slice(offset, limit === null ? undefined : offset + limit);
-      const pagination = { ...(isObj(j.pagination) ? j.pagination : {}), offset, limit, total: mine.length, has_more: offset + page.length < mine.length };
+      const pagination = {
+        ...(isObj(j.pagination) ? j.pagination : {}),
+        offset,
+        limit,
+        total: mine.length,
+        has_more: offset + page.length < mine.length,
+      };
       sendJson(req, res, { ...j, jobs: page, pagination }, 200, up);
     },
   };

@@ -115,10 +115,19 @@ export function createLedger(deps: { file: string; logger: Logger; max?: number;
       if (!Array.isArray(row) || typeof row[0] !== 'string' || typeof row[1] !== 'string') continue;
       const files: FileRef[] = [];
       for (const f of Array.isArray(row[5]) ? row[5] : []) {
-        if (Array.isArray(f) && isFileType(f[0]) && typeof f[1] === 'string' && typeof f[2] === 'string') files.push({ type: f[0], subfolder: f[1], filename: f[2] });
+        if (Array.isArray(f) && isFileType(f[0]) && typeof f[1] === 'string' && typeof f[2] === 'string')
+          files.push({ type: f[0], subfolder: f[1], filename: f[2] });
       }
       const upstreamId = typeof row[6] === 'string' && row[6] ? row[6] : undefined;
-      insert({ id: row[0], owner: row[1], at: Number(row[2]) || 0, clientId: String(row[3] ?? ''), upstreamClientId: String(row[4] ?? ''), files, ...(upstreamId ? { upstreamId } : {}) });
+      insert({
+        id: row[0],
+        owner: row[1],
+        at: Number(row[2]) || 0,
+        clientId: String(row[3] ?? ''),
+        upstreamClientId: String(row[4] ?? ''),
+        files,
+        ...(upstreamId ? { upstreamId } : {}),
+      });
     }
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'ENOENT') {
@@ -128,7 +137,10 @@ export function createLedger(deps: { file: string; logger: Logger; max?: number;
       } catch {
         // nothing to move
       }
-      deps.logger.error({ err: (e as Error).message, movedTo: aside }, 'prompt ledger unreadable; starting empty (prompts queued before are admin-only now)');
+      deps.logger.error(
+        { err: (e as Error).message, movedTo: aside },
+        'prompt ledger unreadable; starting empty (prompts queued before are admin-only now)',
+      );
     }
   }
 

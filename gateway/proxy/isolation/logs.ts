@@ -11,7 +11,8 @@ export function logsSubscribeInterceptor(iso: IsolationContext): Interceptor {
     async handle(req, res, ctx) {
       const p = ctx.principal!;
       const body = parseJsonObject(await readBody(req, 64 * 1024));
-      if (isObj(body) && typeof body.clientId === 'string' && body.clientId) body.clientId = iso.clientIds.upstreamFor(p.username, body.clientId);
+      if (isObj(body) && typeof body.clientId === 'string' && body.clientId)
+        body.clientId = iso.clientIds.upstreamFor(p.username, body.clientId);
       const headers = upstreamHeaders(req, ctx, iso.cookieName, iso.upstream);
       headers['content-type'] = 'application/json';
       sendUpstream(req, res, await callUpstream(iso.upstream, req.method ?? 'PATCH', upstreamUrl(ctx), headers, stringifyJson(body)));

@@ -79,7 +79,8 @@ export function multipartRewriter(rules: MultipartRules): Transform {
       state = 'body';
       return;
     }
-    if (own(rules.fields, d.name) || own(rules.files, d.name)) throw bad(`${d.name} must be ${own(rules.files, d.name) ? 'a file' : 'a plain field'}`);
+    if (own(rules.fields, d.name) || own(rules.files, d.name))
+      throw bad(`${d.name} must be ${own(rules.files, d.name) ? 'a file' : 'a plain field'}`);
     throw badMultipart(`unknown field ${JSON.stringify(d.name)}`, { field: d.name });
   }
 

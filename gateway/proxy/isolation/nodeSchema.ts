@@ -66,7 +66,8 @@ export function fileInputsOf(info: Record<string, any>, inputDir: string | null)
   for (const [name, spec] of inputsOf(info)) {
     const cfg = isObj(spec[1]) ? spec[1] : {};
     const options = Array.isArray(spec[0]) ? spec[0] : spec[0] === 'COMBO' && Array.isArray(cfg.options) ? cfg.options : null;
-    if (UPLOAD_FLAGS.some((f) => cfg[f] !== undefined && cfg[f] !== false) || (typeof spec[0] === 'string' && FILE_WIDGETS.has(spec[0]))) out.add(name);
+    if (UPLOAD_FLAGS.some((f) => cfg[f] !== undefined && cfg[f] !== false) || (typeof spec[0] === 'string' && FILE_WIDGETS.has(spec[0])))
+      out.add(name);
     else if (options && (FILE_CHOICES.has(name.toLowerCase()) || listsInputFiles(options, inputDir))) out.add(name);
   }
   return out;

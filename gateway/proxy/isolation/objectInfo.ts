@@ -2,7 +2,18 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Interceptor } from '../../app';
 import type { IsolationContext } from './context';
-import { callUpstream, isObj, seesAll, segs, sendJson, sendUpstream, unexpectedAnswer, upstreamHeaders, upstreamJson, upstreamUrl } from './http';
+import {
+  callUpstream,
+  isObj,
+  seesAll,
+  segs,
+  sendJson,
+  sendUpstream,
+  unexpectedAnswer,
+  upstreamHeaders,
+  upstreamJson,
+  upstreamUrl,
+} from './http';
 import { fileInputsOf } from './nodeSchema';
 import { parseAnnotated } from './paths';
 

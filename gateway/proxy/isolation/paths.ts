@@ -26,7 +26,21 @@ export interface FileRef {
 }
 
 const MAX_PATH = 4096;
-const LOOKALIKES = new Set(['\u2215', '\u2044', '\u29f8', '\u29f9', '\u2216', '\uff0f', '\uff3c', '\uff0e', '\u2024', '\ufe52', '\ufe68', '\u3002', '\uff61']);
+const LOOKALIKES = new Set([
+  '\u2215',
+  '\u2044',
+  '\u29f8',
+  '\u29f9',
+  '\u2216',
+  '\uff0f',
+  '\uff3c',
+  '\uff0e',
+  '\u2024',
+  '\ufe52',
+  '\ufe68',
+  '\u3002',
+  '\uff61',
+]);
 const PATH_PUNCT = /[./\\:%]/;
 
 /** The refusal every path check throws. */
@@ -78,8 +92,13 @@ export function isUnderUser(user: string, segs: string[]): boolean {
  * number of characters, so the rebuilt value must keep the exact suffix it had.
  */
 export function parseAnnotated(value: string): { name: string; type: FileType | null; suffix: string } {
-  for (const [t, cut] of [['output', 9], ['input', 8], ['temp', 7]] as const) {
-    if (value.endsWith(`[${t}]`)) return { name: value.slice(0, Math.max(0, value.length - cut)), type: t, suffix: value.slice(Math.max(0, value.length - cut)) };
+  for (const [t, cut] of [
+    ['output', 9],
+    ['input', 8],
+    ['temp', 7],
+  ] as const) {
+    if (value.endsWith(`[${t}]`))
+      return { name: value.slice(0, Math.max(0, value.length - cut)), type: t, suffix: value.slice(Math.max(0, value.length - cut)) };
   }
   return { name: value, type: null, suffix: '' };
 }
@@ -93,7 +112,12 @@ export function fileKey(f: FileRef): string {
  * Normalises a file reference the way ComfyUI resolves it (subfolder joined with the file's basename, like /view),
  * refusing tricks. `filename` may carry subdirectories when `keepDirs` (mask refs and loader inputs keep them).
  */
-export function normaliseRef(type: FileType, subfolder: string, filename: string, opts: { keepDirs?: boolean } = {}): { ref: FileRef; segs: string[] } {
+export function normaliseRef(
+  type: FileType,
+  subfolder: string,
+  filename: string,
+  opts: { keepDirs?: boolean } = {},
+): { ref: FileRef; segs: string[] } {
   const sub = splitUserPath(subfolder);
   const nameSegs = splitUserPath(filename);
   if (!nameSegs.length) throw pathNotAllowed('empty file name');

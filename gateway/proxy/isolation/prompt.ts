@@ -1,7 +1,19 @@
 import crypto from 'node:crypto';
 import type { Interceptor } from '../../app';
 import type { IsolationContext } from './context';
-import { callUpstream, isObj, parseJsonObject, readBody, seesAll, segs, sendJson, sendUpstream, upstreamHeaders, upstreamJson, upstreamUrl } from './http';
+import {
+  callUpstream,
+  isObj,
+  parseJsonObject,
+  readBody,
+  seesAll,
+  segs,
+  sendJson,
+  sendUpstream,
+  upstreamHeaders,
+  upstreamJson,
+  upstreamUrl,
+} from './http';
 import { stringifyJson } from './json';
 import type { NodeFacts } from './nodeSchema';
 import { createUrlGuard } from './urlInputs';
@@ -60,7 +72,6 @@ export function confinePromptPaths(
       const where = { node: nodeId, input: name };
       const one = (v: string, at: Record<string, unknown>) => confineValue(kind, v, user, at, ownsTemp);
       if (typeof value === 'string') node.inputs[name] = one(value, where);
-
       else if (typeof value === 'number' || typeof value === 'boolean') {
         if (kind === 'prefix') node.inputs[name] = one(String(value), where); // ComfyUI str()s it into a name
       } else if (strict && isObj(value)) {
@@ -75,13 +86,24 @@ export function confinePromptPaths(
   }
 }
 
-function confineValue(kind: Kind, value: string, user: string, where: Record<string, unknown>, ownsTemp: (subfolder: string, filename: string) => boolean): string {
+function confineValue(
+  kind: Kind,
+  value: string,
+  user: string,
+  where: Record<string, unknown>,
+  ownsTemp: (subfolder: string, filename: string) => boolean,
+): string {
   if (kind === 'load') return confineLoaderValue(value, user, where, ownsTemp);
   const s = splitUserPath(value, where);
   return kind === 'prefix' ? underUser(user, s.length ? s : ['ComfyUI'], 'file').join('/') : underUser(user, s).join('/');
 }
 
-function confineLoaderValue(value: string, user: string, where: Record<string, unknown>, ownsTemp: (subfolder: string, filename: string) => boolean): string {
+function confineLoaderValue(
+  value: string,
+  user: string,
+  where: Record<string, unknown>,
+  ownsTemp: (subfolder: string, filename: string) => boolean,
+): string {
   // "No file" sentinels of optional loader inputs name nothing to read.
   if (value === '' || value.toLowerCase() === 'none') return value;
   const url = URL_SCHEME.exec(value);
@@ -96,7 +118,8 @@ function confineLoaderValue(value: string, user: string, where: Record<string, u
   const area: FileType = type ?? 'input';
   if (area === 'temp') {
     // Temp files are the user's when uploaded into their folder (webcam, 3D captures) or made by their prompts.
-    if (!isUnderUser(user, s) && !ownsTemp(s.slice(0, -1).join('/'), s[s.length - 1])) throw pathNotAllowed('not a preview of your own prompts', where);
+    if (!isUnderUser(user, s) && !ownsTemp(s.slice(0, -1).join('/'), s[s.length - 1]))
+      throw pathNotAllowed('not a preview of your own prompts', where);
     return s.join('/') + suffix;
   }
   return underUser(user, s, 'file').join('/') + suffix;
@@ -114,12 +137,19 @@ export function promptInterceptor(iso: IsolationContext): Interceptor {
       // URL-loading nodes fetch from the ComfyUI host, behind the gateway: a user may not point them inside.
       if (p.role !== 'admin') await urls.check(body.prompt);
       if (iso.separate) {
-        const classes = isObj(body.prompt) ? Object.values(body.prompt).map((n) => (isObj(n) && typeof n.class_type === 'string' ? n.class_type : '')) : [];
+        const classes = isObj(body.prompt)
+          ? Object.values(body.prompt).map((n) => (isObj(n) && typeof n.class_type === 'string' ? n.class_type : ''))
+          : [];
         const facts = await iso.schemas.factsFor(classes.filter(Boolean));
-        confinePromptPaths(body.prompt, p.username, (subfolder, filename) => iso.ledger.ownsFile(p.username, { type: 'temp', subfolder, filename }), {
-          confineReads: !seesAll(p, iso.separate),
-          facts: (cls) => facts.get(cls),
-        });
+        confinePromptPaths(
+          body.prompt,
+          p.username,
+          (subfolder, filename) => iso.ledger.ownsFile(p.username, { type: 'temp', subfolder, filename }),
+          {
+            confineReads: !seesAll(p, iso.separate),
+            facts: (cls) => facts.get(cls),
+          },
+        );
       }
       // Jumping the shared queue (`front`, a chosen `number`) is an admin's call, not every user's.
       if (!seesAll(p, iso.separate)) {
@@ -158,7 +188,8 @@ export function promptInterceptor(iso: IsolationContext): Interceptor {
       if (typeof theirs === 'string' && theirs) iso.promptIds.answered(promptId, theirs);
       settle();
       // The client always sees the gateway's id, whatever ComfyUI called the prompt.
-      if (isObj(answer) && typeof theirs === 'string' && theirs !== promptId) return sendJson(req, res, { ...answer, prompt_id: promptId }, 200, up);
+      if (isObj(answer) && typeof theirs === 'string' && theirs !== promptId)
+        return sendJson(req, res, { ...answer, prompt_id: promptId }, 200, up);
       sendUpstream(req, res, up);
     },
   };

@@ -3,13 +3,31 @@ import { AppError } from '../../errors';
 import type { IsolationContext } from './context';
 import { viewPromptTuple } from './entries';
 import { upstreamIdsInBody } from './promptIds';
-import { callUpstream, isObj, missingId, parseJsonObject, readBody, seesAll, segs, sendJson, sendUpstream, unexpectedAnswer, upstreamHeaders, upstreamJson, upstreamUrl } from './http';
+import {
+  callUpstream,
+  isObj,
+  missingId,
+  parseJsonObject,
+  readBody,
+  seesAll,
+  segs,
+  sendJson,
+  sendUpstream,
+  unexpectedAnswer,
+  upstreamHeaders,
+  upstreamJson,
+  upstreamUrl,
+} from './http';
 
 /** GET /queue shows the caller's prompts only (admins: all, others' secrets stripped). */
 export function queueInterceptors(iso: IsolationContext): Interceptor[] {
   // A JSON POST that acts on prompts: callers who see everything are forwarded as they are (null); for the others
   // the body and upstream headers come back to be narrowed to their own prompts.
-  async function ownPost(req: Parameters<Interceptor['handle']>[0], res: Parameters<Interceptor['handle']>[1], ctx: Parameters<Interceptor['handle']>[2]) {
+  async function ownPost(
+    req: Parameters<Interceptor['handle']>[0],
+    res: Parameters<Interceptor['handle']>[1],
+    ctx: Parameters<Interceptor['handle']>[2],
+  ) {
     const raw = await readBody(req);
     const headers = upstreamHeaders(req, ctx, iso.cookieName, iso.upstream);
     headers['content-type'] = 'application/json';
@@ -31,7 +49,8 @@ export function queueInterceptors(iso: IsolationContext): Interceptor[] {
         if (up.status === 200 && !all) throw unexpectedAnswer();
         return sendUpstream(req, res, up);
       }
-      const keep = (e: unknown) => all || (Array.isArray(e) && typeof e[1] === 'string' && iso.ledger.owner(iso.promptIds.toClient(e[1])) === p.username);
+      const keep = (e: unknown) =>
+        all || (Array.isArray(e) && typeof e[1] === 'string' && iso.ledger.owner(iso.promptIds.toClient(e[1])) === p.username);
       const out: Record<string, unknown> = { ...j };
       for (const k of ['queue_running', 'queue_pending']) {
         if (Array.isArray(j[k])) out[k] = j[k].filter(keep).map((e: unknown) => viewPromptTuple(e, p.username, iso.ledger));
@@ -52,11 +71,13 @@ export function queueInterceptors(iso: IsolationContext): Interceptor[] {
       const body = parseJsonObject(raw);
       if ('delete' in body && !Array.isArray(body.delete)) throw new AppError(400, 'INVALID_BODY', '`delete` must be a list of prompt ids');
       const ids = new Set<string>();
-      for (const id of (body.delete as unknown[] | undefined) ?? []) if (typeof id === 'string' && iso.ledger.owner(id) === p.username) ids.add(iso.promptIds.toUpstream(id));
+      for (const id of (body.delete as unknown[] | undefined) ?? [])
+        if (typeof id === 'string' && iso.ledger.owner(id) === p.username) ids.add(iso.promptIds.toUpstream(id));
       if (body.clear) {
         const q = upstreamJson(await callUpstream(iso.upstream, 'GET', '/queue', headers));
         const pending = isObj(q) && Array.isArray(q.queue_pending) ? q.queue_pending : [];
-        for (const e of pending) if (Array.isArray(e) && typeof e[1] === 'string' && iso.ledger.owner(iso.promptIds.toClient(e[1])) === p.username) ids.add(e[1]);
+        for (const e of pending)
+          if (Array.isArray(e) && typeof e[1] === 'string' && iso.ledger.owner(iso.promptIds.toClient(e[1])) === p.username) ids.add(e[1]);
       }
       // Always ask ComfyUI, even with nothing left to delete: its answer is the answer for a missing id.
       sendUpstream(req, res, await callUpstream(iso.upstream, 'POST', upstreamUrl(ctx), headers, JSON.stringify({ delete: [...ids] })));
@@ -84,7 +105,9 @@ export function queueInterceptors(iso: IsolationContext): Interceptor[] {
       } else {
         const q = upstreamJson(await callUpstream(iso.upstream, 'GET', '/queue', headers));
         const running = isObj(q) && Array.isArray(q.queue_running) ? q.queue_running : [];
-        const mine = running.find((e: unknown) => Array.isArray(e) && typeof e[1] === 'string' && iso.ledger.owner(iso.promptIds.toClient(e[1])) === p.username) as unknown[] | undefined;
+        const mine = running.find(
+          (e: unknown) => Array.isArray(e) && typeof e[1] === 'string' && iso.ledger.owner(iso.promptIds.toClient(e[1])) === p.username,
+        ) as unknown[] | undefined;
         target = mine ? (mine[1] as string) : missingId();
       }
       sendUpstream(req, res, await callUpstream(iso.upstream, 'POST', upstreamUrl(ctx), headers, JSON.stringify({ prompt_id: target })));

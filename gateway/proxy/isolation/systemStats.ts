@@ -4,8 +4,15 @@ import { callUpstream, isObj, segs, sendJson, sendUpstream, unexpectedAnswer, up
 
 /** What a non-admin may know of the machine: versions, OS, memory (no argv, no paths, nothing about other users). */
 const SYSTEM_KEYS = [
-  'os', 'comfyui_version', 'required_frontend_version', 'installed_templates_version', 'python_version', 'pytorch_version',
-  'embedded_python', 'ram_total', 'ram_free',
+  'os',
+  'comfyui_version',
+  'required_frontend_version',
+  'installed_templates_version',
+  'python_version',
+  'pytorch_version',
+  'embedded_python',
+  'ram_total',
+  'ram_free',
 ];
 const DEVICE_KEYS = ['name', 'type', 'index', 'vram_total', 'vram_free', 'torch_vram_total', 'torch_vram_free'];
 

@@ -13,7 +13,6 @@ import { formDataBoundary, multipartRewriter } from './multipart';
 import { isFileType, isUnderUser, normaliseRef, parseAnnotated, pathNotAllowed, splitUserPath, underUser } from './paths';
 import { HOP_BY_HOP } from '../headers';
 
-
 /**
  * POST /upload/image and /upload/mask. The multipart body is rewritten as it streams (never buffered, so a
  * 200 MB upload costs a few chunks of memory): only the fields ComfyUI reads are accepted, each once and as UTF-8
@@ -69,7 +68,8 @@ function originalRef(text: string, user: string, readsAll: boolean, iso: Isolati
   if (!isFileType(type)) throw pathNotAllowed('unknown file type', { field: 'original_ref' });
   // ComfyUI joins the subfolder with the whole filename here (no basename), so directories in it count.
   const { ref: f, segs } = normaliseRef(type, typeof ref.subfolder === 'string' ? ref.subfolder : '', ann.name, { keepDirs: true });
-  if (!readsAll && !isUnderUser(user, segs) && !iso.ledger.ownsFile(user, f)) throw pathNotAllowed('not your file', { field: 'original_ref' });
+  if (!readsAll && !isUnderUser(user, segs) && !iso.ledger.ownsFile(user, f))
+    throw pathNotAllowed('not your file', { field: 'original_ref' });
   return stringifyJson({ ...ref, filename: f.filename, subfolder: f.subfolder, type });
 }
 
@@ -77,7 +77,13 @@ function originalRef(text: string, user: string, readsAll: boolean, iso: Isolati
 const HOLD_BACK = 1024 * 1024;
 
 /** Pipes the rewritten body to ComfyUI (opened only once there is something to send) and its answer back. */
-function streamUpstream(req: IncomingMessage, res: ServerResponse, ctx: RequestContext, rewriter: Transform, iso: IsolationContext): Promise<void> {
+function streamUpstream(
+  req: IncomingMessage,
+  res: ServerResponse,
+  ctx: RequestContext,
+  rewriter: Transform,
+  iso: IsolationContext,
+): Promise<void> {
   return new Promise((resolve) => {
     const target = new URL(iso.upstream.origin);
     const lib = target.protocol === 'https:' ? https : http;
@@ -116,7 +122,15 @@ function streamUpstream(req: IncomingMessage, res: ServerResponse, ctx: RequestC
     };
 
     const open = () => {
-      up = lib.request({ protocol: target.protocol, hostname: target.hostname, port: target.port, method: 'POST', path: upstreamUrl(ctx), headers, agent: iso.upstream.agent });
+      up = lib.request({
+        protocol: target.protocol,
+        hostname: target.hostname,
+        port: target.port,
+        method: 'POST',
+        path: upstreamUrl(ctx),
+        headers,
+        agent: iso.upstream.agent,
+      });
       up.on('error', () => fail(new AppError(502, 'UPSTREAM_UNAVAILABLE', 'ComfyUI is not reachable right now; try again shortly')));
       up.on('response', (upRes) => {
         answering = true;
@@ -133,7 +147,8 @@ function streamUpstream(req: IncomingMessage, res: ServerResponse, ctx: RequestC
           if (answerSize <= 64 * 1024) answer.push(c);
         });
         upRes.on('end', () => {
-          if (upRes.statusCode === 200 && answerSize <= 64 * 1024 && ctx.principal) rememberUpload(iso, ctx.principal.username, Buffer.concat(answer));
+          if (upRes.statusCode === 200 && answerSize <= 64 * 1024 && ctx.principal)
+            rememberUpload(iso, ctx.principal.username, Buffer.concat(answer));
           if (stopped) up?.destroy(); // its body was cut short: the connection cannot be reused
           resolve();
         });

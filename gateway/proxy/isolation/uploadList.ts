@@ -23,9 +23,11 @@ export function createUploadList(deps: { file: string; logger: Logger }): Upload
   let writing: Promise<void> = Promise.resolve();
   try {
     const j = JSON.parse(fs.readFileSync(deps.file, 'utf8')) as { users?: Record<string, unknown> };
-    for (const [u, names] of Object.entries(j.users ?? {})) if (Array.isArray(names)) byUser.set(u, names.filter((n): n is string => typeof n === 'string').slice(-PER_USER));
+    for (const [u, names] of Object.entries(j.users ?? {}))
+      if (Array.isArray(names)) byUser.set(u, names.filter((n): n is string => typeof n === 'string').slice(-PER_USER));
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') deps.logger.warn({ err: (e as Error).message }, 'upload list unreadable; starting empty');
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT')
+      deps.logger.warn({ err: (e as Error).message }, 'upload list unreadable; starting empty');
   }
   const write = () => {
     writing = writing

@@ -44,7 +44,8 @@ function* strings(v: unknown, depth = 0): Generator<string> {
  * URLs with user info, backslashes or white space are refused outright (parsers disagree about their host).
  */
 export function createUrlGuard(deps: { allow: string[]; upstreamOrigin: string; resolver?: Resolver }): UrlGuard {
-  const resolve: Resolver = deps.resolver ?? (async (h) => (await dns.promises.lookup(h, { all: true, verbatim: true })).map((a) => a.address));
+  const resolve: Resolver =
+    deps.resolver ?? (async (h) => (await dns.promises.lookup(h, { all: true, verbatim: true })).map((a) => a.address));
   const allowHosts = new Set<string>();
   const allowRanges: Range[] = [];
   for (const entry of deps.allow) {
@@ -88,7 +89,10 @@ export function createUrlGuard(deps: { allow: string[]; upstreamOrigin: string; 
       throw refused('an input that starts like a URL is not one', where);
     }
     if (url.username || url.password) throw refused('URLs with user info are not allowed', where);
-    const host = url.hostname.replace(/^\[|\]$/g, '').replace(/\.$/, '').toLowerCase();
+    const host = url.hostname
+      .replace(/^\[|\]$/g, '')
+      .replace(/\.$/, '')
+      .toLowerCase();
     const at = { ...where, host };
     if (host === upstreamHost.toLowerCase()) throw refused('URLs to the ComfyUI server itself are not allowed', at);
     // A name the admin listed is trusted as named (it may resolve only on the ComfyUI host's network).
@@ -103,7 +107,8 @@ export function createUrlGuard(deps: { allow: string[]; upstreamOrigin: string; 
     const up = await upstreamAddresses();
     if (addrs.some((a) => up.has(a))) throw refused('URLs to the ComfyUI server itself are not allowed', at);
     for (const a of addrs) {
-      if (!isPublicAddress(a) && !inRanges(a)) throw refused(`${host} is a loopback, private, link-local or otherwise internal address`, at);
+      if (!isPublicAddress(a) && !inRanges(a))
+        throw refused(`${host} is a loopback, private, link-local or otherwise internal address`, at);
     }
   }
 

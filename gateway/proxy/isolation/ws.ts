@@ -16,7 +16,11 @@ const PROMPT_ID = Buffer.from('"prompt_id"');
 /** Frames held per socket while its POST /prompt is unanswered, and for how long at most. */
 const HOLD_MAX = 512;
 const HOLD_MS = 15_000;
-const SAME: Pick<PromptIds, 'toClient' | 'inFlight' | 'onSettled'> = { toClient: (id) => id, inFlight: () => false, onSettled: () => undefined };
+const SAME: Pick<PromptIds, 'toClient' | 'inFlight' | 'onSettled'> = {
+  toClient: (id) => id,
+  inFlight: () => false,
+  onSettled: () => undefined,
+};
 
 /**
  * The prompt id of a `progress` frame (one per sampler step, the bulk of the traffic) without parsing it: its data
@@ -47,7 +51,12 @@ function progressPromptId(data: Buffer): string | null {
  * of its user's prompts: ComfyUI writes each socket in order, so this holds even when sockets of different users
  * deliver out of step. Custom events also pass while the queue is known to be idle.
  */
-export function createIsolationWsHooks(deps: { clientIds: ClientIds; ledger: Ledger; tracker: RunTracker; promptIds?: Pick<PromptIds, 'toClient' | 'inFlight' | 'onSettled'> }): WsHooks {
+export function createIsolationWsHooks(deps: {
+  clientIds: ClientIds;
+  ledger: Ledger;
+  tracker: RunTracker;
+  promptIds?: Pick<PromptIds, 'toClient' | 'inFlight' | 'onSettled'>;
+}): WsHooks {
   const { clientIds, ledger, tracker } = deps;
   const ids = deps.promptIds ?? SAME;
   // Frames naming a prompt the ledger cannot place yet, held while that socket's POST /prompt is unanswered (older

@@ -1,0 +1,69 @@
+/**
+ * bcrypt work is queued to one job per spare core (auth/passwords.ts): a burst of logins must leave the event loop
+ * a core. Observed on the real native bcrypt, wrapped only to count how many of its calls run at once.
+ */
+import bcrypt from 'bcrypt';
+import { createPasswords } from '../gateway/auth/passwords';
+
+test('parallel hashes and checks run one at a time with parallel=1, and every answer is still right', async () => {
+  let running = 0;
+  let most = 0;
+  const count =
+    <A extends unknown[], R>(fn: (...a: A) => Promise<R>) =>
+    async (...a: A): Promise<R> => {
+      running++;
+      most = Math.max(most, running);
+      try {
+        return await fn(...a);
+      } finally {
+        running--;
+      }
+    };
+  const realHash = bcrypt.hash.bind(bcrypt) as (p: string, c: number) => Promise<string>;
+  const realCompare = bcrypt.compare.bind(bcrypt) as (p: string, h: string) => Promise<boolean>;
+  const h = jest.spyOn(bcrypt, 'hash').mockImplementation(count(realHash) as never);
+  const c = jest.spyOn(bcrypt, 'compare').mockImplementation(count(realCompare) as never);
+  try {
+    const pw = createPasswords(4, { parallel: 1 });
+    const hashes = await Promise.all(['a-password-1', 'b-password-2', 'c-password-3'].map((p) => pw.hash(p)));
+    const checks = await Promise.all([
+      pw.verify('a-password-1', hashes[0]),
+      pw.verify('wrong', hashes[0]),
+      pw.verify('b-password-2', hashes[1]),
+      pw.verify('c-password-3', hashes[2]),
+      pw.verify('c-password-3', null),
+      pw.verify('b-password-2', hashes[2]),
+    ]);
+    expect(checks).toEqual([true, false, true, true, false, false]);
+    expect(c.mock.calls.length).toBeGreaterThanOrEqual(6);
+    expect(h.mock.calls.length).toBeGreaterThanOrEqual(4); // three, plus the dummy made up front
+    expect(most).toBe(1);
+  } finally {
+    h.mockRestore();
+    c.mockRestore();
+  }
+});
+
+test('with parallel=2 two run together, never more', async () => {
+  let running = 0;
+  let most = 0;
+  const realCompare = bcrypt.compare.bind(bcrypt) as (p: string, h: string) => Promise<boolean>;
+  const c = jest.spyOn(bcrypt, 'compare').mockImplementation((async (p: string, hash: string) => {
+    running++;
+    most = Math.max(most, running);
+    try {
+      return await realCompare(p, hash);
+    } finally {
+      running--;
+    }
+  }) as never);
+  try {
+    const pw = createPasswords(4, { parallel: 2 });
+    const hash = await pw.hash('a-password-1');
+    const r = await Promise.all(Array.from({ length: 8 }, (_, i) => pw.verify(i % 2 ? 'a-password-1' : 'nope', hash)));
+    expect(r).toEqual([false, true, false, true, false, true, false, true]);
+    expect(most).toBe(2);
+  } finally {
+    c.mockRestore();
+  }
+});
