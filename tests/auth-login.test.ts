@@ -438,9 +438,11 @@ test('free_memory_on_logout asks ComfyUI to free memory when a session ends', as
     const s = await login(gw, 'admin');
     fake.clearRequests();
     await request(gw.url).post('/logout').set('Authorization', `Bearer ${s.token}`).expect(200);
-    for (let i = 0; i < 50 && !fake.requests.length; i++) await new Promise((r) => setTimeout(r, 20));
-    expect(fake.requests.map((r) => `${r.method} ${r.rawPath}`)).toEqual(['POST /free']);
-    expect(fake.requests[0].headers.authorization).toBeUndefined();
+    const frees = () => fake.requests.filter((r) => r.rawPath === '/free');
+    for (let i = 0; i < 250 && !frees().length; i++) await new Promise((r) => setTimeout(r, 20));
+    // ComfyUI user provisioning (POST /users) may still be finishing from the login; nothing else may be sent
+    expect(clientTraffic(fake).map((r) => `${r.method} ${r.rawPath}`)).toEqual(['POST /free']);
+    expect(frees()[0].headers.authorization).toBeUndefined();
   } finally {
     await gw.close();
   }

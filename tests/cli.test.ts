@@ -9,6 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { spawnGateway, type ChildGateway } from './helpers/child';
 import { startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
+import { clientTraffic } from './helpers/traffic';
 
 const ROOT = path.resolve(__dirname, '..');
 const BIN = path.join(ROOT, 'dist', 'gateway', 'bin.js');
@@ -122,7 +123,7 @@ describe('start-up', () => {
     const port = (blocker.address() as net.AddressInfo).port;
     try {
       const dir = tmp();
-      const before = fake.requests.length;
+      const before = clientTraffic(fake).length;
       const r = await run(['--host', '127.0.0.1', '--port', String(port), '--upstream', fake.url, '--data-dir', dir, '--api-key', KEY], {
         cwd: dir,
       });
@@ -130,7 +131,7 @@ describe('start-up', () => {
       expect(r.stderr).toBe(
         `comfyui-gateway: cannot listen on 127.0.0.1:${port}: the port is already in use (is another gateway running? choose another with --port)\n`,
       );
-      expect(fake.requests.length).toBe(before);
+      expect(clientTraffic(fake).length).toBe(before); // discovery calls (GET /system_stats …) are not proxying
     } finally {
       await new Promise((r) => blocker.close(r));
     }

@@ -11,6 +11,7 @@ import { MAIN_JS } from './helpers/child';
 import { startGateway, TEST_KEY } from './helpers/gateway';
 import { callApi, startFakeHf, waitFor, type FakeHf } from './helpers/fakeHf';
 import { startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
+import { clientTraffic } from './helpers/traffic';
 
 const KEY = { 'x-api-key': TEST_KEY };
 
@@ -84,7 +85,7 @@ test.each(['comfyui.models_dir', "ComfyUI's folder paths"])(
     const gw = await startGateway({ ...config, data_dir: path.join(dir, 'data') }, { env: { HF_ENDPOINT: hf.url } });
     try {
       expect(ours()).toEqual([]);
-      expect(comfy.requests).toHaveLength(0);
+      expect(clientTraffic(comfy)).toHaveLength(0); // only the gateway's own discovery calls
       const st = await callApi(gw.url, 'POST', '/api/models-availability-status', { models: { [`checkpoints/${name}`]: f.url } }, KEY);
       expect(st.body.models[`checkpoints/${name}`].state).toBe('missing');
       hf.addFile('org/crash', name, bytes); // same file, now served at full speed
