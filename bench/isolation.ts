@@ -176,18 +176,26 @@ export async function benchIsolation(): Promise<Record<string, unknown>> {
   });
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgw-bench-iso-'));
   fs.mkdirSync(path.join(dir, 'data'));
+  // alice first, so the ledger can name her account id (owners are account ids, not names).
+  const first = await startGateway(stubUrl, dir);
+  const created = await call(
+    `${first.url}/gateway/api/users`,
+    'POST',
+    { 'X-API-Key': KEY },
+    JSON.stringify({ username: 'alice', password: 'bench-password-1', role: 'user' }),
+  );
+  await new Promise<void>((r) => {
+    first.proc.once('exit', () => r());
+    first.proc.kill('SIGTERM');
+  });
+  if (created.status >= 300) throw new Error(`create user: ${created.status} ${created.body}`);
+  const db = JSON.parse(fs.readFileSync(path.join(dir, 'data', 'users_db.json'), 'utf8')) as { users: { username: string; id: string }[] };
+  const aliceId = db.users.find((u) => u.username === 'alice')!.id;
   // The ledger as if the gateway had queued all 10,000 prompts: 100 of them alice's.
-  const rows = ids.map((id, i) => [id, mine.has(id) ? 'alice' : 'bob', 1_700_000_000_000 + i, '', 'c'.repeat(32), []]);
+  const rows = ids.map((id, i) => [id, mine.has(id) ? aliceId : 'bob', 1_700_000_000_000 + i, '', 'c'.repeat(32), []]);
   fs.writeFileSync(path.join(dir, 'data', 'prompt_ledger.json'), JSON.stringify({ version: 1, prompts: rows }), { mode: 0o600 });
   const gw = await startGateway(stubUrl, dir);
   try {
-    const created = await call(
-      `${gw.url}/gateway/api/users`,
-      'POST',
-      { 'X-API-Key': KEY },
-      JSON.stringify({ username: 'alice', password: 'bench-password-1', role: 'user' }),
-    );
-    if (created.status >= 300) throw new Error(`create user: ${created.status} ${created.body}`);
     const login = await call(`${gw.url}/login`, 'POST', {}, JSON.stringify({ username: 'alice', password: 'bench-password-1' }));
     const auth = { Authorization: `Bearer ${JSON.parse(login.body.toString()).token}` };
     const alicePrompt = [...mine][0];
@@ -204,6 +212,7 @@ export async function benchIsolation(): Promise<Record<string, unknown>> {
     }
     const direct = pct(directs, 50);
     const relayed = pct(relays, 50);
+    if (!(relayed > 0)) throw new Error("the isolating relay passed none of the caller's own progress frames");
 
     const times: number[] = [];
     let count = 0;
@@ -213,6 +222,7 @@ export async function benchIsolation(): Promise<Record<string, unknown>> {
       const ms = Number(process.hrtime.bigint() - t0) / 1e6;
       if (r.status !== 200) throw new Error(`GET /history: ${r.status}`);
       count = Object.keys(JSON.parse(r.body.toString())).length;
+      if (count !== MINE) throw new Error(`GET /history showed ${count} entries, not the caller's ${MINE}`);
       if (i >= 20) times.push(ms);
     }
     return {
