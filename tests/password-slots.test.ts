@@ -77,9 +77,9 @@ describe('password checks in flight are capped', () => {
     const failures = (await audits('login_failure')).length - failuresBefore;
     expect(failures).toBeGreaterThanOrEqual(counts[401] ?? 0);
     expect(failures).toBeLessThanOrEqual(PASSWORD_CHECKS_PER_CLIENT + 5);
-    // Hashing the whole burst would hold the pool for 200 × ~0.25 s / 4 threads; judy waited about as long as
-    // during the control burst, not behind the hashes.
-    expect(tokenMs).toBeLessThan(controlMs * 2 + 1500);
+    // Hashing the whole burst would hold the hashing lane for 200 × ~0.25 s / 2 (25 s and more); judy waited about as
+    // long as during the control burst, not behind the hashes (the slack is for a machine other work is loading).
+    expect(tokenMs).toBeLessThan(controlMs * 3 + 5000);
   });
 
   it('a stolen session guessing the current password in parallel is capped the same way', async () => {
