@@ -31,7 +31,7 @@ import { accountRoutes } from './routes/account';
 import { authRoutes } from './routes/auth';
 import { userAdminRoutes } from './routes/users';
 import { createSetup } from './users/setup';
-import { createUserStore } from './users/store';
+import { openStores } from './store/compose';
 import type { UserStore } from './users/types';
 // server-side model downloads (issue 6)
 import { createDownloads, createDownloadsOff } from './downloads';
@@ -95,9 +95,16 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   // "A credential was invalidated" (logout, token revoked, password change, disable, deletion): the store emits,
   // the WebSocket relay closes what was opened with it.
   const revocations = createRevocations((err, e) => logger.error({ err, event: e.kind }, 'a credential-invalidation listener failed'));
-  const users = await createUserStore({ file: config.paths.usersDb, logger, revocations });
-  closers.push(() => users.flush());
-  const jwtSecret = await loadJwtSecret({ env: opts.env ?? process.env, envName: config.secret_key_env, dataDir: config.paths.dataDir });
+  // The records (users, tokens, ledger…): files in data_dir, or PostgreSQL shared by several replicas (issue 13).
+  const stores = await openStores({ config, logger, revocations, env: opts.env ?? process.env });
+  const users = stores.users;
+  closers.push(() => stores.close());
+  const jwtSecret = await loadJwtSecret({
+    env: opts.env ?? process.env,
+    envName: config.secret_key_env,
+    dataDir: config.paths.dataDir,
+    shared: stores.shared,
+  });
   if (jwtSecret.warning) notices.push(jwtSecret.warning);
   const jwt = createJwtService({ key: jwtSecret.key, store: users, expiryHours: config.access_token_expiration_hours });
   const passwords = createPasswords(config.bcrypt_cost);

@@ -13,7 +13,7 @@ export const JWT_SECRET_FILE = 'jwt_secret';
 /** The signing secret and where it came from (for a start-up notice; never the value). */
 export interface JwtSecret {
   key: KeyObject;
-  source: 'env' | 'file' | 'generated';
+  source: 'env' | 'file' | 'generated' | 'store';
   /** something the operator should hear about (a weak env secret, a file mode that was too open) */
   warning?: string;
 }
@@ -22,7 +22,13 @@ export interface JwtSecret {
  * The JWT secret: the env variable named by `secret_key_env`, else `data_dir/jwt_secret` (64 random bytes made
  * once, mode 0600) so restarts keep sessions.
  */
-export async function loadJwtSecret(opts: { env: NodeJS.ProcessEnv; envName: string; dataDir: string }): Promise<JwtSecret> {
+export async function loadJwtSecret(opts: {
+  env: NodeJS.ProcessEnv;
+  envName: string;
+  dataDir: string;
+  /** the shared store of several replicas: the key lives there, so a token minted on one verifies on all */
+  shared?: { secret(name: string, make: () => string): Promise<string> } | null;
+}): Promise<JwtSecret> {
   const fromEnv = opts.env[opts.envName];
   if (fromEnv) {
     const warning =
@@ -30,6 +36,10 @@ export async function loadJwtSecret(opts: { env: NodeJS.ProcessEnv; envName: str
         ? `${opts.envName} is shorter than 32 bytes; use a long random value for signing sessions`
         : undefined;
     return { key: crypto.createSecretKey(Buffer.from(fromEnv, 'utf8')), source: 'env', warning };
+  }
+  if (opts.shared) {
+    const secret = await opts.shared.secret('jwt', () => crypto.randomBytes(64).toString('base64url'));
+    return { key: crypto.createSecretKey(Buffer.from(secret, 'utf8')), source: 'store' };
   }
   const file = path.join(opts.dataDir, JWT_SECRET_FILE);
   let text: string | null = null;

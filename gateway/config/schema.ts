@@ -101,6 +101,25 @@ export const configSchema = z
       })
       .strict()
       .default({ enabled: true, port: null }),
+    // where users, tokens, the ledger and the other records live: files in data_dir, or PostgreSQL shared by replicas
+    store: z
+      .object({
+        kind: z.enum(['file', 'postgres']).default('file'),
+        url: z
+          .string()
+          .regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL')
+          .nullable()
+          .default(null),
+      })
+      .strict()
+      .refine((s) => s.kind === 'file' || s.url !== null, { message: 'store.kind "postgres" needs store.url' })
+      .default({ kind: 'file', url: null }),
+    // shared fast state of several replicas (lockout and rate counters, IP-list reloads, downloads, WebSocket fan-out)
+    redis: z
+      .object({ url: z.string().regex(/^rediss?:\/\//, 'must be a redis:// URL'), key_prefix: z.string().default('cgw:') })
+      .strict()
+      .nullable()
+      .default(null),
     cloudflare_access: z
       .object({
         team_domain: z.string().min(1),
