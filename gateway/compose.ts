@@ -1,5 +1,5 @@
 import { createApp, type Gateway, type Gate, type Interceptor, type RouteMount } from './app';
-import { createAudit, type Audit } from './audit';
+import { createAudit, type Audit, type AuditEvent } from './audit';
 import { createCredentialChain, type CredentialChainDeps } from './auth/chain';
 import type { ResolvedConfig } from './config/load';
 import { createLogger, type Logger } from './log';
@@ -31,7 +31,7 @@ import { accountRoutes } from './routes/account';
 import { authRoutes } from './routes/auth';
 import { userAdminRoutes } from './routes/users';
 import { createSetup } from './users/setup';
-import { openStores } from './store/compose';
+import { openStores, sharedParts } from './store/compose';
 import type { UserStore } from './users/types';
 // server-side model downloads (issue 6)
 import { createDownloads, createDownloadsOff } from './downloads';
@@ -79,8 +79,12 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
       ? logger
       : (opts.logger ?? createLogger({ levels: ['info'], file: config.paths.log, stdout: opts.stdout, pretty: opts.pretty })),
     5000,
-    metrics.event,
+    (e) => {
+      metrics.event(e);
+      auditSink?.(e);
+    },
   );
+  let auditSink: ((e: AuditEvent) => void) | null = null;
   const upstream = createUpstream(config.upstream, { headerTimeoutMs: (config.upstream_timeout_s ?? 300) * 1000 });
   const clientIp = createClientIp(config);
   const notices: string[] = [];
@@ -99,6 +103,8 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   const stores = await openStores({ config, logger, revocations, env: opts.env ?? process.env });
   const users = stores.users;
   closers.push(() => stores.close());
+  const shared = stores.shared ? await sharedParts(stores.shared, logger) : null;
+  if (shared) auditSink = shared.audit;
   const jwtSecret = await loadJwtSecret({
     env: opts.env ?? process.env,
     envName: config.secret_key_env,
@@ -110,7 +116,7 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   const passwords = createPasswords(config.bcrypt_cost);
   // A burst of guesses is refused (429) beyond a few checks in flight per client, before anything is hashed.
   const passwordSlots = createPasswordSlots({ clientIp: (req) => getContext(req).clientIp });
-  const setup = createSetup(users);
+  const setup = createSetup(users, shared?.setupCode);
   const setupNotice = setup.notice();
   if (setupNotice) notices.push(setupNotice);
 
@@ -166,7 +172,15 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   const comfyServer = createComfyServer({ upstream, logger, upstreamUrl: config.upstream, configuredInputDir: configuredInputDir(config) });
   closers.push(() => comfyServer.close());
   await comfyServer.learn();
-  const isolation = createIsolation({ config, logger, audit, upstream, server: comfyServer, keys: users.accounts });
+  const isolation = createIsolation({
+    config,
+    logger,
+    audit,
+    upstream,
+    server: comfyServer,
+    keys: users.accounts,
+    shared: shared?.isolation,
+  });
   // A deleted account's folders leave its name at once (kept for admins or removed), however it was removed.
   users.onRemoved((name, accountId) => isolation.folders.retire(name, accountId));
   enrichers.push(...isolation.enrichers);
@@ -184,7 +198,15 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   });
   // ComfyUI's server-side model-download API, served here behind the gateway's identity (issue 6).
   if (config.model_downloads.enabled) {
-    const downloads = createDownloads({ config, logger, audit, upstream, recheck: freshPrincipal(chain), keys: users.accounts });
+    const downloads = createDownloads({
+      config,
+      logger,
+      audit,
+      upstream,
+      recheck: freshPrincipal(chain),
+      keys: users.accounts,
+      tokenPersistence: shared?.hfTokens,
+    });
     await downloads.start();
     routes.push(downloads.routes);
     interceptors.push(...downloads.interceptors);

@@ -17,7 +17,7 @@ import { createHfOAuth } from './oauth';
 import { createProber } from './probe';
 import { downloadRoutes } from './routes';
 import { createSafeHttp, type Resolver } from './safeHttp';
-import { createTokenStore, keyedTokenStore } from './tokens';
+import { createTokenStore, keyedTokenStore, type TokenPersistence } from './tokens';
 import type { AccountKeys } from '../users/types';
 
 /** What the download subsystem needs from the gateway; the optional hooks exist for tests. */
@@ -38,6 +38,8 @@ export interface DownloadsDeps {
   oauthTimeoutMs?: number;
   /** re-checks the caller after a state-changing body has arrived (compose passes the credential chain's) */
   recheck?: import('express').RequestHandler;
+  /** HF tokens in the replicas' shared store (encrypted) instead of data_dir/hf_tokens */
+  tokenPersistence?: TokenPersistence;
 }
 
 /** The subsystem as compose.ts wires it. */
@@ -92,7 +94,13 @@ export function createDownloads(deps: DownloadsDeps): Downloads {
   const hosts = createHostPolicy({ allowedHosts: md.allowed_hosts, redirectHosts: md.redirect_hosts, hfEndpoint: config.hfEndpoint });
   const http = createSafeHttp({ hosts, resolver: deps.resolver });
   const hfApi = createHfApi({ endpoint: config.hfEndpoint, fetchImpl: deps.fetchImpl });
-  const byKey = createTokenStore({ dir: path.join(config.paths.dataDir, 'hf_tokens'), hfApi, clientId: config.hf_oauth.client_id, logger });
+  const byKey = createTokenStore({
+    dir: path.join(config.paths.dataDir, 'hf_tokens'),
+    hfApi,
+    clientId: config.hf_oauth.client_id,
+    logger,
+    persistence: deps.tokenPersistence,
+  });
   const tokens = keyedTokenStore(byKey, (user) => deps.keys?.keyOf(user) ?? user);
   // Roots learned from ComfyUI are remembered, so the next start can sweep orphans without asking ComfyUI.
   const rootsFile = path.join(config.paths.dataDir, 'model_download_roots.json');

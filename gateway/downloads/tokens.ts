@@ -34,6 +34,14 @@ export interface TokenStore {
   remove(user: string): boolean;
 }
 
+/** Where tokens live when not in files: every token known at start, writes, and what other replicas write. */
+export interface TokenPersistence {
+  initial: Map<string, StoredToken>;
+  /** stores (or with null, deletes) a user's token; failures are logged there */
+  save(user: string, t: StoredToken | null): void;
+  onRemote(handler: (user: string, t: StoredToken | null) => void): void;
+}
+
 /** A filesystem-safe file name for a gateway username (hashed when it has unusual characters). */
 export function tokenFileName(user: string): string {
   return /^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$/.test(user)
@@ -60,6 +68,8 @@ export function createTokenStore(deps: {
   clientId: string | null;
   logger: Logger;
   now?: () => number;
+  /** kept (encrypted) in the replicas' shared store instead of `dir` (store/compose.ts hfTokenPersistence) */
+  persistence?: TokenPersistence;
 }): TokenStore {
   const now = deps.now ?? (() => Date.now() / 1000);
   const cache = new Map<string, StoredToken | null>();
@@ -70,8 +80,18 @@ export function createTokenStore(deps: {
   const failedAt = new Map<string, number>();
   const file = (user: string) => path.join(deps.dir, tokenFileName(user));
 
+  const shared = deps.persistence;
+  if (shared) {
+    for (const [u, t] of shared.initial) cache.set(u, t);
+    shared.onRemote((u, t) => {
+      cache.set(u, t);
+      bump(u);
+    });
+  }
+
   function load(user: string): StoredToken | null {
     if (cache.has(user)) return cache.get(user)!;
+    if (shared) return null;
     let t: StoredToken | null = null;
     try {
       const raw = JSON.parse(fs.readFileSync(file(user), 'utf8')) as Partial<StoredToken>;
@@ -92,6 +112,7 @@ export function createTokenStore(deps: {
   }
 
   function write(user: string, t: StoredToken): void {
+    if (shared) return shared.save(user, t);
     fs.mkdirSync(deps.dir, { recursive: true, mode: 0o700 });
     const target = file(user);
     const tmp = `${target}.${process.pid}.${crypto.randomBytes(6).toString('hex')}.tmp`;
@@ -116,6 +137,10 @@ export function createTokenStore(deps: {
     const had = !!load(user);
     bump(user);
     cache.set(user, null);
+    if (shared) {
+      shared.save(user, null);
+      return had;
+    }
     try {
       fs.unlinkSync(file(user));
     } catch (e) {

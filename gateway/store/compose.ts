@@ -6,6 +6,7 @@ import type { Logger } from '../log';
 import { createUserStore, type GatewayUserStore } from '../users/store';
 import { createDocs, type Docs } from './docs';
 import { createChangeFeed, type ChangeFeed } from './feed';
+import { auditSink, hfTokenPersistence, isolationShared, sharedSetupCode } from './parts';
 import { hfKeyFromEnv, HF_KEY_ENV } from './secrets';
 import { createPool, migrate, q } from './pg';
 import { createPgUserStore } from './pgUsers';
@@ -86,3 +87,9 @@ export const randomSecret =
   (bytes = 64) =>
   () =>
     crypto.randomBytes(bytes).toString('hex');
+
+/** Everything the other parts take from the shared store, read once at start. */
+export async function sharedParts(s: SharedStore, logger: Logger) {
+  const [isolation, hfTokens, setupCode] = await Promise.all([isolationShared(s), hfTokenPersistence(s, logger), sharedSetupCode(s)]);
+  return { isolation, hfTokens, setupCode, audit: auditSink(s, logger) };
+}

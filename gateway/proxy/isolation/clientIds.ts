@@ -17,19 +17,22 @@ export interface ClientIds {
   nobody(): string;
 }
 
-/** Reads (or creates, mode 0600) the key in `file` and builds the mapping. */
-export function createClientIds(file: string): ClientIds {
+/** Reads (or creates, mode 0600) the key in `file` — or takes the replicas' shared key — and builds the mapping. */
+export function createClientIds(file: string, sharedKey?: Buffer): ClientIds {
   let key: Buffer;
-  try {
-    key = Buffer.from(fs.readFileSync(file, 'utf8').trim(), 'hex');
-    if (key.length < 32) throw new Error('short key');
-  } catch {
-    key = crypto.randomBytes(32);
-    fs.mkdirSync(path.dirname(file), { recursive: true });
-    // 'w' with mode only applies to a new file; chmod covers a replaced short one.
-    fs.writeFileSync(file, key.toString('hex') + '\n', { mode: 0o600 });
-    fs.chmodSync(file, 0o600);
-  }
+  // Several replicas share the key (through the store), so each derives the same upstream ids.
+  if (sharedKey) key = sharedKey;
+  else
+    try {
+      key = Buffer.from(fs.readFileSync(file, 'utf8').trim(), 'hex');
+      if (key.length < 32) throw new Error('short key');
+    } catch {
+      key = crypto.randomBytes(32);
+      fs.mkdirSync(path.dirname(file), { recursive: true });
+      // 'w' with mode only applies to a new file; chmod covers a replaced short one.
+      fs.writeFileSync(file, key.toString('hex') + '\n', { mode: 0o600 });
+      fs.chmodSync(file, 0o600);
+    }
   return {
     upstreamFor(user, clientId) {
       return crypto.createHmac('sha256', key).update(`${user}\u0000${clientId}`).digest('hex').slice(0, 32);

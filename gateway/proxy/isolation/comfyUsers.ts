@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import type { Logger } from '../../log';
+import type { DocCollection } from '../../store/docs';
 import { writeFileAtomic } from '../../users/atomicFile';
 import { NAME_KEYS, type AccountKeys } from '../../users/types';
 import type { Upstream } from '../upstream';
@@ -23,7 +24,14 @@ const SINGLE_USER = 'default';
  * user at a time (single-flight), and each stored id is checked against ComfyUI's list once per process, so a
  * reinstalled ComfyUI gets its users re-created instead of answering "Unknown user".
  */
-export function createComfyUsers(deps: { file: string; upstream: Upstream; logger: Logger; keys?: AccountKeys }): ComfyUsers {
+export function createComfyUsers(deps: {
+  file: string;
+  upstream: Upstream;
+  logger: Logger;
+  keys?: AccountKeys;
+  /** kept in PostgreSQL for several replicas (store/docs.ts) instead of `file` */
+  shared?: { initial: Map<string, string>; docs: DocCollection<string> };
+}): ComfyUsers {
   // Kept per account key (users/types.ts), so a later account of a deleted account's name gets a ComfyUI user of its own.
   const keys = deps.keys ?? NAME_KEYS;
   const ids = new Map<string, string>();
@@ -33,15 +41,28 @@ export function createComfyUsers(deps: { file: string; upstream: Upstream; logge
   let warned = false;
   let writing: Promise<void> = Promise.resolve();
 
-  try {
-    const j = JSON.parse(fs.readFileSync(deps.file, 'utf8')) as { users?: Record<string, unknown> };
-    for (const [u, id] of Object.entries(j.users ?? {})) if (typeof id === 'string' && id) ids.set(u, id);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'ENOENT')
-      deps.logger.warn({ err: (e as Error).message }, 'comfy_users.json unreadable; ComfyUI users will be looked up again');
-  }
+  const shared = deps.shared;
+  if (shared) {
+    for (const [k, id] of shared.initial) if (typeof id === 'string' && id) ids.set(k, id);
+    // An id another replica learned is used here too (both talk to the same ComfyUI).
+    shared.docs.onRemote((k, id) => (typeof id === 'string' && id ? ids.set(k, id) : ids.delete(k)));
+  } else
+    try {
+      const j = JSON.parse(fs.readFileSync(deps.file, 'utf8')) as { users?: Record<string, unknown> };
+      for (const [u, id] of Object.entries(j.users ?? {})) if (typeof id === 'string' && id) ids.set(u, id);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT')
+        deps.logger.warn({ err: (e as Error).message }, 'comfy_users.json unreadable; ComfyUI users will be looked up again');
+    }
 
-  function persist(): Promise<void> {
+  function persist(key: string): Promise<void> {
+    if (shared) {
+      const id = ids.get(key);
+      writing = writing
+        .then(() => shared.docs.write([[key, id]]))
+        .catch((e) => deps.logger.error({ err: (e as Error).message }, 'ComfyUI user id not saved to the shared store'));
+      return writing;
+    }
     const body = JSON.stringify({ version: 1, users: Object.fromEntries(ids) }, null, 1);
     writing = writing
       .then(() => writeFileAtomic(deps.file, body))
@@ -85,7 +106,7 @@ export function createComfyUsers(deps: { file: string; upstream: Upstream; logge
   async function remember(key: string, id: string): Promise<string> {
     if (ids.get(key) !== id) {
       ids.set(key, id);
-      await persist();
+      await persist(key);
     }
     verified.add(key);
     return id;

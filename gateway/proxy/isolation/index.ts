@@ -15,7 +15,8 @@ import { NAME_KEYS, type AccountKeys } from '../../users/types';
 import type { IsolationContext } from './context';
 import { historyInterceptors } from './history';
 import { jobsInterceptors } from './jobs';
-import { createLedger, type Ledger } from './ledger';
+import type { DocCollection } from '../../store/docs';
+import { createLedger, type Ledger, type PromptRecord } from './ledger';
 import { logsSubscribeInterceptor } from './logs';
 import { createNodeSchemas } from './nodeSchema';
 import { objectInfoInterceptor } from './objectInfo';
@@ -100,6 +101,13 @@ export function configuredInputDir(config: ResolvedConfig): string | null {
   return dir ? path.resolve(base, dir) : null;
 }
 
+/** What isolation keeps in the replicas' shared store (built by store/compose.ts isolationShared). */
+export interface IsolationShared {
+  ledger: { initial: Map<string, PromptRecord>; docs: DocCollection<PromptRecord> };
+  comfyUsers: { initial: Map<string, string>; docs: DocCollection<string> };
+  clientIdKey: Buffer;
+}
+
 export function createIsolation(deps: {
   config: ResolvedConfig;
   logger: Logger;
@@ -107,15 +115,24 @@ export function createIsolation(deps: {
   upstream: Upstream;
   server?: ComfyServer;
   keys?: AccountKeys;
+  /** the replicas' shared store (issue 13): ledger, ComfyUI ids and the client-id key live there instead of data_dir */
+  shared?: IsolationShared | null;
 }): Isolation {
   const { config, logger, upstream } = deps;
   // Ownership hangs on account keys, not names: a later account of a deleted account's name starts empty.
   const keys = deps.keys ?? NAME_KEYS;
   const dataDir = config.paths.dataDir;
   fs.mkdirSync(dataDir, { recursive: true });
-  const ledger = createLedger({ file: path.join(dataDir, 'prompt_ledger.json'), logger, keys });
-  const comfyUsers = createComfyUsers({ file: path.join(dataDir, 'comfy_users.json'), upstream, logger, keys });
-  const byName = createClientIds(path.join(dataDir, 'isolation.key'));
+  const shared = deps.shared ?? undefined;
+  const ledger = createLedger({
+    file: path.join(dataDir, 'prompt_ledger.json'),
+    logger,
+    keys,
+    shared: shared?.ledger,
+    ...(shared ? { flushDelayMs: 10 } : {}),
+  });
+  const comfyUsers = createComfyUsers({ file: path.join(dataDir, 'comfy_users.json'), upstream, logger, keys, shared: shared?.comfyUsers });
+  const byName = createClientIds(path.join(dataDir, 'isolation.key'), shared?.clientIdKey);
   const clientIds = { ...byName, upstreamFor: (user: string, clientId: string) => byName.upstreamFor(keys.keyOf(user), clientId) };
   const promptIds = createPromptIds({ ledger, logger, onLearned: (h) => deps.server?.notePromptId(h) });
   const tracker = createRunTracker({ upstream, ledger, promptIds, logger });

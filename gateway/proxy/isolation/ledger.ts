@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import type { Logger } from '../../log';
 import { sweepStaleTemps, writeFileAtomic } from '../../users/atomicFile';
+import type { DocCollection } from '../../store/docs';
 import { NAME_KEYS, type AccountKeys } from '../../users/types';
 import { fileKey, isFileType, type FileRef } from './paths';
 
@@ -52,7 +53,15 @@ type Row = [string, string, number, string, string, [string, string, string][], 
  * Owners are kept as account keys (users/types.ts AccountKeys) and shown as the current username: a prompt of a
  * deleted account has no owner any more (admins only), and a later account of the same name does not inherit it.
  */
-export function createLedger(deps: { file: string; logger: Logger; max?: number; flushDelayMs?: number; keys?: AccountKeys }): Ledger {
+export function createLedger(deps: {
+  file: string;
+  logger: Logger;
+  max?: number;
+  flushDelayMs?: number;
+  keys?: AccountKeys;
+  /** kept in PostgreSQL for several replicas (store/docs.ts) instead of `file`: what is there now, and the collection */
+  shared?: { initial: Map<string, PromptRecord>; docs: DocCollection<PromptRecord> };
+}): Ledger {
   const keys = deps.keys ?? NAME_KEYS;
   const max = deps.max ?? LEDGER_MAX;
   const delay = deps.flushDelayMs ?? 200;
@@ -102,47 +111,67 @@ export function createLedger(deps: { file: string; logger: Logger; max?: number;
       const oldest = byId.values().next().value as PromptRecord;
       byId.delete(oldest.id);
       unindex(oldest);
+      touched.add(oldest.id);
     }
   }
+  /** ids changed since the last write (the shared store writes just these) */
+  const touched = new Set<string>();
+  const forget = (id: string) => {
+    const r = byId.get(id);
+    if (!r) return;
+    byId.delete(id);
+    unindex(r);
+  };
 
   // Load.
-  sweepStaleTemps(deps.file);
-  try {
-    const raw = fs.readFileSync(deps.file, 'utf8');
-    const parsed = JSON.parse(raw) as { version?: number; prompts?: Row[] };
-    if (parsed.version !== 1 || !Array.isArray(parsed.prompts)) throw new Error('unknown ledger format');
-    for (const row of parsed.prompts) {
-      if (!Array.isArray(row) || typeof row[0] !== 'string' || typeof row[1] !== 'string') continue;
-      const files: FileRef[] = [];
-      for (const f of Array.isArray(row[5]) ? row[5] : []) {
-        if (Array.isArray(f) && isFileType(f[0]) && typeof f[1] === 'string' && typeof f[2] === 'string')
-          files.push({ type: f[0], subfolder: f[1], filename: f[2] });
+  const shared = deps.shared;
+  if (shared) {
+    for (const r of shared.initial.values()) insert({ ...r, files: [...(r.files ?? [])] });
+    touched.clear();
+    // Another replica's prompt (or its files, its upstream id) becomes known here as soon as it is written there.
+    shared.docs.onRemote((id, r) => (r ? insert({ ...r, files: [...(r.files ?? [])] }) : forget(id)));
+    shared.docs.onReset((all) => {
+      for (const id of [...byId.keys()]) if (!all.has(id) && !touched.has(id)) forget(id);
+      for (const r of all.values()) if (!touched.has(r.id)) insert({ ...r, files: [...(r.files ?? [])] });
+    });
+  } else sweepStaleTemps(deps.file);
+  if (!shared)
+    try {
+      const raw = fs.readFileSync(deps.file, 'utf8');
+      const parsed = JSON.parse(raw) as { version?: number; prompts?: Row[] };
+      if (parsed.version !== 1 || !Array.isArray(parsed.prompts)) throw new Error('unknown ledger format');
+      for (const row of parsed.prompts) {
+        if (!Array.isArray(row) || typeof row[0] !== 'string' || typeof row[1] !== 'string') continue;
+        const files: FileRef[] = [];
+        for (const f of Array.isArray(row[5]) ? row[5] : []) {
+          if (Array.isArray(f) && isFileType(f[0]) && typeof f[1] === 'string' && typeof f[2] === 'string')
+            files.push({ type: f[0], subfolder: f[1], filename: f[2] });
+        }
+        const upstreamId = typeof row[6] === 'string' && row[6] ? row[6] : undefined;
+        insert({
+          id: row[0],
+          owner: row[1],
+          at: Number(row[2]) || 0,
+          clientId: String(row[3] ?? ''),
+          upstreamClientId: String(row[4] ?? ''),
+          files,
+          ...(upstreamId ? { upstreamId } : {}),
+        });
       }
-      const upstreamId = typeof row[6] === 'string' && row[6] ? row[6] : undefined;
-      insert({
-        id: row[0],
-        owner: row[1],
-        at: Number(row[2]) || 0,
-        clientId: String(row[3] ?? ''),
-        upstreamClientId: String(row[4] ?? ''),
-        files,
-        ...(upstreamId ? { upstreamId } : {}),
-      });
-    }
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') {
-      const aside = `${deps.file}.corrupt-${Date.now()}`;
-      try {
-        fs.renameSync(deps.file, aside);
-      } catch {
-        // nothing to move
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') {
+        const aside = `${deps.file}.corrupt-${Date.now()}`;
+        try {
+          fs.renameSync(deps.file, aside);
+        } catch {
+          // nothing to move
+        }
+        deps.logger.error(
+          { err: (e as Error).message, movedTo: aside },
+          'prompt ledger unreadable; starting empty (prompts queued before are admin-only now)',
+        );
       }
-      deps.logger.error(
-        { err: (e as Error).message, movedTo: aside },
-        'prompt ledger unreadable; starting empty (prompts queued before are admin-only now)',
-      );
     }
-  }
 
   function snapshot(): string {
     const rows: Row[] = [];
@@ -157,6 +186,19 @@ export function createLedger(deps: { file: string; logger: Logger; max?: number;
     writing = writing.then(async () => {
       if (!dirty) return;
       dirty = false;
+      if (shared) {
+        const ids = [...touched];
+        touched.clear();
+        try {
+          await shared.docs.write(ids.map((id) => [id, byId.get(id)]));
+        } catch (e) {
+          for (const id of ids) touched.add(id);
+          dirty = true;
+          deps.logger.error({ err: (e as Error).message }, 'prompt ledger write to the shared store failed; retrying');
+          changed();
+        }
+        return;
+      }
       try {
         await writeFileAtomic(deps.file, snapshot());
       } catch (e) {
@@ -166,7 +208,8 @@ export function createLedger(deps: { file: string; logger: Logger; max?: number;
     });
     return writing;
   }
-  function changed() {
+  function changed(id?: string) {
+    if (id) touched.add(id);
     dirty = true;
     if (timer || closed) return;
     timer = setTimeout(() => {
@@ -179,14 +222,14 @@ export function createLedger(deps: { file: string; logger: Logger; max?: number;
   return {
     add(r) {
       insert({ ...r, owner: keys.keyOf(r.owner), at: r.at ?? Date.now(), files: [] });
-      changed();
+      changed(r.id);
     },
     remove(id) {
       const r = byId.get(id);
       if (!r) return;
       byId.delete(id);
       unindex(r);
-      changed();
+      changed(id);
     },
     get(id) {
       const r = byId.get(id);
@@ -202,7 +245,7 @@ export function createLedger(deps: { file: string; logger: Logger; max?: number;
       if (r.upstreamId && byUpstream.get(r.upstreamId) === id) byUpstream.delete(r.upstreamId);
       r.upstreamId = upstreamId;
       byUpstream.set(upstreamId, id);
-      changed();
+      changed(id);
     },
     byUpstreamId: (upstreamId) => byUpstream.get(upstreamId),
     idsOf(owner) {
@@ -219,7 +262,7 @@ export function createLedger(deps: { file: string; logger: Logger; max?: number;
         indexFile(id, f);
         added = true;
       }
-      if (added) changed();
+      if (added) changed(id);
     },
     ownsFile(user, f) {
       const ids = byFile.get(fileKey(f));

@@ -1,0 +1,141 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import pg from 'pg';
+import request from 'supertest';
+import { composeGateway } from '../gateway/compose';
+import { ConfigError, loadConfig } from '../gateway/config/load';
+import { openShared } from '../gateway/store/compose';
+import { hfTokenPersistence } from '../gateway/store/parts';
+import { login, PW, registerFirstAdmin, registerUser } from './helpers/auth';
+import { startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
+import { startGateway, type TestGateway } from './helpers/gateway';
+import { createTestDatabase, eventually, type TestDatabase } from './helpers/pg';
+import { startTcpProxy, type TcpProxy } from './helpers/tcpProxy';
+
+/** The gateway on PostgreSQL, end to end: two gateways on one database, and the database going away. */
+const HF_KEY_HEX = 'ab'.repeat(32);
+const ENV = { COMFYUI_GATEWAY_HF_TOKEN_KEY: HF_KEY_HEX };
+
+let db: TestDatabase;
+let relay: TcpProxy;
+let fake: FakeComfy;
+let a: TestGateway;
+let b: TestGateway;
+let sql: pg.Client;
+
+beforeAll(async () => {
+  db = await createTestDatabase();
+  relay = await startTcpProxy('127.0.0.1', Number(new URL(db.url).port || 5432));
+  fake = await startFakeComfy();
+  const config = { upstream: fake.url, store: { kind: 'postgres', url: relay.via(db.url) } };
+  a = await startGateway(config, { env: ENV });
+  b = await startGateway({ upstream: fake.url, store: { kind: 'postgres', url: db.url } }, { env: ENV });
+  sql = new pg.Client({ connectionString: db.url });
+  await sql.connect();
+});
+afterAll(async () => {
+  await a?.close();
+  await b?.close();
+  await sql?.end();
+  await fake?.close();
+  await relay?.close();
+  await db?.drop();
+});
+
+const users = async () =>
+  (await sql.query<{ username: string }>('SELECT username FROM gw_users ORDER BY username')).rows.map((r) => r.username);
+
+test('users live in PostgreSQL, not in data_dir; a session minted on one gateway works on the other, and its logout too', async () => {
+  await registerFirstAdmin(a);
+  await registerUser(a, 'bob');
+  expect(await users()).toEqual(['admin', 'bob']);
+  expect(fs.existsSync(a.config.paths.usersDb)).toBe(false);
+  // The other gateway knows bob at once and accepts a session signed by the first (the key is shared).
+  const s = await login(b, 'bob');
+  const onA = await request(a.url).get('/api/queue').set('authorization', `Bearer ${s.token}`);
+  expect(onA.status).toBe(200);
+  const out = await request(a.url).post('/logout').set('authorization', `Bearer ${s.token}`);
+  expect(out.status).toBeLessThan(300);
+  await eventually(
+    async () => (await request(b.url).get('/api/queue').set('authorization', `Bearer ${s.token}`)).status === 401,
+    1000,
+    'refused on B',
+  );
+  const refused = await request(b.url).get('/api/queue').set('authorization', `Bearer ${s.token}`);
+  expect(refused.body.error.code).toBe('TOKEN_REVOKED');
+});
+
+test('PostgreSQL unreachable: 503 STORE_UNAVAILABLE, nothing proxied, nothing half-written; back when it is', async () => {
+  const s = await login(a, 'bob');
+  const before = fake.requests.length;
+  relay.block();
+  const res = await eventually(
+    async () => {
+      const r = await request(a.url).get('/api/queue').set('authorization', `Bearer ${s.token}`);
+      return r.status === 503 ? r : null;
+    },
+    5000,
+    '503 while the database is away',
+  );
+  expect(res!.body.error.code).toBe('STORE_UNAVAILABLE');
+  const reg = await request(a.url)
+    .post('/register')
+    .send({ new_user_username: 'carol', new_user_password: PW, username: 'admin', password: PW });
+  expect(reg.status).toBe(503);
+  expect(reg.body.error.code).toBe('STORE_UNAVAILABLE');
+  const signIn = await request(a.url).post('/login').send({ username: 'bob', password: PW });
+  expect(signIn.status).toBe(503);
+  // Refused, not proxied: ComfyUI saw nothing of these.
+  expect(fake.requests.slice(before).filter((r) => r.rawPath.includes('queue'))).toEqual([]);
+  relay.unblock();
+  await eventually(
+    async () => (await request(a.url).get('/api/queue').set('authorization', `Bearer ${s.token}`)).status === 200,
+    10_000,
+    'back',
+  );
+  expect(await users()).toEqual(['admin', 'bob']);
+});
+
+test('start-up without the HF token key is refused with a message naming it', async () => {
+  const dir = fs.mkdtempSync(path.join(a.dir, 'nokey-'));
+  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ data_dir: './d', store: { kind: 'postgres', url: db.url } }));
+  const cfg = loadConfig(['--config', path.join(dir, 'config.json')], {}, dir);
+  const err = await composeGateway(cfg, { stdout: false, env: {} }).catch((e) => e);
+  expect(err).toBeInstanceOf(ConfigError);
+  expect(err.message).toMatch(/COMFYUI_GATEWAY_HF_TOKEN_KEY/);
+  // And a store url that is not postgres is a configuration error.
+  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ store: { kind: 'postgres' } }));
+  expect(() => loadConfig(['--config', path.join(dir, 'config.json')], {}, dir)).toThrow(/store.*url/);
+});
+
+test('HF tokens are stored encrypted (AES-256-GCM), readable by another replica, and not under another key or account', async () => {
+  const s1 = await openShared(db.url, undefined, Buffer.from(HF_KEY_HEX, 'hex'));
+  const s2 = await openShared(db.url, undefined, Buffer.from(HF_KEY_HEX, 'hex'));
+  const wrong = await openShared(db.url, undefined, Buffer.alloc(32, 1));
+  try {
+    const log = { warn: jest.fn(), error: jest.fn() } as never;
+    const p1 = await hfTokenPersistence(s1, log);
+    const p2 = await hfTokenPersistence(s2, log);
+    const seen: string[] = [];
+    p2.onRemote((u, t) => t && seen.push(`${u}:${t.access_token}`));
+    const tok = { access_token: 'hf_secretAccess123', refresh_token: 'hf_refresh456', expires_at: 9e9, scope: 'x', hf_username: 'b' };
+    p1.save('acct-1', tok);
+    await eventually(() => seen.includes('acct-1:hf_secretAccess123'), 5000, 'the other replica hears it');
+    const raw = (await sql.query("SELECT key, value::text AS v FROM gw_docs WHERE coll = 'hf_tokens'")).rows;
+    expect(raw).toHaveLength(1);
+    expect(raw[0].v).not.toMatch(/hf_secret|hf_refresh/);
+    expect((await hfTokenPersistence(s2, log)).initial.get('acct-1')).toEqual(tok);
+    expect((await hfTokenPersistence(wrong, log)).initial.size).toBe(0);
+    // A sealed row moved onto another account does not open there.
+    await sql.query(
+      "INSERT INTO gw_docs (coll, key, value) SELECT coll, 'acct-2', value FROM gw_docs WHERE coll = 'hf_tokens' AND key = 'acct-1'",
+    );
+    const reread = await hfTokenPersistence(s2, log);
+    expect([...reread.initial.keys()]).toEqual(['acct-1']);
+  } finally {
+    for (const s of [s1, s2, wrong]) {
+      await s.feed.close();
+      await s.pool.end();
+    }
+  }
+});
