@@ -10,6 +10,8 @@ const runUsersCli = async (...args: Parameters<typeof import('./users/cli').runU
 
 const HELP = `usage: comfyui-gateway [serve] [options]        run the gateway
        comfyui-gateway users <command> [...]     manage users (comfyui-gateway users --help)
+       comfyui-gateway migrate-store --from file --to postgres [--config FILE] [--url URL]
+                                                 copy a single-process install into PostgreSQL (for several replicas)
        comfyui-gateway --help | --version
 
 options (each overrides config.json):
@@ -52,6 +54,10 @@ export async function runBin(argv: string[]): Promise<void> {
   }
   // The users CLI holds the store's lock file and stdin: exit as soon as it is done.
   if (first === 'users') process.exit(await runUsersCli(rest, stdio()));
+  if (first === 'migrate-store') {
+    const { runMigrateStore } = await import('./store/migrateStore');
+    return exitWith(await runMigrateStore(rest, stdio()));
+  }
   if (first === 'serve' && (rest.includes('--help') || rest.includes('-h'))) {
     process.stdout.write(`${HELP}\n`);
     return exitWith(EXIT.OK);

@@ -25,8 +25,8 @@ export interface SharedStore {
   pool: pg.Pool;
   feed: ChangeFeed;
   docs: Docs;
-  /** the key HF tokens are encrypted with (AES-256-GCM) */
-  hfKey: Buffer;
+  /** the key HF tokens are encrypted with (AES-256-GCM); null only in tools that never touch them */
+  hfKey: Buffer | null;
   /** a secret every replica shares: created once by whichever replica asks first */
   secret(name: string, make: () => string): Promise<string>;
 }
@@ -37,6 +37,8 @@ export async function openStores(opts: {
   logger?: Logger;
   revocations?: Revocations;
   env: NodeJS.ProcessEnv;
+  /** false for tools that never touch HF tokens (the users CLI): the key is then not required */
+  needHfKey?: boolean;
 }): Promise<Stores> {
   const { config, logger } = opts;
   if (config.store.kind === 'file') {
@@ -44,7 +46,7 @@ export async function openStores(opts: {
     return { kind: 'file', users, shared: null, close: () => users.flush() };
   }
   const hfKey = hfKeyFromEnv(opts.env);
-  if (!hfKey)
+  if (!hfKey && opts.needHfKey !== false)
     throw new ConfigError([
       `store.kind "postgres" keeps HuggingFace tokens encrypted: set ${HF_KEY_ENV} to 64 hex characters (32 random bytes, the same on every replica), e.g. from \`openssl rand -hex 32\``,
     ]);
@@ -63,7 +65,7 @@ export async function openStores(opts: {
 }
 
 /** Migrates, then opens the pool, the change feed and the documents. */
-export async function openShared(url: string, logger: Logger | undefined, hfKey: Buffer): Promise<SharedStore> {
+export async function openShared(url: string, logger: Logger | undefined, hfKey: Buffer | null): Promise<SharedStore> {
   const applied = await migrate(url);
   if (applied.length) logger?.info({ applied }, 'PostgreSQL schema migrated');
   const pool = createPool(url);

@@ -33,10 +33,12 @@ interface SealedToken {
  * database). A row that does not open (another key, tampered, moved to another account) counts as logged out.
  */
 export async function hfTokenPersistence(s: SharedStore, logger: Logger): Promise<TokenPersistence> {
+  const key = s.hfKey;
+  if (!key) throw new Error('HF tokens need the encryption key');
   const docs = s.docs.collection<SealedToken>('hf_tokens');
   const unseal = (user: string, v: SealedToken | undefined): StoredToken | null => {
     if (!v || typeof v.sealed !== 'string') return null;
-    const text = open(s.hfKey, v.sealed, `hf:${user}`);
+    const text = open(key, v.sealed, `hf:${user}`);
     if (text === null) {
       logger.warn({ user }, 'a stored HuggingFace token does not decrypt with this key; treating the user as logged out of HF');
       return null;
@@ -52,7 +54,7 @@ export async function hfTokenPersistence(s: SharedStore, logger: Logger): Promis
   return {
     initial,
     save(user, t) {
-      const value = t ? { sealed: seal(s.hfKey, JSON.stringify(t), `hf:${user}`) } : undefined;
+      const value = t ? { sealed: seal(key, JSON.stringify(t), `hf:${user}`) } : undefined;
       writing = writing
         .then(() => docs.write([[user, value]]))
         .catch((e) => logger.error({ err: (e as Error).message, user }, 'HuggingFace token not saved to the shared store'));

@@ -6,7 +6,8 @@ import { createPasswords } from '../auth/passwords';
 import { ConfigError, loadConfig } from '../config/load';
 import { AppError } from '../errors';
 import { emailProblem, passwordProblem, usernameProblem } from './rules';
-import { createUserStore, UserStoreError } from './store';
+import { openStores, type Stores } from '../store/compose';
+import { UserStoreError } from './store';
 
 const USAGE = `usage: comfyui-gateway users <command> [--config FILE] [--data-dir DIR]   (or: npm run users -- <command> ...)
   add NAME [--admin] [--email ADDR]
@@ -101,6 +102,7 @@ export async function runUsersCli(
     return values.help ? 0 : 2;
   }
 
+  let stores: Stores | undefined;
   try {
     // --config defaults to ./config.json when it exists, like `npm start`; without one the defaults apply.
     const configArgs: string[] = [];
@@ -121,7 +123,9 @@ export async function runUsersCli(
     if (values.email !== undefined && emailProblem(values.email)) throw new UsageError(`email ${emailProblem(values.email)}`);
     if (!['add', 'list', 'remove', 'passwd', 'role', 'email'].includes(cmd)) throw new UsageError(`unknown command ${cmd}\n${USAGE}`);
 
-    const store = await createUserStore({ file: config.paths.usersDb });
+    // The same records the gateway uses: users_db.json, or the PostgreSQL store of several replicas.
+    stores = await openStores({ config, env: io.env, needHfKey: false });
+    const store = stores.users;
     const passwords = createPasswords(config.bcrypt_cost);
     const newPassword = async () => {
       const pw = await readPassword(io.stdin, stderr);
@@ -190,9 +194,10 @@ export async function runUsersCli(
         break;
       }
     }
-    await store.flush();
+    await stores.close();
     return 0;
   } catch (e) {
+    await stores?.close().catch(() => undefined);
     if (e instanceof UsageError || e instanceof ConfigError || e instanceof UserStoreError) {
       stderr.write(`users: ${e.message}\n`);
       return 2;

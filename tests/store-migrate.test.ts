@@ -1,0 +1,131 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { PassThrough, Readable } from 'node:stream';
+import pg from 'pg';
+import request from 'supertest';
+import { runMigrateStore } from '../gateway/store/migrateStore';
+import { runUsersCli } from '../gateway/users/cli';
+import { login, PW, registerFirstAdmin, registerUser } from './helpers/auth';
+import { sampleWorkflow, startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
+import { startGateway, type TestGateway } from './helpers/gateway';
+import { createTestDatabase, type TestDatabase } from './helpers/pg';
+
+/** `comfyui-gateway migrate-store --from file --to postgres`, and `users` on PostgreSQL. */
+const ENV = { COMFYUI_GATEWAY_HF_TOKEN_KEY: 'cd'.repeat(32) };
+let db: TestDatabase;
+let fake: FakeComfy;
+let fileGw: TestGateway | null = null;
+let pgGw: TestGateway | null = null;
+let sql: pg.Client;
+let keepDir: string;
+
+beforeAll(async () => {
+  db = await createTestDatabase();
+  fake = await startFakeComfy();
+  sql = new pg.Client({ connectionString: db.url });
+  await sql.connect();
+});
+afterAll(async () => {
+  await fileGw?.close();
+  await pgGw?.close();
+  await sql?.end();
+  await fake?.close();
+  await db?.drop();
+  if (keepDir) fs.rmSync(keepDir, { recursive: true, force: true });
+});
+
+function io(stdin = '') {
+  const out = new PassThrough();
+  const err = new PassThrough();
+  let o = '';
+  let e = '';
+  out.on('data', (d) => (o += d));
+  err.on('data', (d) => (e += d));
+  return {
+    streams: { stdin: Readable.from([Buffer.from(stdin)]) as unknown as NodeJS.ReadStream, stdout: out, stderr: err },
+    out: () => o,
+    err: () => e,
+  };
+}
+
+test('a single-process install is copied without losing a user, token, logged-out session or ledger entry', async () => {
+  fileGw = await startGateway({ upstream: fake.url });
+  await registerFirstAdmin(fileGw);
+  await registerUser(fileGw, 'bob');
+  const kept = await login(fileGw, 'bob');
+  const gone = await login(fileGw, 'bob');
+  expect((await request(fileGw.url).post('/logout').set('authorization', `Bearer ${gone.token}`)).status).toBeLessThan(300);
+  const tok = await request(fileGw.url).post('/gateway/api/tokens').set('authorization', `Bearer ${kept.token}`).send({ name: 'script' });
+  expect(tok.status).toBe(201);
+  const queued = await request(fileGw.url)
+    .post('/api/prompt')
+    .set('authorization', `Bearer ${kept.token}`)
+    .send({ prompt: sampleWorkflow() });
+  expect(queued.status).toBe(200);
+  const promptId = queued.body.prompt_id as string;
+  await fake.waitForPrompt(promptId);
+  const dir = fileGw.dir;
+  // Keep the files: the gateway is stopped, then its folder is what migrate-store reads.
+  await fileGw.shutdown(2000);
+  keepDir = dir;
+  fileGw = null;
+
+  const cfg = path.join(dir, 'config.json');
+  const run = io();
+  const code = await runMigrateStore(['--from', 'file', '--to', 'postgres', '--config', cfg, '--url', db.url], {
+    ...run.streams,
+    cwd: dir,
+    env: ENV,
+  });
+  expect(run.err()).toBe('');
+  expect(code).toBe(0);
+  expect(run.out()).toMatch(/copied 2 users, 1 tokens, 1 logged-out sessions, 1 ledger entries/);
+
+  // A second copy into the now non-empty database is refused, and changes nothing.
+  const again = io();
+  expect(
+    await runMigrateStore(['--from', 'file', '--to', 'postgres', '--config', cfg, '--url', db.url], {
+      ...again.streams,
+      cwd: dir,
+      env: ENV,
+    }),
+  ).toBe(1);
+  expect(again.err()).toMatch(/STORE_NOT_EMPTY/);
+  expect((await sql.query('SELECT count(*)::int AS n FROM gw_users')).rows[0].n).toBe(2);
+
+  // The same install on PostgreSQL: the session still works (the key came along), the logged-out one does not,
+  // the personal token works, and bob's prompt is still his.
+  const conf = JSON.parse(fs.readFileSync(cfg, 'utf8'));
+  pgGw = await startGateway({ ...conf, data_dir: path.join(dir, 'data-pg'), store: { kind: 'postgres', url: db.url } }, { env: ENV });
+  const ok = await request(pgGw.url).get('/history').set('authorization', `Bearer ${kept.token}`);
+  expect(ok.status).toBe(200);
+  expect(Object.keys(ok.body)).toContain(promptId);
+  const refused = await request(pgGw.url).get('/history').set('authorization', `Bearer ${gone.token}`);
+  expect(refused.status).toBe(401);
+  expect(refused.body.error.code).toBe('TOKEN_REVOKED');
+  expect((await request(pgGw.url).get('/api/queue').set('authorization', `Bearer ${tok.body.token}`)).status).toBe(200);
+  const adminSession = await login(pgGw, 'admin');
+  const adminHistory = await request(pgGw.url).get('/history').set('authorization', `Bearer ${adminSession.token}`);
+  expect(Object.keys(adminHistory.body)).toContain(promptId);
+});
+
+test('`users` works against PostgreSQL: add, list, role, remove', async () => {
+  const dir = keepDir;
+  const cfg = path.join(dir, 'pg-config.json');
+  fs.writeFileSync(cfg, JSON.stringify({ data_dir: './data-cli', store: { kind: 'postgres', url: db.url }, bcrypt_cost: 4 }));
+  const add = io(`${PW}\n`);
+  expect(await runUsersCli(['add', 'carol', '--config', cfg], { ...add.streams, cwd: dir, env: {} })).toBe(0);
+  expect(add.out()).toMatch(/added carol/);
+  // The running gateway (another process on the same database) knows carol at once.
+  expect((await request(pgGw!.url).post('/login').send({ username: 'carol', password: PW })).status).toBe(200);
+  const list = io();
+  expect(await runUsersCli(['list', '--config', cfg], { ...list.streams, cwd: dir, env: {} })).toBe(0);
+  expect(list.out()).toMatch(/^admin\tadmin/m);
+  expect(list.out()).toMatch(/^carol\tuser/m);
+  const lastAdmin = io();
+  expect(await runUsersCli(['role', 'admin', 'user', '--config', cfg], { ...lastAdmin.streams, cwd: dir, env: {} })).toBe(1);
+  expect(lastAdmin.err()).toMatch(/LAST_ADMIN/);
+  const rm = io();
+  expect(await runUsersCli(['remove', 'carol', '--config', cfg], { ...rm.streams, cwd: dir, env: {} })).toBe(0);
+  expect((await sql.query("SELECT count(*)::int AS n FROM gw_users WHERE username = 'carol'")).rows[0].n).toBe(0);
+});
