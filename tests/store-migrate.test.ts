@@ -42,7 +42,11 @@ function io(stdin = '') {
   out.on('data', (d) => (o += d));
   err.on('data', (d) => (e += d));
   return {
-    streams: { stdin: Readable.from([Buffer.from(stdin)]) as unknown as NodeJS.ReadStream, stdout: out, stderr: err },
+    streams: {
+      stdin: Readable.from([Buffer.from(stdin)]) as unknown as NodeJS.ReadStream,
+      stdout: out as unknown as NodeJS.WriteStream,
+      stderr: err as unknown as NodeJS.WriteStream,
+    },
     out: () => o,
     err: () => e,
   };
