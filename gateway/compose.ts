@@ -92,8 +92,6 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   // A malformed list line stops start-up here with a ConfigError naming file:line (main prints it, exits 2).
   const ipLists = createIpLists({ paths: config.paths, logger, audit });
   closers.push(() => ipLists.close());
-  const bruteForce = createBruteForce({ config, audit, ipLists, logger });
-  closers.push(() => bruteForce.close());
 
   // Users, sessions and personal tokens: the store, the JWT key, and the verifiers the chain calls.
   // "A credential was invalidated" (logout, token revoked, password change, disable, deletion): the store emits,
@@ -105,6 +103,8 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   closers.push(() => stores.close());
   const shared = stores.shared ? await sharedParts(stores.shared, logger) : null;
   if (shared) auditSink = shared.audit;
+  const bruteForce = createBruteForce({ config, audit, ipLists, logger, state: stores.bruteForceState });
+  closers.push(() => bruteForce.close());
   const jwtSecret = await loadJwtSecret({
     env: opts.env ?? process.env,
     envName: config.secret_key_env,

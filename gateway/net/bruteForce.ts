@@ -1,5 +1,4 @@
 import type { IncomingMessage } from 'node:http';
-import { MemoryStore, type Options as RateLimitOptions } from 'express-rate-limit';
 import ipaddr from 'ipaddr.js';
 import type { Gate } from '../app';
 import type { Audit } from '../audit';
@@ -8,6 +7,7 @@ import { AppError } from '../errors';
 import { peekContext } from '../http/context';
 import type { Logger } from '../log';
 import { inRanges, parseIp, parseRange, socketIp } from './clientIp';
+import { localBruteForceState, type BruteForceState } from './bruteForceState';
 import type { IpLists } from './ipLists';
 
 /** What the login/register routes call: refuse while locked, count a failure, note a success. */
@@ -74,6 +74,8 @@ export function createBruteForce(deps: {
   ipLists: IpLists;
   logger: Logger;
   options?: BruteForceOptions;
+  /** where counts and locks live (default: this process; redisBruteForceState for several replicas) */
+  state?: (windowMs: number, blacklistWindowMs: number) => BruteForceState;
 }): BruteForce {
   const { audit, ipLists, logger } = deps;
   const o = deps.options ?? {};
@@ -87,14 +89,8 @@ export function createBruteForce(deps: {
   // blacklisting it would lock out everyone behind it.
   const proxies = (deps.config.trusted_proxies ?? []).map(parseRange);
 
-  const failures = new MemoryStore();
-  failures.init({ windowMs } as RateLimitOptions);
-  const blacklistCounts = new MemoryStore();
-  blacklistCounts.init({ windowMs: o.blacklistWindowMs ?? 24 * 3600_000 } as RateLimitOptions);
-  /** key → unix ms until which it is refused */
-  const lockedUntil = new Map<string, number>();
-  /** the addresses that failed against each username in its current window */
-  const userIps = new Map<string, Set<string>>();
+  const state = (deps.state ?? localBruteForceState)(windowMs, o.blacklistWindowMs ?? 24 * 3600_000);
+  const { failures, blacklistCounts } = state;
   /** requests already counted once (the chain and a route may both report the same request) */
   const counted = new WeakSet<IncomingMessage>();
 
@@ -110,10 +106,9 @@ export function createBruteForce(deps: {
     const t = now();
     let wait = 0;
     for (const k of keys) {
-      const until = lockedUntil.get(k);
-      if (until === undefined) continue;
-      if (until <= t) lockedUntil.delete(k);
-      else wait = Math.max(wait, until - t);
+      const until = state.lockedUntil(k);
+      if (until === undefined || until <= t) continue;
+      wait = Math.max(wait, until - t);
     }
     return wait;
   }
@@ -130,6 +125,17 @@ export function createBruteForce(deps: {
   }
 
   function check(req: IncomingMessage, username?: string): void {
+    // Several replicas count in Redis: while it is away a password check could not be counted, so it is refused.
+    if (!state.available())
+      throw new AppError(
+        503,
+        'STORE_UNAVAILABLE',
+        'Sign-in is paused: the shared lockout counters are unreachable; try again shortly',
+        {},
+        {
+          'Retry-After': '2',
+        },
+      );
     const wait = retryAfterMs(keysOf(req, username));
     if (wait > 0) refuse(wait);
   }
@@ -137,20 +143,15 @@ export function createBruteForce(deps: {
   function countKey(req: IncomingMessage, key: string, username?: string): void {
     const ip = ipOf(req);
     failures.increment(key).then(
-      ({ totalHits }) => {
+      async ({ totalHits }) => {
         if (key.startsWith('user:')) {
           // A name is locked only when its failures come from more than one address: one address is already
           // stopped by its own counter, and letting it lock the name too would let anyone lock the owner out.
-          let ips = userIps.get(key);
-          if (!ips || totalHits === 1) userIps.set(key, (ips = new Set()));
-          if (ips.size < 64) ips.add(clientUnit(ip));
-          if (userIps.size > 100_000) userIps.delete(userIps.keys().next().value as string);
-          if (ips.size < 2) return;
+          if ((await state.addUserIp(key, clientUnit(ip), totalHits === 1)) < 2) return;
         }
         if (totalHits < maxFailures) return;
         const lockMs = Math.min(maxLockMs, baseLockMs * 2 ** Math.min(20, totalHits - maxFailures));
-        lockedUntil.set(key, now() + lockMs);
-        if (lockedUntil.size > 100_000) lockedUntil.delete(lockedUntil.keys().next().value as string);
+        state.lock(key, now() + lockMs);
         audit.record({
           event: 'lockout',
           scope: key.startsWith('ip:') ? 'ip' : 'user',
@@ -211,8 +212,8 @@ export function createBruteForce(deps: {
     // must not buy more guesses at other accounts.
     const uk = userKey(username);
     if (!uk) return;
-    lockedUntil.delete(uk);
-    userIps.delete(uk);
+    state.unlock(uk);
+    state.forgetUserIps(uk);
     void failures.resetKey(uk);
   }
 
@@ -238,8 +239,7 @@ export function createBruteForce(deps: {
       if (GUESSABLE.has(kind)) fail(req);
     },
     close() {
-      failures.shutdown();
-      blacklistCounts.shutdown();
+      state.close();
     },
   };
 }

@@ -8,6 +8,8 @@ import { createDocs, type Docs } from './docs';
 import { createChangeFeed, type ChangeFeed } from './feed';
 import { auditSink, hfTokenPersistence, isolationShared, sharedSetupCode } from './parts';
 import { hfKeyFromEnv, HF_KEY_ENV } from './secrets';
+import { openRedis, type SharedRedis } from './redis';
+import { redisBruteForceState, type BruteForceState } from '../net/bruteForceState';
 import { createPool, migrate, q } from './pg';
 import { createPgUserStore } from './pgUsers';
 
@@ -17,6 +19,10 @@ export interface Stores {
   users: GatewayUserStore;
   /** shared documents (ledger, ComfyUI ids, HF tokens) and secrets; null for the file store, whose parts keep files */
   shared: SharedStore | null;
+  /** the replicas' Redis (config `redis`), or null */
+  redis: SharedRedis | null;
+  /** lockout counters in Redis when it is configured (undefined: in this process) */
+  bruteForceState?: (windowMs: number, blacklistWindowMs: number) => BruteForceState;
   close(): Promise<void>;
 }
 
@@ -41,23 +47,45 @@ export async function openStores(opts: {
   needHfKey?: boolean;
 }): Promise<Stores> {
   const { config, logger } = opts;
-  if (config.store.kind === 'file') {
-    const users = await createUserStore({ file: config.paths.usersDb, logger, revocations: opts.revocations });
-    return { kind: 'file', users, shared: null, close: () => users.flush() };
-  }
   const hfKey = hfKeyFromEnv(opts.env);
-  if (!hfKey && opts.needHfKey !== false)
+  if (config.store.kind === 'postgres' && !hfKey && opts.needHfKey !== false)
     throw new ConfigError([
       `store.kind "postgres" keeps HuggingFace tokens encrypted: set ${HF_KEY_ENV} to 64 hex characters (32 random bytes, the same on every replica), e.g. from \`openssl rand -hex 32\``,
     ]);
-  const shared = await openShared(config.store.url!, logger, hfKey);
+  const redis = config.redis ? await openRedis({ url: config.redis.url, prefix: config.redis.key_prefix, logger }) : null;
+  const fast = redis
+    ? {
+        redis,
+        bruteForceState: (windowMs: number, blacklistWindowMs: number) =>
+          redisBruteForceState({ redis, windowMs, blacklistWindowMs, logger }),
+      }
+    : { redis: null };
+  if (config.store.kind === 'file') {
+    const users = await createUserStore({ file: config.paths.usersDb, logger, revocations: opts.revocations });
+    return {
+      kind: 'file',
+      users,
+      shared: null,
+      ...fast,
+      async close() {
+        await users.flush();
+        await redis?.close();
+      },
+    };
+  }
+  const shared = await openShared(config.store.url!, logger, hfKey).catch(async (e) => {
+    await redis?.close();
+    throw e;
+  });
   const users = await createPgUserStore({ pool: shared.pool, feed: shared.feed, logger, revocations: opts.revocations });
   return {
     kind: 'postgres',
     users,
     shared,
+    ...fast,
     async close() {
       await users.flush();
+      await redis?.close();
       await shared.feed.close();
       await shared.pool.end().catch(() => undefined);
     },
