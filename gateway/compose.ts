@@ -9,6 +9,7 @@ import { createClientIp } from './net/clientIp';
 import { createCloudflareAccess } from './cloudflare';
 import { createBruteForce } from './net/bruteForce';
 import { createIpLists } from './net/ipLists';
+import { syncIpLists } from './net/ipListsSync';
 import { createIsLocal, createLoopbackPrincipal } from './net/loopback';
 import { createHttpsUpgradeGate, createPreflight } from './net/transport';
 import { edgeRoutes, securityHeaders } from './routes/edge';
@@ -90,8 +91,8 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   const notices: string[] = [];
   const closers: (() => Promise<void> | void)[] = [() => upstream.close(), () => metrics.close()];
   // A malformed list line stops start-up here with a ConfigError naming file:line (main prints it, exits 2).
-  const ipLists = createIpLists({ paths: config.paths, logger, audit });
-  closers.push(() => ipLists.close());
+  const localIpLists = createIpLists({ paths: config.paths, logger, audit });
+  closers.push(() => localIpLists.close());
 
   // Users, sessions and personal tokens: the store, the JWT key, and the verifiers the chain calls.
   // "A credential was invalidated" (logout, token revoked, password change, disable, deletion): the store emits,
@@ -103,6 +104,8 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   closers.push(() => stores.close());
   const shared = stores.shared ? await sharedParts(stores.shared, logger) : null;
   if (shared) auditSink = shared.audit;
+  // With Redis, a list change made through one replica reaches every other's files.
+  const ipLists = stores.redis ? syncIpLists(localIpLists, { redis: stores.redis, logger }) : localIpLists;
   const bruteForce = createBruteForce({ config, audit, ipLists, logger, state: stores.bruteForceState });
   closers.push(() => bruteForce.close());
   const jwtSecret = await loadJwtSecret({

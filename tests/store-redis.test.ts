@@ -1,3 +1,4 @@
+import fs from 'node:fs';
 import request from 'supertest';
 import { login, PW, registerFirstAdmin, registerUser } from './helpers/auth';
 import { startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
@@ -88,5 +89,38 @@ test('Redis away: signed-in requests keep working, password checks are refused (
     async () => (await loginFrom(b, '198.51.100.30', 'alice', PW)).status === 429,
     15_000,
     'lock known on B after the outage',
+  );
+});
+
+test('an IP-list change made through one replica is in force on the other within a second, in its own file', async () => {
+  const admin = await login(a, 'admin');
+  const put = await request(a.url)
+    .put('/gateway/api/ip-lists')
+    .set('authorization', `Bearer ${admin.token}`)
+    .set('X-Forwarded-For', '198.51.100.40')
+    .send({ blacklist: ['198.51.100.66', '203.0.113.0/24'] });
+  expect(put.status).toBe(200);
+  const t0 = Date.now();
+  const blocked = await eventually(
+    async () => {
+      const r = await request(b.url).get('/api/queue').set('X-Forwarded-For', '203.0.113.9');
+      return r.status === 403 ? r : null;
+    },
+    1000,
+    'refused on B',
+  );
+  expect(Date.now() - t0).toBeLessThan(1000);
+  expect(blocked!.body.error.code).toBe('IP_BLOCKED');
+  expect(fs.readFileSync(b.config.paths.blacklist, 'utf8')).toMatch(/^198\.51\.100\.66$/m);
+  // Lifted the same way.
+  await request(b.url)
+    .put('/gateway/api/ip-lists')
+    .set('authorization', `Bearer ${admin.token}`)
+    .set('X-Forwarded-For', '198.51.100.40')
+    .send({ blacklist: [] });
+  await eventually(
+    async () => (await request(a.url).get('/health').set('X-Forwarded-For', '203.0.113.9')).status === 200,
+    1000,
+    'lifted on A',
   );
 });
