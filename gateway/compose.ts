@@ -36,6 +36,7 @@ import { openStores, sharedParts } from './store/compose';
 import type { UserStore } from './users/types';
 // server-side model downloads (issue 6)
 import { createDownloads, createDownloadsOff } from './downloads';
+import { shareDownloads } from './downloads/shared';
 import { freshPrincipal } from './routes/body';
 // multi-user isolation (issue 5)
 import { createIsolation, configuredInputDir } from './proxy/isolation';
@@ -209,6 +210,7 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
       recheck: freshPrincipal(chain),
       keys: users.accounts,
       tokenPersistence: shared?.hfTokens,
+      replicas: stores.redis ? shareDownloads({ redis: stores.redis, logger }) : undefined,
     });
     await downloads.start();
     routes.push(downloads.routes);

@@ -13,6 +13,7 @@ import { createModelFolders } from './folders';
 import { createHfApi } from './hfApi';
 import { createHostPolicy } from './hosts';
 import { createDownloadManager } from './manager';
+import type { shareDownloads } from './shared';
 import { createHfOAuth } from './oauth';
 import { createProber } from './probe';
 import { downloadRoutes } from './routes';
@@ -40,6 +41,8 @@ export interface DownloadsDeps {
   recheck?: import('express').RequestHandler;
   /** HF tokens in the replicas' shared store (encrypted) instead of data_dir/hf_tokens */
   tokenPersistence?: TokenPersistence;
+  /** download single-flight and cancellation across replicas (Redis) */
+  replicas?: ReturnType<typeof shareDownloads>;
 }
 
 /** The subsystem as compose.ts wires it. */
@@ -116,14 +119,17 @@ export function createDownloads(deps: DownloadsDeps): Downloads {
   });
   const prober = createProber({ hosts, http, hf: hfApi, logger });
   const freeSpace = deps.freeSpace ?? statfsFree;
-  const manager = createDownloadManager({
+  const local = createDownloadManager({
     http,
     maxConcurrent: md.max_concurrent,
     logger,
     audit,
     freeSpace,
     hfToken: (u) => tokens.valid(u),
+    claim: deps.replicas?.claim,
   });
+  // Several replicas: one downloads each model; all see and may cancel it (downloads/shared.ts).
+  const manager = deps.replicas ? deps.replicas.wrap(local) : local;
   const oauth = createHfOAuth({
     clientId: config.hf_oauth.client_id,
     callbackPort: config.hf_oauth.callback_port,

@@ -36,6 +36,8 @@ export interface NewSession {
 /** The registry of in-flight downloads and the queue that runs at most `max_concurrent` of them. */
 export interface DownloadManager {
   get(modelId: string): Session | undefined;
+  /** every session of this process, queued or running */
+  active(): Session[];
   lastError(modelId: string): LastError | undefined;
   /** registers every session or none (409 race handling is the caller's: it gets the conflicting id) */
   schedule(list: NewSession[], who: { user: string; ip: string }): string | null;
@@ -56,6 +58,8 @@ export function createDownloadManager(deps: {
   freeSpace(dir: string): Promise<number>;
   /** the HF token of the user who started a download, fetched when it starts running */
   hfToken(user: string): Promise<string | null>;
+  /** several replicas: takes the model for this replica before it starts (false: another replica downloads it) */
+  claim?: (s: Session) => Promise<boolean>;
 }): DownloadManager {
   const sessions = new Map<string, Session>();
   const errors = new Map<string, LastError>();
@@ -84,6 +88,11 @@ export function createDownloadManager(deps: {
   }
 
   async function run(s: Session): Promise<void> {
+    if (deps.claim && !(await deps.claim(s).catch(() => false))) {
+      // Another replica has it (its progress is what everyone sees): ours goes without a byte fetched.
+      if (isLive(s)) sessions.delete(s.modelId);
+      return;
+    }
     s.state = 'running';
     const t0 = Date.now();
     try {
@@ -117,6 +126,7 @@ export function createDownloadManager(deps: {
 
   return {
     get: (id) => sessions.get(id),
+    active: () => [...sessions.values()],
     lastError: (id) => errors.get(id),
     schedule(list, who) {
       for (const n of list) if (sessions.has(n.modelId)) return n.modelId;
