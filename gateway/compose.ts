@@ -100,7 +100,10 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   // the WebSocket relay closes what was opened with it.
   const revocations = createRevocations((err, e) => logger.error({ err, event: e.kind }, 'a credential-invalidation listener failed'));
   // The records (users, tokens, ledger…): files in data_dir, or PostgreSQL shared by several replicas (issue 13).
-  const stores = await openStores({ config, logger, revocations, env: opts.env ?? process.env });
+  const stores = await openStores({ config, logger, revocations, env: opts.env ?? process.env }).catch(async (e: unknown) => {
+    for (const c of closers.reverse()) await c();
+    throw e;
+  });
   const users = stores.users;
   closers.push(() => stores.close());
   const shared = stores.shared ? await sharedParts(stores.shared, logger) : null;

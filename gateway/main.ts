@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 import { composeGateway } from './compose';
+import { StoreStartError } from './store/compose';
 import { ConfigError, loadConfig } from './config/load';
 import { summarizeConfig } from './config/summary';
 import { EXIT } from './exitCodes';
@@ -41,6 +42,13 @@ export async function runGateway(argv: string[]): Promise<void> {
   } catch (e) {
     // e.g. a malformed whitelist/blacklist line: same one-message refusal as a bad config.json
     if (e instanceof ConfigError) return fail(e.message, EXIT.USAGE);
+    if (e instanceof StoreStartError) {
+      // Not process.exit: the log file may still be opening (pino's exit hook would throw); with everything
+      // closed by composeGateway the process ends by itself.
+      process.stderr.write(`comfyui-gateway: ${e.message}\n`);
+      process.exitCode = EXIT.RUNTIME;
+      return;
+    }
     // the metrics listener (metrics.port) opens during composition
     const err = e as NodeJS.ErrnoException;
     if (err.code && config.metrics.port !== null) return fail(listenProblem(err, '127.0.0.1', config.metrics.port), EXIT.RUNTIME);

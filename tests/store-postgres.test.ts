@@ -8,6 +8,7 @@ import { openShared } from '../gateway/store/compose';
 import { hfTokenPersistence } from '../gateway/store/parts';
 import { login, PW, registerFirstAdmin, registerUser } from './helpers/auth';
 import { startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
+import { runGateway } from './helpers/child';
 import { startGateway, type TestGateway } from './helpers/gateway';
 import { createTestDatabase, eventually, type TestDatabase } from './helpers/pg';
 import { startTcpProxy, type TcpProxy } from './helpers/tcpProxy';
@@ -138,4 +139,21 @@ test('HF tokens are stored encrypted (AES-256-GCM), readable by another replica,
       await s.pool.end();
     }
   }
+});
+
+test('a PostgreSQL or Redis that cannot be reached at start-up stops the gateway with a clear message (exit 1), no password shown', async () => {
+  const dir = fs.mkdtempSync(path.join(a.dir, 'unreachable-'));
+  const cfg = path.join(dir, 'config.json');
+  fs.writeFileSync(
+    cfg,
+    JSON.stringify({ port: 0, data_dir: './d', store: { kind: 'postgres', url: 'postgres://gw:s3cret@127.0.0.1:1/none' } }),
+  );
+  const r = await runGateway(['--config', cfg], ENV);
+  expect(r.code).toBe(1);
+  expect(r.stderr).toMatch(/cannot open the PostgreSQL store \(store\.url postgres:\/\/gw:\*\*\*@127\.0\.0\.1:1\/none\)/);
+  expect(r.stderr).not.toMatch(/s3cret|^\s+at /m);
+  fs.writeFileSync(cfg, JSON.stringify({ port: 0, data_dir: './d', redis: { url: 'redis://127.0.0.1:1' } }));
+  const r2 = await runGateway(['--config', cfg], ENV);
+  expect(r2.code).toBe(1);
+  expect(r2.stderr).toMatch(/cannot reach Redis/);
 });

@@ -116,5 +116,12 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env,
 
 /** A copy of the config that is safe to log: secrets replaced. */
 export function redactConfig(cfg: ResolvedConfig): Record<string, unknown> {
-  return { ...cfg, apiKey: cfg.apiKey ? '[redacted]' : null, api_key: cfg.api_key ? '[redacted]' : null };
+  const noPassword = (u: string | null) => (u ? u.replace(/\/\/([^:@/]*):[^@/]*@/, '//$1:[redacted]@') : u);
+  return {
+    ...cfg,
+    apiKey: cfg.apiKey ? '[redacted]' : null,
+    api_key: cfg.api_key ? '[redacted]' : null,
+    store: { ...cfg.store, url: noPassword(cfg.store.url) },
+    redis: cfg.redis ? { ...cfg.redis, url: noPassword(cfg.redis.url) } : null,
+  };
 }

@@ -12,6 +12,18 @@ export function summarizeConfig(cfg: ResolvedConfig): Record<string, unknown> {
     separate_users: cfg.separate_users,
     model_downloads: cfg.model_downloads.enabled,
     cloudflare_access: cfg.cloudflare_access ? cfg.cloudflare_access.team_domain : 'off',
+    store: cfg.store.kind === 'postgres' ? `postgres ${hostOf(cfg.store.url)}` : 'files in data_dir',
+    redis: cfg.redis ? hostOf(cfg.redis.url) : 'off',
     metrics: cfg.metrics.port !== null ? `127.0.0.1:${cfg.metrics.port}` : cfg.metrics.enabled ? '/metrics (admin)' : 'off',
   };
+}
+
+/** host:port/db of a database URL, never its password. */
+function hostOf(url: string | null): string {
+  try {
+    const u = new URL(url ?? '');
+    return `${u.host}${u.pathname === '/' ? '' : u.pathname}`;
+  } catch {
+    return '(unparsable url)';
+  }
 }

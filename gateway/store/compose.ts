@@ -8,10 +8,18 @@ import { createDocs, type Docs } from './docs';
 import { createChangeFeed, type ChangeFeed } from './feed';
 import { auditSink, hfTokenPersistence, isolationShared, sharedSetupCode } from './parts';
 import { hfKeyFromEnv, HF_KEY_ENV } from './secrets';
-import { openRedis, type SharedRedis } from './redis';
+import { openRedis, redact, type SharedRedis } from './redis';
 import { redisBruteForceState, type BruteForceState } from '../net/bruteForceState';
 import { createPool, migrate, q } from './pg';
 import { createPgUserStore } from './pgUsers';
+
+/** The shared store or Redis cannot be reached at start-up: main prints the message and exits 1. */
+export class StoreStartError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'StoreStartError';
+  }
+}
 
 /** The records of one gateway, wherever they live (files in data_dir, or PostgreSQL shared by replicas). */
 export interface Stores {
@@ -52,7 +60,11 @@ export async function openStores(opts: {
     throw new ConfigError([
       `store.kind "postgres" keeps HuggingFace tokens encrypted: set ${HF_KEY_ENV} to 64 hex characters (32 random bytes, the same on every replica), e.g. from \`openssl rand -hex 32\``,
     ]);
-  const redis = config.redis ? await openRedis({ url: config.redis.url, prefix: config.redis.key_prefix, logger }) : null;
+  const redis = config.redis
+    ? await openRedis({ url: config.redis.url, prefix: config.redis.key_prefix, logger }).catch((e: Error) => {
+        throw new StoreStartError(`cannot reach Redis (redis.url): ${e.message}`);
+      })
+    : null;
   const fast = redis
     ? {
         redis,
@@ -73,9 +85,9 @@ export async function openStores(opts: {
       },
     };
   }
-  const shared = await openShared(config.store.url!, logger, hfKey).catch(async (e) => {
+  const shared = await openShared(config.store.url!, logger, hfKey).catch(async (e: Error) => {
     await redis?.close();
-    throw e;
+    throw new StoreStartError(`cannot open the PostgreSQL store (store.url ${redact(config.store.url!)}): ${e.message}`);
   });
   const users = await createPgUserStore({ pool: shared.pool, feed: shared.feed, logger, revocations: opts.revocations });
   return {
