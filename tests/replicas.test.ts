@@ -123,6 +123,12 @@ const signIn = async (base: string, username: string) => {
 };
 const asUser = (base: string, token: string, p = '/api/queue') => request(base).get(p).set('authorization', `Bearer ${token}`);
 
+test('every replica printed the same first-run setup code (one code for the whole deployment)', () => {
+  const codes = replicas.map((r) => /setup code: ([A-Z0-9-]{19})/.exec(r.stdout() + r.stderr())?.[1]);
+  expect(codes[0]).toMatch(/^[A-Z0-9]{4}-[A-Z0-9]{4}-[A-Z0-9]{4}-[A-Z0-9]{4}$/);
+  expect(new Set(codes).size).toBe(1);
+});
+
 test('login on one replica, use on another, logout on a third: refused on all three within 1 s; the balancer needs no stickiness', async () => {
   const token = await signIn(replicas[0].url, 'alice');
   expect((await asUser(replicas[1].url, token)).status).toBe(200);
