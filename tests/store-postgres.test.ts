@@ -64,6 +64,16 @@ test('users live in PostgreSQL, not in data_dir; a session minted on one gateway
   );
   const refused = await request(b.url).get('/api/queue').set('authorization', `Bearer ${s.token}`);
   expect(refused.body.error.code).toBe('TOKEN_REVOKED');
+  // The audit trail of both gateways is in one table.
+  await eventually(
+    async () => {
+      const r = await sql.query<{ event: string; username: string }>('SELECT event, username FROM gw_audit ORDER BY id');
+      const seen = r.rows.map((x) => `${x.event}:${x.username}`);
+      return seen.includes('register:admin') && seen.includes('login_success:bob') && seen.includes('logout:bob');
+    },
+    5000,
+    'audit rows',
+  );
 });
 
 test('PostgreSQL unreachable: 503 STORE_UNAVAILABLE, nothing proxied, nothing half-written; back when it is', async () => {
