@@ -53,4 +53,23 @@ export const MIGRATIONS: Record<string, Migration> = {
       `.execute(db);
     },
   },
+  // The gateway queue (issue 12): held and failed prompts, per-user limits, daily usage (store/pgQueue.ts).
+  '0002_queue': {
+    async up(db: Kysely<unknown>) {
+      await sql`
+        CREATE TABLE gw_queue_held (id text PRIMARY KEY, seq bigint NOT NULL, value jsonb NOT NULL);
+        CREATE TABLE gw_queue_failed (n bigserial PRIMARY KEY, id text NOT NULL, value jsonb NOT NULL);
+        CREATE INDEX gw_queue_failed_id ON gw_queue_failed (id);
+        CREATE TABLE gw_queue_limits (owner text PRIMARY KEY, value jsonb NOT NULL);
+        CREATE TABLE gw_queue_usage (
+          owner text NOT NULL,
+          day text NOT NULL,
+          prompts bigint NOT NULL DEFAULT 0,
+          gpu_s double precision NOT NULL DEFAULT 0,
+          images bigint NOT NULL DEFAULT 0,
+          PRIMARY KEY (owner, day)
+        );
+      `.execute(db);
+    },
+  },
 };
