@@ -5,6 +5,7 @@ import request from 'supertest';
 import { composeGateway } from '../gateway/compose';
 import { ConfigError, loadConfig } from '../gateway/config/load';
 import { openShared } from '../gateway/store/compose';
+import { migrate } from '../gateway/store/pg';
 import { hfTokenPersistence } from '../gateway/store/parts';
 import { login, PW, registerFirstAdmin, registerUser } from './helpers/auth';
 import { startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
@@ -166,4 +167,20 @@ test('a PostgreSQL or Redis that cannot be reached at start-up stops the gateway
   const r2 = await runGateway(['--config', cfg], ENV);
   expect(r2.code).toBe(1);
   expect(r2.stderr).toMatch(/cannot reach Redis/);
+});
+
+test('replicas starting together migrate once: the advisory lock makes them take turns', async () => {
+  const fresh = await createTestDatabase();
+  try {
+    const applied = await Promise.all([migrate(fresh.url), migrate(fresh.url), migrate(fresh.url)]);
+    expect(applied.filter((a) => a.length > 0)).toHaveLength(1);
+    expect(applied.find((a) => a.length)).toEqual(['0001_initial', '0002_queue']);
+    const c = new pg.Client({ connectionString: fresh.url });
+    await c.connect();
+    const done = await c.query('SELECT name FROM gw_migrations ORDER BY name');
+    await c.end();
+    expect(done.rows.map((r) => r.name)).toEqual(['0001_initial', '0002_queue']);
+  } finally {
+    await fresh.drop();
+  }
 });
