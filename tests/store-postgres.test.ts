@@ -6,6 +6,8 @@ import { composeGateway } from '../gateway/compose';
 import { ConfigError, loadConfig } from '../gateway/config/load';
 import { openShared } from '../gateway/store/compose';
 import { migrate } from '../gateway/store/pg';
+import { createPgUserStore } from '../gateway/store/pgUsers';
+import { createRevocations, type Invalidation } from '../gateway/auth/revocations';
 import { hfTokenPersistence } from '../gateway/store/parts';
 import { login, PW, registerFirstAdmin, registerUser } from './helpers/auth';
 import { startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
@@ -182,5 +184,32 @@ test('replicas starting together migrate once: the advisory lock makes them take
     expect(done.rows.map((r) => r.name)).toEqual(['0001_initial', '0002_queue']);
   } finally {
     await fresh.drop();
+  }
+});
+
+test('what was voided elsewhere while a replica could not listen is announced there once it is back (its sockets close)', async () => {
+  const cut = await startTcpProxy('127.0.0.1', Number(new URL(db.url).port || 5432));
+  const hereShared = await openShared(cut.via(db.url), undefined, null);
+  const thereShared = await openShared(db.url, undefined, null);
+  const events: Invalidation[] = [];
+  const bus = createRevocations();
+  bus.on((e) => events.push(e));
+  try {
+    const here = await createPgUserStore({ pool: hereShared.pool, feed: hereShared.feed, revocations: bus });
+    const there = await createPgUserStore({ pool: thereShared.pool, feed: thereShared.feed });
+    cut.block();
+    await eventually(() => !hereShared.feed.fresh(), 5000, 'feed lost');
+    expect(() => here.revocations.isRevoked('gone-while-away')).toThrow(expect.objectContaining({ code: 'STORE_UNAVAILABLE' }));
+    await there.revocations.revoke('gone-while-away', Math.floor(Date.now() / 1000) + 3600);
+    cut.unblock();
+    await eventually(() => hereShared.feed.fresh(), 10_000, 'feed back');
+    expect(here.revocations.isRevoked('gone-while-away')).toBe(true);
+    expect(events).toContainEqual({ kind: 'jti', jti: 'gone-while-away' });
+  } finally {
+    for (const s of [hereShared, thereShared]) {
+      await s.feed.close();
+      await s.pool.end();
+    }
+    await cut.close();
   }
 });

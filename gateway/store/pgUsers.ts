@@ -64,8 +64,13 @@ export async function createPgUserStore(opts: {
 
   await cache.loadAll();
   feed.onResync(async () => {
+    // Whatever was voided elsewhere while the feed was down is announced now (open sockets close).
+    const revokedBefore = new Set(cache.revoked.keys());
+    const tokensBefore = [...cache.tokens.keys()];
     const before = await cache.loadAll();
     for (const old of before.values()) compare(old, cache.users.get(old.username));
+    for (const jti of cache.revoked.keys()) if (!revokedBefore.has(jti)) bus?.emit({ kind: 'jti', jti });
+    for (const id of tokensBefore) if (!cache.tokens.has(id)) bus?.emit({ kind: 'token', tokenId: id });
   });
   // Changes are applied in the order they arrive, one at a time: two notifications for one user never interleave.
   let applying: Promise<void> = Promise.resolve();
