@@ -2,6 +2,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { createRevocations, type Invalidation, type Revocations } from '../gateway/auth/revocations';
+import type { Logger } from '../gateway/log';
+import { createLedger, type Ledger, type PromptRecord } from '../gateway/proxy/isolation/ledger';
 import { openShared, type SharedStore } from '../gateway/store/compose';
 import { createPgUserStore } from '../gateway/store/pgUsers';
 import { createUserStore, type GatewayUserStore } from '../gateway/users/store';
@@ -204,5 +206,77 @@ describe.each(backends)('%s store', (_name, make) => {
     await here.flush();
     const third = await backend.open();
     expect(third.list().map((u) => u.username)).toEqual(['first', 'from-there', 'later']);
+  });
+});
+
+/** The prompt ledger's persistence: prompt_ledger.json, or documents in PostgreSQL — the same cases. */
+interface LedgerBackend {
+  open(): Promise<Ledger>;
+  cleanup(): Promise<void>;
+}
+const silent = { info: () => undefined, warn: () => undefined, error: () => undefined } as unknown as Logger;
+const ledgerBackends: [string, () => Promise<LedgerBackend>][] = [
+  [
+    'file',
+    async () => {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgw-ledger-'));
+      return {
+        open: async () => createLedger({ file: path.join(dir, 'prompt_ledger.json'), logger: silent }),
+        cleanup: async () => fs.rmSync(dir, { recursive: true, force: true }),
+      };
+    },
+  ],
+  [
+    'postgres',
+    async () => {
+      const db = await createTestDatabase();
+      const shared: SharedStore[] = [];
+      return {
+        open: async () => {
+          const s = await openShared(db.url, undefined, null);
+          shared.push(s);
+          const docs = s.docs.collection<PromptRecord>('ledger');
+          return createLedger({ file: '/nonexistent/ledger.json', logger: silent, shared: { initial: await docs.all(), docs } });
+        },
+        async cleanup() {
+          for (const s of shared) {
+            await s.feed.close();
+            await s.pool.end();
+          }
+          await db.drop();
+        },
+      };
+    },
+  ],
+];
+
+describe.each(ledgerBackends)('%s ledger', (_name, make) => {
+  let backend: LedgerBackend;
+  beforeEach(async () => {
+    backend = await make();
+  });
+  afterEach(async () => {
+    await backend.cleanup();
+  });
+
+  test('records owners, upstream ids and files, and keeps them across a reopen', async () => {
+    const l = await backend.open();
+    l.add({ id: 'p1', owner: 'alice', clientId: 'tab', upstreamClientId: 'up1' });
+    l.add({ id: 'p2', owner: 'bob', clientId: '', upstreamClientId: 'up2' });
+    l.add({ id: 'p3', owner: 'alice', clientId: 'tab', upstreamClientId: 'up1' });
+    l.setUpstreamId('p2', 'comfy-2');
+    l.addFiles('p1', [{ type: 'output', subfolder: 'alice', filename: 'a.png' }]);
+    l.remove('p3');
+    await l.close();
+    const again = await backend.open();
+    expect(again.size).toBe(2);
+    expect(again.idsOf('alice')).toEqual(['p1']);
+    expect(again.owner('p2')).toBe('bob');
+    expect(again.byUpstreamId('comfy-2')).toBe('p2');
+    expect(again.get('p1')).toMatchObject({ owner: 'alice', clientId: 'tab', upstreamClientId: 'up1' });
+    expect(again.ownsFile('alice', { type: 'output', subfolder: 'alice', filename: 'a.png' })).toBe(true);
+    expect(again.ownsFile('bob', { type: 'output', subfolder: 'alice', filename: 'a.png' })).toBe(false);
+    expect(again.get('p3')).toBeUndefined();
+    await again.close();
   });
 });
