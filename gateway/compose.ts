@@ -39,6 +39,7 @@ import { freshPrincipal } from './routes/body';
 // multi-user isolation (issue 5)
 import { createIsolation, configuredInputDir } from './proxy/isolation';
 import { createComfyServer } from './proxy/comfyServer';
+import { composeQueue, type ComposedQueue } from './queue/compose';
 
 /** Knobs for tests and the CLI that are not user configuration. */
 export interface ComposeOptions {
@@ -73,6 +74,7 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
     opts.logger ?? createLogger({ levels: config.log_levels, file: config.paths.log, stdout: opts.stdout, pretty: opts.pretty });
   // The audit trail is written whatever log_levels says: an operator quietening the log must not lose it.
   let gatewayRef: Gateway | null = null;
+  let queuedRef: ComposedQueue | null = null;
   const metrics = createMetrics({ openWebSockets: () => gatewayRef?.openWebSockets() ?? 0, logger });
   const audit = createAudit(
     logger.isLevelEnabled('info')
@@ -128,7 +130,7 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   const chain = createCredentialChain(chainDeps);
   // IP lists first: a refused address gets 403 before anything else is looked at.
   const gates: Gate[] = [ipLists.gate, createHttpsUpgradeGate({ config }), ...(cfAccess ? [cfAccess.gate] : []), bruteForce.gate];
-  const routes: RouteMount[] = [securityHeaders(), staticRoutes(), healthRoutes({ upstream }), edgeRoutes({ ipLists, audit, chain })];
+  const routes: RouteMount[] = [securityHeaders(), staticRoutes(), healthRoutes({ upstream, workers: () => queuedRef?.health() }), edgeRoutes({ ipLists, audit, chain })];
   if (config.metrics.enabled) routes.push(metrics.routes);
   if (config.metrics.port !== null) await metrics.listen(config.metrics.port);
   routes.push(
@@ -159,12 +161,16 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   const comfyServer = createComfyServer({ upstream, logger, upstreamUrl: config.upstream, configuredInputDir: configuredInputDir(config) });
   closers.push(() => comfyServer.close());
   await comfyServer.learn();
-  const isolation = createIsolation({ config, logger, audit, upstream, server: comfyServer, keys: users.accounts });
+  // The gateway's own queue (issue 12): held prompts, fair release, limits, usage, workers.
+  const queued = (queuedRef = await composeQueue({ config, logger, upstream, keys: users.accounts, users, chain }));
+  closers.push(() => queued.close());
+  routes.push(queued.routes);
+  const isolation = createIsolation({ config, logger, audit, upstream, server: comfyServer, keys: users.accounts, queue: queued.queue });
   // A deleted account's folders leave its name at once (kept for admins or removed), however it was removed.
   users.onRemoved((name, accountId) => isolation.folders.retire(name, accountId));
   enrichers.push(...isolation.enrichers);
   interceptors.push(...isolation.interceptors);
-  wsHooks.unshift(isolation.wsHooks);
+  wsHooks.unshift(isolation.wsHooks, queued.queue.wsHooks);
   closers.push(() => isolation.close());
   routes.push(userAdminRoutes({ store: users, passwords, audit, chain, folders: isolation.folders }));
   // Each gateway user gets its ComfyUI user when it is created (first use covers users made before this ran).

@@ -1,0 +1,245 @@
+import type { Logger } from '../log';
+import type { UpstreamResponse } from '../proxy/upstream';
+import type { AccountKeys } from '../users/types';
+import { dayOf, type Limits } from './limits';
+import type { Scheduler } from './scheduler';
+import type { FailedPrompt, HeldPrompt, QueueStore } from './store';
+import type { Flight, Worker } from './worker';
+import type { Workers } from './workers';
+
+/** What isolation lends the queue: how a prompt is sent, and the id translation. */
+export interface QueueIo {
+  send(w: Worker, p: HeldPrompt): Promise<UpstreamResponse>;
+  toUpstream(id: string): string;
+  toClient(upstreamId: string): string;
+  /** the owner's username of a gateway prompt id (the ledger) */
+  ownerOf(id: string): string | undefined;
+  /** after a restart: the ledger must know the owner of a persisted prompt (its write may have been lost) */
+  ensureOwned(p: HeldPrompt, username: string): void;
+}
+
+/** A prompt ready for the queue (already confined and given its ids by isolation). */
+export interface Submission {
+  id: string;
+  username: string;
+  role: 'admin' | 'user';
+  body: Record<string, unknown>;
+  comfyUser: string | null;
+  clientId: string;
+  upstreamClientId: string;
+  front: boolean;
+}
+
+/** What became of a submission: sent at once (ComfyUI's answer) or held (the gateway's answer). */
+export type Outcome = { held: false; up: UpstreamResponse } | { held: true; number: number };
+
+/** Listeners the queue calls (WebSocket notices, usage). */
+export interface QueueNotices {
+  /** a user's count changed without ComfyUI knowing (held, deleted) */
+  counts(): void;
+  /** a held prompt was refused when released */
+  refused(f: FailedPrompt, p: HeldPrompt): void;
+}
+
+/**
+ * The dispatcher: a prompt goes straight to a worker only when one is idle and nobody is waiting (ComfyUI's own
+ * answer, node_errors included, reaches the client); otherwise it is persisted, held and answered at once. A
+ * worker gets a second (waiting) prompt only `coalesceMs` after its last one, so users whose prompts arrive
+ * together are ordered together; it never holds more than one running and one waiting.
+ */
+export function createDispatcher(deps: {
+  store: QueueStore;
+  scheduler: Scheduler;
+  limits: Limits;
+  workers: Workers;
+  keys: AccountKeys;
+  logger: Logger;
+  coalesceMs: number;
+  nextSeq: number;
+  notices: QueueNotices;
+  failed: Map<string, FailedPrompt>;
+}) {
+  const { store, scheduler, workers, keys, logger } = deps;
+  let seq = deps.nextSeq;
+  let io: QueueIo | null = null;
+  let timer: NodeJS.Timeout | null = null;
+
+  const runningOf = (owner: string) => workers.all().reduce((n, w) => n + [...w.flights.values()].filter((f) => f.owner === owner).length, 0);
+  const may = (owner: string) => {
+    const role = scheduler.peek((o) => o === owner)?.role ?? 'user';
+    const max = deps.limits.effective(owner, role).max_running;
+    return max === null || runningOf(owner) < max;
+  };
+
+  /** When the worker can take one more: 0 = now, n = in n ms, null = full or down. */
+  function roomIn(w: Worker): number | null {
+    if (!w.up) return null;
+    if (w.flights.size === 0) return 0;
+    if (w.flights.size >= 2) return null;
+    return Math.max(0, w.lastSentAt + deps.coalesceMs - Date.now());
+  }
+
+  function pump(): void {
+    if (!io) return;
+    for (;;) {
+      let soonest = Infinity;
+      const ready = workers.all().filter((w) => {
+        const r = roomIn(w);
+        if (r !== null && r > 0) soonest = Math.min(soonest, r);
+        return r === 0;
+      });
+      if (!ready.length || !scheduler.size) {
+        if (soonest < Infinity && scheduler.size && !timer) {
+          timer = setTimeout(() => {
+            timer = null;
+            pump();
+          }, soonest + 1);
+          timer.unref();
+        }
+        return;
+      }
+      const p = scheduler.peek(may);
+      if (!p) return;
+      const w = workers.pick(ready, p);
+      if (!w) return;
+      scheduler.remove(p.id);
+      if (!keys.nameOf(p.owner)) {
+        // the account was deleted while its prompt waited
+        void store.apply({ op: 'drop', ids: [p.id] });
+        continue;
+      }
+      scheduler.served(p.owner, p.role);
+      w.track(p.id, p.owner);
+      void release(w, p);
+    }
+  }
+
+  async function release(w: Worker, p: HeldPrompt): Promise<void> {
+    let up: UpstreamResponse;
+    try {
+      up = await io!.send(w, p);
+    } catch (e) {
+      // Not reached: it goes back to its place and waits for a worker.
+      logger.warn({ err: (e as Error).message, prompt: p.id, worker: w.name }, 'queue: release failed; the prompt waits again');
+      w.untrack(p.id);
+      scheduler.add(p);
+      w.refreshSoon();
+      return;
+    }
+    if (up.status === 200) {
+      w.refreshSoon();
+      await store.apply({ op: 'drop', ids: [p.id] }).catch((e) => logger.error({ err: (e as Error).message }, 'queue: store failed'));
+      return;
+    }
+    w.untrack(p.id);
+    let error: Record<string, unknown>;
+    try {
+      error = JSON.parse(up.body.toString('utf8')) as Record<string, unknown>;
+    } catch {
+      error = { error: { type: 'invalid_prompt', message: `ComfyUI answered ${up.status}`, details: '', extra_info: {} }, node_errors: {} };
+    }
+    const body = JSON.parse(p.body) as Record<string, unknown>;
+    const f: FailedPrompt = {
+      id: p.id,
+      owner: p.owner,
+      at: Date.now(),
+      error,
+      prompt: [p.number, p.id, body.prompt ?? {}, body.extra_data ?? { client_id: p.upstreamClientId }, []],
+    };
+    deps.failed.set(p.id, f);
+    logger.info({ prompt: p.id, worker: w.name, status: up.status }, 'queue: ComfyUI refused a held prompt');
+    await store.apply({ op: 'failed', entry: f }).catch(() => undefined);
+    await store.apply({ op: 'drop', ids: [p.id] }).catch(() => undefined);
+    deps.notices.refused(f, p);
+    pump();
+  }
+
+  return {
+    bind(x: QueueIo) {
+      io = x;
+      pump();
+    },
+    get io() {
+      return io;
+    },
+    pump,
+    runningOf,
+    /** Re-holds prompts after a restart (and tells the ledger whose they are). */
+    restore(held: HeldPrompt[]) {
+      for (const p of held.sort((a, b) => a.seq - b.seq)) {
+        const name = keys.nameOf(p.owner);
+        if (!name) continue;
+        io?.ensureOwned(p, name);
+        scheduler.add(p);
+      }
+    },
+    /** Sends at once when a worker is idle and nobody waits; otherwise persists and holds. */
+    async submit(s: Submission, direct: (w: Worker) => Promise<UpstreamResponse>): Promise<Outcome> {
+      const owner = keys.keyOf(s.username);
+      const now = Date.now();
+      const idle = scheduler.size === 0 ? workers.all().find((w) => w.up && w.flights.size === 0) : undefined;
+      const anyUp = workers.all().some((w) => w.up);
+      if (idle || !anyUp) {
+        // Nobody up at all: ComfyUI's own failure (502) is the answer, nothing is queued.
+        const w = idle ?? workers.all()[0];
+        w.track(s.id, owner);
+        scheduler.served(owner, s.role);
+        let up: UpstreamResponse;
+        try {
+          up = await direct(w);
+        } catch (e) {
+          w.untrack(s.id);
+          throw e;
+        }
+        if (up.status !== 200) w.untrack(s.id);
+        else {
+          deps.limits.add(owner, dayOf(now), { prompts: 1 });
+          void store.apply({ op: 'usage', owner, day: dayOf(now), prompts: 1, gpu_s: 0, images: 0 }).catch(() => undefined);
+          w.refreshSoon();
+        }
+        return { held: false, up };
+      }
+      const n = seq++;
+      const p: HeldPrompt = {
+        id: s.id,
+        owner,
+        role: s.role,
+        seq: n,
+        number: n,
+        at: now,
+        front: s.front,
+        body: JSON.stringify(s.body),
+        comfyUser: s.comfyUser,
+        clientId: s.clientId,
+        upstreamClientId: s.upstreamClientId,
+      };
+      // Durable before the answer: a restart releases it later.
+      await store.apply({ op: 'hold', prompt: p });
+      deps.limits.add(owner, dayOf(now), { prompts: 1 });
+      void store.apply({ op: 'usage', owner, day: dayOf(now), prompts: 1, gpu_s: 0, images: 0 }).catch(() => undefined);
+      scheduler.add(p);
+      deps.notices.counts();
+      pump();
+      return { held: true, number: n };
+    },
+    /** Removes held prompts (delete, clear, interrupt of a held prompt); returns the ids removed. */
+    async cancel(ids: string[]): Promise<string[]> {
+      const gone = ids.filter((id) => scheduler.remove(id));
+      if (gone.length) {
+        await store.apply({ op: 'drop', ids: gone });
+        deps.notices.counts();
+      }
+      return gone;
+    },
+    /** a flight ended on a worker */
+    finished(_w: Worker, _f: Flight) {
+      pump();
+    },
+    close() {
+      if (timer) clearTimeout(timer);
+    },
+  };
+}
+
+/** The dispatcher's interface. */
+export type Dispatcher = ReturnType<typeof createDispatcher>;

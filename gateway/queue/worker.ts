@@ -1,0 +1,166 @@
+import type { Logger } from '../log';
+import type { Upstream } from '../proxy/upstream';
+
+/** A prompt the gateway gave a worker and has not yet seen leave its queue. */
+export interface Flight {
+  id: string;
+  /** owner's account key ('' when unknown: a prompt found on the worker at start-up) */
+  owner: string;
+  sentAt: number;
+  running: boolean;
+}
+
+/** How the worker's ids map to the gateway's (set once isolation is built). */
+export interface IdMap {
+  toClient(upstreamId: string): string;
+  ownerKey(id: string): string | undefined;
+}
+
+/** One ComfyUI server the gateway releases prompts to, and what the gateway knows of its queue. */
+export interface Worker {
+  name: string;
+  url: string;
+  weight: number;
+  tags: string[];
+  upstream: Upstream;
+  readonly up: boolean;
+  readonly flights: ReadonlyMap<string, Flight>;
+  /** when the last prompt was given to it (the waiting slot's coalescing window starts there) */
+  readonly lastSentAt: number;
+  /** a prompt is on its way to it: counted at once, before ComfyUI answers */
+  track(id: string, owner: string): void;
+  untrack(id: string): void;
+  /** ask its queue soon (a `status` frame passed, a prompt was sent) */
+  refreshSoon(): void;
+  close(): void;
+}
+
+/** What the worker tells the queue. */
+export interface WorkerEvents {
+  /** flights ended or room changed: the queue may release more */
+  changed(w: Worker): void;
+  /** a flight left the worker's queue (finished, failed, interrupted or deleted) */
+  finished(w: Worker, f: Flight): void;
+  /** the worker stopped answering: what it held is lost (waiting ones may be sent again) */
+  down(w: Worker, lost: Flight[]): void;
+}
+
+/**
+ * Follows one worker's queue by asking GET /queue: after every change the gateway sees (a `status` frame on any
+ * relayed socket, a release) and every `pollMs` while it holds prompts of the gateway. A flight is over once a
+ * queue read started after it was sent no longer lists it. The gateway keeps no socket of its own to ComfyUI.
+ */
+export function createWorker(deps: {
+  name: string;
+  url: string;
+  weight?: number;
+  tags?: string[];
+  upstream: Upstream;
+  ids: () => IdMap | null;
+  logger: Logger;
+  events: WorkerEvents;
+  pollMs?: number;
+}): Worker {
+  const pollMs = deps.pollMs ?? 250;
+  const flights = new Map<string, Flight>();
+  let up = true;
+  let lastSentAt = 0;
+  let asking = false;
+  let again = false;
+  let adopted = false;
+  let closed = false;
+  let timer: NodeJS.Timeout | null = null;
+
+  function schedule(ms: number) {
+    if (closed || timer) return;
+    timer = setTimeout(() => {
+      timer = null;
+      void refresh();
+    }, ms);
+    timer.unref();
+  }
+
+  async function refresh(): Promise<void> {
+    if (asking) {
+      again = true;
+      return;
+    }
+    asking = true;
+    const askedAt = Date.now();
+    try {
+      const q = await deps.upstream.json<{ queue_running?: unknown[]; queue_pending?: unknown[] }>('GET', '/queue', { timeoutMs: 5000 });
+      const ids = deps.ids();
+      const toClient = (u: string) => (ids ? ids.toClient(u) : u);
+      const idOf = (e: unknown) => (Array.isArray(e) && typeof e[1] === 'string' ? toClient(e[1]) : null);
+      const running = new Set((q.queue_running ?? []).map(idOf).filter((x): x is string => !!x));
+      const present = new Set([...running, ...(q.queue_pending ?? []).map(idOf).filter((x): x is string => !!x)]);
+      if (!up) up = true;
+      if (!adopted) {
+        // After a gateway restart: what the worker already has occupies its slots.
+        adopted = true;
+        for (const id of present)
+          if (!flights.has(id)) flights.set(id, { id, owner: ids?.ownerKey(id) ?? '', sentAt: askedAt, running: running.has(id) });
+      }
+      const ended: Flight[] = [];
+      for (const f of flights.values()) {
+        f.running = running.has(f.id);
+        if (!present.has(f.id) && f.sentAt < askedAt) ended.push(f);
+      }
+      for (const f of ended) flights.delete(f.id);
+      for (const f of ended) deps.events.finished(worker, f);
+      deps.events.changed(worker);
+    } catch (e) {
+      deps.logger.debug({ err: (e as Error).message, worker: deps.name }, 'queue: GET /queue failed');
+      if (up) {
+        up = false;
+        const lost = [...flights.values()];
+        flights.clear();
+        adopted = false;
+        deps.logger.warn({ worker: deps.name, lost: lost.length }, 'queue: worker is down');
+        deps.events.down(worker, lost);
+      }
+    } finally {
+      asking = false;
+      if (again) {
+        again = false;
+        schedule(0);
+      } else if (flights.size || !up) schedule(up ? pollMs : 1000);
+    }
+  }
+
+  const worker: Worker = {
+    name: deps.name,
+    url: deps.url,
+    weight: deps.weight ?? 1,
+    tags: deps.tags ?? [],
+    upstream: deps.upstream,
+    get up() {
+      return up;
+    },
+    flights,
+    get lastSentAt() {
+      return lastSentAt;
+    },
+    track(id, owner) {
+      flights.set(id, { id, owner, sentAt: Date.now(), running: false });
+      lastSentAt = Date.now();
+    },
+    untrack(id) {
+      if (flights.delete(id)) deps.events.changed(worker);
+    },
+    refreshSoon() {
+      if (timer) {
+        clearTimeout(timer);
+        timer = null;
+      }
+      schedule(0);
+    },
+    close() {
+      closed = true;
+      if (timer) clearTimeout(timer);
+    },
+  };
+  // Learn what it holds now (prompts released by a gateway that was restarted).
+  schedule(0);
+  return worker;
+}
