@@ -40,6 +40,7 @@ import { freshPrincipal } from './routes/body';
 import { createIsolation, configuredInputDir } from './proxy/isolation';
 import { createComfyServer } from './proxy/comfyServer';
 import { composeQueue, type ComposedQueue } from './queue/compose';
+import type { GatewayQueue } from './queue';
 
 /** Knobs for tests and the CLI that are not user configuration. */
 export interface ComposeOptions {
@@ -62,6 +63,8 @@ export interface Composed {
   upstream: Upstream;
   /** the user store (users_db.json) */
   users: UserStore;
+  /** the gateway's own queue (held prompts, workers, limits, usage) */
+  queue: GatewayQueue;
   /** lines main prints at start-up (how to set a key, setup codes) */
   notices: string[];
   /** flushes stores and stops background work */
@@ -130,7 +133,12 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   const chain = createCredentialChain(chainDeps);
   // IP lists first: a refused address gets 403 before anything else is looked at.
   const gates: Gate[] = [ipLists.gate, createHttpsUpgradeGate({ config }), ...(cfAccess ? [cfAccess.gate] : []), bruteForce.gate];
-  const routes: RouteMount[] = [securityHeaders(), staticRoutes(), healthRoutes({ upstream, workers: () => queuedRef?.health() }), edgeRoutes({ ipLists, audit, chain })];
+  const routes: RouteMount[] = [
+    securityHeaders(),
+    staticRoutes(),
+    healthRoutes({ upstream, workers: () => queuedRef?.health() }),
+    edgeRoutes({ ipLists, audit, chain }),
+  ];
   if (config.metrics.enabled) routes.push(metrics.routes);
   if (config.metrics.port !== null) await metrics.listen(config.metrics.port);
   routes.push(
@@ -235,6 +243,7 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
     audit,
     upstream,
     users,
+    queue: queued.queue,
     notices,
     async close() {
       for (const c of closers.reverse()) await c();

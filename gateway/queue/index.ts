@@ -98,6 +98,7 @@ export async function createGatewayQueue(deps: {
     keys,
     logger,
     coalesceMs: deps.scheduler.coalesce_ms,
+    answerWaitMs: 2000,
     nextSeq: state.nextSeq,
     failed,
     notices: {

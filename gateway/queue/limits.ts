@@ -23,7 +23,11 @@ export interface UserLoad {
  * Per-role limits from the config, per-user overrides set by admins, and per-day usage counters: the one place
  * that decides whether a user may queue another prompt (429 QUEUE_LIMIT / QUOTA_EXCEEDED otherwise).
  */
-export function createLimits(deps: { roles: Partial<Record<'admin' | 'user', LimitSet>>; overrides: Record<string, LimitOverride>; usage: UsageRow[] }) {
+export function createLimits(deps: {
+  roles: Partial<Record<'admin' | 'user', LimitSet>>;
+  overrides: Record<string, LimitOverride>;
+  usage: UsageRow[];
+}) {
   const overrides = new Map(Object.entries(deps.overrides));
   const usage = new Map(deps.usage.map((r) => [`${r.owner}|${r.day}`, { ...r }]));
 
@@ -80,7 +84,9 @@ export function createLimits(deps: { roles: Partial<Record<'admin' | 'user', Lim
     },
     /** usage rows between two days (inclusive) */
     rows(from: string, to: string): UsageRow[] {
-      return [...usage.values()].filter((r) => r.day >= from && r.day <= to).sort((a, b) => a.day.localeCompare(b.day) || a.owner.localeCompare(b.owner));
+      return [...usage.values()]
+        .filter((r) => r.day >= from && r.day <= to)
+        .sort((a, b) => a.day.localeCompare(b.day) || a.owner.localeCompare(b.owner));
     },
   };
 }

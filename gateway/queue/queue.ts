@@ -23,7 +23,8 @@ export interface Submission {
   id: string;
   username: string;
   role: 'admin' | 'user';
-  body: Record<string, unknown>;
+  /** the JSON text to POST (isolation's serialisation: numbers keep their exact text) */
+  body: string;
   comfyUser: string | null;
   clientId: string;
   upstreamClientId: string;
@@ -55,6 +56,8 @@ export function createDispatcher(deps: {
   keys: AccountKeys;
   logger: Logger;
   coalesceMs: number;
+  /** how long past the coalescing window a submission waits for ComfyUI's answer to its release */
+  answerWaitMs: number;
   nextSeq: number;
   notices: QueueNotices;
   failed: Map<string, FailedPrompt>;
@@ -64,7 +67,8 @@ export function createDispatcher(deps: {
   let io: QueueIo | null = null;
   let timer: NodeJS.Timeout | null = null;
 
-  const runningOf = (owner: string) => workers.all().reduce((n, w) => n + [...w.flights.values()].filter((f) => f.owner === owner).length, 0);
+  const runningOf = (owner: string) =>
+    workers.all().reduce((n, w) => n + [...w.flights.values()].filter((f) => f.owner === owner).length, 0);
   const may = (owner: string) => {
     const role = scheduler.peek((o) => o === owner)?.role ?? 'user';
     const max = deps.limits.effective(owner, role).max_running;
@@ -114,6 +118,22 @@ export function createDispatcher(deps: {
     }
   }
 
+  // Submissions waiting for their own release (the worker had room): ComfyUI's answer goes to them verbatim.
+  const waiters = new Map<string, (up: UpstreamResponse) => void>();
+  function waitRelease(id: string, ms: number): Promise<UpstreamResponse | null> {
+    return new Promise((resolve) => {
+      const t = setTimeout(() => {
+        waiters.delete(id);
+        resolve(null);
+      }, ms);
+      waiters.set(id, (up) => {
+        clearTimeout(t);
+        waiters.delete(id);
+        resolve(up);
+      });
+    });
+  }
+
   async function release(w: Worker, p: HeldPrompt): Promise<void> {
     let up: UpstreamResponse;
     try {
@@ -126,12 +146,23 @@ export function createDispatcher(deps: {
       w.refreshSoon();
       return;
     }
+    const waiter = waiters.get(p.id);
     if (up.status === 200) {
       w.refreshSoon();
+      workers.sentTo(p.id, w);
       await store.apply({ op: 'drop', ids: [p.id] }).catch((e) => logger.error({ err: (e as Error).message }, 'queue: store failed'));
+      waiter?.(up);
       return;
     }
     w.untrack(p.id);
+    if (waiter) {
+      // The client is still on the line: ComfyUI's refusal (node_errors) is its answer, as without the queue.
+      await store.apply({ op: 'drop', ids: [p.id] }).catch(() => undefined);
+      waiter(up);
+      deps.notices.counts();
+      pump();
+      return;
+    }
     let error: Record<string, unknown>;
     try {
       error = JSON.parse(up.body.toString('utf8')) as Record<string, unknown>;
@@ -177,7 +208,17 @@ export function createDispatcher(deps: {
     async submit(s: Submission, direct: (w: Worker) => Promise<UpstreamResponse>): Promise<Outcome> {
       const owner = keys.keyOf(s.username);
       const now = Date.now();
-      const idle = scheduler.size === 0 ? workers.all().find((w) => w.up && w.flights.size === 0) : undefined;
+      const idleNow = () => (scheduler.size === 0 ? workers.all().find((w) => w.up && w.flights.size === 0) : undefined);
+      // Nobody waits but every worker looks busy: what the gateway knows may be a moment old (a prompt that just
+      // ended), so it asks before deciding rather than holding a prompt a free worker could start now.
+      if (!idleNow() && scheduler.size === 0)
+        await Promise.all(
+          workers
+            .all()
+            .filter((w) => w.up)
+            .map((w) => w.refreshNow()),
+        );
+      const idle = idleNow();
       const anyUp = workers.all().some((w) => w.up);
       if (idle || !anyUp) {
         // Nobody up at all: ComfyUI's own failure (502) is the answer, nothing is queued.
@@ -208,7 +249,7 @@ export function createDispatcher(deps: {
         number: n,
         at: now,
         front: s.front,
-        body: JSON.stringify(s.body),
+        body: s.body,
         comfyUser: s.comfyUser,
         clientId: s.clientId,
         upstreamClientId: s.upstreamClientId,
@@ -220,6 +261,14 @@ export function createDispatcher(deps: {
       scheduler.add(p);
       deps.notices.counts();
       pump();
+      // A worker has room and this prompt is next (or already on its way): the answer waits for ComfyUI's, so its
+      // validation errors reach the client as they would without the gateway. Otherwise the answer is at once.
+      const released = !scheduler.get(p.id);
+      const next = workers.all().some((w) => w.up && w.flights.size < 2) && scheduler.peek(may)?.id === p.id;
+      if (released || next) {
+        const up = await waitRelease(p.id, deps.coalesceMs + deps.answerWaitMs);
+        if (up) return { held: false, up };
+      }
       return { held: true, number: n };
     },
     /** Removes held prompts (delete, clear, interrupt of a held prompt); returns the ids removed. */

@@ -23,7 +23,11 @@ function dayParam(v: unknown, name: string, fallback: string): string {
  * (held prompts in release order, workers, limits), PUT|DELETE /gateway/api/queue/limits/:username, POST
  * /gateway/api/queue/reorder {ids}. The admin-only part is the policy table's `gateway-admin-queue` row.
  */
-export function queueRoutes(deps: { queue: GatewayQueue; users: Pick<UserStore, 'get'>; chain: Pick<CredentialChain, 'authenticate'> }): RouteMount {
+export function queueRoutes(deps: {
+  queue: GatewayQueue;
+  users: Pick<UserStore, 'get'>;
+  chain: Pick<CredentialChain, 'authenticate'>;
+}): RouteMount {
   const { queue } = deps;
   const fresh = freshPrincipal(deps.chain);
   const name = (key: string) => queue.keys.nameOf(key) ?? null;
@@ -38,13 +42,26 @@ export function queueRoutes(deps: { queue: GatewayQueue; users: Pick<UserStore, 
       const rows = queue.limits
         .rows(from, to)
         .filter((r) => p.role === 'admin' || r.owner === self)
-        .map((r) => ({ user: name(r.owner), day: r.day, prompts: r.prompts, gpu_seconds: Math.round(r.gpu_s * 1000) / 1000, images: r.images }))
+        .map((r) => ({
+          user: name(r.owner),
+          day: r.day,
+          prompts: r.prompts,
+          gpu_seconds: Math.round(r.gpu_s * 1000) / 1000,
+          images: r.images,
+        }))
         .filter((r) => r.user !== null);
       res.set('Cache-Control', 'no-store').json({ from, to, usage: rows });
     });
 
     app.get('/gateway/api/queue', (_req, res) => {
-      const held = queue.held(null).map((h, i) => ({ position: i + 1, prompt_id: h.id, user: name(h.owner), role: h.role, front: h.front, queued_at: new Date(h.at).toISOString() }));
+      const held = queue.held(null).map((h, i) => ({
+        position: i + 1,
+        prompt_id: h.id,
+        user: name(h.owner),
+        role: h.role,
+        front: h.front,
+        queued_at: new Date(h.at).toISOString(),
+      }));
       const workers = queue.workers.all().map((w) => ({
         name: w.name,
         url: w.url,

@@ -30,6 +30,10 @@ export interface Worker {
   /** a prompt is on its way to it: counted at once, before ComfyUI answers */
   track(id: string, owner: string): void;
   untrack(id: string): void;
+  /** reads its queue now (resolves once a read that started after this call is in) */
+  refreshNow(): Promise<void>;
+  /** a read of its queue is on its way */
+  readonly reading: boolean;
   /** ask its queue soon (a `status` frame passed, a prompt was sent) */
   refreshSoon(): void;
   close(): void;
@@ -66,7 +70,6 @@ export function createWorker(deps: {
   let up = true;
   let lastSentAt = 0;
   let asking = false;
-  let again = false;
   let adopted = false;
   let closed = false;
   let timer: NodeJS.Timeout | null = null;
@@ -80,11 +83,11 @@ export function createWorker(deps: {
     timer.unref();
   }
 
-  async function refresh(): Promise<void> {
-    if (asking) {
-      again = true;
-      return;
-    }
+  // Reads run one after another: a read asked for now starts after the one on its way (which may be older news).
+  let chain: Promise<void> = Promise.resolve();
+  const refresh = (): Promise<void> => (chain = chain.then(read));
+
+  async function read(): Promise<void> {
     asking = true;
     const askedAt = Date.now();
     try {
@@ -107,6 +110,9 @@ export function createWorker(deps: {
         if (!present.has(f.id) && f.sentAt < askedAt) ended.push(f);
       }
       for (const f of ended) flights.delete(f.id);
+      // Sent after the read began: not listed yet; the first of the worker's prompts is the one it runs.
+      const first = flights.values().next().value;
+      if (first && !running.size) first.running = true;
       for (const f of ended) deps.events.finished(worker, f);
       deps.events.changed(worker);
     } catch (e) {
@@ -121,10 +127,7 @@ export function createWorker(deps: {
       }
     } finally {
       asking = false;
-      if (again) {
-        again = false;
-        schedule(0);
-      } else if (flights.size || !up) schedule(up ? pollMs : 1000);
+      if (flights.size || !up) schedule(up ? pollMs : 1000);
     }
   }
 
@@ -142,11 +145,16 @@ export function createWorker(deps: {
       return lastSentAt;
     },
     track(id, owner) {
-      flights.set(id, { id, owner, sentAt: Date.now(), running: false });
+      // ComfyUI runs its queue in order: a prompt sent to an empty worker is the one running.
+      flights.set(id, { id, owner, sentAt: Date.now(), running: flights.size === 0 });
       lastSentAt = Date.now();
     },
     untrack(id) {
       if (flights.delete(id)) deps.events.changed(worker);
+    },
+    refreshNow: () => refresh(),
+    get reading() {
+      return asking;
     },
     refreshSoon() {
       if (timer) {

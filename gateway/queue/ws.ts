@@ -14,7 +14,8 @@ export function createQueueWsHooks(deps: {
   onStatus(): void;
 }) {
   const sessions = new Set<WsSession>();
-  const statusFrame = (s: WsSession) => JSON.stringify({ type: 'status', data: { status: { exec_info: { queue_remaining: deps.countFor(s) } } } });
+  const statusFrame = (s: WsSession) =>
+    JSON.stringify({ type: 'status', data: { status: { exec_info: { queue_remaining: deps.countFor(s) } } } });
   const open = (s: WsSession) => !s.detached && s.client && s.client.readyState === 1;
 
   const hooks: WsHooks = {
@@ -48,7 +49,8 @@ export function createQueueWsHooks(deps: {
     sendTo(username: string, clientId: string, msg: object) {
       const text = JSON.stringify(msg);
       for (const s of sessions)
-        if (open(s) && s.principal.username === username && (!clientId || s.clientId === clientId || s.clientId === null)) s.client!.send(text);
+        if (open(s) && s.principal.username === username && (!clientId || s.clientId === clientId || s.clientId === null))
+          s.client!.send(text);
     },
   };
 }

@@ -20,7 +20,12 @@ export function promptReached(fake: FakeComfy, promptId: string, timeoutMs = 10_
 }
 
 /** Waits until `n` requests matching `pred` reached the fake ComfyUI; returns them. */
-export function requestsReached(fake: FakeComfy, pred: (r: RecordedRequest) => boolean, n: number, timeoutMs = 10_000): Promise<RecordedRequest[]> {
+export function requestsReached(
+  fake: FakeComfy,
+  pred: (r: RecordedRequest) => boolean,
+  n: number,
+  timeoutMs = 10_000,
+): Promise<RecordedRequest[]> {
   return eventually(
     () => {
       const l = fake.requests.filter(pred);

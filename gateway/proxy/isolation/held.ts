@@ -79,7 +79,8 @@ export function bindQueue(iso: IsolationContext, queue: GatewayQueue): void {
     toClient: (u) => iso.promptIds.toClient(u),
     ownerOf: (id) => iso.ledger.owner(id),
     ensureOwned(p, username) {
-      if (!iso.ledger.get(p.id)) iso.ledger.add({ id: p.id, owner: username, clientId: p.clientId, upstreamClientId: p.upstreamClientId, at: p.at });
+      if (!iso.ledger.get(p.id))
+        iso.ledger.add({ id: p.id, owner: username, clientId: p.clientId, upstreamClientId: p.upstreamClientId, at: p.at });
     },
     async send(w: Worker, p: HeldPrompt): Promise<UpstreamResponse> {
       const headers: Record<string, string> = { 'content-type': 'application/json' };

@@ -186,7 +186,7 @@ export function promptInterceptor(iso: IsolationContext): Interceptor {
               id: promptId,
               username: p.username,
               role: p.role,
-              body,
+              body: stringifyJson(body),
               comfyUser: p.comfyUser ?? null,
               clientId: cid,
               upstreamClientId: upstreamCid,
