@@ -3,7 +3,7 @@
  * arrival order), limits refused with 429 before anything reaches ComfyUI, and what clients see stays ComfyUI's.
  */
 import request from 'supertest';
-import { sampleWorkflow, startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
+import { sampleWorkflow, type FakeComfy } from './helpers/fakeComfy';
 import { eventually } from './helpers/queue';
 import { addUser, postJson, raw, socket, startIsolationEnv, type Caller, type IsolationEnv } from './isolation-env';
 
@@ -128,6 +128,39 @@ describe('held prompts, as clients see them', () => {
     const r = await postJson(env.gw, '/prompt', env.alice, { prompt: { '1': { class_type: 'NoSuchNode', inputs: {} } } });
     expect(r.status).toBe(400);
     expect(r.json()).toHaveProperty('node_errors');
+  });
+});
+
+describe('usage', () => {
+  let env: IsolationEnv;
+  beforeAll(async () => {
+    env = await startIsolationEnv({ fake: { promptDelayMs: 400 } });
+  });
+  afterAll(() => env.close());
+
+  test('GPU-seconds and images per user per day: users see their own, admins everyone; bad days are 400', async () => {
+    const ids = [await post(env, env.alice, 'u1'), await post(env, env.alice, 'u2'), await post(env, env.bob, 'u3')];
+    for (const id of ids) await env.fake.waitForPrompt(id, 20_000);
+    const today = new Date().toISOString().slice(0, 10);
+    const usage = async (c: Caller, q = '') => (await raw(env.gw, 'GET', `/gateway/api/usage${q}`, { headers: c.headers })).json();
+    const end = Date.now() + 20_000;
+    let all: any;
+    for (;;) {
+      all = await usage(env.admin);
+      const rows = all.usage as { user: string; images: number }[];
+      if (rows.filter((r) => r.images > 0).length === 2 || Date.now() > end) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const row = (u: string) => all.usage.find((r: { user: string }) => r.user === u);
+    expect(row('alice')).toMatchObject({ day: today, prompts: 2, images: 2 });
+    expect(row('alice').gpu_seconds).toBeGreaterThanOrEqual(0.6);
+    expect(row('bob')).toMatchObject({ day: today, prompts: 1, images: 1 });
+    expect(row('bob').gpu_seconds).toBeGreaterThanOrEqual(0.3);
+    const bob = await usage(env.bob, `?from=${today}&to=${today}`);
+    expect(bob.usage.map((r: { user: string }) => r.user)).toEqual(['bob']);
+    expect((await usage(env.bob, '?from=2020-01-01&to=2020-01-02')).usage).toEqual([]);
+    const bad = await raw(env.gw, 'GET', '/gateway/api/usage?from=yesterday', { headers: env.bob.headers });
+    expect([bad.status, bad.json().error.code]).toEqual([400, 'INVALID_BODY']);
   });
 });
 
