@@ -77,7 +77,7 @@ export function createDispatcher(deps: {
 
   /** When the worker can take one more: 0 = now, n = in n ms, null = full or down. */
   function roomIn(w: Worker): number | null {
-    if (!w.up) return null;
+    if (!w.up || !w.known) return null;
     if (w.flights.size === 0) return 0;
     if (w.flights.size >= 2) return null;
     return Math.max(0, w.lastSentAt + deps.coalesceMs - Date.now());
@@ -107,8 +107,8 @@ export function createDispatcher(deps: {
       const w = workers.pick(ready, p);
       if (!w) return;
       scheduler.remove(p.id);
-      if (!keys.nameOf(p.owner)) {
-        // the account was deleted while its prompt waited
+      if (!keys.nameOf(p.owner) || workers.all().some((x) => x.flights.has(p.id))) {
+        // the account was deleted while its prompt waited, or ComfyUI already has it (sent just before a restart)
         void store.apply({ op: 'drop', ids: [p.id] });
         continue;
       }
@@ -208,7 +208,7 @@ export function createDispatcher(deps: {
     async submit(s: Submission, direct: (w: Worker) => Promise<UpstreamResponse>): Promise<Outcome> {
       const owner = keys.keyOf(s.username);
       const now = Date.now();
-      const idleNow = () => (scheduler.size === 0 ? workers.all().find((w) => w.up && w.flights.size === 0) : undefined);
+      const idleNow = () => (scheduler.size === 0 ? workers.all().find((w) => w.up && w.known && w.flights.size === 0) : undefined);
       // Nobody waits but every worker looks busy: what the gateway knows may be a moment old (a prompt that just
       // ended), so it asks before deciding rather than holding a prompt a free worker could start now.
       if (!idleNow() && scheduler.size === 0)

@@ -24,6 +24,8 @@ export interface Worker {
   tags: string[];
   upstream: Upstream;
   readonly up: boolean;
+  /** its queue was read since it (re)joined: until then the gateway does not know what it holds */
+  readonly known: boolean;
   readonly flights: ReadonlyMap<string, Flight>;
   /** when the last prompt was given to it (the waiting slot's coalescing window starts there) */
   readonly lastSentAt: number;
@@ -139,6 +141,9 @@ export function createWorker(deps: {
     upstream: deps.upstream,
     get up() {
       return up;
+    },
+    get known() {
+      return adopted;
     },
     flights,
     get lastSentAt() {
