@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { queueLimitsSchema, queueSchedulerSchema } from '../queue/config';
+import { queueLimitsSchema, queueSchedulerSchema, sharedInputSchema, upstreamsSchema } from '../queue/config';
 
 const logLevel = z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']);
 
@@ -97,6 +97,8 @@ export const configSchema = z
     // the gateway's own queue (DESIGN §12): release order between users, and per-role limits
     scheduler: queueSchedulerSchema,
     limits: queueLimitsSchema,
+    upstreams: upstreamsSchema,
+    shared_input: sharedInputSchema,
     // Prometheus metrics: GET /metrics for admins, and/or a plain listener on 127.0.0.1:port for a local scraper
     metrics: z
       .object({

@@ -33,7 +33,7 @@ export async function composeQueue(deps: {
   const store = deps.store ?? createFileQueueStore({ dir: path.join(config.paths.dataDir, 'queue'), logger: deps.logger });
   const queue = await createGatewayQueue({
     store,
-    specs: [{ url: config.upstream, name: 'default', weight: 1, tags: [] }],
+    specs: config.upstreams ?? [{ url: config.upstream, name: 'default', weight: 1, tags: [] }],
     primary: deps.upstream,
     headerTimeoutMs: (config.upstream_timeout_s ?? 300) * 1000,
     keys: deps.keys,

@@ -30,3 +30,27 @@ export const queueSchedulerSchema = z
 
 /** A limit set as the admin API and the store carry it (every key optional). */
 export type LimitSet = z.infer<typeof limitSetSchema>;
+
+/** `upstreams: [{url, name, weight, tags}]`: several ComfyUI workers (the first is also `upstream`). */
+export const upstreamsSchema = z
+  .array(
+    z
+      .object({
+        url: z.url({ protocol: /^https?$/ }),
+        name: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, 'letters, digits, _ . - (at most 64)'),
+        weight: z.number().positive().max(100).default(1),
+        tags: z.array(z.string().min(1).max(64)).max(32).default([]),
+      })
+      .strict(),
+  )
+  .min(1)
+  .max(64)
+  .refine((l) => new Set(l.map((w) => w.name)).size === l.length, 'worker names must be unique')
+  .nullable()
+  .default(null);
+
+/**
+ * The folder every worker reads as its ComfyUI input directory (a shared mount): uploads go to the first worker
+ * and every worker must see them. Required with more than one worker.
+ */
+export const sharedInputSchema = z.string().min(1).nullable().default(null);

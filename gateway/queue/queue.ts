@@ -7,6 +7,9 @@ import type { FailedPrompt, HeldPrompt, QueueStore } from './store';
 import type { Flight, Worker } from './worker';
 import type { Workers } from './workers';
 
+/** The longest a worker's waiting slot stays open for more arrivals after its last prompt was sent. */
+const COALESCE_CAP_MS = 1000;
+
 /** What isolation lends the queue: how a prompt is sent, and the id translation. */
 export interface QueueIo {
   send(w: Worker, p: HeldPrompt): Promise<UpstreamResponse>;
@@ -14,6 +17,8 @@ export interface QueueIo {
   toClient(upstreamId: string): string;
   /** the owner's username of a gateway prompt id (the ledger) */
   ownerOf(id: string): string | undefined;
+  /** ComfyUI on worker `w` accepted the prompt (its events, files and history are that worker's) */
+  placed(id: string, w: Worker): void;
   /** after a restart: the ledger must know the owner of a persisted prompt (its write may have been lost) */
   ensureOwned(p: HeldPrompt, username: string): void;
 }
@@ -66,6 +71,7 @@ export function createDispatcher(deps: {
   let seq = deps.nextSeq;
   let io: QueueIo | null = null;
   let timer: NodeJS.Timeout | null = null;
+  let lastArrival = 0;
 
   const runningOf = (owner: string) =>
     workers.all().reduce((n, w) => n + [...w.flights.values()].filter((f) => f.owner === owner).length, 0);
@@ -80,7 +86,10 @@ export function createDispatcher(deps: {
     if (!w.up || !w.known) return null;
     if (w.flights.size === 0) return 0;
     if (w.flights.size >= 2) return null;
-    return Math.max(0, w.lastSentAt + deps.coalesceMs - Date.now());
+    // The waiting slot is filled once arrivals have paused for the window (a burst is ordered as a whole), but
+    // never later than COALESCE_CAP_MS after the worker's last prompt, so steady arrivals cannot idle the GPU.
+    const quiet = Math.max(w.lastSentAt, lastArrival) + deps.coalesceMs;
+    return Math.max(0, Math.min(quiet, w.lastSentAt + COALESCE_CAP_MS) - Date.now());
   }
 
   function pump(): void {
@@ -150,6 +159,7 @@ export function createDispatcher(deps: {
     if (up.status === 200) {
       w.refreshSoon();
       workers.sentTo(p.id, w);
+      io!.placed(p.id, w);
       await store.apply({ op: 'drop', ids: [p.id] }).catch((e) => logger.error({ err: (e as Error).message }, 'queue: store failed'));
       waiter?.(up);
       return;
@@ -234,12 +244,15 @@ export function createDispatcher(deps: {
         }
         if (up.status !== 200) w.untrack(s.id);
         else {
+          workers.sentTo(s.id, w);
+          io?.placed(s.id, w);
           deps.limits.add(owner, dayOf(now), { prompts: 1 });
           void store.apply({ op: 'usage', owner, day: dayOf(now), prompts: 1, gpu_s: 0, images: 0 }).catch(() => undefined);
           w.refreshSoon();
         }
         return { held: false, up };
       }
+      lastArrival = now;
       const n = seq++;
       const p: HeldPrompt = {
         id: s.id,
@@ -266,7 +279,7 @@ export function createDispatcher(deps: {
       const released = !scheduler.get(p.id);
       const next = workers.all().some((w) => w.up && w.flights.size < 2) && scheduler.peek(may)?.id === p.id;
       if (released || next) {
-        const up = await waitRelease(p.id, deps.coalesceMs + deps.answerWaitMs);
+        const up = await waitRelease(p.id, COALESCE_CAP_MS + deps.answerWaitMs);
         if (up) return { held: false, up };
       }
       return { held: true, number: n };

@@ -21,6 +21,8 @@ export interface Workers {
   pick(ready: Worker[], p: Pick<HeldPrompt, 'owner'>): Worker | undefined;
   /** the worker a prompt was sent to (undefined when the gateway does not know it) */
   of(promptId: string): Worker | undefined;
+  /** the worker of that name (undefined when none is configured so) */
+  byName(name: string | undefined): Worker | undefined;
   /** records where a prompt went */
   sentTo(promptId: string, w: Worker): void;
   close(): void;
@@ -53,6 +55,7 @@ export function createWorkers(deps: {
       return w;
     },
     of: (id) => where.get(id),
+    byName: (name) => (name === undefined ? undefined : list.find((w) => w.name === name)),
     sentTo(id, w) {
       where.set(id, w);
       if (where.size > 20_000) where.delete(where.keys().next().value as string);

@@ -2,7 +2,8 @@ import type { Interceptor } from '../../app';
 import type { GatewayQueue } from '../../queue';
 import type { FailedPrompt, HeldPrompt } from '../../queue/store';
 import type { Worker } from '../../queue/worker';
-import { callUpstream, type UpstreamResponse } from '../upstream';
+import { callUpstream, type Upstream, type UpstreamResponse } from '../upstream';
+import type { FileRef } from './paths';
 import type { IsolationContext } from './context';
 import { viewPromptTuple } from './entries';
 import { isObj, seesAll, segs, sendJson, sendUpstream, upstreamHeaders, upstreamJson, upstreamUrl } from './http';
@@ -78,6 +79,10 @@ export function bindQueue(iso: IsolationContext, queue: GatewayQueue): void {
     toUpstream: (id) => iso.promptIds.toUpstream(id),
     toClient: (u) => iso.promptIds.toClient(u),
     ownerOf: (id) => iso.ledger.owner(id),
+    placed(id, w) {
+      // The first worker is the default: only the others are written down.
+      if (queue.workers.all()[0] !== w) iso.ledger.setWorker(id, w.name);
+    },
     ensureOwned(p, username) {
       if (!iso.ledger.get(p.id))
         iso.ledger.add({ id: p.id, owner: username, clientId: p.clientId, upstreamClientId: p.upstreamClientId, at: p.at });
@@ -114,4 +119,14 @@ export function promptInfoInterceptor(iso: IsolationContext): Interceptor {
       sendJson(req, res, { ...j, exec_info: { ...j.exec_info, queue_remaining: count } }, 200, up);
     },
   };
+}
+
+/** The ComfyUI worker that ran a prompt (the gateway's upstream unless the ledger names another). */
+export function upstreamOfPrompt(iso: IsolationContext, id: string): Upstream {
+  return iso.queue?.workers.byName(iso.ledger.get(id)?.worker)?.upstream ?? iso.upstream;
+}
+
+/** The ComfyUI worker that made a file (the gateway's upstream unless a prompt on another worker made it). */
+export function upstreamOfFile(iso: IsolationContext, f: FileRef): Upstream {
+  return iso.queue?.workers.byName(iso.ledger.workerOfFile(f))?.upstream ?? iso.upstream;
 }

@@ -24,7 +24,7 @@ import {
 import { scanObject } from './jsonScan';
 import { filesOfOutputs } from './outputs';
 import { upstreamIdsInBody } from './promptIds';
-import { failedEntry } from './held';
+import { failedEntry, upstreamOfPrompt } from './held';
 
 function intParam(q: URLSearchParams, name: string): number | null {
   const v = q.get(name);
@@ -131,7 +131,12 @@ export function historyInterceptors(iso: IsolationContext): Interceptor[] {
       const refused = iso.queue?.failed(null).find((f) => f.id === id);
       if (refused) return sendJson(req, res, { [id]: failedEntry(refused, p.username, iso) });
       const upId = iso.promptIds.toUpstream(id);
-      const up = await callUpstream(iso.upstream, 'GET', upId === id ? upstreamUrl(ctx) : sibling(ctx, upId) + cleanQuery(ctx), headers);
+      const up = await callUpstream(
+        upstreamOfPrompt(iso, id),
+        'GET',
+        upId === id ? upstreamUrl(ctx) : sibling(ctx, upId) + cleanQuery(ctx),
+        headers,
+      );
       const j = upstreamJson(up);
       if (!isObj(j)) return sendUpstream(req, res, up);
       const out: Record<string, unknown> = {};
