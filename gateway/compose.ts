@@ -233,6 +233,11 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
     originalHost: clientIp.originalHost,
     preflight: createPreflight({ config, clientIp, ipLists }),
     observe: metrics.observe,
+    extraOrigins: () =>
+      queued.queue.workers
+        .all()
+        .slice(1)
+        .map((w) => w.upstream.origin),
   });
   gatewayRef = gateway;
 

@@ -87,7 +87,7 @@ export async function createGatewayQueue(deps: {
         dispatcher.finished(w, f);
         if (f.owner) void account(w, f.id, f.owner);
       },
-      down: () => dispatcher.pump(),
+      down: (w, lost) => void dispatcher.lost(w, lost),
     },
   });
   const dispatcher = createDispatcher({
@@ -115,7 +115,7 @@ export async function createGatewayQueue(deps: {
               node_type: null,
               executed: [],
               exception_message: String(e?.message ?? 'ComfyUI refused the prompt'),
-              exception_type: 'PromptRefused',
+              exception_type: String(e?.type ?? '') === 'worker_down' ? 'WorkerDown' : 'PromptRefused',
               traceback: [],
               current_inputs: {},
               current_outputs: {},

@@ -3,6 +3,7 @@ import type { UpstreamResponse } from '../proxy/upstream';
 import type { AccountKeys } from '../users/types';
 import { dayOf, type Limits } from './limits';
 import type { Scheduler } from './scheduler';
+import { createWaiters, failedPrompt, heldOf, refusalOf } from './prompts';
 import type { FailedPrompt, HeldPrompt, QueueStore } from './store';
 import type { Flight, Worker } from './worker';
 import type { Workers } from './workers';
@@ -128,20 +129,7 @@ export function createDispatcher(deps: {
   }
 
   // Submissions waiting for their own release (the worker had room): ComfyUI's answer goes to them verbatim.
-  const waiters = new Map<string, (up: UpstreamResponse) => void>();
-  function waitRelease(id: string, ms: number): Promise<UpstreamResponse | null> {
-    return new Promise((resolve) => {
-      const t = setTimeout(() => {
-        waiters.delete(id);
-        resolve(null);
-      }, ms);
-      waiters.set(id, (up) => {
-        clearTimeout(t);
-        waiters.delete(id);
-        resolve(up);
-      });
-    });
-  }
+  const { waiters, waitRelease } = createWaiters();
 
   async function release(w: Worker, p: HeldPrompt): Promise<void> {
     let up: UpstreamResponse;
@@ -159,6 +147,7 @@ export function createDispatcher(deps: {
     if (up.status === 200) {
       w.refreshSoon();
       workers.sentTo(p.id, w);
+      sent.set(p.id, p);
       io!.placed(p.id, w);
       await store.apply({ op: 'drop', ids: [p.id] }).catch((e) => logger.error({ err: (e as Error).message }, 'queue: store failed'));
       waiter?.(up);
@@ -173,25 +162,37 @@ export function createDispatcher(deps: {
       pump();
       return;
     }
-    let error: Record<string, unknown>;
-    try {
-      error = JSON.parse(up.body.toString('utf8')) as Record<string, unknown>;
-    } catch {
-      error = { error: { type: 'invalid_prompt', message: `ComfyUI answered ${up.status}`, details: '', extra_info: {} }, node_errors: {} };
-    }
-    const body = JSON.parse(p.body) as Record<string, unknown>;
-    const f: FailedPrompt = {
-      id: p.id,
-      owner: p.owner,
-      at: Date.now(),
-      error,
-      prompt: [p.number, p.id, body.prompt ?? {}, body.extra_data ?? { client_id: p.upstreamClientId }, []],
-    };
-    deps.failed.set(p.id, f);
+    const f = failedPrompt(p, refusalOf(up));
     logger.info({ prompt: p.id, worker: w.name, status: up.status }, 'queue: ComfyUI refused a held prompt');
+    await fail(p, f);
+  }
+
+  async function fail(p: HeldPrompt, f: FailedPrompt): Promise<void> {
+    deps.failed.set(p.id, f);
     await store.apply({ op: 'failed', entry: f }).catch(() => undefined);
     await store.apply({ op: 'drop', ids: [p.id] }).catch(() => undefined);
     deps.notices.refused(f, p);
+    pump();
+  }
+
+  // Prompts on workers, kept until they leave: a worker going down gives its waiting ones back to the queue.
+  const sent = new Map<string, HeldPrompt>();
+
+  /** A worker stopped answering: its running prompt failed there, its waiting ones wait for another worker. */
+  async function lost(w: Worker, flights: Flight[]): Promise<void> {
+    for (const fl of flights) {
+      const p = sent.get(fl.id);
+      sent.delete(fl.id);
+      if (!p) continue;
+      if (fl.running) {
+        logger.warn({ prompt: p.id, worker: w.name }, 'queue: a running prompt was lost with its worker');
+        await fail(p, failedPrompt(p, refusalOf(null, `worker ${w.name} went down while running this prompt`, 'worker_down')));
+      } else {
+        await store.apply({ op: 'hold', prompt: p }).catch(() => undefined);
+        scheduler.add(p);
+      }
+    }
+    deps.notices.counts();
     pump();
   }
 
@@ -244,6 +245,7 @@ export function createDispatcher(deps: {
         }
         if (up.status !== 200) w.untrack(s.id);
         else {
+          sent.set(s.id, heldOf(s, owner, now, seq++));
           workers.sentTo(s.id, w);
           io?.placed(s.id, w);
           deps.limits.add(owner, dayOf(now), { prompts: 1 });
@@ -254,19 +256,7 @@ export function createDispatcher(deps: {
       }
       lastArrival = now;
       const n = seq++;
-      const p: HeldPrompt = {
-        id: s.id,
-        owner,
-        role: s.role,
-        seq: n,
-        number: n,
-        at: now,
-        front: s.front,
-        body: s.body,
-        comfyUser: s.comfyUser,
-        clientId: s.clientId,
-        upstreamClientId: s.upstreamClientId,
-      };
+      const p = heldOf(s, owner, now, n);
       // Durable before the answer: a restart releases it later.
       await store.apply({ op: 'hold', prompt: p });
       deps.limits.add(owner, dayOf(now), { prompts: 1 });
@@ -294,9 +284,11 @@ export function createDispatcher(deps: {
       return gone;
     },
     /** a flight ended on a worker */
-    finished(_w: Worker, _f: Flight) {
+    finished(_w: Worker, f: Flight) {
+      sent.delete(f.id);
       pump();
     },
+    lost,
     close() {
       if (timer) clearTimeout(timer);
     },

@@ -72,6 +72,7 @@ export function createWorker(deps: {
   let up = true;
   let lastSentAt = 0;
   let asking = false;
+  let failures = 0;
   let adopted = false;
   let closed = false;
   let timer: NodeJS.Timeout | null = null;
@@ -99,6 +100,7 @@ export function createWorker(deps: {
       const idOf = (e: unknown) => (Array.isArray(e) && typeof e[1] === 'string' ? toClient(e[1]) : null);
       const running = new Set((q.queue_running ?? []).map(idOf).filter((x): x is string => !!x));
       const present = new Set([...running, ...(q.queue_pending ?? []).map(idOf).filter((x): x is string => !!x)]);
+      failures = 0;
       if (!up) up = true;
       if (!adopted) {
         // After a gateway restart: what the worker already has occupies its slots.
@@ -119,7 +121,9 @@ export function createWorker(deps: {
       deps.events.changed(worker);
     } catch (e) {
       deps.logger.debug({ err: (e as Error).message, worker: deps.name }, 'queue: GET /queue failed');
-      if (up) {
+      // Twice in a row (a second read soon after), so one slow answer on a busy machine is not an outage.
+      if (up && ++failures < 2) schedule(300);
+      else if (up) {
         up = false;
         const lost = [...flights.values()];
         flights.clear();
