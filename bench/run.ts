@@ -364,6 +364,7 @@ async function main(): Promise<void> {
     for (const [name, file] of [
       ['isolation', './isolation'],
       ['downloads', './downloads'],
+      ['queue', './queue'],
     ] as const) {
       try {
         const mod = require(file) as Record<string, () => Promise<Record<string, unknown>>>;
