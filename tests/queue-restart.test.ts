@@ -61,7 +61,10 @@ describe('held prompts across a restart', () => {
     await child.exited;
     child = await spawnGateway(['--config', path.join(dir, 'config.json')]);
     const q = (await raw({ port: child.port }, 'GET', '/queue', { headers: ADMIN.headers })).json();
-    expect(q.queue_pending.map((e: unknown[]) => e[1])).toEqual(ids.slice(1));
+    // the four held ones wait behind whatever ComfyUI still has of the first two (a loaded machine restarts slowly)
+    const left = [...q.queue_running, ...q.queue_pending].map((e: unknown[]) => e[1]);
+    expect(left).toEqual(ids.slice(ids.length - left.length));
+    expect(left.length).toBeGreaterThanOrEqual(4);
     await eventually(() => arrivals(fake).length === ids.length, 30_000, 'every prompt released');
     expect(arrivals(fake)).toEqual(ids);
     for (const id of ids) await fake.waitForPrompt(id, 30_000);

@@ -67,7 +67,10 @@ export function createScheduler(opts: { policy: Policy; weights: Partial<Record<
       let l = byOwner.get(p.owner);
       if (!l) byOwner.set(p.owner, (l = []));
       if (!l.length) pass.set(p.owner, Math.max(pass.get(p.owner) ?? 0, now));
-      l.push(p);
+      // in arrival order (a prompt given back after a failed release, or reordered, keeps or takes its place)
+      const at = l.findIndex((x) => x.seq > p.seq);
+      if (at < 0) l.push(p);
+      else l.splice(at, 0, p);
     },
     remove(id) {
       const p = all.get(id);
