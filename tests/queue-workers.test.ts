@@ -17,6 +17,14 @@ describe('two workers', () => {
   beforeAll(async () => {
     w1 = await startFakeComfy({ promptDelayMs: 500 });
     w2 = await startFakeComfy({ promptDelayMs: 500 });
+    // w2 lacks one node class (a custom node installed on w1 only): the gateway learns it from w2's /object_info
+    const server = w2 as unknown as { nodeDefs(): Record<string, unknown> };
+    const defs = server.nodeDefs.bind(server);
+    server.nodeDefs = () => {
+      const d = { ...defs() };
+      delete d.PreviewImage;
+      return d;
+    };
     env = await startIsolationEnv({
       fakeInstance: w1,
       config: {
@@ -71,6 +79,21 @@ describe('two workers', () => {
     } finally {
       ws.close();
     }
+  });
+
+  test('a prompt needing a node class only one worker has goes only there', async () => {
+    const withPreview = (tag: string) => ({ ...sampleWorkflow(tag), '10': { class_type: 'PreviewImage', inputs: { images: ['8', 0] } } });
+    const ids = await Promise.all(
+      Array.from({ length: 4 }, (_, i) =>
+        postJson(env.gw, '/prompt', env.alice, { prompt: withPreview(`pv${i}`) }).then((r) => r.json().prompt_id as string),
+      ),
+    );
+    // meanwhile w2 still takes prompts it can run
+    const plain = await Promise.all([post(env.bob, 'plain0'), post(env.bob, 'plain1')]);
+    for (const id of ids) await eventually(() => w1.prompts.has(id), 20_000, 'released to w1');
+    for (const id of ids) await w1.waitForPrompt(id, 20_000);
+    expect(mine(w2, ids)).toEqual([]);
+    for (const id of plain) await eventually(() => w1.prompts.has(id) || w2.prompts.has(id), 20_000, 'released');
   });
 
   test('a worker going down: its waiting prompt runs on the other, its running one fails naming it; it rejoins', async () => {

@@ -62,3 +62,11 @@ export function createWaiters() {
   }
   return { waiters, waitRelease };
 }
+
+/** Listeners the queue calls (WebSocket notices, usage). */
+export interface QueueNotices {
+  /** a user's count changed without ComfyUI knowing (held, deleted) */
+  counts(): void;
+  /** a held prompt was refused when released */
+  refused(f: FailedPrompt, p: HeldPrompt): void;
+}

@@ -3,7 +3,7 @@ import type { UpstreamResponse } from '../proxy/upstream';
 import type { AccountKeys } from '../users/types';
 import { dayOf, type Limits } from './limits';
 import type { Scheduler } from './scheduler';
-import { createWaiters, failedPrompt, heldOf, refusalOf } from './prompts';
+import { createWaiters, failedPrompt, heldOf, refusalOf, type QueueNotices } from './prompts';
 import type { FailedPrompt, HeldPrompt, QueueStore } from './store';
 import type { Flight, Worker } from './worker';
 import type { Workers } from './workers';
@@ -39,14 +39,6 @@ export interface Submission {
 
 /** What became of a submission: sent at once (ComfyUI's answer) or held (the gateway's answer). */
 export type Outcome = { held: false; up: UpstreamResponse } | { held: true; number: number };
-
-/** Listeners the queue calls (WebSocket notices, usage). */
-export interface QueueNotices {
-  /** a user's count changed without ComfyUI knowing (held, deleted) */
-  counts(): void;
-  /** a held prompt was refused when released */
-  refused(f: FailedPrompt, p: HeldPrompt): void;
-}
 
 /**
  * The dispatcher: a prompt goes straight to a worker only when one is idle and nobody is waiting (ComfyUI's own
@@ -219,7 +211,10 @@ export function createDispatcher(deps: {
     async submit(s: Submission, direct: (w: Worker) => Promise<UpstreamResponse>): Promise<Outcome> {
       const owner = keys.keyOf(s.username);
       const now = Date.now();
-      const idleNow = () => (scheduler.size === 0 ? workers.all().find((w) => w.up && w.known && w.flights.size === 0) : undefined);
+      const idleNow = () => {
+        const free = scheduler.size === 0 ? workers.all().filter((w) => w.up && w.known && w.flights.size === 0) : [];
+        return free.length ? workers.pick(free, { owner, body: s.body }) : undefined;
+      };
       // Nobody waits but every worker looks busy: what the gateway knows may be a moment old (a prompt that just
       // ended), so it asks before deciding rather than holding a prompt a free worker could start now.
       if (!idleNow() && scheduler.size === 0)
@@ -232,7 +227,7 @@ export function createDispatcher(deps: {
       const idle = idleNow();
       const anyUp = workers.all().some((w) => w.up);
       if (idle || !anyUp) {
-        // Nobody up at all: ComfyUI's own failure (502) is the answer, nothing is queued.
+        // (nobody up at all: ComfyUI's own failure, 502, is the answer and nothing is queued)
         const w = idle ?? workers.all()[0];
         w.track(s.id, owner);
         scheduler.served(owner, s.role);

@@ -1,5 +1,6 @@
 import type { Logger } from '../log';
 import type { Upstream } from '../proxy/upstream';
+import { capsOf, type Caps } from './caps';
 
 /** A prompt the gateway gave a worker and has not yet seen leave its queue. */
 export interface Flight {
@@ -27,6 +28,8 @@ export interface Worker {
   /** its queue was read since it (re)joined: until then the gateway does not know what it holds */
   readonly known: boolean;
   readonly flights: ReadonlyMap<string, Flight>;
+  /** its node classes and model files, once learned (several workers only) */
+  readonly caps: Caps | null;
   /** when the last prompt was given to it (the waiting slot's coalescing window starts there) */
   readonly lastSentAt: number;
   /** a prompt is on its way to it: counted at once, before ComfyUI answers */
@@ -66,6 +69,8 @@ export function createWorker(deps: {
   logger: Logger;
   events: WorkerEvents;
   pollMs?: number;
+  /** read its /object_info to route prompts by node classes and models */
+  learnCaps?: boolean;
 }): Worker {
   const pollMs = deps.pollMs ?? 250;
   const flights = new Map<string, Flight>();
@@ -105,6 +110,7 @@ export function createWorker(deps: {
       if (!adopted) {
         // After a gateway restart: what the worker already has occupies its slots.
         adopted = true;
+        if (deps.learnCaps) void learn();
         for (const id of present)
           if (!flights.has(id)) flights.set(id, { id, owner: ids?.ownerKey(id) ?? '', sentAt: askedAt, running: running.has(id) });
       }
@@ -137,6 +143,16 @@ export function createWorker(deps: {
     }
   }
 
+  let caps: Caps | null = null;
+  /** Learns (again, on every rejoin) what it can run: a worker may have come back with other nodes or models. */
+  async function learn(): Promise<void> {
+    try {
+      caps = capsOf(await deps.upstream.json('GET', '/object_info', { timeoutMs: 60_000 }));
+    } catch (e) {
+      deps.logger.warn({ err: (e as Error).message, worker: deps.name }, 'queue: could not read the worker’s /object_info');
+    }
+  }
+
   const worker: Worker = {
     name: deps.name,
     url: deps.url,
@@ -148,6 +164,9 @@ export function createWorker(deps: {
     },
     get known() {
       return adopted;
+    },
+    get caps() {
+      return caps;
     },
     flights,
     get lastSentAt() {

@@ -1,5 +1,6 @@
 import type { Logger } from '../log';
 import { createUpstream, type Upstream } from '../proxy/upstream';
+import { fits, needsOf } from './caps';
 import type { HeldPrompt } from './store';
 import { createWorker, type IdMap, type Worker, type WorkerEvents } from './worker';
 
@@ -18,7 +19,7 @@ export interface WorkerSpec {
 export interface Workers {
   all(): Worker[];
   /** the worker for a prompt among those with room: the one that ran the owner's last prompt, else the least busy */
-  pick(ready: Worker[], p: Pick<HeldPrompt, 'owner'>): Worker | undefined;
+  pick(ready: Worker[], p: Pick<HeldPrompt, 'owner' | 'body'>): Worker | undefined;
   /** the worker a prompt was sent to (undefined when the gateway does not know it) */
   of(promptId: string): Worker | undefined;
   /** the worker of that name (undefined when none is configured so) */
@@ -40,7 +41,15 @@ export function createWorkers(deps: {
 }): Workers {
   const list = deps.specs.map((s, i) => {
     const upstream = i === 0 ? deps.primary : createUpstream(s.url, { headerTimeoutMs: deps.headerTimeoutMs });
-    return createWorker({ ...s, upstream, ids: deps.ids, logger: deps.logger, events: deps.events, pollMs: deps.pollMs });
+    return createWorker({
+      ...s,
+      upstream,
+      ids: deps.ids,
+      logger: deps.logger,
+      events: deps.events,
+      pollMs: deps.pollMs,
+      learnCaps: deps.specs.length > 1,
+    });
   });
   // Follows reachability the proxy notices, so a worker coming back is tried at once.
   for (const w of list) w.upstream.onReachability(() => w.refreshSoon());
@@ -49,6 +58,11 @@ export function createWorkers(deps: {
   return {
     all: () => list,
     pick(ready, p) {
+      if (list.length === 1) return ready[0];
+      // Only workers with the prompt's node classes and models; when none has them, ComfyUI's refusal is the answer.
+      const needs = needsOf(p.body);
+      const able = list.filter((w) => fits(w.caps, needs));
+      if (able.length) ready = ready.filter((w) => able.includes(w));
       const last = lastOf.get(p.owner);
       const w = last && ready.includes(last) ? last : [...ready].sort((a, b) => a.flights.size / a.weight - b.flights.size / b.weight)[0];
       if (w) lastOf.set(p.owner, w);
