@@ -365,6 +365,7 @@ async function main(): Promise<void> {
       ['isolation', './isolation'],
       ['downloads', './downloads'],
       ['store', './store'],
+      ['queue', './queue'],
     ] as const) {
       try {
         const mod = require(file) as Record<string, () => Promise<Record<string, unknown>>>;

@@ -56,6 +56,8 @@ export interface AppDeps {
   pingIntervalMs?: number;
   /** called once per finished request or refused upgrade, beside its access line (metrics) */
   observe?: (req: IncomingMessage, status: number, ms: number, ctx: RequestContext | undefined, errorCode: string | undefined) => void;
+  /** every ComfyUI worker but the first: relayed sockets hear their events too (gateway/queue) */
+  extraOrigins?: () => string[];
   /** handles a request before the front door at all (force_https redirects); returns true when it answered */
   preflight?: (req: IncomingMessage, res: ServerResponse) => boolean;
 }
@@ -93,6 +95,7 @@ export function createApp(deps: AppDeps): Gateway {
     pingIntervalMs: deps.pingIntervalMs,
     hooks: deps.wsHooks,
     revocations: deps.revocations,
+    extraOrigins: deps.extraOrigins,
   });
   const isSecure = deps.isSecure ?? ((req: IncomingMessage) => !!(req.socket as { encrypted?: boolean }).encrypted);
   const ownHost = deps.originalHost ?? ((req: IncomingMessage) => req.headers.host);

@@ -41,6 +41,8 @@ import { freshPrincipal } from './routes/body';
 // multi-user isolation (issue 5)
 import { createIsolation, configuredInputDir } from './proxy/isolation';
 import { createComfyServer } from './proxy/comfyServer';
+import { composeQueue, type ComposedQueue } from './queue/compose';
+import type { GatewayQueue } from './queue';
 
 /** Knobs for tests and the CLI that are not user configuration. */
 export interface ComposeOptions {
@@ -63,6 +65,8 @@ export interface Composed {
   upstream: Upstream;
   /** the user store (users_db.json) */
   users: UserStore;
+  /** the gateway's own queue (held prompts, workers, limits, usage) */
+  queue: GatewayQueue;
   /** lines main prints at start-up (how to set a key, setup codes) */
   notices: string[];
   /** flushes stores and stops background work */
@@ -75,6 +79,7 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
     opts.logger ?? createLogger({ levels: config.log_levels, file: config.paths.log, stdout: opts.stdout, pretty: opts.pretty });
   // The audit trail is written whatever log_levels says: an operator quietening the log must not lose it.
   let gatewayRef: Gateway | null = null;
+  let queuedRef: ComposedQueue | null = null;
   const metrics = createMetrics({ openWebSockets: () => gatewayRef?.openWebSockets() ?? 0, logger });
   const audit = createAudit(
     logger.isLevelEnabled('info')
@@ -148,7 +153,12 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   const chain = createCredentialChain(chainDeps);
   // IP lists first: a refused address gets 403 before anything else is looked at.
   const gates: Gate[] = [ipLists.gate, createHttpsUpgradeGate({ config }), ...(cfAccess ? [cfAccess.gate] : []), bruteForce.gate];
-  const routes: RouteMount[] = [securityHeaders(), staticRoutes(), healthRoutes({ upstream }), edgeRoutes({ ipLists, audit, chain })];
+  const routes: RouteMount[] = [
+    securityHeaders(),
+    staticRoutes(),
+    healthRoutes({ upstream, workers: () => queuedRef?.health() }),
+    edgeRoutes({ ipLists, audit, chain }),
+  ];
   if (config.metrics.enabled) routes.push(metrics.routes);
   if (config.metrics.port !== null) await metrics.listen(config.metrics.port);
   routes.push(
@@ -179,6 +189,10 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   const comfyServer = createComfyServer({ upstream, logger, upstreamUrl: config.upstream, configuredInputDir: configuredInputDir(config) });
   closers.push(() => comfyServer.close());
   await comfyServer.learn();
+  // The gateway's own queue (issue 12): held prompts, fair release, limits, usage, workers.
+  const queued = (queuedRef = await composeQueue({ config, logger, upstream, keys: users.accounts, users, chain }));
+  closers.push(() => queued.close());
+  routes.push(queued.routes);
   const isolation = createIsolation({
     config,
     logger,
@@ -187,12 +201,13 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
     server: comfyServer,
     keys: users.accounts,
     shared: shared?.isolation,
+    queue: queued.queue,
   });
   // A deleted account's folders leave its name at once (kept for admins or removed), however it was removed.
   users.onRemoved((name, accountId) => isolation.folders.retire(name, accountId));
   enrichers.push(...isolation.enrichers);
   interceptors.push(...isolation.interceptors);
-  wsHooks.unshift(isolation.wsHooks);
+  wsHooks.unshift(isolation.wsHooks, queued.queue.wsHooks);
   closers.push(() => isolation.close());
   routes.push(userAdminRoutes({ store: users, passwords, audit, chain, folders: isolation.folders }));
   // Each gateway user gets its ComfyUI user when it is created (first use covers users made before this ran).
@@ -256,6 +271,11 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
     originalHost: clientIp.originalHost,
     preflight: createPreflight({ config, clientIp, ipLists }),
     observe: metrics.observe,
+    extraOrigins: () =>
+      queued.queue.workers
+        .all()
+        .slice(1)
+        .map((w) => w.upstream.origin),
   });
   gatewayRef = gateway;
 
@@ -266,6 +286,7 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
     audit,
     upstream,
     users,
+    queue: queued.queue,
     notices,
     async close() {
       for (const c of closers.reverse()) await c();

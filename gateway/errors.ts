@@ -22,6 +22,10 @@ export const errors = {
   invalidBody: (message: string, details: Record<string, unknown> = {}) => new AppError(400, 'INVALID_BODY', message, details),
   /** a prompt the gateway will not queue for this caller (details name the node) */
   promptRefused: (message: string, details: Record<string, unknown> = {}) => new AppError(400, 'PROMPT_REFUSED', message, details),
+  /** a queue limit (max_waiting, max_running) of the caller is reached: details {limit, value, resets_at} */
+  queueLimit: (message: string, details: Record<string, unknown>) => new AppError(429, 'QUEUE_LIMIT', message, details),
+  /** the caller's prompts for today are used up: details {limit, value, resets_at} */
+  quotaExceeded: (message: string, details: Record<string, unknown>) => new AppError(429, 'QUOTA_EXCEEDED', message, details),
   upstreamUnavailable: () => new AppError(502, 'UPSTREAM_UNAVAILABLE', 'ComfyUI is not reachable right now; try again shortly'),
   /** ComfyUI took longer than `upstream_timeout_s` to start answering */
   upstreamTimeout: (seconds: number) =>

@@ -322,7 +322,11 @@ describe('/health while ComfyUI is down', () => {
       for (const [label, headers] of Object.entries(callers)) {
         const t = Date.now();
         const r = await hit(url, '/health', { headers });
-        expect([label, r.status, r.body]).toEqual([label, 200, { status: 'degraded', upstream: 'down' }]);
+        // admins also get the gateway's own view of each worker (issue 12), which is most useful exactly now
+        const { workers, ...rest } = r.body;
+        expect([label, r.status, rest]).toEqual([label, 200, { status: 'degraded', upstream: 'down' }]);
+        if (headers === KEY) expect(workers).toEqual([expect.objectContaining({ name: 'default', url: own.url })]);
+        else expect(workers).toBeUndefined();
         expect(Date.now() - t).toBeLessThan(1000);
       }
       const proxied = await hit(url, '/object_info', { headers: KEY });

@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { sampleWorkflow, startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
 import { makePng } from './helpers/png';
+import { eventually } from './helpers/queue';
 import { multipartBody, postJson, raw, received, startIsolationEnv, type Caller, type IsolationEnv } from './isolation-env';
 
 const PNG = makePng({ color: [9, 9, 9] });
@@ -38,7 +39,10 @@ describe('file nodes known by their schema', () => {
       '21': { class_type: 'PreviewImage', inputs: { images: ['20', 0] } },
     };
     const r = await postJson(env.gw, '/prompt', who, { prompt });
-    const sent = received(fake, /^\/prompt$/, 'POST')[0];
+    // accepted while the previous prompt still runs, it reaches ComfyUI when the gateway's queue releases it
+    const id = r.status === 200 ? r.json().prompt_id : null;
+    const find = () => received(fake, /^\/prompt$/, 'POST').find((x) => !id || JSON.parse(x.bodyText!).prompt_id === id);
+    const sent = id ? await eventually(find, 10_000, 'the prompt reaching ComfyUI') : find();
     return { r, forwarded: sent ? (JSON.parse(sent.bodyText!).prompt as Record<string, any>) : null };
   }
 

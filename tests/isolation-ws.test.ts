@@ -132,9 +132,13 @@ describe('isolating WebSocket relay', () => {
       fake.sendWsBinary(null, previewWithMetadata(id));
       fake.sendWs(null, { type: 'progress', data: { value: 1, max: 20, prompt_id: id, node: '3' } });
       fake.sendWs(null, { type: 'custom.node.event', data: { node: '3', text: 'alice private text' } });
-      fake.sendWs(null, { type: 'status', data: { status: { exec_info: { queue_remaining: 7 } } } });
-      await b.next((f) => f.json?.type === 'status' && f.json.data.status.exec_info.queue_remaining === 7);
-      await a.next((f) => f.json?.type === 'status' && f.json.data.status.exec_info.queue_remaining === 7);
+      // status reaches everyone, each with their own count (the gateway's queue, issue 12): bob has nothing queued,
+      // alice her running prompt — never ComfyUI's count of everyone's
+      fake.sendWs(null, { type: 'status', data: { status: { exec_info: { queue_remaining: 7 }, probe: 'p1' } } });
+      const own = (f: { json?: any }) =>
+        f.json?.type === 'status' && f.json.data.status.probe === 'p1' ? f.json.data.status.exec_info.queue_remaining : -1;
+      expect(own(await b.next((f) => own(f) >= 0))).toBe(0);
+      expect(own(await a.next((f) => own(f) >= 0))).toBe(1);
       await a.next((f) => f.isBinary && f.data.readUInt32BE(0) === 3);
       await a.next((f) => f.isBinary && f.data.readUInt32BE(0) === 4);
       await a.next((f) => f.json?.type === 'custom.node.event');

@@ -79,6 +79,17 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env,
   else if (env.COMFYUI_GATEWAY_API_KEY && raw.api_key === undefined && args['api-key-file'] === undefined)
     raw.api_key = env.COMFYUI_GATEWAY_API_KEY;
 
+  // Several workers (`upstreams`): the first one is also `upstream`, which the proxy and discovery use.
+  const workers = Array.isArray(raw.upstreams) ? (raw.upstreams as { url?: unknown }[]) : [];
+  if (workers.length && typeof workers[0]?.url === 'string') {
+    if (raw.upstream === undefined) raw.upstream = workers[0].url;
+    else if (raw.upstream !== workers[0].url)
+      problems.push(`${configPath ? path.basename(configPath) + ': ' : ''}upstream must be upstreams[0].url (or left out)`);
+    if (workers.length > 1 && !raw.shared_input)
+      problems.push(
+        `${configPath ? path.basename(configPath) + ': ' : ''}shared_input: required with more than one worker (the input folder every worker reads)`,
+      );
+  }
   const result = configSchema.safeParse(raw);
   const file = configPath ? path.basename(configPath) + ': ' : '';
   if (!result.success) {

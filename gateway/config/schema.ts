@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { queueLimitsSchema, queueSchedulerSchema, sharedInputSchema, upstreamsSchema } from '../queue/config';
 
 const logLevel = z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']);
 
@@ -93,6 +94,11 @@ export const configSchema = z
       })
       .strict()
       .default({ client_id: null, callback_port: 41954, redirect_uri: null }),
+    // the gateway's own queue (DESIGN §12): release order between users, and per-role limits
+    scheduler: queueSchedulerSchema,
+    limits: queueLimitsSchema,
+    upstreams: upstreamsSchema,
+    shared_input: sharedInputSchema,
     // Prometheus metrics: GET /metrics for admins, and/or a plain listener on 127.0.0.1:port for a local scraper
     metrics: z
       .object({

@@ -1,4 +1,5 @@
 import type { IncomingMessage } from 'node:http';
+import type { Upstream } from '../proxy/upstream';
 import type { Principal } from '../auth/principal';
 import type { CanonicalRoute } from '../proxy/canonical';
 import type { Decision } from '../proxy/policy';
@@ -17,6 +18,8 @@ export interface RequestContext {
   startedAt: bigint;
   /** the error.code of a refusal, set when it is rendered (metrics count refusals by code) */
   errorCode?: string;
+  /** another ComfyUI worker serves this request (the one that made the prompt or file it names) */
+  upstream?: Upstream;
 }
 
 const CTX = Symbol('gatewayContext');

@@ -23,7 +23,6 @@ const FRAMING = new Set(['transfer-encoding', 'content-length', 'host']);
  */
 export function createHttpProxy(deps: { upstream: Upstream; cookieName: string; logger: Logger; headerTimeoutMs?: number }) {
   const target = new URL(deps.upstream.origin);
-  const lib = target.protocol === 'https:' ? https : http;
   const headerTimeoutMs = deps.headerTimeoutMs ?? 300_000;
   const hostHeader = { cookieName: deps.cookieName, upstreamOrigin: deps.upstream.origin, upstreamHost: target.host };
 
@@ -45,7 +44,14 @@ export function createHttpProxy(deps: { upstream: Upstream; cookieName: string; 
       const conn = req.headers.connection;
       if (conn && conn !== 'keep-alive' && conn !== 'close')
         for (const name of conn.toLowerCase().split(',')) if (!FRAMING.has(name.trim())) delete req.headers[name.trim()];
-      const h = sanitizeHeaders(req, ctx, hostHeader);
+      // Usually ComfyUI itself; another worker when the request names what that worker made (gateway/queue).
+      const other = ctx.upstream && ctx.upstream !== deps.upstream ? ctx.upstream : null;
+      const to = other ? new URL(other.origin) : target;
+      const h = sanitizeHeaders(
+        req,
+        ctx,
+        other ? { cookieName: deps.cookieName, upstreamOrigin: other.origin, upstreamHost: to.host } : hostHeader,
+      );
       const headers: OutgoingHttpHeaders = {};
       for (const k in h) if (!REQUEST_HOP.has(k)) headers[k] = h[k];
       // DELETE and OPTIONS without a body say so, or some servers wait for one (as http-proxy did).
@@ -59,14 +65,14 @@ export function createHttpProxy(deps: { upstream: Upstream; cookieName: string; 
       req.url = path;
       let timedOut = false;
       let timer: NodeJS.Timeout | null = null;
-      const proxyReq = lib.request({
-        protocol: target.protocol,
-        hostname: target.hostname,
-        port: target.port,
+      const proxyReq = (to.protocol === 'https:' ? https : http).request({
+        protocol: to.protocol,
+        hostname: to.hostname,
+        port: to.port,
         method: req.method,
         path,
         headers,
-        agent: deps.upstream.agent,
+        agent: (other ?? deps.upstream).agent,
         setHost: false,
       });
       const clear = () => {

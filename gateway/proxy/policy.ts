@@ -54,6 +54,7 @@ export function createPolicy(opts: { manager_admin_only: boolean }) {
     { id: 'gateway-admin-users', prefix: ['gateway', 'api', 'users'], access: 'admin', owner: 'gateway' },
     { id: 'gateway-admin-ip-lists', prefix: ['gateway', 'api', 'ip-lists'], access: 'admin', owner: 'gateway' },
     { id: 'gateway-admin-audit', prefix: ['gateway', 'api', 'audit'], access: 'admin', owner: 'gateway' },
+    { id: 'gateway-admin-queue', prefix: ['gateway', 'api', 'queue'], access: 'admin', owner: 'gateway' },
     { id: 'gateway-api', prefix: ['gateway'], access: 'user', owner: 'gateway' },
     // ComfyUI's server-side model-download API, served by the gateway (permission checks inside).
     ...[

@@ -8,6 +8,7 @@ import { getContext } from '../http/context';
 import { rejectUpgrade } from '../http/render';
 import type { Logger } from '../log';
 import { sanitizeHeaders, stripTokenQuery } from './headers';
+import { openExtraUpstreams, type ExtraOrigins } from './wsExtra';
 
 /** One relayed WebSocket: the client's view and the upstream's. */
 export interface WsSession {
@@ -72,6 +73,8 @@ export function createWsRelay(deps: {
   maxPerUser?: number;
   /** credential invalidations to act on: the sockets opened with that credential are closed */
   revocations?: Revocations;
+  /** other ComfyUI workers whose events each socket also relays (wsExtra.ts) */
+  extraOrigins?: ExtraOrigins;
 }) {
   const maxPerUser = deps.maxPerUser ?? 64;
   // ComfyUI itself refuses client messages over 4 MB; bigger ones are not buffered here either.
@@ -304,6 +307,15 @@ export function createWsRelay(deps: {
       wss.handleUpgrade(req, socket, head, (client) => {
         upstream.off('message', onEarly);
         relay(s, client, upstream, socket);
+        const extra = deps.extraOrigins?.() ?? [];
+        if (extra.length) {
+          const stop = openExtraUpstreams(extra, `${forwardPath}${qs ? `?${qs}` : ''}`, fwd, (data, isBinary) => {
+            const out = hooks.fromUpstream ? hooks.fromUpstream(s, data, isBinary) : data;
+            if (out !== null && client.readyState === WebSocket.OPEN) client.send(out, { binary: isBinary });
+          });
+          client.once('close', stop);
+          upstream.once('close', stop);
+        }
         for (const m of early) {
           const out = hooks.fromUpstream ? hooks.fromUpstream(s, m.data, m.isBinary) : m.data;
           if (out !== null) client.send(out, { binary: m.isBinary });

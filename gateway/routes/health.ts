@@ -3,7 +3,7 @@ import { getContext } from '../http/context';
 import type { Upstream } from '../proxy/upstream';
 
 /** GET /health: public up/down only; queue and devices for authenticated callers. */
-export function healthRoutes(deps: { upstream: Upstream }): RouteMount {
+export function healthRoutes(deps: { upstream: Upstream; workers?: () => unknown[] | undefined }): RouteMount {
   return (app) => {
     app.get('/health', async (req, res) => {
       const up = await deps.upstream.isUp();
@@ -17,6 +17,8 @@ export function healthRoutes(deps: { upstream: Upstream }): RouteMount {
           body.queue = null;
         }
       }
+      // Each ComfyUI worker the gateway's queue releases prompts to (admins only), whether ComfyUI answers or not.
+      if (getContext(req).principal?.role === 'admin' && deps.workers) body.workers = deps.workers() ?? [];
       res.set('Cache-Control', 'no-store').json(body);
     });
   };

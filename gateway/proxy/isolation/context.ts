@@ -10,6 +10,7 @@ import type { UploadList } from './uploadList';
 import type { PromptIds } from './promptIds';
 import type { NodeSchemas } from './nodeSchema';
 import type { RunTracker } from './tracker';
+import type { GatewayQueue } from '../../queue';
 
 /** Everything the isolation interceptors share (built once by createIsolation). */
 export interface IsolationContext {
@@ -34,4 +35,6 @@ export interface IsolationContext {
   server: ComfyServer | null;
   /** node schemas of the upstream: which nodes and inputs read or write files */
   schemas: NodeSchemas;
+  /** the gateway's own queue (absent in unit set-ups: prompts go straight to ComfyUI) */
+  queue?: GatewayQueue;
 }

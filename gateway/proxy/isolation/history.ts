@@ -24,6 +24,7 @@ import {
 import { scanObject } from './jsonScan';
 import { filesOfOutputs } from './outputs';
 import { upstreamIdsInBody } from './promptIds';
+import { failedEntry, upstreamOfPrompt } from './held';
 
 function intParam(q: URLSearchParams, name: string): number | null {
   const v = q.get(name);
@@ -64,6 +65,11 @@ export function historyInterceptors(iso: IsolationContext): Interceptor[] {
     return iso.ledger.owner(id) === viewer ? id : null;
   }
 
+  /** Held prompts ComfyUI refused when the gateway released them: history entries with an error status. */
+  function addRefused(out: Record<string, unknown>, owner: string | null, viewer: string): void {
+    for (const f of iso.queue?.failed(owner) ?? []) out[f.id] = failedEntry(f, viewer, iso);
+  }
+
   const list: Interceptor = {
     id: 'isolation-history-list',
     matches: (ctx, m) => (m === 'GET' || m === 'HEAD') && segs(ctx).join('/') === 'history',
@@ -80,6 +86,7 @@ export function historyInterceptors(iso: IsolationContext): Interceptor[] {
           const id = iso.promptIds.toClient(upId);
           out[id] = viewEntry(id, e, p.username);
         }
+        addRefused(out, null, p.username);
         return sendJson(req, res, out, 200, up);
       }
       const maxItems = intParam(ctx.query, 'max_items');
@@ -104,6 +111,7 @@ export function historyInterceptors(iso: IsolationContext): Interceptor[] {
       for (const m of slice(mine, maxItems, offset)) {
         out[m.id] = viewEntry(m.id, JSON.parse(up.body.toString('utf8', m.start, m.end)), p.username);
       }
+      addRefused(out, p.username, p.username);
       sendJson(req, res, out, 200, up);
     },
   };
@@ -120,8 +128,15 @@ export function historyInterceptors(iso: IsolationContext): Interceptor[] {
         // Someone else's id gets exactly ComfyUI's answer for an id that does not exist.
         return sendUpstream(req, res, await callUpstream(iso.upstream, 'GET', sibling(ctx, missingId()) + cleanQuery(ctx), headers));
       }
+      const refused = iso.queue?.failed(null).find((f) => f.id === id);
+      if (refused) return sendJson(req, res, { [id]: failedEntry(refused, p.username, iso) });
       const upId = iso.promptIds.toUpstream(id);
-      const up = await callUpstream(iso.upstream, 'GET', upId === id ? upstreamUrl(ctx) : sibling(ctx, upId) + cleanQuery(ctx), headers);
+      const up = await callUpstream(
+        upstreamOfPrompt(iso, id),
+        'GET',
+        upId === id ? upstreamUrl(ctx) : sibling(ctx, upId) + cleanQuery(ctx),
+        headers,
+      );
       const j = upstreamJson(up);
       if (!isObj(j)) return sendUpstream(req, res, up);
       const out: Record<string, unknown> = {};

@@ -31,6 +31,8 @@ import { userdataInterceptors } from './userdata';
 import { usersInterceptor } from './users';
 import { pathListingInterceptor, viewInterceptor } from './view';
 import { createIsolationWsHooks } from './ws';
+import type { GatewayQueue } from '../../queue';
+import { bindQueue, promptInfoInterceptor } from './held';
 
 /**
  * ComfyUI routes that never read comfy-user (server.py's core routes, static files). Every request to ComfyUI
@@ -117,6 +119,7 @@ export function createIsolation(deps: {
   keys?: AccountKeys;
   /** the replicas' shared store (issue 13): ledger, ComfyUI ids and the client-id key live there instead of data_dir */
   shared?: IsolationShared | null;
+  queue?: GatewayQueue;
 }): Isolation {
   const { config, logger, upstream } = deps;
   // Ownership hangs on account keys, not names: a later account of a deleted account's name starts empty.
@@ -153,7 +156,9 @@ export function createIsolation(deps: {
     server: deps.server ?? null,
     uploads: createUploadList({ file: path.join(dataDir, 'uploads.json'), logger }),
     schemas: createNodeSchemas({ upstream, logger, inputDir: () => iso.inputDir }),
+    queue: deps.queue,
   };
+  if (deps.queue) bindQueue(iso, deps.queue);
   // What the server discovery learns (again on reconnect) replaces what was known.
   deps.server?.onLearned((info) => {
     if (info.inputDir) iso.inputDir = info.inputDir;
@@ -185,6 +190,7 @@ export function createIsolation(deps: {
     enrichers: [enrich],
     interceptors: [
       promptInterceptor(iso),
+      promptInfoInterceptor(iso),
       ...queueInterceptors(iso),
       ...historyInterceptors(iso),
       ...jobsInterceptors(iso),

@@ -3,6 +3,7 @@ import { AppError } from '../../errors';
 import type { RequestContext } from '../../http/context';
 import type { IsolationContext } from './context';
 import { viewExtraData } from './entries';
+import { heldJob } from './held';
 import {
   callUpstream,
   isObj,
@@ -37,7 +38,13 @@ export function jobsInterceptors(iso: IsolationContext): Interceptor[] {
     matches: (ctx, m) => (m === 'GET' || m === 'HEAD') && segs(ctx).join('/') === 'jobs',
     async handle(req, res, ctx, forward) {
       const p = ctx.principal!;
-      if (seesAll(p, iso.separate)) return forward(); // job summaries carry no extra_data
+      const all = seesAll(p, iso.separate);
+      // Prompts the gateway holds are ComfyUI's pending jobs to the client, in the order they will be released.
+      const wanted = ctx.query.get('status');
+      const showHeld = !wanted || wanted.split(',').some((x) => x.trim() === 'pending');
+      const held = iso.queue && showHeld ? iso.queue.held(null).map((h) => ({ h })) : [];
+      const heldJobs = held.filter(({ h }) => all || iso.queue!.keys.nameOf(h.owner) === p.username).map(({ h }) => heldJob(h, h.number));
+      if (all && !heldJobs.length) return forward(); // job summaries carry no extra_data
       req.resume();
       const limit = nonNegative(ctx.query, 'limit');
       const offset = nonNegative(ctx.query, 'offset') ?? 0;
@@ -52,9 +59,16 @@ export function jobsInterceptors(iso: IsolationContext): Interceptor[] {
           : sendUpstream(req, res, up);
       const mine = j.jobs
         .filter(
-          (job: unknown) => isObj(job) && typeof job.id === 'string' && iso.ledger.owner(iso.promptIds.toClient(job.id)) === p.username,
+          (job: unknown) =>
+            isObj(job) && typeof job.id === 'string' && (all || iso.ledger.owner(iso.promptIds.toClient(job.id)) === p.username),
         )
-        .map((job: Record<string, unknown>) => ({ ...job, id: iso.promptIds.toClient(job.id as string) }));
+        .map((job: Record<string, unknown>): Record<string, unknown> => ({ ...job, id: iso.promptIds.toClient(job.id as string) }));
+      if (heldJobs.length) {
+        const asc = ctx.query.get('sort_order') === 'asc';
+        mine.push(...heldJobs);
+        const t = (x: Record<string, unknown>) => Number(x.create_time) || 0;
+        mine.sort((a, b) => (asc ? t(a) - t(b) : t(b) - t(a)));
+      }
       const page = mine.slice(offset, limit === null ? undefined : offset + limit);
       const pagination = {
         ...(isObj(j.pagination) ? j.pagination : {}),
@@ -76,6 +90,25 @@ export function jobsInterceptors(iso: IsolationContext): Interceptor[] {
       const all = seesAll(p, iso.separate);
       const mine = iso.ledger.owner(id) === p.username;
       const method = req.method ?? 'GET';
+      const held =
+        (all || mine) && (method === 'GET' || method === 'HEAD') && ctx.route.segments.length === 2 ? iso.queue?.held(null) : undefined;
+      const at = held ? held.findIndex((h) => h.id === id) : -1;
+      if (held && at >= 0) {
+        // Held by the gateway: a pending job, as ComfyUI shows one still in its queue.
+        req.resume();
+        const h = held[at];
+        const body = JSON.parse(h.body) as Record<string, unknown>;
+        const workflow = {
+          prompt: body.prompt ?? {},
+          extra_data: viewExtraData(
+            { ...(isObj(body.extra_data) ? body.extra_data : {}), client_id: h.upstreamClientId },
+            id,
+            p.username,
+            iso.ledger,
+          ),
+        };
+        return sendJson(req, res, { ...heldJob(h, h.number), outputs: {}, execution_status: null, workflow });
+      }
       if (!all && !mine) {
         // Someone else's job: ComfyUI's own answer for a job that does not exist.
         ctx.route = { ...ctx.route, forwardPath: withJobId(ctx, missingId()) };

@@ -18,6 +18,8 @@ export interface PromptRecord {
   files: FileRef[];
   /** the id ComfyUI gave the prompt when it ignored ours (older servers make their own); absent when equal */
   upstreamId?: string;
+  /** the name of the worker that ran it (gateway/queue, several workers); absent = the first */
+  worker?: string;
 }
 
 /** The persistent prompt-ownership ledger (DESIGN §7): bounded like ComfyUI's history, written atomically. */
@@ -28,6 +30,8 @@ export interface Ledger {
   owner(id: string): string | undefined;
   /** records the id ComfyUI answered with for the gateway's prompt `id` (when it differs) */
   setUpstreamId(id: string, upstreamId: string): void;
+  /** records which worker was given the prompt (several workers) */
+  setWorker(id: string, worker: string): void;
   /** the gateway's id of a prompt ComfyUI knows as `upstreamId` (undefined when not mapped) */
   byUpstreamId(upstreamId: string): string | undefined;
   /** the user's prompt ids, oldest first */
@@ -36,6 +40,8 @@ export interface Ledger {
   addFiles(id: string, files: FileRef[]): void;
   /** whether one of the user's prompts produced this file */
   ownsFile(user: string, f: FileRef): boolean;
+  /** the worker that produced this file, when a prompt of the ledger did and ran on a named worker */
+  workerOfFile(f: FileRef): string | undefined;
   readonly size: number;
   /** writes pending changes now */
   flush(): Promise<void>;
@@ -46,7 +52,7 @@ export interface Ledger {
 export const LEDGER_MAX = 10_000;
 const MAX_FILES_PER_PROMPT = 512;
 
-type Row = [string, string, number, string, string, [string, string, string][], string?];
+type Row = [string, string, number, string, string, [string, string, string][], string?, string?];
 
 /** Loads (or starts) the ledger kept in `file`; corrupt files are moved aside, never silently overwritten. */
 /**
@@ -148,7 +154,9 @@ export function createLedger(deps: {
             files.push({ type: f[0], subfolder: f[1], filename: f[2] });
         }
         const upstreamId = typeof row[6] === 'string' && row[6] ? row[6] : undefined;
+        const worker = typeof row[7] === 'string' && row[7] ? row[7] : undefined;
         insert({
+          ...(worker ? { worker } : {}),
           id: row[0],
           owner: row[1],
           at: Number(row[2]) || 0,
@@ -177,7 +185,8 @@ export function createLedger(deps: {
     const rows: Row[] = [];
     for (const r of byId.values()) {
       const row: Row = [r.id, r.owner, r.at, r.clientId, r.upstreamClientId, r.files.map((f) => [f.type, f.subfolder, f.filename])];
-      if (r.upstreamId) row.push(r.upstreamId);
+      if (r.upstreamId || r.worker) row.push(r.upstreamId ?? '');
+      if (r.worker) row.push(r.worker);
       rows.push(row);
     }
     return JSON.stringify({ version: 1, prompts: rows });
@@ -248,6 +257,12 @@ export function createLedger(deps: {
       changed(id);
     },
     byUpstreamId: (upstreamId) => byUpstream.get(upstreamId),
+    setWorker(id, worker) {
+      const r = byId.get(id);
+      if (!r || r.worker === worker) return;
+      r.worker = worker;
+      changed(id);
+    },
     idsOf(owner) {
       return [...(byOwner.get(keys.keyOf(owner)) ?? [])];
     },
@@ -270,6 +285,13 @@ export function createLedger(deps: {
       const key = keys.keyOf(user);
       for (const id of ids) if (byId.get(id)?.owner === key) return true;
       return false;
+    },
+    workerOfFile(f) {
+      for (const id of byFile.get(fileKey(f)) ?? []) {
+        const w = byId.get(id)?.worker;
+        if (w) return w;
+      }
+      return undefined;
     },
     get size() {
       return byId.size;

@@ -151,6 +151,8 @@ export function promptInterceptor(iso: IsolationContext): Interceptor {
           },
         );
       }
+      // Over a limit: refused before anything is recorded or sent (429 QUEUE_LIMIT / QUOTA_EXCEEDED).
+      iso.queue?.admit(p);
       // Jumping the shared queue (`front`, a chosen `number`) is an admin's call, not every user's.
       if (!seesAll(p, iso.separate)) {
         delete body.front;
@@ -169,10 +171,32 @@ export function promptInterceptor(iso: IsolationContext): Interceptor {
       const headers = upstreamHeaders(req, ctx, iso.cookieName, iso.upstream);
       headers['content-type'] = 'application/json';
       // Events of this prompt may beat ComfyUI's answer to the socket: ws.ts holds them until this ends.
-      const settle = iso.promptIds.begin(upstreamCid);
+      let settle = () => {};
+      const send = (upstream = iso.upstream) => {
+        settle = iso.promptIds.begin(upstreamCid);
+        return callUpstream(upstream, 'POST', upstreamUrl(ctx), headers, stringifyJson(body));
+      };
       let up;
       try {
-        up = await callUpstream(iso.upstream, 'POST', upstreamUrl(ctx), headers, stringifyJson(body));
+        if (!iso.queue) up = await send();
+        else {
+          // The gateway's queue: sent now when a worker is idle and nobody waits, else held (and answered here).
+          const out = await iso.queue.submit(
+            {
+              id: promptId,
+              username: p.username,
+              role: p.role,
+              body: stringifyJson(body),
+              comfyUser: p.comfyUser ?? null,
+              clientId: cid,
+              upstreamClientId: upstreamCid,
+              front: seesAll(p, iso.separate) && !!body.front,
+            },
+            (w) => send(w.upstream),
+          );
+          if (out.held) return sendJson(req, res, { prompt_id: promptId, number: out.number, node_errors: {} });
+          up = out.up;
+        }
       } catch (e) {
         iso.ledger.remove(promptId);
         settle();

@@ -1,6 +1,8 @@
 import type { Interceptor } from '../../app';
 import { AppError } from '../../errors';
+import type { Principal } from '../../auth/principal';
 import type { IsolationContext } from './context';
+import { heldTuple } from './held';
 import { viewPromptTuple } from './entries';
 import { upstreamIdsInBody } from './promptIds';
 import {
@@ -27,13 +29,33 @@ export function queueInterceptors(iso: IsolationContext): Interceptor[] {
     req: Parameters<Interceptor['handle']>[0],
     res: Parameters<Interceptor['handle']>[1],
     ctx: Parameters<Interceptor['handle']>[2],
+    raw: Buffer,
   ) {
-    const raw = await readBody(req);
     const headers = upstreamHeaders(req, ctx, iso.cookieName, iso.upstream);
     headers['content-type'] = 'application/json';
     if (!seesAll(ctx.principal!, iso.separate)) return { raw, headers };
     sendUpstream(req, res, await callUpstream(iso.upstream, 'POST', upstreamUrl(ctx), headers, upstreamIdsInBody(raw, iso.promptIds)));
     return null;
+  }
+
+  /** delete / clear / interrupt of held prompts: they leave the gateway's queue (the caller's own; admins: any). */
+  async function cancelHeld(raw: Buffer, p: Principal, route: 'queue' | 'interrupt'): Promise<void> {
+    if (!iso.queue) return;
+    let body: Record<string, unknown>;
+    try {
+      body = parseJsonObject(raw, true);
+    } catch {
+      return; // ComfyUI's answer to a malformed body stays the answer
+    }
+    const viewer = seesAll(p, iso.separate) ? null : p.username;
+    const ids: string[] = [];
+    if (route === 'interrupt') {
+      if (typeof body.prompt_id === 'string') ids.push(body.prompt_id);
+    } else {
+      if (Array.isArray(body.delete)) for (const id of body.delete) if (typeof id === 'string') ids.push(id);
+      if (body.clear) for (const h of iso.queue.held(viewer)) ids.push(h.id);
+    }
+    if (ids.length) await iso.queue.cancel(ids, viewer);
   }
 
   const getQueue: Interceptor = {
@@ -55,6 +77,15 @@ export function queueInterceptors(iso: IsolationContext): Interceptor[] {
       for (const k of ['queue_running', 'queue_pending']) {
         if (Array.isArray(j[k])) out[k] = j[k].filter(keep).map((e: unknown) => viewPromptTuple(e, p.username, iso.ledger));
       }
+      if (iso.queue && Array.isArray(out.queue_pending)) {
+        // Held prompts wait behind ComfyUI's own, in the order the gateway will release them.
+        const numbers = [...(j.queue_running ?? []), ...(j.queue_pending ?? [])].map((e: unknown) => (Array.isArray(e) ? Number(e[0]) : 0));
+        const base = Math.max(0, ...numbers.filter(Number.isFinite));
+        const viewer = all ? null : iso.queue.keys.keyOf(p.username);
+        iso.queue.held(null).forEach((h, i) => {
+          if (viewer === null || h.owner === viewer) (out.queue_pending as unknown[]).push(heldTuple(h, base + 1 + i, p.username, iso));
+        });
+      }
       sendJson(req, res, out, up.status, up);
     },
   };
@@ -65,9 +96,11 @@ export function queueInterceptors(iso: IsolationContext): Interceptor[] {
     matches: (ctx, m) => m === 'POST' && segs(ctx).join('/') === 'queue',
     async handle(req, res, ctx) {
       const p = ctx.principal!;
-      const post = await ownPost(req, res, ctx);
+      const raw = await readBody(req);
+      await cancelHeld(raw, p, 'queue');
+      const post = await ownPost(req, res, ctx, raw);
       if (!post) return;
-      const { raw, headers } = post;
+      const { headers } = post;
       const body = parseJsonObject(raw);
       if ('delete' in body && !Array.isArray(body.delete)) throw new AppError(400, 'INVALID_BODY', '`delete` must be a list of prompt ids');
       const ids = new Set<string>();
@@ -90,9 +123,11 @@ export function queueInterceptors(iso: IsolationContext): Interceptor[] {
     matches: (ctx, m) => m === 'POST' && segs(ctx).join('/') === 'interrupt',
     async handle(req, res, ctx) {
       const p = ctx.principal!;
-      const post = await ownPost(req, res, ctx);
+      const raw = await readBody(req);
+      await cancelHeld(raw, p, 'interrupt');
+      const post = await ownPost(req, res, ctx, raw);
       if (!post) return;
-      const { raw, headers } = post;
+      const { headers } = post;
       let body: Record<string, unknown> = {};
       try {
         body = parseJsonObject(raw, true);

@@ -3,6 +3,7 @@ import type { RequestContext } from '../../http/context';
 import type { IsolationContext } from './context';
 import { missingId, seesAll, segs, sendJson } from './http';
 import { isFileType, isUnderUser, normaliseRef, parseAnnotated } from './paths';
+import { upstreamOfFile } from './held';
 
 /** Routes that serve a file named by filename/subfolder/type (ComfyUI's /view and VideoHelperSuite's twins). */
 const FILE_VIEWS = new Set(['view', 'vhs/viewvideo', 'viewvideo', 'vhs/viewaudio', 'vhs/queryvideo']);
@@ -28,8 +29,15 @@ export function viewInterceptor(iso: IsolationContext): Interceptor {
     matches: (ctx, m) => iso.separate && (m === 'GET' || m === 'HEAD') && FILE_VIEWS.has(segs(ctx).join('/')),
     async handle(_req, _res, ctx, forward) {
       const p = ctx.principal!;
-      if (seesAll(p, iso.separate)) return forward();
       const q = ctx.query;
+      if (seesAll(p, iso.separate)) {
+        // Admins read anything, from the worker that made it.
+        const name = q.get('filename');
+        const t = q.get('type') ?? 'output';
+        if (name !== null && isFileType(t))
+          ctx.upstream = upstreamOfFile(iso, { type: t, subfolder: q.get('subfolder') ?? '', filename: name });
+        return forward();
+      }
       const filename = q.get('filename');
       if (filename === null) return answerMissing(ctx, p.username, forward);
       const ann = parseAnnotated(filename);
@@ -49,6 +57,8 @@ export function viewInterceptor(iso: IsolationContext): Interceptor {
       out.set('subfolder', checked.ref.subfolder);
       out.set('type', type);
       ctx.route = { ...ctx.route, query: out.toString() };
+      // Several workers: the file is on the one whose prompt made it.
+      ctx.upstream = upstreamOfFile(iso, checked.ref);
       forward();
     },
   };

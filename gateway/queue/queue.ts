@@ -1,0 +1,294 @@
+import type { Logger } from '../log';
+import type { UpstreamResponse } from '../proxy/upstream';
+import type { AccountKeys } from '../users/types';
+import { dayOf, type Limits } from './limits';
+import type { Scheduler } from './scheduler';
+import { createWaiters, failedPrompt, heldOf, refusalOf, type QueueNotices } from './prompts';
+import type { FailedPrompt, HeldPrompt, QueueStore } from './store';
+import type { Flight, Worker } from './worker';
+import type { Workers } from './workers';
+
+/** The longest a worker's waiting slot stays open for more arrivals after its last prompt was sent. */
+const COALESCE_CAP_MS = 1000;
+
+/** What isolation lends the queue: how a prompt is sent, and the id translation. */
+export interface QueueIo {
+  send(w: Worker, p: HeldPrompt): Promise<UpstreamResponse>;
+  toUpstream(id: string): string;
+  toClient(upstreamId: string): string;
+  /** the owner's username of a gateway prompt id (the ledger) */
+  ownerOf(id: string): string | undefined;
+  /** ComfyUI on worker `w` accepted the prompt (its events, files and history are that worker's) */
+  placed(id: string, w: Worker): void;
+  /** after a restart: the ledger must know the owner of a persisted prompt (its write may have been lost) */
+  ensureOwned(p: HeldPrompt, username: string): void;
+}
+
+/** A prompt ready for the queue (already confined and given its ids by isolation). */
+export interface Submission {
+  id: string;
+  username: string;
+  role: 'admin' | 'user';
+  /** the JSON text to POST (isolation's serialisation: numbers keep their exact text) */
+  body: string;
+  comfyUser: string | null;
+  clientId: string;
+  upstreamClientId: string;
+  front: boolean;
+}
+
+/** What became of a submission: sent at once (ComfyUI's answer) or held (the gateway's answer). */
+export type Outcome = { held: false; up: UpstreamResponse } | { held: true; number: number };
+
+/**
+ * The dispatcher: a prompt goes straight to a worker only when one is idle and nobody is waiting (ComfyUI's own
+ * answer, node_errors included, reaches the client); otherwise it is persisted, held and answered at once. A
+ * worker gets a second (waiting) prompt only `coalesceMs` after its last one, so users whose prompts arrive
+ * together are ordered together; it never holds more than one running and one waiting.
+ */
+export function createDispatcher(deps: {
+  store: QueueStore;
+  scheduler: Scheduler;
+  limits: Limits;
+  workers: Workers;
+  keys: AccountKeys;
+  logger: Logger;
+  coalesceMs: number;
+  /** how long past the coalescing window a submission waits for ComfyUI's answer to its release */
+  answerWaitMs: number;
+  nextSeq: number;
+  notices: QueueNotices;
+  failed: Map<string, FailedPrompt>;
+}) {
+  const { store, scheduler, workers, keys, logger } = deps;
+  let seq = deps.nextSeq;
+  let io: QueueIo | null = null;
+  let timer: NodeJS.Timeout | null = null;
+  let lastArrival = 0;
+
+  const runningOf = (owner: string) =>
+    workers.all().reduce((n, w) => n + [...w.flights.values()].filter((f) => f.owner === owner).length, 0);
+  const may = (owner: string) => {
+    const role = scheduler.peek((o) => o === owner)?.role ?? 'user';
+    const max = deps.limits.effective(owner, role).max_running;
+    return max === null || runningOf(owner) < max;
+  };
+
+  /** When the worker can take one more: 0 = now, n = in n ms, null = full or down. */
+  function roomIn(w: Worker): number | null {
+    if (!w.up || !w.known) return null;
+    if (w.flights.size === 0) return 0;
+    if (w.flights.size >= 2) return null;
+    // The waiting slot is filled once arrivals have paused for the window (a burst is ordered as a whole), but
+    // never later than COALESCE_CAP_MS after the worker's last prompt, so steady arrivals cannot idle the GPU.
+    const quiet = Math.max(w.lastSentAt, lastArrival) + deps.coalesceMs;
+    return Math.max(0, Math.min(quiet, w.lastSentAt + COALESCE_CAP_MS) - Date.now());
+  }
+
+  function pump(): void {
+    if (!io) return;
+    for (;;) {
+      let soonest = Infinity;
+      const ready = workers.all().filter((w) => {
+        const r = roomIn(w);
+        if (r !== null && r > 0) soonest = Math.min(soonest, r);
+        return r === 0;
+      });
+      if (!ready.length || !scheduler.size) {
+        if (soonest < Infinity && scheduler.size && !timer) {
+          timer = setTimeout(() => {
+            timer = null;
+            pump();
+          }, soonest + 1);
+          timer.unref();
+        }
+        return;
+      }
+      const p = scheduler.peek(may);
+      if (!p) return;
+      const w = workers.pick(ready, p);
+      if (!w) return;
+      scheduler.remove(p.id);
+      if (!keys.nameOf(p.owner) || workers.all().some((x) => x.flights.has(p.id))) {
+        // the account was deleted while its prompt waited, or ComfyUI already has it (sent just before a restart)
+        void store.apply({ op: 'drop', ids: [p.id] });
+        continue;
+      }
+      scheduler.served(p.owner, p.role);
+      w.track(p.id, p.owner);
+      void release(w, p);
+    }
+  }
+
+  // Submissions waiting for their own release (the worker had room): ComfyUI's answer goes to them verbatim.
+  const { waiters, waitRelease } = createWaiters();
+
+  async function release(w: Worker, p: HeldPrompt): Promise<void> {
+    let up: UpstreamResponse;
+    try {
+      up = await io!.send(w, p);
+    } catch (e) {
+      // Not reached: it goes back to its place and waits for a worker.
+      logger.warn({ err: (e as Error).message, prompt: p.id, worker: w.name }, 'queue: release failed; the prompt waits again');
+      w.untrack(p.id);
+      scheduler.add(p);
+      w.refreshSoon();
+      return;
+    }
+    const waiter = waiters.get(p.id);
+    if (up.status === 200) {
+      w.refreshSoon();
+      workers.sentTo(p.id, w);
+      sent.set(p.id, p);
+      io!.placed(p.id, w);
+      await store.apply({ op: 'drop', ids: [p.id] }).catch((e) => logger.error({ err: (e as Error).message }, 'queue: store failed'));
+      waiter?.(up);
+      return;
+    }
+    w.untrack(p.id);
+    if (waiter) {
+      // The client is still on the line: ComfyUI's refusal (node_errors) is its answer, as without the queue.
+      await store.apply({ op: 'drop', ids: [p.id] }).catch(() => undefined);
+      waiter(up);
+      deps.notices.counts();
+      pump();
+      return;
+    }
+    const f = failedPrompt(p, refusalOf(up));
+    logger.info({ prompt: p.id, worker: w.name, status: up.status }, 'queue: ComfyUI refused a held prompt');
+    await fail(p, f);
+  }
+
+  async function fail(p: HeldPrompt, f: FailedPrompt): Promise<void> {
+    deps.failed.set(p.id, f);
+    await store.apply({ op: 'failed', entry: f }).catch(() => undefined);
+    await store.apply({ op: 'drop', ids: [p.id] }).catch(() => undefined);
+    deps.notices.refused(f, p);
+    pump();
+  }
+
+  // Prompts on workers, kept until they leave: a worker going down gives its waiting ones back to the queue.
+  const sent = new Map<string, HeldPrompt>();
+
+  /** A worker stopped answering: its running prompt failed there, its waiting ones wait for another worker. */
+  async function lost(w: Worker, flights: Flight[]): Promise<void> {
+    for (const fl of flights) {
+      const p = sent.get(fl.id);
+      sent.delete(fl.id);
+      if (!p) continue;
+      if (fl.running) {
+        logger.warn({ prompt: p.id, worker: w.name }, 'queue: a running prompt was lost with its worker');
+        await fail(p, failedPrompt(p, refusalOf(null, `worker ${w.name} went down while running this prompt`, 'worker_down')));
+      } else {
+        await store.apply({ op: 'hold', prompt: p }).catch(() => undefined);
+        scheduler.add(p);
+      }
+    }
+    deps.notices.counts();
+    pump();
+  }
+
+  return {
+    bind(x: QueueIo) {
+      io = x;
+      pump();
+    },
+    get io() {
+      return io;
+    },
+    pump,
+    runningOf,
+    /** Re-holds prompts after a restart (and tells the ledger whose they are). */
+    restore(held: HeldPrompt[]) {
+      for (const p of held.sort((a, b) => a.seq - b.seq)) {
+        const name = keys.nameOf(p.owner);
+        if (!name) continue;
+        io?.ensureOwned(p, name);
+        scheduler.add(p);
+      }
+    },
+    /** Sends at once when a worker is idle and nobody waits; otherwise persists and holds. */
+    async submit(s: Submission, direct: (w: Worker) => Promise<UpstreamResponse>): Promise<Outcome> {
+      const owner = keys.keyOf(s.username);
+      const now = Date.now();
+      const idleNow = () => {
+        const free = scheduler.size === 0 ? workers.all().filter((w) => w.up && w.known && w.flights.size === 0) : [];
+        return free.length ? workers.pick(free, { owner, body: s.body }) : undefined;
+      };
+      // Nobody waits but every worker looks busy: what the gateway knows may be a moment old (a prompt that just
+      // ended), so it asks before deciding rather than holding a prompt a free worker could start now.
+      if (!idleNow() && scheduler.size === 0)
+        await Promise.all(
+          workers
+            .all()
+            .filter((w) => w.up)
+            .map((w) => w.refreshNow()),
+        );
+      const idle = idleNow();
+      const anyUp = workers.all().some((w) => w.up);
+      if (idle || !anyUp) {
+        // (nobody up at all: ComfyUI's own failure, 502, is the answer and nothing is queued)
+        const w = idle ?? workers.all()[0];
+        w.track(s.id, owner);
+        scheduler.served(owner, s.role);
+        let up: UpstreamResponse;
+        try {
+          up = await direct(w);
+        } catch (e) {
+          w.untrack(s.id);
+          throw e;
+        }
+        if (up.status !== 200) w.untrack(s.id);
+        else {
+          sent.set(s.id, heldOf(s, owner, now, seq++));
+          workers.sentTo(s.id, w);
+          io?.placed(s.id, w);
+          deps.limits.add(owner, dayOf(now), { prompts: 1 });
+          void store.apply({ op: 'usage', owner, day: dayOf(now), prompts: 1, gpu_s: 0, images: 0 }).catch(() => undefined);
+          w.refreshSoon();
+        }
+        return { held: false, up };
+      }
+      lastArrival = now;
+      const n = seq++;
+      const p = heldOf(s, owner, now, n);
+      // Durable before the answer: a restart releases it later.
+      await store.apply({ op: 'hold', prompt: p });
+      deps.limits.add(owner, dayOf(now), { prompts: 1 });
+      void store.apply({ op: 'usage', owner, day: dayOf(now), prompts: 1, gpu_s: 0, images: 0 }).catch(() => undefined);
+      scheduler.add(p);
+      deps.notices.counts();
+      pump();
+      // A worker has room and this prompt is next (or already on its way): the answer waits for ComfyUI's, so its
+      // validation errors reach the client as they would without the gateway. Otherwise the answer is at once.
+      const released = !scheduler.get(p.id);
+      const next = workers.all().some((w) => w.up && w.flights.size < 2) && scheduler.peek(may)?.id === p.id;
+      if (released || next) {
+        const up = await waitRelease(p.id, COALESCE_CAP_MS + deps.answerWaitMs);
+        if (up) return { held: false, up };
+      }
+      return { held: true, number: n };
+    },
+    /** Removes held prompts (delete, clear, interrupt of a held prompt); returns the ids removed. */
+    async cancel(ids: string[]): Promise<string[]> {
+      const gone = ids.filter((id) => scheduler.remove(id));
+      if (gone.length) {
+        await store.apply({ op: 'drop', ids: gone });
+        deps.notices.counts();
+      }
+      return gone;
+    },
+    /** a flight ended on a worker */
+    finished(_w: Worker, f: Flight) {
+      sent.delete(f.id);
+      pump();
+    },
+    lost,
+    close() {
+      if (timer) clearTimeout(timer);
+    },
+  };
+}
+
+/** The dispatcher's interface. */
+export type Dispatcher = ReturnType<typeof createDispatcher>;
