@@ -8,6 +8,7 @@ import { EXIT } from '../exitCodes';
 import { createUserStore, UserStoreError } from '../users/store';
 import { createPool, migrate, q, withTx } from './pg';
 import { pgHasRecords } from './pgUsers';
+import { ledgerRecordOf } from '../proxy/isolation/ledgerRow';
 import { HF_KEY_ENV, hfKeyFromEnv, seal } from './secrets';
 
 const USAGE = `usage: comfyui-gateway migrate-store --from file --to postgres [--config FILE] [--url postgres://…]
@@ -24,19 +25,8 @@ function ledgerRecords(file: string): [string, unknown][] {
   if (parsed.version !== 1 || !Array.isArray(parsed.prompts)) throw new Error(`${file}: unknown ledger format`);
   const out: [string, unknown][] = [];
   for (const row of parsed.prompts) {
-    if (!Array.isArray(row) || typeof row[0] !== 'string' || typeof row[1] !== 'string') continue;
-    const files = (Array.isArray(row[5]) ? (row[5] as unknown[]) : [])
-      .filter((f): f is [string, string, string] => Array.isArray(f) && f.length >= 3)
-      .map(([type, subfolder, filename]) => ({ type, subfolder, filename }));
-    const rec = {
-      id: row[0],
-      owner: row[1],
-      at: Number(row[2]) || 0,
-      clientId: String(row[3] ?? ''),
-      upstreamClientId: String(row[4] ?? ''),
-      files,
-    };
-    out.push([row[0], typeof row[6] === 'string' && row[6] ? { ...rec, upstreamId: row[6] } : rec]);
+    const r = ledgerRecordOf(row);
+    if (r) out.push([r.id, r]);
   }
   return out;
 }

@@ -3,7 +3,8 @@ import type { Logger } from '../../log';
 import { sweepStaleTemps, writeFileAtomic } from '../../users/atomicFile';
 import type { DocCollection } from '../../store/docs';
 import { NAME_KEYS, type AccountKeys } from '../../users/types';
-import { fileKey, isFileType, type FileRef } from './paths';
+import { fileKey, type FileRef } from './paths';
+import { ledgerRecordOf } from './ledgerRow';
 
 /** One prompt the gateway queued: whose it is and what it produced. */
 export interface PromptRecord {
@@ -147,24 +148,8 @@ export function createLedger(deps: {
       const parsed = JSON.parse(raw) as { version?: number; prompts?: Row[] };
       if (parsed.version !== 1 || !Array.isArray(parsed.prompts)) throw new Error('unknown ledger format');
       for (const row of parsed.prompts) {
-        if (!Array.isArray(row) || typeof row[0] !== 'string' || typeof row[1] !== 'string') continue;
-        const files: FileRef[] = [];
-        for (const f of Array.isArray(row[5]) ? row[5] : []) {
-          if (Array.isArray(f) && isFileType(f[0]) && typeof f[1] === 'string' && typeof f[2] === 'string')
-            files.push({ type: f[0], subfolder: f[1], filename: f[2] });
-        }
-        const upstreamId = typeof row[6] === 'string' && row[6] ? row[6] : undefined;
-        const worker = typeof row[7] === 'string' && row[7] ? row[7] : undefined;
-        insert({
-          ...(worker ? { worker } : {}),
-          id: row[0],
-          owner: row[1],
-          at: Number(row[2]) || 0,
-          clientId: String(row[3] ?? ''),
-          upstreamClientId: String(row[4] ?? ''),
-          files,
-          ...(upstreamId ? { upstreamId } : {}),
-        });
+        const r = ledgerRecordOf(row);
+        if (r) insert(r);
       }
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') {
