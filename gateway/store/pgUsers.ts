@@ -1,10 +1,9 @@
-import crypto from 'node:crypto';
 import type pg from 'pg';
 import type { Revocations } from '../auth/revocations';
 import { AppError, errors } from '../errors';
 import type { Logger } from '../log';
 import type { GatewayUserStore } from '../users/store';
-import { RESERVED_USERNAMES } from '../users/rules';
+import { emailKey, newUserRecord, RESERVED_USERNAMES } from '../users/rules';
 import type { UserRecord } from '../users/types';
 import type { ChangeFeed } from './feed';
 import { pgCredentialParts } from './pgCredentials';
@@ -15,7 +14,6 @@ const copyUser = (u: UserRecord): UserRecord => ({ ...u, permissions: [...u.perm
 const USERNAME_MAX = 32;
 /** Every change to accounts takes this transaction lock: USER_EXISTS and LAST_ADMIN are decided one at a time. */
 const USERS_LOCK = 7_254_131_302;
-const emailKey = (e: string | null | undefined) => (typeof e === 'string' && e.trim() ? e.trim().toLowerCase() : null);
 const enabledAdmins = (users: Iterable<UserRecord>) => [...users].filter((u) => u.role === 'admin' && !u.disabled).length;
 const keyOfRecord = (u: UserRecord) => (u.legacy ? u.username : u.id);
 
@@ -139,17 +137,7 @@ export async function createPgUserStore(opts: {
     async create(u) {
       const email = emailKey(u.email);
       const t = now();
-      const rec: UserRecord = {
-        id: crypto.randomUUID(),
-        username: u.username,
-        email,
-        role: u.role,
-        password_hash: u.password_hash,
-        disabled: false,
-        permissions: [...(u.permissions ?? [])],
-        created_at: new Date(t).toISOString(),
-        tokens_valid_after: voidBefore(),
-      };
+      const rec = newUserRecord(u, email, t, voidBefore());
       await withTx(pool, async (c) => {
         await lock(c);
         if (await rowOf(c, u.username)) throw new AppError(409, 'USER_EXISTS', `User ${u.username} already exists`);

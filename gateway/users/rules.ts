@@ -1,3 +1,5 @@
+import crypto from 'node:crypto';
+import type { UserRecord } from './types';
 /** Usernames (DESIGN §4): lower-case, 2–32 characters, safe in paths and the `comfy-user` header. */
 export const USERNAME_RE = /^[a-z0-9][a-z0-9_-]{1,31}$/;
 
@@ -44,4 +46,28 @@ export function emailProblem(v: unknown): string | null {
   if (v.length > 320 || !/^[^@\s\u0000-\u001f\u007f]+@[^@\s\u0000-\u001f\u007f]+$/.test(v.trim()))
     return 'must be one email address (local@domain)';
   return null;
+}
+
+/** The one email normalisation: what an account's email is stored and matched as (Cloudflare binding, clashes). */
+export const emailKey = (e: string | null | undefined): string | null =>
+  typeof e === 'string' && e.trim() ? e.trim().toLowerCase() : null;
+
+/** A new account's record, the same in every store; `validAfter` voids tokens minted for an earlier holder of the name. */
+export function newUserRecord(
+  u: { username: string; password_hash: string; role: UserRecord['role']; permissions?: string[] },
+  email: string | null,
+  at: number,
+  validAfter: number,
+): UserRecord {
+  return {
+    id: crypto.randomUUID(),
+    username: u.username,
+    email,
+    role: u.role,
+    password_hash: u.password_hash,
+    disabled: false,
+    permissions: [...(u.permissions ?? [])],
+    created_at: new Date(at).toISOString(),
+    tokens_valid_after: validAfter,
+  };
 }

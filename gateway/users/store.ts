@@ -1,4 +1,3 @@
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Low } from 'lowdb';
@@ -6,7 +5,7 @@ import type { Revocations } from '../auth/revocations';
 import { AppError, errors } from '../errors';
 import type { Logger } from '../log';
 import { sweepStaleTemps, withFileLock } from './atomicFile';
-import { RESERVED_USERNAMES } from './rules';
+import { emailKey, newUserRecord, RESERVED_USERNAMES } from './rules';
 import type { ApiTokenRecord, UserRecord, UserStore } from './types';
 import { credentialParts } from './storeCredentials';
 import { AtomicJsonFile, emptyUsersFile, parseUsersFile, signature, type UsersFile } from './usersFile';
@@ -169,7 +168,6 @@ export async function createUserStore(opts: {
   }
 
   const find = (username: string) => db.data.users.find((u) => u.username === username);
-  const emailKey = (e: string | null | undefined) => (typeof e === 'string' && e.trim() ? e.trim().toLowerCase() : null);
   const findEmail = (email: string) => db.data.users.find((u) => emailKey(u.email) === email);
   /** 409 when another account already holds `email` */
   const emailFree = (email: string | null, self?: UserRecord) => {
@@ -246,18 +244,7 @@ export async function createUserStore(opts: {
       const email = emailKey(u.email);
       emailFree(email);
       const t = now();
-      const rec: UserRecord = {
-        id: crypto.randomUUID(),
-        username: u.username,
-        email,
-        role: u.role,
-        password_hash: u.password_hash,
-        disabled: false,
-        permissions: [...(u.permissions ?? [])],
-        created_at: new Date(t).toISOString(),
-        // tokens minted for an earlier user of the same name must not come back to life
-        tokens_valid_after: voidBefore(),
-      };
+      const rec = newUserRecord(u, email, t, voidBefore());
       change((d) => {
         if (rec.role === 'admin' && !d.users.some((x) => x.role === 'admin'))
           d.setup ??= { completed_at: rec.created_at, first_admin: rec.username };
