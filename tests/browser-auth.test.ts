@@ -33,12 +33,15 @@ describe('browser: first admin, sign-in, ComfyUI page, sign-out (real Chromium)'
     return { ctx, page: await ctx.newPage(), problems };
   }
 
-  async function signIn(page: Page, path: string, username = ADMIN, password = ADMIN_PASS): Promise<void> {
+  /** Signs in from `path`; returns the sign-in page's URL as it was before submitting (the redirect may be instant). */
+  async function signIn(page: Page, path: string, username = ADMIN, password = ADMIN_PASS): Promise<string> {
     await page.goto(gw.url + path);
     await page.waitForURL(/\/login\b/);
+    const loginUrl = page.url();
     await page.fill('#username', username);
     await page.fill('#password', password);
     await page.click('#login-submit');
+    return loginUrl;
   }
 
   beforeAll(async () => {
@@ -111,8 +114,7 @@ describe('browser: first admin, sign-in, ComfyUI page, sign-out (real Chromium)'
 
   test('signing in honours next= and lands on the ComfyUI page with the injected badge', async () => {
     const { ctx, page } = await freshPage();
-    await signIn(page, '/index.html');
-    expect(page.url()).toContain('/login?next=%2Findex.html');
+    expect(await signIn(page, '/index.html')).toContain('/login?next=%2Findex.html');
     await page.waitForURL(gw.url + '/index.html');
     await expect(page.locator('#app').textContent()).resolves.toBe('ComfyUI fake');
     const badge = page.locator('#comfy-gateway-badge .badge');
