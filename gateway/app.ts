@@ -23,13 +23,15 @@ export type Gate = (req: IncomingMessage, ctx: RequestContext) => void | Promise
 
 /** A ComfyUI route the gateway must read or rewrite instead of streaming blindly (isolation, injection). */
 export interface Interceptor {
+  /** unique: its specs in the policy table are named after it */
   id: string;
-  matches(ctx: RequestContext, method: string): boolean;
+  /** where it applies (canonical, lower-case, `*` = one segment; exact unless `prefix`); each becomes a route spec */
+  routes: { path: string; methods?: string[]; prefix?: boolean }[];
   /** `forward()` streams the request to ComfyUI through the normal proxy (after the handler adjusted ctx.route) */
   handle(req: IncomingMessage, res: ServerResponse, ctx: RequestContext, forward: () => void): Promise<void>;
 }
 
-/** Mounts gateway-owned routes on the Express app; paths are canonical (no leading /api). */
+/** A feature's gateway-owned routes, written Express-style; recorded into route specs (http/served.ts), never mounted. */
 export type RouteMount = (app: express.Express) => void;
 
 /** Everything createApp needs; built by compose.ts (production and tests alike). */
@@ -48,8 +50,8 @@ export interface AppDeps {
   gates?: Gate[];
   /** run after authentication on every admitted request that has a principal (e.g. resolve the ComfyUI user id) */
   enrichers?: Gate[];
-  routes?: RouteMount[];
-  interceptors?: Interceptor[];
+  /** run before every gateway-owned answer, errors included (security headers); from collectRoutes */
+  gatewayMiddleware?: express.RequestHandler[];
   wsHooks?: WsHooks;
   /** credential invalidations: the WebSockets opened with a voided credential are closed (1008) */
   revocations?: Revocations;
@@ -105,7 +107,13 @@ export function createApp(deps: AppDeps): Gateway {
   app.disable('x-powered-by');
   app.set('etag', false);
   app.set('query parser', 'simple');
-  for (const mount of deps.routes ?? []) mount(app);
+  for (const mw of deps.gatewayMiddleware ?? []) app.use(mw);
+  // Only the spec decide() picked answers; a gateway path no spec serves is 404.
+  app.use((req, res, next) => {
+    const serve = getContext(req).decision.rule.serve;
+    if (serve) serve(req, res, next);
+    else next();
+  });
   app.use((_req, _res, next) => next(errors.notFound()));
   app.use((err: unknown, req: express.Request, res: express.Response, _next: express.NextFunction) => {
     if ((err as AppError).status === undefined || (err as AppError).status >= 500) logger.error({ err }, 'handler error');
@@ -143,7 +151,7 @@ export function createApp(deps: AppDeps): Gateway {
       checkCsrf(req, ctx.principal, {
         ownHost: ownHost(req),
         isUpgrade,
-        sessionForm: SESSION_FORMS.has(ctx.decision.rule.id),
+        sessionForm: SESSION_FORMS.has(ctx.decision.rule.family ?? ctx.decision.rule.id),
         getChangesState: ctx.decision.getChangesState,
       });
       return ctx;
@@ -202,13 +210,14 @@ export function createApp(deps: AppDeps): Gateway {
       if (deps.preflight?.(req, res)) return;
       admit(req, false).then(
         (ctx) => {
-          if (ctx.decision.rule.owner === 'gateway') {
+          const { rule } = ctx.decision;
+          if (rule.owner === 'gateway') {
             // Re-encoded, so Express routes on exactly the segments the policy decided on (a decoded `%3F` would cut the path).
             req.url = encodePath(ctx.route.segments) + (ctx.route.query ? `?${ctx.route.query}` : '');
             app(req as express.Request, res as express.Response);
             return;
           }
-          const icpt = deps.interceptors?.find((i) => i.matches(ctx, req.method ?? 'GET'));
+          const icpt = rule.intercept;
           if (icpt) {
             return void icpt
               .handle(req, res, ctx, () => proxy.forward(req, res))
@@ -244,8 +253,8 @@ export function createApp(deps: AppDeps): Gateway {
         accessLog(req, { statusCode: e.status }, rawUrl, started, e.code);
       };
       admit(req, true).then((ctx) => {
-        if (ctx.decision.rule.owner !== 'comfy' || ctx.route.segments.join('/') !== 'ws')
-          return refuse(errors.notFound('No WebSocket here'));
+        // The table's `ws` spec, spelled as ComfyUI spells it (its routes are case-sensitive).
+        if (!ctx.decision.rule.websocket || ctx.route.segments[0] !== 'ws') return refuse(errors.notFound('No WebSocket here'));
         relay.handleUpgrade(req, socket, head);
       }, refuse);
     },

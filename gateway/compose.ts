@@ -15,6 +15,8 @@ import { createHttpsUpgradeGate, createPreflight } from './net/transport';
 import { edgeRoutes, securityHeaders } from './routes/edge';
 import { createInjectInterceptor } from './proxy/inject';
 import { createPolicy } from './proxy/policy';
+import { interceptSpecs } from './proxy/routeTable';
+import { collectRoutes } from './http/served';
 import { createUpstream, type Upstream } from './proxy/upstream';
 import { composeWsHooks, type WsHooks } from './proxy/ws';
 import { healthRoutes } from './routes/health';
@@ -251,17 +253,18 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
     );
   }
 
+  // The one router: core rows plus every feature's specs (the routes it serves, the ComfyUI routes it intercepts).
+  const served = collectRoutes(routes);
   const gateway = createApp({
     config,
     logger,
     audit,
     upstream,
     chain,
-    policy: createPolicy(config),
+    policy: createPolicy(config, [...served.specs, ...interceptSpecs(interceptors)]),
     clientIp,
     gates,
-    routes,
-    interceptors,
+    gatewayMiddleware: served.middleware,
     enrichers,
     wsHooks: composeWsHooks(wsHooks),
     revocations,

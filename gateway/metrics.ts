@@ -83,7 +83,7 @@ export function createMetrics(deps: { openWebSockets: () => number; logger: Logg
 
   return {
     observe(_req, status, ms, ctx, errorCode) {
-      const family = ctx?.decision.rule.id ?? 'none';
+      const family = ctx ? (ctx.decision.rule.family ?? ctx.decision.rule.id) : 'none';
       const owner = ctx?.decision.rule.owner ?? 'gateway';
       requests.inc({ family, owner, status: String(status) });
       if (errorCode) refusals.inc({ code: errorCode });

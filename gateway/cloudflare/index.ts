@@ -164,7 +164,7 @@ export function createCloudflareAccess(deps: {
   }
 
   const gate: Gate = async (req, ctx) => {
-    if (!cf!.required || ctx.decision.rule.id === 'health') return;
+    if (!cf!.required || (ctx.decision.rule.family ?? ctx.decision.rule.id) === 'health') return;
     const raw = req.headers[CF_ASSERTION_HEADER];
     const assertion = Array.isArray(raw) ? raw[0] : raw;
     if (!assertion)

@@ -31,8 +31,7 @@ export function loopbackMarker(): Gate {
 export function featuresInterceptor(deps: { upstream: Upstream; eligibility: EligibilityConfig; cookieName: string }): Interceptor {
   return {
     id: 'downloads-features',
-    matches: (ctx, method) =>
-      (method === 'GET' || method === 'HEAD') && ctx.route.segments.length === 1 && ctx.route.segments[0].toLowerCase() === 'features',
+    routes: [{ path: '/features', methods: ['GET', 'HEAD'] }],
     async handle(req, res, ctx) {
       const r = await callUpstream(deps.upstream, 'GET', upstreamUrl(ctx), {
         ...headersForRead(req, ctx, { cookieName: deps.cookieName, upstreamOrigin: deps.upstream.origin }),

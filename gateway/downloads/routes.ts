@@ -106,7 +106,8 @@ export function downloadRoutes(d: RouteDeps): RouteMount {
   const afterBody: express.RequestHandler[] = d.recheck ? [d.recheck, requireDownloader] : [];
 
   return (app) => {
-    const r = express.Router({ caseSensitive: false, strict: false });
+    // Case-insensitive and trailing-slash tolerant like every gateway route (http/served.ts builds the routers).
+    const r = app;
 
     r.post('/models-availability-status', raw, async (req, res) => {
       const p = caller(req);
@@ -247,6 +248,5 @@ export function downloadRoutes(d: RouteDeps): RouteMount {
     r.all(known, () => {
       throw dlErrors.methodNotAllowed();
     });
-    app.use(r);
   };
 }

@@ -62,11 +62,10 @@ function copyHeaders(from: IncomingHttpHeaders, drop: string[]): OutgoingHttpHea
 export function createInjectInterceptor(deps: { upstream: Upstream; cookieName: string }): Interceptor {
   return {
     id: 'inject-index',
-    matches(ctx, method) {
-      if (method !== 'GET' || ctx.decision.rule.owner !== 'comfy') return false;
-      const p = ctx.route.path.toLowerCase();
-      return p === '/' || p === '/index.html';
-    },
+    routes: [
+      { path: '/', methods: ['GET'] },
+      { path: '/index.html', methods: ['GET'] },
+    ],
     async handle(req: IncomingMessage, res: ServerResponse, ctx: RequestContext) {
       req.resume();
       const up = await callUpstream(

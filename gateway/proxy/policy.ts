@@ -1,4 +1,7 @@
 import type { CanonicalRoute } from './canonical';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Interceptor } from '../app';
+import { indexRules, mergeSpecs, type FeatureSpec } from './routeTable';
 
 /** Who may call a route: anyone, any signed-in principal, or admins only. */
 export type Access = 'public' | 'user' | 'admin';
@@ -20,7 +23,18 @@ export interface PolicyRule {
   apiOnly?: boolean;
   /** GET changes state here (ComfyUI-Manager: reboot, snapshot restore, channel and version switches) */
   getChangesState?: boolean;
+  /** the core row whose access a feature's spec inherits (metrics label, CF Access exemption, session forms); default id */
+  family?: string;
+  /** the upgrade to a relayed WebSocket is allowed here (and only here) */
+  websocket?: boolean;
+  /** a gateway route's handler: Express is entered only through the spec decide() picked */
+  serve?: ServeHandler;
+  /** a ComfyUI route the gateway reads or rewrites (it may still forward) */
+  intercept?: Interceptor;
 }
+
+/** The handler of a gateway-owned spec (an Express router holding exactly that spec's routes). */
+export type ServeHandler = (req: IncomingMessage, res: ServerResponse, next: (err?: unknown) => void) => void;
 
 /** The decision for one request. */
 export interface Decision {
@@ -35,12 +49,18 @@ export const MANAGER_FAMILIES = ['manager', 'customnode', 'snapshot', 'externalm
 
 const RANK: Record<Access, number> = { public: 0, user: 1, admin: 2 };
 
-/** Builds the single policy table keyed by canonical route (DESIGN §5–6). */
-export function createPolicy(opts: { manager_admin_only: boolean }) {
+/**
+ * Builds the single policy table keyed by canonical route (DESIGN §5–6): the core rows below plus the route specs
+ * each feature contributes (gateway routes it serves, ComfyUI routes it intercepts). It is also the router:
+ * the spec decide() returns says who answers.
+ */
+export function createPolicy(opts: { manager_admin_only: boolean }, specs: FeatureSpec[] = []) {
   const manager: Access = opts.manager_admin_only ? 'admin' : 'user';
   const rules: PolicyRule[] = [
     // The gateway's own surface.
     { id: 'health', prefix: ['health'], exact: true, access: 'public', owner: 'gateway' },
+    // The one place a WebSocket may be opened (the relay); `/ws/…` below it is plain ComfyUI HTTP.
+    { id: 'ws', prefix: ['ws'], exact: true, access: 'user', owner: 'comfy', websocket: true, family: 'comfy-ws' },
     { id: 'login', prefix: ['login'], exact: true, access: 'public', owner: 'gateway' },
     { id: 'register', prefix: ['register'], exact: true, access: 'public', owner: 'gateway' },
     // GET /logout ends the session (Sentinel's link), so a cross-site navigation carrying the Lax cookie is refused.
@@ -129,22 +149,19 @@ export function createPolicy(opts: { manager_admin_only: boolean }) {
   /** Anything else (custom nodes' own routes, frontend assets) is ComfyUI's and needs a signed-in user. */
   const fallback: PolicyRule = { id: 'comfy-default', prefix: [], access: 'user', owner: 'comfy' };
 
-  function matches(rule: PolicyRule, segs: string[], method: string, api: boolean): boolean {
-    if (rule.methods && !rule.methods.includes(method)) return false;
-    if (rule.apiOnly && !api) return false;
-    if (segs.length < rule.prefix.length || (rule.exact && segs.length !== rule.prefix.length)) return false;
-    return rule.prefix.every((p, i) => (typeof p === 'string' ? p === '*' || p === segs[i] : p.test(segs[i])));
-  }
+  const table = indexRules([...mergeSpecs(rules, fallback, specs, matches), ...rules]);
 
   return {
-    rules,
+    /** every row, feature specs first (they are narrower than the core rows they inherit access from) */
+    rules: table.rules,
     fallback,
-    /** The one access decision for a canonical route and method. */
+    /** The one access decision for a canonical route and method; its rule is the spec that serves it. */
     decide(route: CanonicalRoute, method: string): Decision {
       const m = method.toUpperCase();
       const pick = (segments: string[]) => {
         const segs = segments.map((s) => s.toLowerCase());
-        return rules.find((r) => matches(r, segs, m, route.apiPrefixed)) ?? fallback;
+        for (const r of table.candidates(segs[0])) if (matches(r, segs, m, route.apiPrefixed)) return r;
+        return fallback;
       };
       const rule = pick(route.segments);
       const decision: Decision = { rule, access: rule.access };
@@ -159,6 +176,18 @@ export function createPolicy(opts: { manager_admin_only: boolean }) {
       return decision;
     },
   };
+}
+
+/** Whether a row applies to lower-cased segments, a method and the `/api` twin flag. */
+export function matches(rule: PolicyRule, segs: string[], method: string, api: boolean): boolean {
+  if (rule.methods && !rule.methods.includes(method)) return false;
+  if (rule.apiOnly && !api) return false;
+  if (segs.length < rule.prefix.length || (rule.exact && segs.length !== rule.prefix.length)) return false;
+  for (let i = 0; i < rule.prefix.length; i++) {
+    const p = rule.prefix[i];
+    if (typeof p === 'string' ? p !== '*' && p !== segs[i] : !p.test(segs[i])) return false;
+  }
+  return true;
 }
 
 /** The policy table's interface. */

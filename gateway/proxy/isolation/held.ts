@@ -6,7 +6,7 @@ import { callUpstream, type Upstream, type UpstreamResponse } from '../upstream'
 import type { FileRef } from './paths';
 import type { IsolationContext } from './context';
 import { viewPromptTuple } from './entries';
-import { isObj, seesAll, segs, sendJson, sendUpstream, upstreamHeaders, upstreamJson, upstreamUrl } from './http';
+import { isObj, seesAll, sendJson, sendUpstream, upstreamHeaders, upstreamJson, upstreamUrl } from './http';
 
 /** The parts of a held prompt's body /queue and /api/jobs show. */
 function parts(p: HeldPrompt): { prompt: unknown; extra: Record<string, unknown> } {
@@ -108,7 +108,7 @@ export function bindQueue(iso: IsolationContext, queue: GatewayQueue): void {
 export function promptInfoInterceptor(iso: IsolationContext): Interceptor {
   return {
     id: 'queue-prompt-info',
-    matches: (ctx, m) => (m === 'GET' || m === 'HEAD') && segs(ctx).join('/') === 'prompt',
+    routes: [{ path: '/prompt', methods: ['GET', 'HEAD'] }],
     async handle(req, res, ctx) {
       req.resume();
       const p = ctx.principal!;

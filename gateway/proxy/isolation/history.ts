@@ -12,7 +12,6 @@ import {
   parseJsonObject,
   readBody,
   seesAll,
-  segs,
   sendJson,
   sendUpstream,
   sibling,
@@ -72,7 +71,7 @@ export function historyInterceptors(iso: IsolationContext): Interceptor[] {
 
   const list: Interceptor = {
     id: 'isolation-history-list',
-    matches: (ctx, m) => (m === 'GET' || m === 'HEAD') && segs(ctx).join('/') === 'history',
+    routes: [{ path: '/history', methods: ['GET', 'HEAD'] }],
     async handle(req, res, ctx) {
       req.resume();
       const p = ctx.principal!;
@@ -118,7 +117,7 @@ export function historyInterceptors(iso: IsolationContext): Interceptor[] {
 
   const one: Interceptor = {
     id: 'isolation-history-one',
-    matches: (ctx, m) => (m === 'GET' || m === 'HEAD') && segs(ctx).length === 2 && segs(ctx)[0] === 'history',
+    routes: [{ path: '/history/*', methods: ['GET', 'HEAD'] }],
     async handle(req, res, ctx) {
       req.resume();
       const p = ctx.principal!;
@@ -151,7 +150,7 @@ export function historyInterceptors(iso: IsolationContext): Interceptor[] {
   /** POST /history {delete, clear}: a non-admin's clear deletes their own entries only. */
   const post: Interceptor = {
     id: 'isolation-history-post',
-    matches: (ctx, m) => m === 'POST' && segs(ctx).join('/') === 'history',
+    routes: [{ path: '/history', methods: ['POST'] }],
     async handle(req, res, ctx) {
       const p = ctx.principal!;
       const raw = await readBody(req);

@@ -194,10 +194,8 @@ export function createIsolation(deps: {
       ...queueInterceptors(iso),
       ...historyInterceptors(iso),
       ...jobsInterceptors(iso),
-      viewInterceptor(iso),
-      pathListingInterceptor(iso),
-      uploadInterceptor(iso),
-      objectInfoInterceptor(iso),
+      // Per-user files and node lists exist only with separate_users: otherwise these routes are ComfyUI's as is.
+      ...(iso.separate ? [viewInterceptor(iso), pathListingInterceptor(iso), uploadInterceptor(iso), objectInfoInterceptor(iso)] : []),
       usersInterceptor(iso),
       ...userdataInterceptors(iso),
       logsSubscribeInterceptor(iso),

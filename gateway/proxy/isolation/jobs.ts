@@ -9,7 +9,6 @@ import {
   isObj,
   missingId,
   seesAll,
-  segs,
   sendJson,
   sendUpstream,
   upstreamHeaders,
@@ -35,7 +34,7 @@ function withJobId(ctx: RequestContext, id: string): string {
 export function jobsInterceptors(iso: IsolationContext): Interceptor[] {
   const list: Interceptor = {
     id: 'isolation-jobs-list',
-    matches: (ctx, m) => (m === 'GET' || m === 'HEAD') && segs(ctx).join('/') === 'jobs',
+    routes: [{ path: '/jobs', methods: ['GET', 'HEAD'] }],
     async handle(req, res, ctx, forward) {
       const p = ctx.principal!;
       const all = seesAll(p, iso.separate);
@@ -83,7 +82,7 @@ export function jobsInterceptors(iso: IsolationContext): Interceptor[] {
 
   const one: Interceptor = {
     id: 'isolation-jobs-one',
-    matches: (ctx) => segs(ctx).length >= 2 && segs(ctx)[0] === 'jobs',
+    routes: [{ path: '/jobs/*', prefix: true }],
     async handle(req, res, ctx, forward) {
       const p = ctx.principal!;
       const id = ctx.route.segments[1];

@@ -1,13 +1,13 @@
 import type { Interceptor } from '../../app';
 import type { IsolationContext } from './context';
 import { stringifyJson } from './json';
-import { callUpstream, isObj, parseJsonObject, readBody, segs, sendUpstream, upstreamHeaders, upstreamUrl } from './http';
+import { callUpstream, isObj, parseJsonObject, readBody, sendUpstream, upstreamHeaders, upstreamUrl } from './http';
 
 /** /internal/logs/subscribe names a WebSocket by clientId: map it to the caller's upstream id like the socket was. */
 export function logsSubscribeInterceptor(iso: IsolationContext): Interceptor {
   return {
     id: 'isolation-logs-subscribe',
-    matches: (ctx) => segs(ctx).join('/') === 'internal/logs/subscribe',
+    routes: [{ path: '/internal/logs/subscribe' }],
     async handle(req, res, ctx) {
       const p = ctx.principal!;
       const body = parseJsonObject(await readBody(req, 64 * 1024));

@@ -2,18 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Interceptor } from '../../app';
 import type { IsolationContext } from './context';
-import {
-  callUpstream,
-  isObj,
-  seesAll,
-  segs,
-  sendJson,
-  sendUpstream,
-  unexpectedAnswer,
-  upstreamHeaders,
-  upstreamJson,
-  upstreamUrl,
-} from './http';
+import { callUpstream, isObj, seesAll, sendJson, sendUpstream, unexpectedAnswer, upstreamHeaders, upstreamJson, upstreamUrl } from './http';
 import { fileInputsOf } from './nodeSchema';
 import { parseAnnotated } from './paths';
 
@@ -98,7 +87,10 @@ export function objectInfoInterceptor(iso: IsolationContext): Interceptor {
 
   return {
     id: 'isolation-object-info',
-    matches: (ctx, m) => iso.separate && (m === 'GET' || m === 'HEAD') && segs(ctx)[0] === 'object_info' && segs(ctx).length <= 2,
+    routes: [
+      { path: '/object_info', methods: ['GET', 'HEAD'] },
+      { path: '/object_info/*', methods: ['GET', 'HEAD'] },
+    ],
     async handle(req, res, ctx, forward) {
       const p = ctx.principal!;
       if (seesAll(p, iso.separate)) return forward();

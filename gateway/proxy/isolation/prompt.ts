@@ -7,7 +7,6 @@ import {
   parseJsonObject,
   readBody,
   seesAll,
-  segs,
   sendJson,
   sendUpstream,
   upstreamHeaders,
@@ -130,7 +129,7 @@ export function promptInterceptor(iso: IsolationContext): Interceptor {
   const urls = createUrlGuard({ allow: iso.config.prompt_url_allow, upstreamOrigin: iso.upstream.origin });
   return {
     id: 'isolation-prompt',
-    matches: (ctx, method) => method === 'POST' && segs(ctx).join('/') === 'prompt',
+    routes: [{ path: '/prompt', methods: ['POST'] }],
     async handle(req, res, ctx) {
       const p = ctx.principal!;
       const body = parseJsonObject(await readBody(req));

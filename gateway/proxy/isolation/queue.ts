@@ -12,7 +12,6 @@ import {
   parseJsonObject,
   readBody,
   seesAll,
-  segs,
   sendJson,
   sendUpstream,
   unexpectedAnswer,
@@ -60,7 +59,7 @@ export function queueInterceptors(iso: IsolationContext): Interceptor[] {
 
   const getQueue: Interceptor = {
     id: 'isolation-queue-get',
-    matches: (ctx, m) => (m === 'GET' || m === 'HEAD') && segs(ctx).join('/') === 'queue',
+    routes: [{ path: '/queue', methods: ['GET', 'HEAD'] }],
     async handle(req, res, ctx) {
       req.resume();
       const p = ctx.principal!;
@@ -93,7 +92,7 @@ export function queueInterceptors(iso: IsolationContext): Interceptor[] {
   /** POST /queue {delete, clear}: only the caller's own pending prompts (a non-admin's clear deletes theirs). */
   const postQueue: Interceptor = {
     id: 'isolation-queue-post',
-    matches: (ctx, m) => m === 'POST' && segs(ctx).join('/') === 'queue',
+    routes: [{ path: '/queue', methods: ['POST'] }],
     async handle(req, res, ctx) {
       const p = ctx.principal!;
       const raw = await readBody(req);
@@ -120,7 +119,7 @@ export function queueInterceptors(iso: IsolationContext): Interceptor[] {
   /** POST /interrupt: only when the running prompt is the caller's (targeted, so it cannot hit the next one). */
   const interrupt: Interceptor = {
     id: 'isolation-interrupt',
-    matches: (ctx, m) => m === 'POST' && segs(ctx).join('/') === 'interrupt',
+    routes: [{ path: '/interrupt', methods: ['POST'] }],
     async handle(req, res, ctx) {
       const p = ctx.principal!;
       const raw = await readBody(req);

@@ -1,6 +1,6 @@
 import type { Interceptor } from '../../app';
 import type { IsolationContext } from './context';
-import { callUpstream, isObj, segs, sendJson, sendUpstream, unexpectedAnswer, upstreamHeaders, upstreamJson, upstreamUrl } from './http';
+import { callUpstream, isObj, sendJson, sendUpstream, unexpectedAnswer, upstreamHeaders, upstreamJson, upstreamUrl } from './http';
 
 /** What a non-admin may know of the machine: versions, OS, memory (no argv, no paths, nothing about other users). */
 const SYSTEM_KEYS = [
@@ -30,7 +30,7 @@ export function redactSystemStats(stats: Record<string, unknown>): Record<string
 export function systemStatsInterceptor(iso: IsolationContext): Interceptor {
   return {
     id: 'system-stats',
-    matches: (ctx, m) => (m === 'GET' || m === 'HEAD') && segs(ctx).join('/') === 'system_stats',
+    routes: [{ path: '/system_stats', methods: ['GET', 'HEAD'] }],
     async handle(req, res, ctx, forward) {
       if (ctx.principal?.role === 'admin') return forward();
       req.resume();

@@ -24,7 +24,10 @@ import { HOP_BY_HOP } from '../headers';
 export function uploadInterceptor(iso: IsolationContext): Interceptor {
   return {
     id: 'isolation-upload',
-    matches: (ctx, m) => iso.separate && m === 'POST' && ['upload/image', 'upload/mask'].includes(segs(ctx).join('/')),
+    routes: [
+      { path: '/upload/image', methods: ['POST'] },
+      { path: '/upload/mask', methods: ['POST'] },
+    ],
     async handle(req, res, ctx) {
       const p = ctx.principal!;
       const boundary = formDataBoundary(req.headers['content-type']);

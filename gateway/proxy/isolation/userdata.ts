@@ -3,7 +3,7 @@ import type { Interceptor } from '../../app';
 import { AppError, errors } from '../../errors';
 import type { RequestContext } from '../../http/context';
 import type { IsolationContext } from './context';
-import { callUpstream, isObj, readBody, segs, sendJson, sendUpstream, upstreamHeaders, upstreamJson, upstreamUrl } from './http';
+import { callUpstream, isObj, readBody, sendJson, sendUpstream, upstreamHeaders, upstreamJson, upstreamUrl } from './http';
 import { splitUserPath } from './paths';
 
 /** Where each gateway user's userdata lives inside ComfyUI's one shared user folder (no --multi-user). */
@@ -31,8 +31,10 @@ export function userdataInterceptors(iso: IsolationContext): Interceptor[] {
 
   const files: Interceptor = {
     id: 'isolation-userdata-single',
-    matches: (ctx) => segs(ctx)[0] === 'userdata' && active(),
+    routes: [{ path: '/userdata', prefix: true }],
     async handle(req, res, ctx, forward) {
+      // ComfyUI's own multi-user mode (or shared files) keeps the files apart already: passed through as is.
+      if (!active()) return forward();
       const user = ctx.principal!.username;
       const s = ctx.route.segments;
       const q = new URLSearchParams(ctx.route.query);
@@ -67,8 +69,9 @@ export function userdataInterceptors(iso: IsolationContext): Interceptor[] {
 
   const listV2: Interceptor = {
     id: 'isolation-userdata-v2-single',
-    matches: (ctx, m) => (m === 'GET' || m === 'HEAD') && segs(ctx).join('/') === 'v2/userdata' && active(),
-    async handle(req, res, ctx) {
+    routes: [{ path: '/v2/userdata', methods: ['GET', 'HEAD'] }],
+    async handle(req, res, ctx, forward) {
+      if (!active()) return forward();
       req.resume();
       const user = ctx.principal!.username;
       const root = rootOf(user);
@@ -99,8 +102,9 @@ export function userdataInterceptors(iso: IsolationContext): Interceptor[] {
 
   const settings: Interceptor = {
     id: 'isolation-settings-single',
-    matches: (ctx) => segs(ctx)[0] === 'settings' && ctx.route.segments.length <= 2 && active(),
+    routes: [{ path: '/settings' }, { path: '/settings/*' }],
     async handle(req, res, ctx, forward) {
+      if (!active()) return forward();
       const user = ctx.principal!.username;
       const file = `${prefix(ctx)}/userdata/${encodeURIComponent(`${rootOf(user)}/${SETTINGS_FILE}`)}`;
       const headers = headersFor(req, ctx);

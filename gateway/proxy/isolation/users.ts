@@ -1,12 +1,12 @@
 import type { Interceptor } from '../../app';
 import type { IsolationContext } from './context';
-import { callUpstream, isObj, segs, sendJson, sendUpstream, upstreamHeaders, upstreamJson, upstreamUrl } from './http';
+import { callUpstream, isObj, sendJson, sendUpstream, upstreamHeaders, upstreamJson, upstreamUrl } from './http';
 
 /** GET /users: ComfyUI's user list reduced to the caller's own entry (everyone, admins included). */
 export function usersInterceptor(iso: IsolationContext): Interceptor {
   return {
     id: 'isolation-users',
-    matches: (ctx, m) => (m === 'GET' || m === 'HEAD') && segs(ctx).join('/') === 'users',
+    routes: [{ path: '/users', methods: ['GET', 'HEAD'] }],
     async handle(req, res, ctx) {
       req.resume();
       const p = ctx.principal!;

@@ -1,7 +1,7 @@
 import type { Interceptor } from '../../app';
 import type { RequestContext } from '../../http/context';
 import type { IsolationContext } from './context';
-import { missingId, seesAll, segs, sendJson } from './http';
+import { missingId, seesAll, sendJson } from './http';
 import { isFileType, isUnderUser, normaliseRef, parseAnnotated } from './paths';
 import { upstreamOfFile } from './held';
 
@@ -26,7 +26,7 @@ export function viewInterceptor(iso: IsolationContext): Interceptor {
 
   return {
     id: 'isolation-view',
-    matches: (ctx, m) => iso.separate && (m === 'GET' || m === 'HEAD') && FILE_VIEWS.has(segs(ctx).join('/')),
+    routes: [...FILE_VIEWS].map((p) => ({ path: `/${p}`, methods: ['GET', 'HEAD'] })),
     async handle(_req, _res, ctx, forward) {
       const p = ctx.principal!;
       const q = ctx.query;
@@ -68,7 +68,7 @@ export function viewInterceptor(iso: IsolationContext): Interceptor {
 export function pathListingInterceptor(iso: IsolationContext): Interceptor {
   return {
     id: 'isolation-path-listing',
-    matches: (ctx, m) => iso.separate && (m === 'GET' || m === 'HEAD') && PATH_LISTINGS.has(segs(ctx).join('/')),
+    routes: [...PATH_LISTINGS].map((p) => ({ path: `/${p}`, methods: ['GET', 'HEAD'] })),
     async handle(req, res, ctx, forward) {
       if (seesAll(ctx.principal!, iso.separate)) return forward();
       req.resume();
