@@ -69,6 +69,8 @@ export interface Gateway {
   handle(req: IncomingMessage, res: ServerResponse): void;
   upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void;
   express: express.Express;
+  /** the one table that decides access and who serves each route (enumerated by tests) */
+  policy: Policy;
   /** closes WebSockets with 1001 */
   closeSockets(): void;
   /** requests currently being served */
@@ -193,6 +195,7 @@ export function createApp(deps: AppDeps): Gateway {
 
   return {
     express: app,
+    policy,
     handle(req, res) {
       const started = process.hrtime.bigint();
       const rawUrl = req.url ?? '/';

@@ -14,9 +14,7 @@ import { createIsLocal, createLoopbackPrincipal } from './net/loopback';
 import { createHttpsUpgradeGate, createPreflight } from './net/transport';
 import { edgeRoutes, securityHeaders } from './routes/edge';
 import { createInjectInterceptor } from './proxy/inject';
-import { createPolicy } from './proxy/policy';
-import { interceptSpecs } from './proxy/routeTable';
-import { collectRoutes } from './http/served';
+import { buildRouter } from './http/served';
 import { createUpstream, type Upstream } from './proxy/upstream';
 import { composeWsHooks, type WsHooks } from './proxy/ws';
 import { healthRoutes } from './routes/health';
@@ -254,17 +252,17 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   }
 
   // The one router: core rows plus every feature's specs (the routes it serves, the ComfyUI routes it intercepts).
-  const served = collectRoutes(routes);
+  const router = buildRouter(config, routes, interceptors);
   const gateway = createApp({
     config,
     logger,
     audit,
     upstream,
     chain,
-    policy: createPolicy(config, [...served.specs, ...interceptSpecs(interceptors)]),
+    policy: router.policy,
     clientIp,
     gates,
-    gatewayMiddleware: served.middleware,
+    gatewayMiddleware: router.middleware,
     enrichers,
     wsHooks: composeWsHooks(wsHooks),
     revocations,

@@ -1,6 +1,7 @@
 import express from 'express';
-import type { RouteMount } from '../app';
-import type { FeatureSpec } from '../proxy/routeTable';
+import type { Interceptor, RouteMount } from '../app';
+import { createPolicy, type Policy } from '../proxy/policy';
+import { interceptSpecs, type FeatureSpec } from '../proxy/routeTable';
 
 type Handlers = unknown[];
 type Verb = 'get' | 'post' | 'put' | 'patch' | 'delete' | 'all' | 'use';
@@ -65,4 +66,14 @@ export function collectRoutes(mounts: RouteMount[]): ServedRoutes {
     };
   });
   return { specs, middleware };
+}
+
+/** The policy table with every feature's specs (served routes, intercepted ComfyUI routes), and the gateway middleware. */
+export function buildRouter(
+  opts: { manager_admin_only: boolean },
+  mounts: RouteMount[],
+  interceptors: Interceptor[],
+): { policy: Policy; middleware: express.RequestHandler[] } {
+  const served = collectRoutes(mounts);
+  return { policy: createPolicy(opts, [...served.specs, ...interceptSpecs(interceptors)]), middleware: served.middleware };
 }
