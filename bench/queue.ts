@@ -44,7 +44,7 @@ function call(
 }
 
 /** A gateway in front of `fakes` with users u0…u(n-1); returns their bearer headers. */
-async function stack(fakes: FakeComfy[], users: number, config: Record<string, unknown>) {
+async function stack(fakes: FakeComfy[], users: number, config: Record<string, unknown>, env: Record<string, string> = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bench-queue-'));
   const upstreams = fakes.map((f, i) => ({ url: f.url, name: `w${i + 1}` }));
   const gw = await spawnBenchGateway({
@@ -57,6 +57,7 @@ async function stack(fakes: FakeComfy[], users: number, config: Record<string, u
       ...(fakes.length > 1 ? { shared_input: fakes[0].inputDir } : {}),
       ...config,
     },
+    env,
   });
   const admin = { 'X-API-Key': KEY };
   const heads: Record<string, string>[] = [];
@@ -78,12 +79,30 @@ async function stack(fakes: FakeComfy[], users: number, config: Record<string, u
 
 const prompt = (tag: string) => ({ prompt: sampleWorkflow(tag) });
 
+/** What the fairness run measured (all durations in ms unless named otherwise). */
+interface Fairness {
+  /** the longest wait of a user's first prompt (from the moment the 60 POSTs start), in execution durations */
+  durations: number;
+  /** the same wait in prompt durations as the worker sees them: start of one prompt to start of the next */
+  slots: number;
+  /** how many of the batch's prompts ran before the last user's first one (the order, free of timing noise) */
+  ahead: number;
+  exec_ms: number;
+  start_to_start_ms: number;
+  /** from the first POST to the first prompt's start: the posts themselves, not the scheduler */
+  first_start_ms: number;
+  /** the most the worker stood idle between two prompts of the batch (0: the gateway kept it fed) */
+  max_idle_ms: number;
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
 /** 3 users × 20 prompts posted at once (user by user); the longest wait of a user's first prompt, in durations. */
-async function fairness(policy: 'fair' | 'fifo', durationMs: number): Promise<{ durations: number; ahead: number }> {
+async function fairness(policy: 'fair' | 'fifo', durationMs: number): Promise<Fairness> {
   const fake = await startFakeComfy({ promptDelayMs: durationMs });
   const s = await stack([fake], 3, { scheduler: { policy } });
   try {
-    // one prompt first, so the worker is warm and its duration known
+    // one prompt first, so the worker is warm
     const warm = await call(s.url, 'POST', '/prompt', s.heads[0], prompt('warm'));
     await fake.waitForPrompt(warm.json.prompt_id, 30_000);
     const t0 = Date.now();
@@ -93,12 +112,27 @@ async function fairness(policy: 'fair' | 'fifo', durationMs: number): Promise<{ 
     const started = (id: string) => fake.prompts.get(id)?.start_time as number | undefined;
     const deadline = Date.now() + 120_000;
     while (firsts.some((l) => !l.some((id) => started(id))) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-    const d = fake.prompts.get(warm.json.prompt_id);
-    const dur = d.end_time - d.start_time;
+    // the prompts that ran up to then, in the order the worker ran them (all finished but the last few)
+    const ran = ids
+      .map((id) => fake.prompts.get(id))
+      .filter((e) => e?.start_time !== undefined)
+      .sort((a, b) => a.start_time - b.start_time);
+    const done = ran.filter((e) => e.end_time !== undefined);
+    const exec = median(done.map((e) => e.end_time - e.start_time));
+    const slot = median(ran.slice(1).map((e, i) => e.start_time - ran[i].start_time));
+    const idle = Math.max(0, ...ran.slice(1).map((e, i) => (ran[i].end_time !== undefined ? e.start_time - ran[i].end_time : 0)));
     const firstStart = firsts.map((l) => Math.min(...l.map((id) => started(id) ?? Infinity)));
-    // how many of the batch's prompts ran before each user's first one: the order, free of timing noise
     const ahead = firstStart.map((t) => ids.filter((id) => (started(id) ?? Infinity) < t).length);
-    return { durations: Math.max(...firstStart.map((t) => t - t0)) / dur, ahead: Math.max(...ahead) };
+    const wait = Math.max(...firstStart.map((t) => t - t0));
+    return {
+      durations: wait / exec,
+      slots: wait / slot,
+      ahead: Math.max(...ahead),
+      exec_ms: exec,
+      start_to_start_ms: slot,
+      first_start_ms: ran[0].start_time - t0,
+      max_idle_ms: idle,
+    };
   } finally {
     await s.stop();
     await fake.close();
@@ -126,41 +160,84 @@ async function makespan(workers: number, n: number, durationMs: number): Promise
 
 const p99 = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * 0.99))];
 
-/** POST /prompt latency: held (the worker busy; the gateway answers after its journal fsync) and sent straight through. */
-async function postLatency(): Promise<Record<string, number>> {
+/**
+ * POST /prompt latency, sequential, in two states: the worker idle (each prompt waited for before the next) and the
+ * worker busy (with the queue: held, answered after the journal fsync; bypassed: ComfyUI queues it). `bypass` runs
+ * the same gateway with its queue left out of the isolation layer (COMFYUI_GATEWAY_BENCH_BYPASS_QUEUE=1): the same
+ * isolation work, prompts straight to ComfyUI.
+ */
+async function postLatency(bypass: boolean): Promise<{ idle: number; busy: number; idle_p50: number; busy_p50: number }> {
   const fake = await startFakeComfy({ promptDelayMs: 0 });
-  const s = await stack([fake], 1, {});
+  const s = await stack([fake], 1, {}, bypass ? { COMFYUI_GATEWAY_BENCH_BYPASS_QUEUE: '1' } : {});
   try {
-    const direct: number[] = [];
-    for (let i = 0; i < 150; i++) {
+    const idle: number[] = [];
+    for (let i = 0; i < 300; i++) {
       const r = await call(s.url, 'POST', '/prompt', s.heads[0], prompt(`d${i}`));
-      direct.push(r.ms);
+      if (i >= 20) idle.push(r.ms); // the first ones warm the JIT
       await fake.waitForPrompt(r.json.prompt_id, 30_000);
     }
     fake.promptDelayMs = 600_000;
     await call(s.url, 'POST', '/prompt', s.heads[0], prompt('blocker'));
     await call(s.url, 'POST', '/prompt', s.heads[0], prompt('waiting'));
-    const held: number[] = [];
-    for (let i = 0; i < 300; i++) held.push((await call(s.url, 'POST', '/prompt', s.heads[0], prompt(`h${i}`))).ms);
-    return { post_p99_direct_ms: +p99(direct).toFixed(2), post_p99_held_ms: +p99(held).toFixed(2) };
+    const busy: number[] = [];
+    for (let i = 0; i < 300; i++) busy.push((await call(s.url, 'POST', '/prompt', s.heads[0], prompt(`h${i}`))).ms);
+    return {
+      idle: +p99(idle).toFixed(2),
+      busy: +p99(busy).toFixed(2),
+      idle_p50: +median(idle).toFixed(2),
+      busy_p50: +median(busy).toFixed(2),
+    };
   } finally {
     await s.stop();
     await fake.close();
   }
 }
 
+/** Which parts run: BENCH_QUEUE_PARTS=fair,fifo,throughput,latency (default all). */
+const PARTS = new Set((process.env.BENCH_QUEUE_PARTS ?? 'fair,fifo,throughput,latency').split(','));
+
+const fairView = (f: Fairness) => ({
+  wait_in_exec_durations: +f.durations.toFixed(2),
+  wait_in_start_to_start_durations: +f.slots.toFixed(2),
+  prompts_ahead: f.ahead,
+  exec_ms: f.exec_ms,
+  start_to_start_ms: f.start_to_start_ms,
+  first_start_after_posts_began_ms: f.first_start_ms,
+  worker_idle_max_ms: f.max_idle_ms,
+});
+
 /** Runs every queue measurement once and returns the values (bench/run.ts prints them). */
 export async function benchQueue(): Promise<Record<string, unknown>> {
   const duration = Number(process.env.BENCH_QUEUE_PROMPT_MS ?? 200);
-  const fair = await fairness('fair', duration);
-  const fifo = await fairness('fifo', duration);
-  const one = await makespan(1, 24, duration);
-  const two = await makespan(2, 24, duration);
-  const latency = await postLatency();
-  return {
-    first_prompt_longest_wait_durations: { fair: +fair.durations.toFixed(2), fifo: +fifo.durations.toFixed(2), target_fair: '≤ 2' },
-    first_prompt_most_prompts_ahead: { fair: fair.ahead, fifo: fifo.ahead },
-    throughput_2_workers_vs_1: { ratio: +(one / two).toFixed(2), one_worker_s: one, two_workers_s: two, target: '≥ 1.9' },
-    ...latency,
-  };
+  const out: Record<string, unknown> = {};
+  if (PARTS.has('fair')) out.first_prompt_longest_wait_fair = { ...fairView(await fairness('fair', duration)), target: '≤ 2 durations' };
+  if (PARTS.has('fifo')) out.first_prompt_longest_wait_fifo = fairView(await fairness('fifo', duration));
+  if (PARTS.has('throughput')) {
+    const one = await makespan(1, 24, duration);
+    const two = await makespan(2, 24, duration);
+    out.throughput_2_workers_vs_1 = { ratio: +(one / two).toFixed(2), one_worker_s: one, two_workers_s: two, target: '≥ 1.9' };
+  }
+  if (PARTS.has('latency')) {
+    const queued = await postLatency(false);
+    const bypassed = await postLatency(true);
+    out.post_prompt_p99_ms = {
+      idle_worker: { queue: queued.idle, bypassed: bypassed.idle, added: +(queued.idle - bypassed.idle).toFixed(2) },
+      busy_worker: { queue: queued.busy, bypassed: bypassed.busy, added: +(queued.busy - bypassed.busy).toFixed(2) },
+      p50: { idle_worker: [queued.idle_p50, bypassed.idle_p50], busy_worker: [queued.busy_p50, bypassed.busy_p50] },
+      target_added: '≤ 2',
+    };
+  }
+  return out;
 }
+
+if (require.main === module)
+  benchQueue().then(
+    (r) => {
+      process.stdout.write(JSON.stringify(r, null, 2) + '\n');
+      process.exit(0);
+    },
+    (e) => {
+      process.stderr.write(`${(e as Error).stack}\n`);
+      process.exit(1);
+    },
+  );
