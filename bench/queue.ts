@@ -93,6 +93,10 @@ interface Fairness {
   first_start_ms: number;
   /** the most the worker stood idle between two prompts of the batch (0: the gateway kept it fed) */
   max_idle_ms: number;
+  /** whose prompts ran first (user numbers, in start order) */
+  first_runs: string;
+  /** ms from the start of the posts until each user's first POST was answered */
+  first_answered_ms: number[];
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -100,14 +104,19 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 /** 3 users × 20 prompts posted at once (user by user); the longest wait of a user's first prompt, in durations. */
 async function fairness(policy: 'fair' | 'fifo', durationMs: number): Promise<Fairness> {
   const fake = await startFakeComfy({ promptDelayMs: durationMs });
-  const s = await stack([fake], 3, { scheduler: { policy } });
+  // BENCH_QUEUE_COALESCE_MS: the scheduler's coalescing window (default: the gateway's, 50 ms)
+  const coalesce = process.env.BENCH_QUEUE_COALESCE_MS ? { coalesce_ms: Number(process.env.BENCH_QUEUE_COALESCE_MS) } : {};
+  const s = await stack([fake], 3, { scheduler: { policy, ...coalesce } });
   try {
     // one prompt first, so the worker is warm
     const warm = await call(s.url, 'POST', '/prompt', s.heads[0], prompt('warm'));
     await fake.waitForPrompt(warm.json.prompt_id, 30_000);
     const t0 = Date.now();
     const posts = s.heads.flatMap((h, u) => Array.from({ length: 20 }, (_, i) => call(s.url, 'POST', '/prompt', h, prompt(`u${u}-${i}`))));
-    const ids = (await Promise.all(posts)).map((r) => r.json.prompt_id as string);
+    const answers = await Promise.all(posts);
+    const ids = answers.map((r) => r.json.prompt_id as string);
+    // when each user's first POST was answered (a held prompt is answered once it is journaled)
+    const firstAnswered = [0, 1, 2].map((u) => Math.round(answers[u * 20].ms));
     const firsts = [0, 1, 2].map((u) => ids.slice(u * 20, u * 20 + 20));
     const started = (id: string) => fake.prompts.get(id)?.start_time as number | undefined;
     const deadline = Date.now() + 120_000;
@@ -132,6 +141,11 @@ async function fairness(policy: 'fair' | 'fifo', durationMs: number): Promise<Fa
       start_to_start_ms: slot,
       first_start_ms: ran[0].start_time - t0,
       max_idle_ms: idle,
+      first_answered_ms: firstAnswered,
+      first_runs: ran
+        .slice(0, 9)
+        .map((e) => Math.floor(ids.indexOf(e.prompt_id) / 20))
+        .join(''),
     };
   } finally {
     await s.stop();
@@ -204,6 +218,8 @@ const fairView = (f: Fairness) => ({
   start_to_start_ms: f.start_to_start_ms,
   first_start_after_posts_began_ms: f.first_start_ms,
   worker_idle_max_ms: f.max_idle_ms,
+  first_runs_by_user: f.first_runs,
+  first_posts_answered_ms: f.first_answered_ms,
 });
 
 /** Runs every queue measurement once and returns the values (bench/run.ts prints them). */
