@@ -180,12 +180,15 @@ const p99 = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.min(xs.length -
  * the same gateway with its queue left out of the isolation layer (COMFYUI_GATEWAY_BENCH_BYPASS_QUEUE=1): the same
  * isolation work, prompts straight to ComfyUI.
  */
-async function postLatency(bypass: boolean): Promise<{ idle: number; busy: number; idle_p50: number; busy_p50: number; settled: number }> {
+async function postLatency(
+  bypass: boolean,
+): Promise<{ idle: number; busy: number; idle_p50: number; busy_p50: number; settled: number; worker_reads_per_prompt: number }> {
   const fake = await startFakeComfy({ promptDelayMs: 0 });
   const s = await stack([fake], 1, {}, bypass ? { COMFYUI_GATEWAY_BENCH_BYPASS_QUEUE: '1' } : {});
   try {
     const idle: number[] = [];
     const settled: number[] = [];
+    const asked = fake.requests.length;
     for (let i = 0; i < 300; i++) {
       const r = await call(s.url, 'POST', '/prompt', s.heads[0], prompt(`d${i}`));
       if (i >= 20) (i % 2 ? settled : idle).push(r.ms); // the first ones warm the JIT
@@ -202,6 +205,8 @@ async function postLatency(bypass: boolean): Promise<{ idle: number; busy: numbe
         await new Promise((res) => setTimeout(res, 30)); // let the journal write of its usage land
       }
     }
+    // what the gateway asked the worker per prompt besides the prompt itself (its own following of each prompt)
+    const perPrompt = (fake.requests.filter((r, i) => i >= asked && !/prompt$/.test(r.rawPath)).length / 300).toFixed(2);
     fake.promptDelayMs = 600_000;
     await call(s.url, 'POST', '/prompt', s.heads[0], prompt('blocker'));
     await call(s.url, 'POST', '/prompt', s.heads[0], prompt('waiting'));
@@ -212,6 +217,7 @@ async function postLatency(bypass: boolean): Promise<{ idle: number; busy: numbe
       busy: +p99(busy).toFixed(2),
       idle_p50: +median(idle).toFixed(2),
       settled: +p99(settled).toFixed(2),
+      worker_reads_per_prompt: +perPrompt,
       busy_p50: +median(busy).toFixed(2),
     };
   } finally {
@@ -254,6 +260,7 @@ export async function benchQueue(): Promise<Record<string, unknown>> {
       idle_worker_settled: { queue: queued.settled, bypassed: bypassed.settled, added: +(queued.settled - bypassed.settled).toFixed(2) },
       busy_worker: { queue: queued.busy, bypassed: bypassed.busy, added: +(queued.busy - bypassed.busy).toFixed(2) },
       p50: { idle_worker: [queued.idle_p50, bypassed.idle_p50], busy_worker: [queued.busy_p50, bypassed.busy_p50] },
+      worker_reads_per_prompt: { queue: queued.worker_reads_per_prompt, bypassed: bypassed.worker_reads_per_prompt },
       target_added: '≤ 2',
     };
   }
