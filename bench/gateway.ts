@@ -8,12 +8,15 @@ export async function spawnBenchGateway(opts: {
   config: Record<string, unknown>;
   args?: string[];
   command?: string[];
+  /** extra environment of the gateway process */
+  env?: Record<string, string>;
 }): Promise<{ proc: ChildProcess; url: string }> {
   const file = path.join(opts.dir, 'config.json');
   fs.writeFileSync(file, JSON.stringify({ host: '127.0.0.1', port: 0, data_dir: 'data', log_levels: ['warn'], log: null, ...opts.config }));
   const command = opts.command ?? [path.join(__dirname, '..', 'gateway', 'main.js')];
   const proc = spawn(process.execPath, [...command, '--config', file, ...(opts.args ?? [])], {
     cwd: opts.dir,
+    env: { ...process.env, ...opts.env },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   const url = await new Promise<string>((resolve, reject) => {

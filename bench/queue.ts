@@ -44,7 +44,7 @@ function call(
 }
 
 /** A gateway in front of `fakes` with users u0…u(n-1); returns their bearer headers. */
-async function stack(fakes: FakeComfy[], users: number, config: Record<string, unknown>) {
+async function stack(fakes: FakeComfy[], users: number, config: Record<string, unknown>, env: Record<string, string> = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bench-queue-'));
   const upstreams = fakes.map((f, i) => ({ url: f.url, name: `w${i + 1}` }));
   const gw = await spawnBenchGateway({
@@ -57,6 +57,7 @@ async function stack(fakes: FakeComfy[], users: number, config: Record<string, u
       ...(fakes.length > 1 ? { shared_input: fakes[0].inputDir } : {}),
       ...config,
     },
+    env,
   });
   const admin = { 'X-API-Key': KEY };
   const heads: Record<string, string>[] = [];
@@ -78,27 +79,74 @@ async function stack(fakes: FakeComfy[], users: number, config: Record<string, u
 
 const prompt = (tag: string) => ({ prompt: sampleWorkflow(tag) });
 
+/** What the fairness run measured (all durations in ms unless named otherwise). */
+interface Fairness {
+  /** the longest wait of a user's first prompt (from the moment the 60 POSTs start), in execution durations */
+  durations: number;
+  /** the same wait in prompt durations as the worker sees them: start of one prompt to start of the next */
+  slots: number;
+  /** how many of the batch's prompts ran before the last user's first one (the order, free of timing noise) */
+  ahead: number;
+  exec_ms: number;
+  start_to_start_ms: number;
+  /** from the first POST to the first prompt's start: the posts themselves, not the scheduler */
+  first_start_ms: number;
+  /** the most the worker stood idle between two prompts of the batch (0: the gateway kept it fed) */
+  max_idle_ms: number;
+  /** whose prompts ran first (user numbers, in start order) */
+  first_runs: string;
+  /** ms from the start of the posts until each user's first POST was answered */
+  first_answered_ms: number[];
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
 /** 3 users × 20 prompts posted at once (user by user); the longest wait of a user's first prompt, in durations. */
-async function fairness(policy: 'fair' | 'fifo', durationMs: number): Promise<{ durations: number; ahead: number }> {
+async function fairness(policy: 'fair' | 'fifo', durationMs: number): Promise<Fairness> {
   const fake = await startFakeComfy({ promptDelayMs: durationMs });
-  const s = await stack([fake], 3, { scheduler: { policy } });
+  // BENCH_QUEUE_COALESCE_MS: the scheduler's coalescing window (default: the gateway's, 50 ms)
+  const coalesce = process.env.BENCH_QUEUE_COALESCE_MS ? { coalesce_ms: Number(process.env.BENCH_QUEUE_COALESCE_MS) } : {};
+  const s = await stack([fake], 3, { scheduler: { policy, ...coalesce } });
   try {
-    // one prompt first, so the worker is warm and its duration known
+    // one prompt first, so the worker is warm
     const warm = await call(s.url, 'POST', '/prompt', s.heads[0], prompt('warm'));
     await fake.waitForPrompt(warm.json.prompt_id, 30_000);
     const t0 = Date.now();
     const posts = s.heads.flatMap((h, u) => Array.from({ length: 20 }, (_, i) => call(s.url, 'POST', '/prompt', h, prompt(`u${u}-${i}`))));
-    const ids = (await Promise.all(posts)).map((r) => r.json.prompt_id as string);
+    const answers = await Promise.all(posts);
+    const ids = answers.map((r) => r.json.prompt_id as string);
+    // when each user's first POST was answered (a held prompt is answered once it is journaled)
+    const firstAnswered = [0, 1, 2].map((u) => Math.round(answers[u * 20].ms));
     const firsts = [0, 1, 2].map((u) => ids.slice(u * 20, u * 20 + 20));
     const started = (id: string) => fake.prompts.get(id)?.start_time as number | undefined;
     const deadline = Date.now() + 120_000;
     while (firsts.some((l) => !l.some((id) => started(id))) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-    const d = fake.prompts.get(warm.json.prompt_id);
-    const dur = d.end_time - d.start_time;
+    // the prompts that ran up to then, in the order the worker ran them (all finished but the last few)
+    const ran = ids
+      .map((id) => fake.prompts.get(id))
+      .filter((e) => e?.start_time !== undefined)
+      .sort((a, b) => a.start_time - b.start_time);
+    const done = ran.filter((e) => e.end_time !== undefined);
+    const exec = median(done.map((e) => e.end_time - e.start_time));
+    const slot = median(ran.slice(1).map((e, i) => e.start_time - ran[i].start_time));
+    const idle = Math.max(0, ...ran.slice(1).map((e, i) => (ran[i].end_time !== undefined ? e.start_time - ran[i].end_time : 0)));
     const firstStart = firsts.map((l) => Math.min(...l.map((id) => started(id) ?? Infinity)));
-    // how many of the batch's prompts ran before each user's first one: the order, free of timing noise
     const ahead = firstStart.map((t) => ids.filter((id) => (started(id) ?? Infinity) < t).length);
-    return { durations: Math.max(...firstStart.map((t) => t - t0)) / dur, ahead: Math.max(...ahead) };
+    const wait = Math.max(...firstStart.map((t) => t - t0));
+    return {
+      durations: wait / exec,
+      slots: wait / slot,
+      ahead: Math.max(...ahead),
+      exec_ms: exec,
+      start_to_start_ms: slot,
+      first_start_ms: ran[0].start_time - t0,
+      max_idle_ms: idle,
+      first_answered_ms: firstAnswered,
+      first_runs: ran
+        .slice(0, 9)
+        .map((e) => Math.floor(ids.indexOf(e.prompt_id) / 20))
+        .join(''),
+    };
   } finally {
     await s.stop();
     await fake.close();
@@ -126,41 +174,107 @@ async function makespan(workers: number, n: number, durationMs: number): Promise
 
 const p99 = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * 0.99))];
 
-/** POST /prompt latency: held (the worker busy; the gateway answers after its journal fsync) and sent straight through. */
-async function postLatency(): Promise<Record<string, number>> {
+/**
+ * POST /prompt latency, sequential, in two states: the worker idle (each prompt waited for before the next) and the
+ * worker busy (with the queue: held, answered after the journal fsync; bypassed: ComfyUI queues it). `bypass` runs
+ * the same gateway with its queue left out of the isolation layer (COMFYUI_GATEWAY_BENCH_BYPASS_QUEUE=1): the same
+ * isolation work, prompts straight to ComfyUI.
+ */
+async function postLatency(
+  bypass: boolean,
+): Promise<{ idle: number; busy: number; idle_p50: number; busy_p50: number; settled: number; worker_reads_per_prompt: number }> {
   const fake = await startFakeComfy({ promptDelayMs: 0 });
-  const s = await stack([fake], 1, {});
+  const s = await stack([fake], 1, {}, bypass ? { COMFYUI_GATEWAY_BENCH_BYPASS_QUEUE: '1' } : {});
   try {
-    const direct: number[] = [];
-    for (let i = 0; i < 150; i++) {
+    const idle: number[] = [];
+    const settled: number[] = [];
+    const asked = fake.requests.length;
+    for (let i = 0; i < 300; i++) {
       const r = await call(s.url, 'POST', '/prompt', s.heads[0], prompt(`d${i}`));
-      direct.push(r.ms);
+      if (i >= 20) (i % 2 ? settled : idle).push(r.ms); // the first ones warm the JIT
       await fake.waitForPrompt(r.json.prompt_id, 30_000);
+      // every other prompt: wait until the gateway has seen it end and done its bookkeeping (the usage read of
+      // its history), so the next POST measures its own path without the previous prompt's work beside it
+      if (i % 2 === 0) {
+        const gone = Date.now() + 5000;
+        while (Date.now() < gone) {
+          const q = await call(s.url, 'GET', '/prompt', s.heads[0]);
+          if (q.json?.exec_info?.queue_remaining === 0) break;
+          await new Promise((res) => setTimeout(res, 5));
+        }
+        await new Promise((res) => setTimeout(res, 30)); // let the journal write of its usage land
+      }
     }
+    // what the gateway asked the worker per prompt besides the prompt itself (its own following of each prompt)
+    const perPrompt = (fake.requests.filter((r, i) => i >= asked && !/prompt$/.test(r.rawPath)).length / 300).toFixed(2);
     fake.promptDelayMs = 600_000;
     await call(s.url, 'POST', '/prompt', s.heads[0], prompt('blocker'));
     await call(s.url, 'POST', '/prompt', s.heads[0], prompt('waiting'));
-    const held: number[] = [];
-    for (let i = 0; i < 300; i++) held.push((await call(s.url, 'POST', '/prompt', s.heads[0], prompt(`h${i}`))).ms);
-    return { post_p99_direct_ms: +p99(direct).toFixed(2), post_p99_held_ms: +p99(held).toFixed(2) };
+    const busy: number[] = [];
+    for (let i = 0; i < 300; i++) busy.push((await call(s.url, 'POST', '/prompt', s.heads[0], prompt(`h${i}`))).ms);
+    return {
+      idle: +p99(idle).toFixed(2),
+      busy: +p99(busy).toFixed(2),
+      idle_p50: +median(idle).toFixed(2),
+      settled: +p99(settled).toFixed(2),
+      worker_reads_per_prompt: +perPrompt,
+      busy_p50: +median(busy).toFixed(2),
+    };
   } finally {
     await s.stop();
     await fake.close();
   }
 }
 
+/** Which parts run: BENCH_QUEUE_PARTS=fair,fifo,throughput,latency (default all). */
+const PARTS = new Set((process.env.BENCH_QUEUE_PARTS ?? 'fair,fifo,throughput,latency').split(','));
+
+const fairView = (f: Fairness) => ({
+  wait_in_exec_durations: +f.durations.toFixed(2),
+  wait_in_start_to_start_durations: +f.slots.toFixed(2),
+  prompts_ahead: f.ahead,
+  exec_ms: f.exec_ms,
+  start_to_start_ms: f.start_to_start_ms,
+  first_start_after_posts_began_ms: f.first_start_ms,
+  worker_idle_max_ms: f.max_idle_ms,
+  first_runs_by_user: f.first_runs,
+  first_posts_answered_ms: f.first_answered_ms,
+});
+
 /** Runs every queue measurement once and returns the values (bench/run.ts prints them). */
 export async function benchQueue(): Promise<Record<string, unknown>> {
   const duration = Number(process.env.BENCH_QUEUE_PROMPT_MS ?? 200);
-  const fair = await fairness('fair', duration);
-  const fifo = await fairness('fifo', duration);
-  const one = await makespan(1, 24, duration);
-  const two = await makespan(2, 24, duration);
-  const latency = await postLatency();
-  return {
-    first_prompt_longest_wait_durations: { fair: +fair.durations.toFixed(2), fifo: +fifo.durations.toFixed(2), target_fair: '≤ 2' },
-    first_prompt_most_prompts_ahead: { fair: fair.ahead, fifo: fifo.ahead },
-    throughput_2_workers_vs_1: { ratio: +(one / two).toFixed(2), one_worker_s: one, two_workers_s: two, target: '≥ 1.9' },
-    ...latency,
-  };
+  const out: Record<string, unknown> = {};
+  if (PARTS.has('fair')) out.first_prompt_longest_wait_fair = { ...fairView(await fairness('fair', duration)), target: '≤ 2 durations' };
+  if (PARTS.has('fifo')) out.first_prompt_longest_wait_fifo = fairView(await fairness('fifo', duration));
+  if (PARTS.has('throughput')) {
+    const one = await makespan(1, 24, duration);
+    const two = await makespan(2, 24, duration);
+    out.throughput_2_workers_vs_1 = { ratio: +(one / two).toFixed(2), one_worker_s: one, two_workers_s: two, target: '≥ 1.9' };
+  }
+  if (PARTS.has('latency')) {
+    const queued = await postLatency(false);
+    const bypassed = await postLatency(true);
+    out.post_prompt_p99_ms = {
+      idle_worker: { queue: queued.idle, bypassed: bypassed.idle, added: +(queued.idle - bypassed.idle).toFixed(2) },
+      idle_worker_settled: { queue: queued.settled, bypassed: bypassed.settled, added: +(queued.settled - bypassed.settled).toFixed(2) },
+      busy_worker: { queue: queued.busy, bypassed: bypassed.busy, added: +(queued.busy - bypassed.busy).toFixed(2) },
+      p50: { idle_worker: [queued.idle_p50, bypassed.idle_p50], busy_worker: [queued.busy_p50, bypassed.busy_p50] },
+      worker_reads_per_prompt: { queue: queued.worker_reads_per_prompt, bypassed: bypassed.worker_reads_per_prompt },
+      target_added: '≤ 2',
+    };
+  }
+  return out;
 }
+
+if (require.main === module)
+  benchQueue().then(
+    (r) => {
+      process.stdout.write(JSON.stringify(r, null, 2) + '\n');
+      process.exit(0);
+    },
+    (e) => {
+      process.stderr.write(`${(e as Error).stack}\n`);
+      process.exit(1);
+    },
+  );

@@ -201,7 +201,8 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
     server: comfyServer,
     keys: users.accounts,
     shared: shared?.isolation,
-    queue: queued.queue,
+    // The benchmark's control group (bench/queue.ts): the same isolation work with prompts straight to ComfyUI.
+    queue: process.env.COMFYUI_GATEWAY_BENCH_BYPASS_QUEUE === '1' ? undefined : queued.queue,
   });
   // A deleted account's folders leave its name at once (kept for admins or removed), however it was removed.
   users.onRemoved((name, accountId) => isolation.folders.retire(name, accountId));

@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { sampleWorkflow, startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
-import { PW, postJson, raw, received, startIsolationEnv, type Caller, type IsolationEnv } from './isolation-env';
+import { PW, postJson, raw, received, startIsolationEnv, until, type Caller, type IsolationEnv } from './isolation-env';
 
 describe('GET /history with a long ledger', () => {
   let env: IsolationEnv;
@@ -81,6 +81,17 @@ describe('GET /history with a long ledger', () => {
       many.push(r.json().prompt_id as string);
     }
     await Promise.all(many.map((id) => fake.waitForPrompt(id)));
+    // The gateway's queue follows each prompt to its end (reads of the worker's queue, then the usage read of its
+    // history entry): wait until it has, so the count below is only what GET /history costs.
+    await until(
+      async () => {
+        const u = (await raw(env.gw, 'GET', '/gateway/api/usage', { headers: env.bob.headers })).json();
+        const row = u.usage.find((x: { user: string }) => x.user === 'bob');
+        return !!row && row.images === row.prompts;
+      },
+      20_000,
+      'the gateway done with every prompt of bob',
+    );
     for (const p of ['/history', '/api/history', '/history?max_items=5', '/api/history?max_items=3&offset=2']) {
       fake.clearRequests();
       const r = await raw(env.gw, 'GET', p, { headers: env.bob.headers });

@@ -99,8 +99,9 @@ describe('two workers', () => {
   test('a worker going down: its waiting prompt runs on the other, its running one fails naming it; it rejoins', async () => {
     w2.promptDelayMs = 4000;
     w1.promptDelayMs = 300;
+    const ws = await socket(env.gw, env.alice, 'alice-down');
     const ids: string[] = [];
-    for (let i = 0; i < 4; i++) ids.push(await post(env.alice, `d${i}`));
+    for (let i = 0; i < 4; i++) ids.push(await post(env.alice, `d${i}`, 'alice-down'));
     await eventually(() => mine(w2, ids).length === 2, 20_000, 'two on w2');
     const onW2 = mine(w2, ids);
     const running = onW2.find((id) => w2.prompts.get(id).state === 'running')!;
@@ -118,6 +119,13 @@ describe('two workers', () => {
     );
     const h = (await raw(env.gw, 'GET', `/history/${running}`, { headers: env.alice.headers })).json();
     expect(JSON.stringify(h[running].status.messages)).toContain('w2');
+    // her socket heard the failure, naming the worker
+    const err = await ws.next((f) => f.json?.type === 'execution_error' && f.json.data.prompt_id === running, 10_000);
+    expect(err.json.data.exception_type).toBe('WorkerDown');
+    expect(err.json.data.exception_message).toContain('w2');
+    ws.close();
+    // workers are for admins' eyes only
+    expect((await raw(env.gw, 'GET', '/health', { headers: env.alice.headers })).json()).not.toHaveProperty('workers');
     let health = (await raw(env.gw, 'GET', '/health', { headers: env.admin.headers })).json();
     expect(health.workers[1]).toMatchObject({ name: 'w2', up: false });
     w2.promptDelayMs = 100;

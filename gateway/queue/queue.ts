@@ -212,8 +212,14 @@ export function createDispatcher(deps: {
       const owner = keys.keyOf(s.username);
       const now = Date.now();
       const idleNow = () => {
-        const free = scheduler.size === 0 ? workers.all().filter((w) => w.up && w.known && w.flights.size === 0) : [];
-        return free.length ? workers.pick(free, { owner, body: s.body }) : undefined;
+        if (scheduler.size !== 0) return undefined;
+        const free = workers.all().filter((w) => w.up && w.known && w.flights.size === 0);
+        if (free.length) return workers.pick(free, { owner, body: s.body });
+        // One worker whose waiting slot is open: a release would send this prompt there at once, and no read of its
+        // queue could send it anywhere else, so it goes now (no read, no journal write on the way).
+        const up = workers.all().filter((w) => w.up);
+        const max = deps.limits.effective(owner, s.role).max_running;
+        return up.length === 1 && roomIn(up[0]) === 0 && (max === null || runningOf(owner) < max) ? up[0] : undefined;
       };
       // Nobody waits but every worker looks busy: what the gateway knows may be a moment old (a prompt that just
       // ended), so it asks before deciding rather than holding a prompt a free worker could start now.

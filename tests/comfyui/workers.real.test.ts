@@ -54,6 +54,12 @@ describe('two real ComfyUI workers behind one gateway', () => {
       expect(onA.length + onB.length).toBe(ids.length);
       expect(onA.length).toBeGreaterThan(0);
       expect(onB.length).toBeGreaterThan(0);
+      // the listing spans both workers: every prompt in /history, max_items counted after merging (these ComfyUI
+      // versions have no /api/jobs)
+      const all = (await (await fetch(`${gw.url}/history`, { headers: KEY })).json()) as Record<string, unknown>;
+      for (const x of ids) expect(Object.keys(all)).toContain(x);
+      const two = (await (await fetch(`${gw.url}/history?max_items=2`, { headers: KEY })).json()) as Record<string, unknown>;
+      expect(Object.keys(two)).toHaveLength(2);
       const id = onB[0];
       const h = (await (await fetch(`${gw.url}/history/${id}`, { headers: KEY })).json()) as Record<string, any>;
       expect(h[id].status.status_str).toBe('success');

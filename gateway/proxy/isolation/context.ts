@@ -11,6 +11,7 @@ import type { PromptIds } from './promptIds';
 import type { NodeSchemas } from './nodeSchema';
 import type { RunTracker } from './tracker';
 import type { GatewayQueue } from '../../queue';
+import type { WorkerReads } from './workerReads';
 
 /** Everything the isolation interceptors share (built once by createIsolation). */
 export interface IsolationContext {
@@ -37,4 +38,6 @@ export interface IsolationContext {
   schemas: NodeSchemas;
   /** the gateway's own queue (absent in unit set-ups: prompts go straight to ComfyUI) */
   queue?: GatewayQueue;
+  /** asks every worker at once (listings and clears that span all of them) */
+  workers: WorkerReads;
 }

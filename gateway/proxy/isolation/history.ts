@@ -1,4 +1,4 @@
-import type { IncomingMessage } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Interceptor } from '../../app';
 import { AppError } from '../../errors';
 import type { RequestContext } from '../../http/context';
@@ -24,6 +24,8 @@ import { scanObject } from './jsonScan';
 import { filesOfOutputs } from './outputs';
 import { upstreamIdsInBody } from './promptIds';
 import { failedEntry, upstreamOfPrompt } from './held';
+import { spreadDeletes } from './spread';
+import { mergeHistories } from './historyMerge';
 
 function intParam(q: URLSearchParams, name: string): number | null {
   const v = q.get(name);
@@ -69,6 +71,32 @@ export function historyInterceptors(iso: IsolationContext): Interceptor[] {
     for (const f of iso.queue?.failed(owner) ?? []) out[f.id] = failedEntry(f, viewer, iso);
   }
 
+  /**
+   * /history with several workers: every worker's entries (the caller's; admins: all) merged in the order they
+   * ended, then max_items/offset applied. A worker that is down only loses its part.
+   */
+  async function listMany(req: IncomingMessage, res: ServerResponse, ctx: RequestContext): Promise<void> {
+    const p = ctx.principal!;
+    const all = seesAll(p, iso.separate);
+    const maxItems = intParam(ctx.query, 'max_items');
+    const offset = intParam(ctx.query, 'offset');
+    if (!all && !iso.ledger.idsOf(p.username).length) return sendJson(req, res, {});
+    const q = new URLSearchParams(ctx.query);
+    q.delete('max_items');
+    q.delete('offset');
+    const answers = await iso.workers.each('GET', withQuery(ctx, q), headersFor(req, ctx));
+    const ok = answers.find((a) => a.res.status === 200);
+    if (!ok) return sendUpstream(req, res, answers[0].res);
+    const merged = mergeHistories(answers, (k) => all || shownAs(k, p.username) !== null);
+    const out: Record<string, unknown> = {};
+    for (const m of slice(merged, maxItems, offset)) {
+      const id = iso.promptIds.toClient(m.key);
+      out[id] = viewEntry(id, m.entry, p.username);
+    }
+    addRefused(out, all ? null : p.username, p.username);
+    sendJson(req, res, out, 200, ok.res);
+  }
+
   const list: Interceptor = {
     id: 'isolation-history-list',
     routes: [{ path: '/history', methods: ['GET', 'HEAD'] }],
@@ -76,6 +104,7 @@ export function historyInterceptors(iso: IsolationContext): Interceptor[] {
       req.resume();
       const p = ctx.principal!;
       const headers = headersFor(req, ctx);
+      if (iso.workers.many) return listMany(req, res, ctx);
       if (seesAll(p, iso.separate)) {
         const up = await callUpstream(iso.upstream, 'GET', upstreamUrl(ctx), headers);
         const j = upstreamJson(up);
@@ -154,6 +183,7 @@ export function historyInterceptors(iso: IsolationContext): Interceptor[] {
     async handle(req, res, ctx) {
       const p = ctx.principal!;
       const raw = await readBody(req);
+      if (iso.workers.many) return sendUpstream(req, res, await spreadDeletes(iso, req, ctx, raw, 'history'));
       const headers = headersFor(req, ctx);
       headers['content-type'] = 'application/json';
       if (seesAll(p, iso.separate))

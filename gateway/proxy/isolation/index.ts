@@ -23,6 +23,7 @@ import { objectInfoInterceptor } from './objectInfo';
 import { promptInterceptor } from './prompt';
 import { createPromptIds } from './promptIds';
 import { queueInterceptors } from './queue';
+import { createWorkerReads } from './workerReads';
 import { systemStatsInterceptor } from './systemStats';
 import { createRunTracker } from './tracker';
 import { uploadInterceptor } from './upload';
@@ -157,6 +158,7 @@ export function createIsolation(deps: {
     uploads: createUploadList({ file: path.join(dataDir, 'uploads.json'), logger }),
     schemas: createNodeSchemas({ upstream, logger, inputDir: () => iso.inputDir }),
     queue: deps.queue,
+    workers: createWorkerReads({ primary: upstream, queue: deps.queue, logger }),
   };
   if (deps.queue) bindQueue(iso, deps.queue);
   // What the server discovery learns (again on reconnect) replaces what was known.

@@ -3,7 +3,7 @@ import { AppError } from '../../errors';
 import type { RequestContext } from '../../http/context';
 import type { IsolationContext } from './context';
 import { viewExtraData } from './entries';
-import { heldJob } from './held';
+import { heldJob, upstreamOfPrompt } from './held';
 import {
   callUpstream,
   isObj,
@@ -43,15 +43,23 @@ export function jobsInterceptors(iso: IsolationContext): Interceptor[] {
       const showHeld = !wanted || wanted.split(',').some((x) => x.trim() === 'pending');
       const held = iso.queue && showHeld ? iso.queue.held(null).map((h) => ({ h })) : [];
       const heldJobs = held.filter(({ h }) => all || iso.queue!.keys.nameOf(h.owner) === p.username).map(({ h }) => heldJob(h, h.number));
-      if (all && !heldJobs.length) return forward(); // job summaries carry no extra_data
+      // job summaries carry no extra_data; with several workers the lists are merged
+      if (all && !heldJobs.length && !iso.workers.many) return forward();
       req.resume();
       const limit = nonNegative(ctx.query, 'limit');
       const offset = nonNegative(ctx.query, 'offset') ?? 0;
       const q = new URLSearchParams(ctx.query);
       q.delete('limit');
       q.delete('offset');
-      const up = await callUpstream(iso.upstream, 'GET', withQuery(ctx, q), upstreamHeaders(req, ctx, iso.cookieName, iso.upstream));
+      const answers = await iso.workers.each('GET', withQuery(ctx, q), upstreamHeaders(req, ctx, iso.cookieName, iso.upstream));
+      const up = (answers.find((a) => a.res.status === 200) ?? answers[0]).res;
       const j = upstreamJson(up);
+      // Several workers: every worker's jobs in one list (a worker that did not answer only loses its part).
+      if (answers.length > 1 && isObj(j) && Array.isArray(j.jobs))
+        j.jobs = answers.flatMap((a) => {
+          const x = a.res.status === 200 ? upstreamJson(a.res) : null;
+          return isObj(x) && Array.isArray(x.jobs) ? x.jobs : [];
+        });
       if (!isObj(j) || !Array.isArray(j.jobs))
         return up.status === 200
           ? sendJson(req, res, { jobs: [], pagination: { offset, limit, total: 0, has_more: false } })
@@ -62,7 +70,7 @@ export function jobsInterceptors(iso: IsolationContext): Interceptor[] {
             isObj(job) && typeof job.id === 'string' && (all || iso.ledger.owner(iso.promptIds.toClient(job.id)) === p.username),
         )
         .map((job: Record<string, unknown>): Record<string, unknown> => ({ ...job, id: iso.promptIds.toClient(job.id as string) }));
-      if (heldJobs.length) {
+      if (heldJobs.length || answers.length > 1) {
         const asc = ctx.query.get('sort_order') === 'asc';
         mine.push(...heldJobs);
         const t = (x: Record<string, unknown>) => Number(x.create_time) || 0;
@@ -114,9 +122,11 @@ export function jobsInterceptors(iso: IsolationContext): Interceptor[] {
         return forward();
       }
       const detail = (method === 'GET' || method === 'HEAD') && ctx.route.segments.length === 2;
+      // Several workers: the job is on the worker that ran it.
+      ctx.upstream = upstreamOfPrompt(iso, id);
       if (!detail) return forward();
       req.resume();
-      const up = await callUpstream(iso.upstream, 'GET', upstreamUrl(ctx), upstreamHeaders(req, ctx, iso.cookieName, iso.upstream));
+      const up = await callUpstream(ctx.upstream, 'GET', upstreamUrl(ctx), upstreamHeaders(req, ctx, iso.cookieName, iso.upstream));
       const j = upstreamJson(up);
       if (!isObj(j)) return sendUpstream(req, res, up);
       const out: Record<string, unknown> = { ...j };

@@ -2,7 +2,11 @@ import type { Interceptor } from '../../app';
 import { AppError } from '../../errors';
 import type { Principal } from '../../auth/principal';
 import type { IsolationContext } from './context';
-import { heldTuple } from './held';
+import type { IncomingMessage } from 'node:http';
+import type { RequestContext } from '../../http/context';
+import type { Upstream, UpstreamResponse } from '../upstream';
+import { heldTuple, upstreamOfPrompt } from './held';
+import { postToWorkers, spreadDeletes } from './spread';
 import { viewPromptTuple } from './entries';
 import { upstreamIdsInBody } from './promptIds';
 import {
@@ -19,6 +23,14 @@ import {
   upstreamJson,
   upstreamUrl,
 } from './http';
+
+/** The workers' /queue answers as one (those that are not a queue are left out). */
+function mergedQueue(answers: unknown[]): Record<string, unknown[]> | undefined {
+  const queues = answers.filter(isObj);
+  if (!queues.length) return undefined;
+  const pick = (k: string) => queues.flatMap((q) => (Array.isArray(q[k]) ? (q[k] as unknown[]) : []));
+  return { queue_running: pick('queue_running'), queue_pending: pick('queue_pending') };
+}
 
 /** GET /queue shows the caller's prompts only (admins: all, others' secrets stripped). */
 export function queueInterceptors(iso: IsolationContext): Interceptor[] {
@@ -57,14 +69,49 @@ export function queueInterceptors(iso: IsolationContext): Interceptor[] {
     if (ids.length) await iso.queue.cancel(ids, viewer);
   }
 
+  /**
+   * POST /interrupt with several workers: a prompt id goes to the worker running it; without one, a user's running
+   * prompt is looked for on every worker, and an admin's interrupt stops every worker.
+   */
+  async function interruptMany(req: IncomingMessage, ctx: RequestContext, raw: Buffer): Promise<UpstreamResponse> {
+    const p = ctx.principal!;
+    const headers = upstreamHeaders(req, ctx, iso.cookieName, iso.upstream);
+    headers['content-type'] = 'application/json';
+    const all = seesAll(p, iso.separate);
+    let body: Record<string, unknown> = {};
+    try {
+      body = parseJsonObject(raw, true);
+    } catch {
+      body = {}; // ComfyUI treats an unreadable body as "no prompt_id"
+    }
+    const send = (u: Upstream, id: string) => callUpstream(u, 'POST', upstreamUrl(ctx), headers, JSON.stringify({ prompt_id: id }));
+    if (typeof body.prompt_id === 'string' && body.prompt_id) {
+      const id = body.prompt_id;
+      if (!all && iso.ledger.owner(id) !== p.username) return send(iso.upstream, missingId());
+      return send(upstreamOfPrompt(iso, id), iso.promptIds.toUpstream(id));
+    }
+    if (all) return postToWorkers(iso, upstreamUrl(ctx), headers, () => raw.toString('utf8') || '{}');
+    for (const a of await iso.workers.each('GET', '/queue', headers)) {
+      const q = upstreamJson(a.res);
+      const running = isObj(q) && Array.isArray(q.queue_running) ? q.queue_running : [];
+      const mine = running.find(
+        (e: unknown) => Array.isArray(e) && typeof e[1] === 'string' && iso.ledger.owner(iso.promptIds.toClient(e[1])) === p.username,
+      ) as unknown[] | undefined;
+      if (mine) return send(a.upstream, mine[1] as string);
+    }
+    return send(iso.upstream, missingId());
+  }
+
   const getQueue: Interceptor = {
     id: 'isolation-queue-get',
     routes: [{ path: '/queue', methods: ['GET', 'HEAD'] }],
     async handle(req, res, ctx) {
       req.resume();
       const p = ctx.principal!;
-      const up = await callUpstream(iso.upstream, 'GET', upstreamUrl(ctx), upstreamHeaders(req, ctx, iso.cookieName, iso.upstream));
-      const j = upstreamJson(up);
+      const answers = await iso.workers.each('GET', upstreamUrl(ctx), upstreamHeaders(req, ctx, iso.cookieName, iso.upstream));
+      const up = answers[0].res;
+      // Several workers: one queue, each worker's running and waiting prompts after the previous worker's.
+      const j = answers.length === 1 ? upstreamJson(up) : mergedQueue(answers.map((a) => upstreamJson(a.res)));
       const all = seesAll(p, iso.separate);
       if (!isObj(j)) {
         if (up.status === 200 && !all) throw unexpectedAnswer();
@@ -97,6 +144,7 @@ export function queueInterceptors(iso: IsolationContext): Interceptor[] {
       const p = ctx.principal!;
       const raw = await readBody(req);
       await cancelHeld(raw, p, 'queue');
+      if (iso.workers.many) return sendUpstream(req, res, await spreadDeletes(iso, req, ctx, raw, 'queue'));
       const post = await ownPost(req, res, ctx, raw);
       if (!post) return;
       const { headers } = post;
@@ -124,6 +172,7 @@ export function queueInterceptors(iso: IsolationContext): Interceptor[] {
       const p = ctx.principal!;
       const raw = await readBody(req);
       await cancelHeld(raw, p, 'interrupt');
+      if (iso.workers.many) return sendUpstream(req, res, await interruptMany(req, ctx, raw));
       const post = await ownPost(req, res, ctx, raw);
       if (!post) return;
       const { headers } = post;
