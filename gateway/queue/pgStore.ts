@@ -1,0 +1,107 @@
+import type pg from 'pg';
+import type { ChangeFeed } from '../store/feed';
+import { CHANGE_CHANNEL } from '../store/feed';
+import { q, withTx } from '../store/pg';
+import {
+  emptyState,
+  type FailedPrompt,
+  type HeldPrompt,
+  type LimitOverride,
+  type QueueOp,
+  type QueueState,
+  type QueueStore,
+} from './store';
+
+/** Failed prompts kept (as the file store: the oldest go first). */
+const MAX_FAILED = 1000;
+
+/** The gw_meta key of the next seq/number to hand out (it never goes back, even when every prompt has left). */
+const NEXT_SEQ_KEY = 'queue:next_seq';
+
+/**
+ * The QueueStore on PostgreSQL (migration 0002_queue): one row per held prompt, failed prompt, limit override and
+ * (owner, day) of usage. Each `apply` is one committed transaction; held-prompt changes also notify the other
+ * replicas (k = 'queue', id = the prompt id) so their views of the queue follow without polling.
+ */
+export function createPgQueueStore(deps: { pool: pg.Pool; feed?: Pick<ChangeFeed, 'payload'> }): QueueStore {
+  const { pool, feed } = deps;
+  const notify = (c: pg.PoolClient, id: string) =>
+    feed ? c.query('SELECT pg_notify($1, $2)', [CHANGE_CHANNEL, feed.payload('queue', id)]) : Promise.resolve();
+
+  async function apply(o: QueueOp): Promise<void> {
+    switch (o.op) {
+      case 'hold':
+        return withTx(pool, async (c) => {
+          const p = o.prompt;
+          await c.query(
+            'INSERT INTO gw_queue_held (id, seq, value) VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE SET seq = EXCLUDED.seq, value = EXCLUDED.value',
+            [p.id, p.seq, JSON.stringify(p)],
+          );
+          await c.query(
+            `INSERT INTO gw_meta (key, value) VALUES ($1, to_jsonb($2::bigint)) ON CONFLICT (key)
+             DO UPDATE SET value = to_jsonb(GREATEST((gw_meta.value #>> '{}')::bigint, $2::bigint))`,
+            [NEXT_SEQ_KEY, Math.max(p.seq, p.number) + 1],
+          );
+          await notify(c, p.id);
+        });
+      case 'drop':
+        return withTx(pool, async (c) => {
+          await c.query('DELETE FROM gw_queue_held WHERE id = ANY($1)', [o.ids]);
+          await c.query('DELETE FROM gw_queue_failed WHERE id = ANY($1)', [o.ids]);
+          for (const id of o.ids) await notify(c, id);
+        });
+      case 'failed':
+        return withTx(pool, async (c) => {
+          await c.query('INSERT INTO gw_queue_failed (id, value) VALUES ($1, $2)', [o.entry.id, JSON.stringify(o.entry)]);
+          await c.query('DELETE FROM gw_queue_failed WHERE n <= (SELECT max(n) FROM gw_queue_failed) - $1', [MAX_FAILED]);
+        });
+      case 'limits':
+        if (!o.limits) return void (await q(pool, 'DELETE FROM gw_queue_limits WHERE owner = $1', [o.owner]));
+        return void (await q(
+          pool,
+          'INSERT INTO gw_queue_limits (owner, value) VALUES ($1, $2) ON CONFLICT (owner) DO UPDATE SET value = EXCLUDED.value',
+          [o.owner, JSON.stringify(o.limits)],
+        ));
+      case 'usage':
+        return void (await q(
+          pool,
+          `INSERT INTO gw_queue_usage (owner, day, prompts, gpu_s, images) VALUES ($1, $2, $3, $4, $5)
+           ON CONFLICT (owner, day) DO UPDATE SET prompts = gw_queue_usage.prompts + EXCLUDED.prompts,
+             gpu_s = gw_queue_usage.gpu_s + EXCLUDED.gpu_s, images = gw_queue_usage.images + EXCLUDED.images`,
+          [o.owner, o.day, o.prompts, o.gpu_s, o.images],
+        ));
+    }
+  }
+
+  return {
+    load: () => loadPgQueue(pool),
+    apply,
+    // the pool belongs to the shared store, which closes it
+    async close() {},
+  };
+}
+
+/** Reads the whole queue state (start-up, and a replica's resync after its change feed came back). */
+export async function loadPgQueue(pool: pg.Pool | pg.PoolClient): Promise<QueueState> {
+  const state = emptyState();
+  const held = await q<{ value: HeldPrompt }>(pool, 'SELECT value FROM gw_queue_held ORDER BY seq, id');
+  state.held = held.rows.map((r) => r.value);
+  const failed = await q<{ value: FailedPrompt }>(pool, 'SELECT value FROM gw_queue_failed ORDER BY n');
+  state.failed = failed.rows.map((r) => r.value);
+  const limits = await q<{ owner: string; value: LimitOverride }>(pool, 'SELECT owner, value FROM gw_queue_limits');
+  for (const r of limits.rows) state.limits[r.owner] = r.value;
+  const usage = await q<{ owner: string; day: string; prompts: string; gpu_s: number; images: string }>(
+    pool,
+    'SELECT owner, day, prompts, gpu_s, images FROM gw_queue_usage ORDER BY day, owner',
+  );
+  state.usage = usage.rows.map((r) => ({
+    owner: r.owner,
+    day: r.day,
+    prompts: Number(r.prompts),
+    gpu_s: r.gpu_s,
+    images: Number(r.images),
+  }));
+  const next = await q<{ value: number }>(pool, 'SELECT value FROM gw_meta WHERE key = $1', [NEXT_SEQ_KEY]);
+  state.nextSeq = Math.max(1, Number(next.rows[0]?.value ?? 1), ...state.held.map((p) => Math.max(p.seq, p.number) + 1));
+  return state;
+}
