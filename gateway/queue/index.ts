@@ -7,6 +7,8 @@ import type { LimitSet } from './config';
 import { createLimits, dayOf, type Limits } from './limits';
 import { createDispatcher, type Outcome, type QueueIo, type Submission } from './queue';
 import { createScheduler, type Policy } from './scheduler';
+import type { SharedQueue } from './pgReplicas';
+import { followShared } from './pgFollow';
 import type { FailedPrompt, HeldPrompt, QueueStore } from './store';
 import { usageOfHistory } from './usage';
 import type { Worker } from './worker';
@@ -51,6 +53,8 @@ export async function createGatewayQueue(deps: {
   scheduler: { policy: Policy; weights: Partial<Record<'admin' | 'user', number>>; coalesce_ms: number };
   limits: Partial<Record<'admin' | 'user', LimitSet>>;
   pollMs?: number;
+  /** replicas on PostgreSQL: one releaser, the queue followed through the change feed */
+  shared?: SharedQueue;
 }): Promise<GatewayQueue> {
   const { store, keys, logger } = deps;
   const state = await store.load();
@@ -101,6 +105,8 @@ export async function createGatewayQueue(deps: {
     answerWaitMs: 2000,
     nextSeq: state.nextSeq,
     failed,
+    releasing: deps.shared ? () => deps.shared!.releasing() : undefined,
+    takeSeq: deps.shared ? () => deps.shared!.takeSeq() : undefined,
     notices: {
       counts: () => ws.pushCounts(),
       refused(f, p) {
@@ -152,6 +158,8 @@ export async function createGatewayQueue(deps: {
       dispatcher.restore(state.held);
       state.held = [];
       dispatcher.bind(x);
+      if (deps.shared)
+        followShared({ shared: deps.shared, scheduler, dispatcher, workers, limits, failed, keys, io: x, counts: () => ws.pushCounts() });
     },
     admit(p) {
       const owner = keys.keyOf(p.username);
@@ -190,6 +198,7 @@ export async function createGatewayQueue(deps: {
     wsHooks: ws.hooks,
     async close() {
       dispatcher.close();
+      await deps.shared?.close();
       workers.close();
       await store.close();
     },

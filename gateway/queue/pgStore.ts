@@ -16,7 +16,7 @@ import {
 const MAX_FAILED = 1000;
 
 /** The gw_meta key of the next seq/number to hand out (it never goes back, even when every prompt has left). */
-const NEXT_SEQ_KEY = 'queue:next_seq';
+export const NEXT_SEQ_KEY = 'queue:next_seq';
 
 /**
  * The QueueStore on PostgreSQL (migration 0002_queue): one row per held prompt, failed prompt, limit override and
@@ -25,8 +25,9 @@ const NEXT_SEQ_KEY = 'queue:next_seq';
  */
 export function createPgQueueStore(deps: { pool: pg.Pool; feed?: Pick<ChangeFeed, 'payload'> }): QueueStore {
   const { pool, feed } = deps;
-  const notify = (c: pg.PoolClient, id: string) =>
-    feed ? c.query('SELECT pg_notify($1, $2)', [CHANGE_CHANNEL, feed.payload('queue', id)]) : Promise.resolve();
+  // delivered to the other replicas on commit: which record changed (they read it themselves)
+  const notify = (c: pg.PoolClient | pg.Pool, what: 'held' | 'failed' | 'limits' | 'usage', id: string) =>
+    feed ? q(c, 'SELECT pg_notify($1, $2)', [CHANGE_CHANNEL, feed.payload('queue', id, what)]) : Promise.resolve();
 
   async function apply(o: QueueOp): Promise<void> {
     switch (o.op) {
@@ -42,34 +43,43 @@ export function createPgQueueStore(deps: { pool: pg.Pool; feed?: Pick<ChangeFeed
              DO UPDATE SET value = to_jsonb(GREATEST((gw_meta.value #>> '{}')::bigint, $2::bigint))`,
             [NEXT_SEQ_KEY, Math.max(p.seq, p.number) + 1],
           );
-          await notify(c, p.id);
+          await notify(c, 'held', p.id);
         });
       case 'drop':
         return withTx(pool, async (c) => {
           await c.query('DELETE FROM gw_queue_held WHERE id = ANY($1)', [o.ids]);
           await c.query('DELETE FROM gw_queue_failed WHERE id = ANY($1)', [o.ids]);
-          for (const id of o.ids) await notify(c, id);
+          for (const id of o.ids) {
+            await notify(c, 'held', id);
+            await notify(c, 'failed', id);
+          }
         });
       case 'failed':
         return withTx(pool, async (c) => {
           await c.query('INSERT INTO gw_queue_failed (id, value) VALUES ($1, $2)', [o.entry.id, JSON.stringify(o.entry)]);
           await c.query('DELETE FROM gw_queue_failed WHERE n <= (SELECT max(n) FROM gw_queue_failed) - $1', [MAX_FAILED]);
+          await notify(c, 'failed', o.entry.id);
         });
       case 'limits':
-        if (!o.limits) return void (await q(pool, 'DELETE FROM gw_queue_limits WHERE owner = $1', [o.owner]));
-        return void (await q(
-          pool,
-          'INSERT INTO gw_queue_limits (owner, value) VALUES ($1, $2) ON CONFLICT (owner) DO UPDATE SET value = EXCLUDED.value',
-          [o.owner, JSON.stringify(o.limits)],
-        ));
+        return withTx(pool, async (c) => {
+          if (!o.limits) await c.query('DELETE FROM gw_queue_limits WHERE owner = $1', [o.owner]);
+          else
+            await c.query(
+              'INSERT INTO gw_queue_limits (owner, value) VALUES ($1, $2) ON CONFLICT (owner) DO UPDATE SET value = EXCLUDED.value',
+              [o.owner, JSON.stringify(o.limits)],
+            );
+          await notify(c, 'limits', o.owner);
+        });
       case 'usage':
-        return void (await q(
-          pool,
-          `INSERT INTO gw_queue_usage (owner, day, prompts, gpu_s, images) VALUES ($1, $2, $3, $4, $5)
+        return withTx(pool, async (c) => {
+          await c.query(
+            `INSERT INTO gw_queue_usage (owner, day, prompts, gpu_s, images) VALUES ($1, $2, $3, $4, $5)
            ON CONFLICT (owner, day) DO UPDATE SET prompts = gw_queue_usage.prompts + EXCLUDED.prompts,
              gpu_s = gw_queue_usage.gpu_s + EXCLUDED.gpu_s, images = gw_queue_usage.images + EXCLUDED.images`,
-          [o.owner, o.day, o.prompts, o.gpu_s, o.images],
-        ));
+            [o.owner, o.day, o.prompts, o.gpu_s, o.images],
+          );
+          await notify(c, 'usage', `${o.owner}|${o.day}`);
+        });
     }
   }
 
