@@ -115,3 +115,24 @@ export async function loadPgQueue(pool: pg.Pool | pg.PoolClient): Promise<QueueS
   state.nextSeq = Math.max(1, Number(next.rows[0]?.value ?? 1), ...state.held.map((p) => Math.max(p.seq, p.number) + 1));
   return state;
 }
+
+/** Writes a whole queue state into an empty queue (migrate-store, inside its transaction). */
+export async function copyQueueState(c: pg.PoolClient, s: QueueState): Promise<void> {
+  for (const p of s.held) await c.query('INSERT INTO gw_queue_held (id, seq, value) VALUES ($1, $2, $3)', [p.id, p.seq, JSON.stringify(p)]);
+  for (const f of s.failed.slice(-MAX_FAILED))
+    await c.query('INSERT INTO gw_queue_failed (id, value) VALUES ($1, $2)', [f.id, JSON.stringify(f)]);
+  for (const [owner, l] of Object.entries(s.limits))
+    await c.query('INSERT INTO gw_queue_limits (owner, value) VALUES ($1, $2)', [owner, JSON.stringify(l)]);
+  for (const u of s.usage)
+    await c.query('INSERT INTO gw_queue_usage (owner, day, prompts, gpu_s, images) VALUES ($1, $2, $3, $4, $5)', [
+      u.owner,
+      u.day,
+      u.prompts,
+      u.gpu_s,
+      u.images,
+    ]);
+  await c.query(
+    'INSERT INTO gw_meta (key, value) VALUES ($1, to_jsonb($2::bigint)) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value',
+    [NEXT_SEQ_KEY, s.nextSeq],
+  );
+}
