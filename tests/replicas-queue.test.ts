@@ -194,7 +194,15 @@ test('kill -9 of the releasing replica: another takes over and the held prompts 
   const releaser = replicas[before.findIndex((n) => n > 0)];
   releaser.kill('SIGKILL');
   await releaser.exited;
-  await eventually(() => leases().some((n, i) => n > before[i] && replicas[i] !== releaser), 15_000, 'another replica took the lease');
+  const next = await eventually(
+    () => replicas.find((r, i) => leases()[i] > before[i] && r !== releaser) ?? null,
+    15_000,
+    'another replica took the lease',
+  );
+  // it took over what the workers hold (the blockers fill their slots), so the four stay held until there is room
+  const q = (await request(next!.url).get('/gateway/api/queue').set('authorization', `Bearer ${tokens.admin}`)).body;
+  expect(q.workers.map((w: { running: number; waiting: number }) => w.running + w.waiting)).toEqual([2, 2]);
+  expect(q.held.map((p: { prompt_id: string }) => p.prompt_id).sort()).toEqual([...held].sort());
   unblock();
   const fakeOf = (id: string) =>
     eventually(() => fakes.find((f) => f.prompts.has(id)) ?? null, 30_000, `${id} released`) as Promise<FakeComfy>;

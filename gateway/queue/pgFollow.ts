@@ -69,8 +69,10 @@ export function followShared(deps: {
       for (const p of [...held].sort((a, b) => a.seq - b.seq)) place(p);
       deps.counts();
     },
-    releasing() {
-      dispatcher.pump();
+    async releasing() {
+      // what the last releaser sent is on the workers: it fills their slots and is never sent again
+      await Promise.all(workers.all().map((w) => w.adopt()));
     },
+    pump: () => dispatcher.pump(),
   });
 }

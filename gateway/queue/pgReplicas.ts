@@ -16,10 +16,12 @@ export interface SharedQueueHandlers {
   limits(owner: string, l: LimitOverride | null): void;
   /** the usage row of (owner, day) as it is now */
   usage(row: UsageRow): void;
+  /** release what can be released now */
+  pump(): void;
   /** everything held, after the change feed was back (notifications may have been missed) or this replica took over */
   resync(held: HeldPrompt[]): void;
-  /** this replica is now the one that releases prompts */
-  releasing(): void;
+  /** this replica is about to release prompts: learn what the workers hold (resolves before the first release) */
+  releasing(): Promise<void>;
 }
 
 /** How a queue on PostgreSQL shares itself with the other replicas (given to createGatewayQueue). */
@@ -89,9 +91,11 @@ export function createSharedQueue(deps: { url: string; pool: pg.Pool; feed: Chan
       logger.warn({ err: (e as Error).message }, 'queue: could not read the held prompts after taking the releaser lease');
       return void (await c.query('SELECT pg_advisory_unlock($1)', [RELEASER_LOCK]).catch(() => drop('unlock failed')));
     }
+    await handlers?.releasing();
+    if (closed || client !== c) return;
     holding = true;
     logger.info('queue: this replica now releases the held prompts');
-    handlers?.releasing();
+    handlers?.pump();
   }
 
   const loop = () => {
