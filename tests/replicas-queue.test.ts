@@ -82,7 +82,8 @@ afterEach(async () => {
   for (const f of fakes) f.promptDelayMs = 20;
   const admin = async () => (await request(alive()[0].url).get('/gateway/api/queue').set('authorization', `Bearer ${tokens.admin}`)).body;
   await eventually(async () => (await admin()).held?.length === 0, 30_000, 'nothing held');
-  for (const f of fakes) for (const id of arrivals(f)) await f.waitForPrompt(id, 30_000);
+  // (a prompt the fake refused with a 400 never runs)
+  for (const f of fakes) for (const id of arrivals(f)) if (f.prompts.has(id)) await f.waitForPrompt(id, 30_000);
 });
 
 const RELEASES = /now releases the held prompts/g;
@@ -238,4 +239,27 @@ test("two workers: a prompt posted via one replica and released by another reach
   expect(fakes[1].prompts.has(id)).toBe(true);
   expect(fakes[0].prompts.has(id)).toBe(false);
   unblock();
+});
+
+test('a held prompt ComfyUI refuses at release reaches its owner on a replica that does not release (execution_error, /history)', async () => {
+  const live = alive();
+  const follower = live.find((r) => leases()[replicas.indexOf(r)] === 0)!;
+  expect(follower).toBeDefined();
+  const ws = await openSocket(`${follower.url.replace(/^http/, 'ws')}/ws?clientId=rq-refused`, { authorization: `Bearer ${tokens.alice}` });
+  sockets.push(ws);
+  await ws.next((f) => f.json?.type === 'status');
+  const bad = await request(follower.url)
+    .post('/api/prompt')
+    .set('authorization', `Bearer ${tokens.alice}`)
+    .send({ prompt: { '1': { class_type: 'NoSuchNode', inputs: {} } }, client_id: 'rq-refused' });
+  // held (this replica does not release): the refusal comes later, from the releasing replica's attempt
+  expect(bad.status).toBe(200);
+  const id = bad.body.prompt_id as string;
+  const err = await ws.next((f) => f.json?.type === 'execution_error' && f.json.data.prompt_id === id, 15_000);
+  expect(err.json.data.exception_type).toBe('PromptRefused');
+  expect(err.json.data.exception_message).toMatch(/NoSuchNode/);
+  for (const r of live) {
+    const h = await request(r.url).get(`/history/${id}`).set('authorization', `Bearer ${tokens.alice}`);
+    expect(h.body[id]?.status).toMatchObject({ status_str: 'error', completed: false });
+  }
 });

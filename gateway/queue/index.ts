@@ -6,6 +6,7 @@ import type { AccountKeys } from '../users/types';
 import type { LimitSet } from './config';
 import { createLimits, dayOf, type Limits } from './limits';
 import { createDispatcher, type Outcome, type QueueIo, type Submission } from './queue';
+import type { QueueNotices } from './prompts';
 import { createScheduler, type Policy } from './scheduler';
 import type { SharedQueue } from './pgReplicas';
 import { followShared } from './pgFollow';
@@ -94,6 +95,31 @@ export async function createGatewayQueue(deps: {
       down: (w, lost) => void dispatcher.lost(w, lost),
     },
   });
+  // what users hear of the queue: counts on their sockets, and a held prompt ComfyUI refused at release
+  const notices: QueueNotices = {
+    counts: () => ws.pushCounts(),
+    refused(f, p) {
+      const name = keys.nameOf(p.owner);
+      const e = f.error.error as Record<string, unknown> | undefined;
+      if (name)
+        ws.sendTo(name, p.clientId, {
+          type: 'execution_error',
+          data: {
+            prompt_id: p.id,
+            node_id: null,
+            node_type: null,
+            executed: [],
+            exception_message: String(e?.message ?? 'ComfyUI refused the prompt'),
+            exception_type: String(e?.type ?? '') === 'worker_down' ? 'WorkerDown' : 'PromptRefused',
+            traceback: [],
+            current_inputs: {},
+            current_outputs: {},
+            timestamp: f.at,
+          },
+        });
+      ws.pushCounts();
+    },
+  };
   const dispatcher = createDispatcher({
     store,
     scheduler,
@@ -107,30 +133,7 @@ export async function createGatewayQueue(deps: {
     failed,
     releasing: deps.shared ? () => deps.shared!.releasing() : undefined,
     takeSeq: deps.shared ? () => deps.shared!.takeSeq() : undefined,
-    notices: {
-      counts: () => ws.pushCounts(),
-      refused(f, p) {
-        const name = keys.nameOf(p.owner);
-        const e = f.error.error as Record<string, unknown> | undefined;
-        if (name)
-          ws.sendTo(name, p.clientId, {
-            type: 'execution_error',
-            data: {
-              prompt_id: p.id,
-              node_id: null,
-              node_type: null,
-              executed: [],
-              exception_message: String(e?.message ?? 'ComfyUI refused the prompt'),
-              exception_type: String(e?.type ?? '') === 'worker_down' ? 'WorkerDown' : 'PromptRefused',
-              traceback: [],
-              current_inputs: {},
-              current_outputs: {},
-              timestamp: f.at,
-            },
-          });
-        ws.pushCounts();
-      },
-    },
+    notices,
   });
 
   /** GPU-seconds and images of a finished prompt, from the worker's history of it. */
@@ -158,8 +161,7 @@ export async function createGatewayQueue(deps: {
       dispatcher.restore(state.held);
       state.held = [];
       dispatcher.bind(x);
-      if (deps.shared)
-        followShared({ shared: deps.shared, scheduler, dispatcher, workers, limits, failed, keys, io: x, counts: () => ws.pushCounts() });
+      if (deps.shared) followShared({ shared: deps.shared, scheduler, dispatcher, workers, limits, failed, keys, io: x, notices });
     },
     admit(p) {
       const owner = keys.keyOf(p.username);

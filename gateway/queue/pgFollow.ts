@@ -1,5 +1,6 @@
 import type { AccountKeys } from '../users/types';
 import type { Limits } from './limits';
+import type { QueueNotices } from './prompts';
 import type { SharedQueue } from './pgReplicas';
 import type { Dispatcher, QueueIo } from './queue';
 import type { Scheduler } from './scheduler';
@@ -20,7 +21,7 @@ export function followShared(deps: {
   failed: Map<string, FailedPrompt>;
   keys: AccountKeys;
   io: QueueIo;
-  counts: () => void;
+  notices: QueueNotices;
 }): void {
   const { scheduler, dispatcher, workers, keys, io } = deps;
   const onWorker = (id: string) => workers.all().some((w) => w.flights.has(id));
@@ -43,12 +44,17 @@ export function followShared(deps: {
     held(id, p) {
       if (p) place(p);
       else scheduler.remove(id);
-      deps.counts();
+      deps.notices.counts();
       dispatcher.pump();
     },
     failed(id, f) {
-      if (f) deps.failed.set(id, f);
-      else deps.failed.delete(id);
+      if (!f) return void deps.failed.delete(id);
+      // refused at release by the releaser: the owner's sockets on this replica hear it too (the prompt is still
+      // in this replica's view: its removal is notified after the refusal)
+      const p = scheduler.get(id);
+      const fresh = !deps.failed.has(id);
+      deps.failed.set(id, f);
+      if (p && fresh) deps.notices.refused(f, p);
     },
     limits(owner, l) {
       deps.limits.setOverride(owner, l);
@@ -67,7 +73,7 @@ export function followShared(deps: {
       const ids = new Set(held.map((p) => p.id));
       for (const p of scheduler.order()) if (!ids.has(p.id)) scheduler.remove(p.id);
       for (const p of [...held].sort((a, b) => a.seq - b.seq)) place(p);
-      deps.counts();
+      deps.notices.counts();
     },
     async releasing() {
       // what the last releaser sent is on the workers: it fills their slots and is never sent again
