@@ -71,6 +71,10 @@ export function createSharedQueue(deps: { url: string; pool: pg.Pool; feed: Chan
       c.on('end', () => client === c && drop('connection ended'));
       try {
         await c.connect();
+        // A holder cut off by the network keeps its session (and the lock) open on the server until the server
+        // notices: with the heartbeat every retryMs, a session silent for 5 s is ended by PostgreSQL (14+), which
+        // frees the lock for another replica while this one, having lost its connection, has already stopped.
+        await c.query("SET idle_session_timeout = '5s'").catch(() => undefined);
       } catch {
         await c.end().catch(() => undefined);
         return;
