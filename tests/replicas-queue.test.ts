@@ -258,8 +258,16 @@ test('a held prompt ComfyUI refuses at release reaches its owner on a replica th
   const err = await ws.next((f) => f.json?.type === 'execution_error' && f.json.data.prompt_id === id, 15_000);
   expect(err.json.data.exception_type).toBe('PromptRefused');
   expect(err.json.data.exception_message).toMatch(/NoSuchNode/);
+  // every replica's /history shows it (each hears the refusal through the change feed)
   for (const r of live) {
-    const h = await request(r.url).get(`/history/${id}`).set('authorization', `Bearer ${tokens.alice}`);
-    expect(h.body[id]?.status).toMatchObject({ status_str: 'error', completed: false });
+    const h = await eventually(
+      async () => {
+        const res = await request(r.url).get(`/history/${id}`).set('authorization', `Bearer ${tokens.alice}`);
+        return res.body[id] ? res.body : null;
+      },
+      5000,
+      `the refusal in /history on ${r.url}`,
+    );
+    expect(h[id].status).toMatchObject({ status_str: 'error', completed: false });
   }
 });
