@@ -190,7 +190,7 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   closers.push(() => comfyServer.close());
   await comfyServer.learn();
   // The gateway's own queue (issue 12): held prompts, fair release, limits, usage, workers.
-  const queued = (queuedRef = await composeQueue({ config, logger, upstream, keys: users.accounts, users, chain }));
+  const queued = (queuedRef = await composeQueue({ config, logger, upstream, keys: users.accounts, users, chain, shared: stores.shared }));
   closers.push(() => queued.close());
   routes.push(queued.routes);
   const isolation = createIsolation({

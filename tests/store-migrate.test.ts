@@ -8,7 +8,7 @@ import { runUsersCli } from '../gateway/users/cli';
 import { login, PW, registerFirstAdmin, registerUser } from './helpers/auth';
 import { sampleWorkflow, startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
 import { startGateway, type TestGateway } from './helpers/gateway';
-import { createTestDatabase, type TestDatabase } from './helpers/pg';
+import { createTestDatabase, eventually, type TestDatabase } from './helpers/pg';
 
 /** `comfyui-gateway migrate-store --from file --to postgres`, and `users` on PostgreSQL. */
 const ENV = { COMFYUI_GATEWAY_HF_TOKEN_KEY: 'cd'.repeat(32) };
@@ -52,7 +52,7 @@ function io(stdin = '') {
   };
 }
 
-test('a single-process install is copied without losing a user, token, logged-out session or ledger entry', async () => {
+test('a single-process install is copied without losing a user, token, logged-out session, ledger entry, held prompt, limit or usage', async () => {
   fileGw = await startGateway({ upstream: fake.url });
   await registerFirstAdmin(fileGw);
   await registerUser(fileGw, 'bob');
@@ -68,6 +68,25 @@ test('a single-process install is copied without losing a user, token, logged-ou
   expect(queued.status).toBe(200);
   const promptId = queued.body.prompt_id as string;
   await fake.waitForPrompt(promptId);
+  // The queue comes along too: a limit for bob, his usage, and two prompts the gateway holds (the worker has two).
+  const admin = await login(fileGw, 'admin');
+  const lim = await request(fileGw.url)
+    .put('/gateway/api/queue/limits/bob')
+    .set('authorization', `Bearer ${admin.token}`)
+    .send({ max_waiting: 10, max_running: null, per_day: 50 });
+  expect(lim.status).toBe(200);
+  fake.promptDelayMs = 120_000;
+  const ids: string[] = [];
+  for (let i = 0; i < 4; i++) {
+    const r = await request(fileGw.url)
+      .post('/api/prompt')
+      .set('authorization', `Bearer ${kept.token}`)
+      .send({ prompt: sampleWorkflow(`m${i}`) });
+    expect(r.status).toBe(200);
+    ids.push(r.body.prompt_id as string);
+  }
+  await eventually(() => ids.filter((id) => fake.prompts.has(id)).length === 2, 10_000, 'two on the worker');
+  const held = ids.filter((id) => !fake.prompts.has(id));
   const dir = fileGw.dir;
   // Keep the files: the gateway is stopped, then its folder is what migrate-store reads.
   await fileGw.shutdown(2000);
@@ -83,7 +102,13 @@ test('a single-process install is copied without losing a user, token, logged-ou
   });
   expect(run.err()).toBe('');
   expect(code).toBe(0);
-  expect(run.out()).toMatch(/copied 2 users, 1 tokens, 1 logged-out sessions, 1 ledger entries/);
+  expect(run.out()).toMatch(/copied 2 users, 1 tokens, 1 logged-out sessions, 5 ledger entries/);
+  expect(run.out()).toMatch(/2 held prompts, 1 user limits, 1 usage rows/);
+  expect((await sql.query('SELECT id FROM gw_queue_held ORDER BY seq')).rows.map((r) => r.id)).toEqual(held);
+  expect((await sql.query('SELECT sum(prompts)::int AS n FROM gw_queue_usage')).rows[0].n).toBe(5);
+  expect((await sql.query('SELECT value FROM gw_queue_limits')).rows.map((r) => r.value)).toEqual([
+    { max_waiting: 10, max_running: null, per_day: 50 },
+  ]);
 
   // A second copy into the now non-empty database is refused, and changes nothing.
   const again = io();
@@ -111,6 +136,18 @@ test('a single-process install is copied without losing a user, token, logged-ou
   const adminSession = await login(pgGw, 'admin');
   const adminHistory = await request(pgGw.url).get('/history').set('authorization', `Bearer ${adminSession.token}`);
   expect(Object.keys(adminHistory.body)).toContain(promptId);
+  // the queue: bob's limit and usage, and his held prompts, which now run from PostgreSQL, each once
+  const aq = await request(pgGw.url).get('/gateway/api/queue').set('authorization', `Bearer ${adminSession.token}`);
+  expect(aq.body.limits.users.bob).toEqual({ max_waiting: 10, max_running: null, per_day: 50 });
+  const usage = await request(pgGw.url).get('/gateway/api/usage').set('authorization', `Bearer ${kept.token}`);
+  expect(JSON.stringify(usage.body)).toMatch(/"prompts":5/);
+  const bobQueue = await request(pgGw.url).get('/api/queue').set('authorization', `Bearer ${kept.token}`);
+  const listed = [...bobQueue.body.queue_running, ...bobQueue.body.queue_pending].map((e: unknown[]) => e[1]);
+  for (const id of held) expect(listed).toContain(id);
+  fake.promptDelayMs = 20;
+  for (const id of ids) await fake.waitForPrompt(id, 30_000);
+  const posts = fake.requests.filter((r) => r.method === 'POST' && /prompt$/.test(r.rawPath) && r.bodyText);
+  for (const id of ids) expect(posts.filter((r) => JSON.parse(r.bodyText!).prompt_id === id)).toHaveLength(1);
 });
 
 test('`users` works against PostgreSQL: add, list, role, remove', async () => {

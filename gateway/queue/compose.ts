@@ -5,7 +5,10 @@ import type { ResolvedConfig } from '../config/load';
 import type { Logger } from '../log';
 import type { Upstream } from '../proxy/upstream';
 import type { AccountKeys, UserStore } from '../users/types';
+import type { SharedStore } from '../store/compose';
 import { createFileQueueStore } from './fileStore';
+import { createSharedQueue } from './pgReplicas';
+import { createPgQueueStore } from './pgStore';
 import { createGatewayQueue, type GatewayQueue } from '.';
 import { queueRoutes } from './routes';
 import type { QueueStore } from './store';
@@ -28,9 +31,15 @@ export async function composeQueue(deps: {
   users: Pick<UserStore, 'get'>;
   chain: Pick<CredentialChain, 'authenticate'>;
   store?: QueueStore;
+  /** the PostgreSQL store (store.kind "postgres"): the queue lives there and is shared by the replicas */
+  shared?: SharedStore | null;
 }): Promise<ComposedQueue> {
-  const { config } = deps;
-  const store = deps.store ?? createFileQueueStore({ dir: path.join(config.paths.dataDir, 'queue'), logger: deps.logger });
+  const { config, shared } = deps;
+  const store =
+    deps.store ??
+    (shared
+      ? createPgQueueStore({ pool: shared.pool, feed: shared.feed })
+      : createFileQueueStore({ dir: path.join(config.paths.dataDir, 'queue'), logger: deps.logger }));
   const queue = await createGatewayQueue({
     store,
     specs: config.upstreams ?? [{ url: config.upstream, name: 'default', weight: 1, tags: [] }],
@@ -40,6 +49,7 @@ export async function composeQueue(deps: {
     logger: deps.logger,
     scheduler: config.scheduler,
     limits: config.limits,
+    shared: shared ? createSharedQueue({ url: config.store.url!, pool: shared.pool, feed: shared.feed, logger: deps.logger }) : undefined,
   });
   return {
     queue,

@@ -6,7 +6,10 @@ import type { AccountKeys } from '../users/types';
 import type { LimitSet } from './config';
 import { createLimits, dayOf, type Limits } from './limits';
 import { createDispatcher, type Outcome, type QueueIo, type Submission } from './queue';
+import type { QueueNotices } from './prompts';
 import { createScheduler, type Policy } from './scheduler';
+import type { SharedQueue } from './pgReplicas';
+import { followShared } from './pgFollow';
 import type { FailedPrompt, HeldPrompt, QueueStore } from './store';
 import { usageOfHistory } from './usage';
 import type { Worker } from './worker';
@@ -51,6 +54,8 @@ export async function createGatewayQueue(deps: {
   scheduler: { policy: Policy; weights: Partial<Record<'admin' | 'user', number>>; coalesce_ms: number };
   limits: Partial<Record<'admin' | 'user', LimitSet>>;
   pollMs?: number;
+  /** replicas on PostgreSQL: one releaser, the queue followed through the change feed */
+  shared?: SharedQueue;
 }): Promise<GatewayQueue> {
   const { store, keys, logger } = deps;
   const state = await store.load();
@@ -90,6 +95,31 @@ export async function createGatewayQueue(deps: {
       down: (w, lost) => void dispatcher.lost(w, lost),
     },
   });
+  // what users hear of the queue: counts on their sockets, and a held prompt ComfyUI refused at release
+  const notices: QueueNotices = {
+    counts: () => ws.pushCounts(),
+    refused(f, p) {
+      const name = keys.nameOf(p.owner);
+      const e = f.error.error as Record<string, unknown> | undefined;
+      if (name)
+        ws.sendTo(name, p.clientId, {
+          type: 'execution_error',
+          data: {
+            prompt_id: p.id,
+            node_id: null,
+            node_type: null,
+            executed: [],
+            exception_message: String(e?.message ?? 'ComfyUI refused the prompt'),
+            exception_type: String(e?.type ?? '') === 'worker_down' ? 'WorkerDown' : 'PromptRefused',
+            traceback: [],
+            current_inputs: {},
+            current_outputs: {},
+            timestamp: f.at,
+          },
+        });
+      ws.pushCounts();
+    },
+  };
   const dispatcher = createDispatcher({
     store,
     scheduler,
@@ -101,30 +131,9 @@ export async function createGatewayQueue(deps: {
     answerWaitMs: 2000,
     nextSeq: state.nextSeq,
     failed,
-    notices: {
-      counts: () => ws.pushCounts(),
-      refused(f, p) {
-        const name = keys.nameOf(p.owner);
-        const e = f.error.error as Record<string, unknown> | undefined;
-        if (name)
-          ws.sendTo(name, p.clientId, {
-            type: 'execution_error',
-            data: {
-              prompt_id: p.id,
-              node_id: null,
-              node_type: null,
-              executed: [],
-              exception_message: String(e?.message ?? 'ComfyUI refused the prompt'),
-              exception_type: String(e?.type ?? '') === 'worker_down' ? 'WorkerDown' : 'PromptRefused',
-              traceback: [],
-              current_inputs: {},
-              current_outputs: {},
-              timestamp: f.at,
-            },
-          });
-        ws.pushCounts();
-      },
-    },
+    releasing: deps.shared ? () => deps.shared!.releasing() : undefined,
+    takeSeq: deps.shared ? () => deps.shared!.takeSeq() : undefined,
+    notices,
   });
 
   /** GPU-seconds and images of a finished prompt, from the worker's history of it. */
@@ -152,6 +161,7 @@ export async function createGatewayQueue(deps: {
       dispatcher.restore(state.held);
       state.held = [];
       dispatcher.bind(x);
+      if (deps.shared) followShared({ shared: deps.shared, scheduler, dispatcher, workers, limits, failed, keys, io: x, notices });
     },
     admit(p) {
       const owner = keys.keyOf(p.username);
@@ -190,6 +200,7 @@ export async function createGatewayQueue(deps: {
     wsHooks: ws.hooks,
     async close() {
       dispatcher.close();
+      await deps.shared?.close();
       workers.close();
       await store.close();
     },

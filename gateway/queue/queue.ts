@@ -59,12 +59,17 @@ export function createDispatcher(deps: {
   nextSeq: number;
   notices: QueueNotices;
   failed: Map<string, FailedPrompt>;
+  /** replicas: whether this one releases prompts (the others only hold them); always when alone */
+  releasing?: () => boolean;
+  /** replicas: the next seq/number from the shared store, unique across replicas */
+  takeSeq?: () => Promise<number>;
 }) {
   const { store, scheduler, workers, keys, logger } = deps;
   let seq = deps.nextSeq;
   let io: QueueIo | null = null;
   let timer: NodeJS.Timeout | null = null;
   let lastArrival = 0;
+  const releasing = deps.releasing ?? (() => true);
 
   const runningOf = (owner: string) =>
     workers.all().reduce((n, w) => n + [...w.flights.values()].filter((f) => f.owner === owner).length, 0);
@@ -86,7 +91,7 @@ export function createDispatcher(deps: {
   }
 
   function pump(): void {
-    if (!io) return;
+    if (!io || !releasing()) return;
     for (;;) {
       let soonest = Infinity;
       const ready = workers.all().filter((w) => {
@@ -223,14 +228,15 @@ export function createDispatcher(deps: {
       };
       // Nobody waits but every worker looks busy: what the gateway knows may be a moment old (a prompt that just
       // ended), so it asks before deciding rather than holding a prompt a free worker could start now.
-      if (!idleNow() && scheduler.size === 0)
+      if (releasing() && !idleNow() && scheduler.size === 0)
         await Promise.all(
           workers
             .all()
             .filter((w) => w.up)
             .map((w) => w.refreshNow()),
         );
-      const idle = idleNow();
+      // (a replica that does not release holds every prompt: one releaser keeps one fair order)
+      const idle = releasing() ? idleNow() : undefined;
       const anyUp = workers.all().some((w) => w.up);
       if (idle || !anyUp) {
         // (nobody up at all: ComfyUI's own failure, 502, is the answer and nothing is queued)
@@ -256,7 +262,7 @@ export function createDispatcher(deps: {
         return { held: false, up };
       }
       lastArrival = now;
-      const n = seq++;
+      const n = deps.takeSeq ? await deps.takeSeq() : seq++;
       const p = heldOf(s, owner, now, n);
       // Durable before the answer: a restart releases it later.
       await store.apply({ op: 'hold', prompt: p });
@@ -269,7 +275,7 @@ export function createDispatcher(deps: {
       // validation errors reach the client as they would without the gateway. Otherwise the answer is at once.
       const released = !scheduler.get(p.id);
       const next = workers.all().some((w) => w.up && w.flights.size < 2) && scheduler.peek(may)?.id === p.id;
-      if (released || next) {
+      if (releasing() && (released || next)) {
         const up = await waitRelease(p.id, COALESCE_CAP_MS + deps.answerWaitMs);
         if (up) return { held: false, up };
       }

@@ -41,6 +41,8 @@ export interface Worker {
   readonly reading: boolean;
   /** ask its queue soon (a `status` frame passed, a prompt was sent) */
   refreshSoon(): void;
+  /** reads its queue and takes every prompt there as a flight (a replica taking over releases from another) */
+  adopt(): Promise<void>;
   close(): void;
 }
 
@@ -181,6 +183,10 @@ export function createWorker(deps: {
       if (flights.delete(id)) deps.events.changed(worker);
     },
     refreshNow: () => refresh(),
+    adopt() {
+      adopted = false;
+      return refresh();
+    },
     get reading() {
       return asking;
     },

@@ -9,7 +9,7 @@ export const CHANGE_CHANNEL = 'gw_change';
 export interface Change {
   /** the writing replica (its own changes are already in its cache) */
   o: string;
-  k: 'user' | 'token' | 'jti' | 'meta' | 'doc';
+  k: 'user' | 'token' | 'jti' | 'meta' | 'doc' | 'queue';
   /** the record's key (username, token id, jti, meta key, doc key) */
   id: string;
   /** the document collection, for k = 'doc' */

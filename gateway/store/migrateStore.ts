@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import pino from 'pino';
 import { JWT_SECRET_FILE } from '../auth/jwt';
 import { ConfigError, loadConfig } from '../config/load';
 import { AppError } from '../errors';
@@ -10,11 +11,14 @@ import { createPool, migrate, q, withTx } from './pg';
 import { pgHasRecords } from './pgUsers';
 import { ledgerRecordOf } from '../proxy/isolation/ledgerRow';
 import { HF_KEY_ENV, hfKeyFromEnv, seal } from './secrets';
+import { createFileQueueStore } from '../queue/fileStore';
+import { copyQueueState } from '../queue/pgStore';
 
 const USAGE = `usage: comfyui-gateway migrate-store --from file --to postgres [--config FILE] [--url postgres://…]
   Copies a single-process install (users_db.json and the other files in data_dir) into an empty PostgreSQL
   database: users, personal tokens, logged-out sessions, the prompt ledger, ComfyUI user ids, HuggingFace tokens
-  (encrypted with ${HF_KEY_ENV}), and the JWT and isolation keys (so sessions and client ids stay valid).
+  (encrypted with ${HF_KEY_ENV}), the JWT and isolation keys (so sessions and client ids stay valid), and the
+  gateway queue (held and refused prompts, per-user limits, daily usage). Stop the gateway first.
   The database is store.url of the config unless --url is given. A database that already holds records is
   refused (STORE_NOT_EMPTY). Exit codes: 0 copied, 1 refused or failed, 2 usage or configuration error.`;
 
@@ -79,6 +83,10 @@ export async function runMigrateStore(
     const comfy = Object.entries(
       ((readJson(path.join(dataDir, 'comfy_users.json')) as { users?: Record<string, string> }) ?? {}).users ?? {},
     );
+    // the queue's journal and snapshot, replayed as the gateway would at start
+    const queueStore = createFileQueueStore({ dir: path.join(dataDir, 'queue'), logger: pino({ level: 'warn' }, pino.destination(2)) });
+    const queue = await queueStore.load();
+    await queueStore.close();
     await migrate(url);
     const pool = createPool(url);
     try {
@@ -131,12 +139,14 @@ export async function runMigrateStore(
         if (jwt) await c.query("INSERT INTO gw_meta (key, value) VALUES ('secret:jwt', $1)", [JSON.stringify(jwt)]);
         const iso = readText(path.join(dataDir, 'isolation.key'));
         if (iso) await c.query("INSERT INTO gw_meta (key, value) VALUES ('secret:isolation', $1)", [JSON.stringify(iso)]);
+        await copyQueueState(c, queue);
       });
       const tokens = users.list().reduce((n, u) => n + users.tokens.list(u.username).length, 0);
       const counts = (await q<{ n: string }>(pool, 'SELECT count(*) AS n FROM gw_users')).rows[0].n;
       io.stdout.write(
         `copied ${counts} users, ${tokens} tokens, ${revoked.length} logged-out sessions, ${ledger.length} ledger entries, ` +
-          `${comfy.length} ComfyUI ids, ${hfFiles.length} HF tokens; set "store": {"kind": "postgres", "url": …} in the config to use it\n`,
+          `${comfy.length} ComfyUI ids, ${hfFiles.length} HF tokens, ${queue.held.length} held prompts, ` +
+          `${Object.keys(queue.limits).length} user limits, ${queue.usage.length} usage rows; set "store": {"kind": "postgres", "url": …} in the config to use it\n`,
       );
       return EXIT.OK;
     } finally {
