@@ -36,6 +36,13 @@ export async function startFake(): Promise<Fake> {
   };
 }
 
+/** bench/bareProxy.js (a bare `node:http` pipe, the calibration point) in front of `upstream`. */
+export async function startBare(upstream: string): Promise<{ proc: ChildProcess; url: string }> {
+  const proc = fork(path.join(__dirname, 'bareProxy.js'), [upstream], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+  const ready = await new Promise<{ url: string }>((resolve) => proc.once('message', (m) => resolve(m as { url: string })));
+  return { proc, url: ready.url };
+}
+
 /** A gateway process with an IPC channel to its bench-only event-loop probe (bench/eldProbe.js). */
 export interface BenchGateway {
   proc: ChildProcess;

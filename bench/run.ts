@@ -11,7 +11,7 @@ import path from 'node:path';
 import WebSocket from 'ws';
 import { sampleWorkflow } from '../tests/helpers/fakeComfy';
 import { load, loadTool, median, type LoadResult } from './load';
-import { findNginx, rssOf, startFake, startGateway, startNginx, stop, type BenchGateway, type Fake } from './procs';
+import { findNginx, rssOf, startBare, startFake, startGateway, startNginx, stop, type BenchGateway, type Fake } from './procs';
 
 const KEY = 'bench-static-key-0123456789abcdef';
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
@@ -141,6 +141,7 @@ async function main(): Promise<void> {
   const nginxBin = findNginx();
   const nginxDir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgw-bench-nginx-'));
   const nginx = nginxBin ? await startNginx(nginxBin, fake.url, nginxDir, NGINX_PORTS) : null;
+  const bare = await startBare(fake.url);
   if (!nginx) results.nginx = 'not installed (apt-get install nginx): gateway/nginx ratios are missing';
   const admin = { 'X-API-Key': KEY };
   try {
@@ -161,6 +162,7 @@ async function main(): Promise<void> {
         gw_token: () => load(`${gw.url}/prompt`, { connections: 50, seconds: SECONDS, headers: personal }),
       };
       if (nginx) targets.nginx = () => load(`${nginx.url}/prompt`, { connections: 50, seconds: SECONDS });
+      targets.bare = () => load(`${bare.url}/prompt`, { connections: 50, seconds: SECONDS });
       await load(`${gw.url}/prompt`, { connections: 10, seconds: 1, headers: admin }); // warm-up (JIT)
       const r = await rounds(targets);
       const s = Object.fromEntries(Object.entries(r).map(([k, v]) => [k, summary(v)]));
@@ -182,6 +184,7 @@ async function main(): Promise<void> {
           `${ratio(s[k].rps, s.direct.rps)}`,
           `${ratio(s[k].rps, s.nginx?.rps) ?? '–'} (per round ${perRound ?? '–'})`,
           '≥ 0.6× nginx',
+          `${Math.round(s.bare.rps)} (${ratio(s[k].rps, s.bare.rps)})`,
         ]);
         rows.push([
           `  p99 latency (ms), ${label}`,
@@ -191,6 +194,7 @@ async function main(): Promise<void> {
           '',
           `${ratio(s[k].p99_ms, s.nginx?.p99_ms) ?? '–'}`,
           '≤ 2× nginx',
+          `${s.bare.p99_ms}`,
         ]);
       }
     }
@@ -203,6 +207,7 @@ async function main(): Promise<void> {
         gw_user: () => load(`${gw.url}${viewPath}`, { connections: 8, seconds: SECONDS, headers: session }),
       };
       if (nginx) targets.nginx = () => load(`${nginx.url}${viewPath}`, { connections: 8, seconds: SECONDS });
+      targets.bare = () => load(`${bare.url}${viewPath}`, { connections: 8, seconds: SECONDS });
       const probe = await call(`${gw.url}${viewPath}`, 'GET', session);
       if (probe.status !== 200) throw new Error(`/view as alice: ${probe.status}`);
       const vr = await rounds(targets);
@@ -220,6 +225,7 @@ async function main(): Promise<void> {
         `${ratio(s.gw_user.MBps, s.direct.MBps)}`,
         `${ratio(s.gw_user.MBps, s.nginx?.MBps) ?? '–'} (per round ${perRound ?? '–'})`,
         '≥ 0.75× nginx',
+        `${Math.round(s.bare.MBps)} (${ratio(s.gw_user.MBps, s.bare.MBps)})`,
       ]);
     }
 
@@ -353,6 +359,7 @@ async function main(): Promise<void> {
     }
   } finally {
     await stop(gw.proc);
+    await stop(bare.proc);
     if (nginx) await stop(nginx.proc, 'SIGQUIT');
     fake.proc.send({ cmd: 'exit' });
     agent.destroy();
@@ -377,9 +384,18 @@ async function main(): Promise<void> {
     }
   }
   process.stdout.write(JSON.stringify(results, null, 2) + '\n\n');
-  const head = ['measure', 'direct', 'nginx (1 worker)', 'gateway', 'gateway / direct', 'gateway / nginx', 'target'];
+  const head = [
+    'measure',
+    'direct',
+    'nginx (1 worker)',
+    'gateway',
+    'gateway / direct',
+    'gateway / nginx',
+    'target',
+    'bare node:http pipe (gateway / bare)',
+  ];
   process.stdout.write(`| ${head.join(' | ')} |\n|${head.map(() => '---').join('|')}|\n`);
-  for (const r of rows) process.stdout.write(`| ${r.join(' | ')} |\n`);
+  for (const r of rows) process.stdout.write(`| ${[...r, ...Array(head.length - r.length).fill('')].join(' | ')} |\n`);
   process.exit(0);
 }
 

@@ -129,6 +129,40 @@ describe('streaming through the gateway (a separate process, RSS measured from /
     fs.rmSync(file);
   }, 120000);
 
+  test('a reader that stops reading makes the gateway stop reading ComfyUI (backpressure, not buffering)', async () => {
+    const file = path.join(fake.outputDir, 'stalled.bin');
+    fs.writeFileSync(file, Buffer.alloc(SIZE, 3));
+    // Bytes the gateway has read from any socket or file (/proc/<pid>/io rchar): it must stop well short of 200 MB.
+    const rchar = () => Number(/rchar: (\d+)/.exec(fs.readFileSync(`/proc/${gw.proc.pid}/io`, 'utf8'))![1]);
+    const before = { read: rchar(), rss: gw.rss() };
+    let req: http.ClientRequest | null = null;
+    await new Promise<void>((resolve, reject) => {
+      req = http.get(`${gw.url}/api/view?filename=stalled.bin&type=output`, { agent, headers: { 'X-API-Key': TEST_KEY } }, (res) => {
+        expect(res.statusCode).toBe(200);
+        res.once('data', () => {
+          res.pause();
+          resolve();
+        });
+      });
+      req.on('error', reject);
+    });
+    // Wait until the gateway stops reading (half a second without progress), within a deadline.
+    let last = rchar();
+    let still = 0;
+    const deadline = Date.now() + 30_000;
+    while (still < 500 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 50));
+      const now = rchar();
+      still = now === last ? still + 50 : 0;
+      last = now;
+    }
+    expect(still).toBeGreaterThanOrEqual(500);
+    expect(last - before.read).toBeLessThan(RSS_BOUND);
+    expect(gw.rss() - before.rss).toBeLessThan(RSS_BOUND);
+    req!.destroy();
+    fs.rmSync(file);
+  }, 60000);
+
   test('aborted uploads and vanished readers leave the gateway healthy', async () => {
     for (let i = 0; i < 3; i++) {
       await new Promise<void>((resolve) => {
