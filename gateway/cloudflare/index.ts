@@ -7,6 +7,7 @@ import type { Principal } from '../auth/principal';
 import type { ResolvedConfig } from '../config/load';
 import { AppError } from '../errors';
 import type { Logger } from '../log';
+import { emailKey } from '../users/rules';
 import type { UserRecord, UserStore } from '../users/types';
 import { migrateLegacyBindings } from './bindings';
 import { createJwksCache, type JwksCache } from './jwks';
@@ -117,7 +118,8 @@ export function createCloudflareAccess(deps: {
   }
 
   async function userForEmail(rawEmail: string): Promise<UserRecord> {
-    const email = rawEmail.trim().toLowerCase();
+    // the stores' own email key, so an assertion's email compares exactly as an admin-set one is stored
+    const email = emailKey(rawEmail) ?? '';
     if (!/^[^@\s]+@[^@\s]+$/.test(email) || email.length > 320)
       throw new AppError(401, 'INVALID_CREDENTIALS', 'Cloudflare Access assertion refused', { reason: 'bad email' });
     if (!users) throw new AppError(403, 'CF_ACCESS_UNKNOWN_USER', 'No gateway user store to map Cloudflare Access identities to');

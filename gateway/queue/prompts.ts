@@ -1,6 +1,5 @@
 /* The queue's prompt records: held prompts built from submissions, refusals kept for /history, release waiters. */
 import type { UpstreamResponse } from '../proxy/upstream';
-import type { Submission } from './queue';
 import type { FailedPrompt, HeldPrompt } from './store';
 
 /** ComfyUI's refusal of a released prompt (its 400 body), or a reason in ComfyUI's shape. */
@@ -70,3 +69,19 @@ export interface QueueNotices {
   /** a held prompt was refused when released */
   refused(f: FailedPrompt, p: HeldPrompt): void;
 }
+
+/** A prompt ready for the queue (already confined and given its ids by isolation). */
+export interface Submission {
+  id: string;
+  username: string;
+  role: 'admin' | 'user';
+  /** the JSON text to POST (isolation's serialisation: numbers keep their exact text) */
+  body: string;
+  comfyUser: string | null;
+  clientId: string;
+  upstreamClientId: string;
+  front: boolean;
+}
+
+/** What became of a submission: sent at once (ComfyUI's answer) or held (the gateway's answer). */
+export type Outcome = { held: false; up: UpstreamResponse } | { held: true; number: number };

@@ -3,7 +3,8 @@ import type { UpstreamResponse } from '../proxy/upstream';
 import type { AccountKeys } from '../users/types';
 import { dayOf, type Limits } from './limits';
 import type { Scheduler } from './scheduler';
-import { createWaiters, failedPrompt, heldOf, refusalOf, type QueueNotices } from './prompts';
+import { createWaiters, failedPrompt, heldOf, refusalOf, type Outcome, type QueueNotices, type Submission } from './prompts';
+export type { Outcome, Submission } from './prompts';
 import type { FailedPrompt, HeldPrompt, QueueStore } from './store';
 import type { Flight, Worker } from './worker';
 import type { Workers } from './workers';
@@ -23,22 +24,6 @@ export interface QueueIo {
   /** after a restart: the ledger must know the owner of a persisted prompt (its write may have been lost) */
   ensureOwned(p: HeldPrompt, username: string): void;
 }
-
-/** A prompt ready for the queue (already confined and given its ids by isolation). */
-export interface Submission {
-  id: string;
-  username: string;
-  role: 'admin' | 'user';
-  /** the JSON text to POST (isolation's serialisation: numbers keep their exact text) */
-  body: string;
-  comfyUser: string | null;
-  clientId: string;
-  upstreamClientId: string;
-  front: boolean;
-}
-
-/** What became of a submission: sent at once (ComfyUI's answer) or held (the gateway's answer). */
-export type Outcome = { held: false; up: UpstreamResponse } | { held: true; number: number };
 
 /**
  * The dispatcher: a prompt goes straight to a worker only when one is idle and nobody is waiting (ComfyUI's own
