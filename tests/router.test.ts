@@ -29,6 +29,14 @@ describe('route specs join the table only where the core rows say so (compositio
     // /system_stats: GET is for users, every other method for admins: one spec may not cover both.
     expect(() => buildRouter(OPTS, [], [icpt('stats', [{ path: '/system_stats' }])])).toThrow(/straddles/);
     expect(() => buildRouter(OPTS, [], [icpt('a', [{ path: '/queue' }]), icpt('a', [{ path: '/history' }])])).toThrow(/not unique/);
+    // A `:param` where a core row names a segment of other access: /gateway/api/:x would also serve the admins'
+    // /gateway/api/users to every user.
+    expect(() => buildRouter(OPTS, [mount(['get', '/gateway/api/:thing'])], [])).toThrow(
+      /straddles rows gateway-api and gateway-admin-users/,
+    );
+    expect(() => buildRouter(OPTS, [], [icpt('sys', [{ path: '/*', methods: ['GET'] }])])).toThrow(/GET \/health is not a comfy route/);
+    // A `*` over a row's pattern (ComfyUI-Manager's extension files) cannot be checked value by value: refused.
+    expect(() => buildRouter(OPTS, [], [icpt('ext', [{ path: '/extensions/*' }])])).toThrow(/pattern of row manager-extension-files/);
   });
 
   test('a feature route inherits its access from the row it falls under; decide() returns the spec that serves it', () => {

@@ -21,19 +21,19 @@ export function mergeSpecs(core: PolicyRule[], fallback: PolicyRule, specs: Feat
     ids.add(spec.id);
     if (!spec.serve === !spec.intercept) throw fail('must either serve or intercept');
     const owner = spec.serve ? 'gateway' : 'comfy';
-    const sample = spec.prefix.map((p) => {
-      if (typeof p !== 'string' || p !== p.toLowerCase()) throw fail('path segments must be lower-case strings');
-      return p === '*' ? 'x' : p;
-    });
+    for (const p of spec.prefix) if (typeof p !== 'string' || p !== p.toLowerCase()) throw fail('path segments must be lower-case strings');
+    // A `*` segment stands for any value, including every literal a core row names at that position
+    // (`gateway/api/*` would also take `gateway/api/users`): each of them is checked, not one stand-in.
     let base: PolicyRule | undefined;
-    for (const m of spec.methods ?? METHODS)
-      for (const api of [false, true]) {
-        const r = core.find((c) => matches(c, sample, m, api)) ?? fallback;
-        if (r.owner !== owner) throw fail(`${m} /${sample.join('/')} is not a ${owner} route of the policy table`);
-        if (base && (r.access !== base.access || !!r.getChangesState !== !!base.getChangesState))
-          throw fail(`straddles rows ${base.id} and ${r.id}`);
-        base = r;
-      }
+    for (const sample of samples(spec.prefix as string[], core))
+      for (const m of spec.methods ?? METHODS)
+        for (const api of [false, true]) {
+          const r = core.find((c) => matches(c, sample, m, api)) ?? fallback;
+          if (r.owner !== owner) throw fail(`${m} /${sample.join('/')} is not a ${owner} route of the policy table`);
+          if (base && (r.access !== base.access || !!r.getChangesState !== !!base.getChangesState))
+            throw fail(`straddles rows ${base.id} and ${r.id}`);
+          base = r;
+        }
     if (!base) throw fail('has no methods');
     // A prefix spec must not swallow a narrower core row of other access (it would take that row's requests).
     if (!spec.exact)
@@ -48,6 +48,26 @@ export function mergeSpecs(core: PolicyRule[], fallback: PolicyRule, specs: Feat
       ...(base.getChangesState ? { getChangesState: true } : {}),
     };
   });
+}
+
+/**
+ * The concrete paths a spec's `*` segments must be checked with: a neutral value and every literal the core rows
+ * name at that position. A core row with a pattern there (a RegExp) cannot be enumerated: a `*` over it is refused.
+ */
+function samples(prefix: string[], core: PolicyRule[]): string[][] {
+  let out: string[][] = [[]];
+  prefix.forEach((seg, i) => {
+    if (seg !== '*') return void (out = out.map((s) => [...s, seg]));
+    const values = new Set(['x']);
+    for (const c of core) {
+      const at = c.prefix[i];
+      if (at instanceof RegExp && prefix.slice(0, i).every((p, k) => p === c.prefix[k]))
+        throw new Error(`route spec /${prefix.join('/')}: * over the pattern of row ${c.id}`);
+      if (typeof at === 'string' && at !== '*') values.add(at);
+    }
+    out = out.flatMap((s) => [...values].map((v) => [...s, v]));
+  });
+  return out;
 }
 
 /** Rows grouped by first segment, each group in table order: decide() scans a handful of rows, not all of them. */
