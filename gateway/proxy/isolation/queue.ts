@@ -6,7 +6,7 @@ import type { IncomingMessage } from 'node:http';
 import type { RequestContext } from '../../http/context';
 import type { Upstream, UpstreamResponse } from '../upstream';
 import { heldTuple, upstreamOfPrompt } from './held';
-import { postToWorkers, spreadDeletes } from './spread';
+import { ownQueued, postToWorkers, spreadDeletes } from './spread';
 import { viewPromptTuple } from './entries';
 import { upstreamIdsInBody } from './promptIds';
 import {
@@ -91,15 +91,8 @@ export function queueInterceptors(iso: IsolationContext): Interceptor[] {
       return send(upstreamOfPrompt(iso, id), iso.promptIds.toUpstream(id));
     }
     if (all) return postToWorkers(iso, upstreamUrl(ctx), headers, () => raw.toString('utf8') || '{}');
-    for (const a of await iso.workers.each('GET', '/queue', headers)) {
-      const q = upstreamJson(a.res);
-      const running = isObj(q) && Array.isArray(q.queue_running) ? q.queue_running : [];
-      const mine = running.find(
-        (e: unknown) => Array.isArray(e) && typeof e[1] === 'string' && iso.ledger.owner(iso.promptIds.toClient(e[1])) === p.username,
-      ) as unknown[] | undefined;
-      if (mine) return send(a.upstream, mine[1] as string);
-    }
-    return send(iso.upstream, missingId());
+    const [mine] = await ownQueued(iso, headers, p.username, 'queue_running');
+    return mine ? send(mine.upstream, mine.id) : send(iso.upstream, missingId());
   }
 
   const getQueue: Interceptor = {

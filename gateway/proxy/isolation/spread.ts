@@ -17,6 +17,23 @@ export function idsByWorker(iso: IsolationContext, clientIds: Iterable<string>):
   return out;
 }
 
+/** The caller's prompts (ComfyUI's ids) running or waiting on every worker, worker by worker, from their /queue. */
+export async function ownQueued(
+  iso: IsolationContext,
+  headers: OutgoingHttpHeaders,
+  username: string,
+  key: 'queue_running' | 'queue_pending',
+): Promise<{ upstream: Upstream; id: string }[]> {
+  const out: { upstream: Upstream; id: string }[] = [];
+  for (const a of await iso.workers.each('GET', '/queue', headers)) {
+    const q = upstreamJson(a.res);
+    for (const e of isObj(q) && Array.isArray(q[key]) ? (q[key] as unknown[]) : [])
+      if (Array.isArray(e) && typeof e[1] === 'string' && iso.ledger.owner(iso.promptIds.toClient(e[1])) === username)
+        out.push({ upstream: a.upstream, id: e[1] });
+  }
+  return out;
+}
+
 /**
  * Sends one JSON POST per worker (`bodyFor` gives each its body, null: nothing for it) and answers with the first
  * worker's answer, which it always gets (ComfyUI's answer for an empty delete is the answer for a missing id).
@@ -70,13 +87,7 @@ export async function spreadDeletes(
   const clearAll = Boolean(body.clear) && all;
   if (body.clear && !all) {
     if (route === 'history') for (const [u, ids] of idsByWorker(iso, iso.ledger.idsOf(p.username))) for (const id of ids) add(u, id);
-    else
-      for (const a of await iso.workers.each('GET', '/queue', headers)) {
-        const q = upstreamJson(a.res);
-        for (const e of isObj(q) && Array.isArray(q.queue_pending) ? q.queue_pending : [])
-          if (Array.isArray(e) && typeof e[1] === 'string' && iso.ledger.owner(iso.promptIds.toClient(e[1])) === p.username)
-            add(a.upstream, e[1]);
-      }
+    else for (const q of await ownQueued(iso, headers, p.username, 'queue_pending')) add(q.upstream, q.id);
   }
   return postToWorkers(iso, upstreamUrl(ctx), headers, (u) => {
     const ids = groups.get(u);
