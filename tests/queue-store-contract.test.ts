@@ -12,6 +12,7 @@ import { createPgQueueStore } from '../gateway/queue/pgStore';
 import { applyOp, emptyState, type HeldPrompt, type QueueOp, type QueueStore } from '../gateway/queue/store';
 import { openShared, type SharedStore } from '../gateway/store/compose';
 import { createTestDatabase, type TestDatabase } from './helpers/pg';
+import { heldPrompt } from './helpers/queue';
 
 const logger = pino({ level: 'silent' });
 
@@ -71,21 +72,16 @@ const backends: [string, () => Promise<Backend>][] = [
   ],
 ];
 
-const held = (id: string, owner: string, seq: number, extra: Partial<HeldPrompt> = {}): HeldPrompt => ({
-  id,
-  owner,
-  role: 'user',
-  seq,
-  number: seq,
-  at: 1_700_000_000_000 + seq,
-  front: false,
-  // isolation's exact text: a seed beyond 2^53 must come back digit for digit
-  body: '{"prompt":{"1":{"class_type":"X","inputs":{"seed":12345678901234567890}}}}',
-  comfyUser: 'cu-' + owner,
-  clientId: 'c-' + id,
-  upstreamClientId: 'u-' + id,
-  ...extra,
-});
+const held = (id: string, owner: string, seq: number, extra: Partial<HeldPrompt> = {}): HeldPrompt =>
+  heldPrompt(id, owner, seq, {
+    at: 1_700_000_000_000 + seq,
+    // isolation's exact text: a seed beyond 2^53 must come back digit for digit
+    body: '{"prompt":{"1":{"class_type":"X","inputs":{"seed":12345678901234567890}}}}',
+    comfyUser: 'cu-' + owner,
+    clientId: 'c-' + id,
+    upstreamClientId: 'u-' + id,
+    ...extra,
+  });
 
 /** Applies `ops` to a fresh store, then loads them from another one and checks both against the reference. */
 async function roundTrip(b: Backend, ops: QueueOp[]) {

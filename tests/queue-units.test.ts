@@ -5,23 +5,10 @@ import path from 'node:path';
 import pino from 'pino';
 import { createFileQueueStore } from '../gateway/queue/fileStore';
 import { createScheduler } from '../gateway/queue/scheduler';
-import type { HeldPrompt } from '../gateway/queue/store';
+import { heldPrompt } from './helpers/queue';
 
 const logger = pino({ level: 'silent' });
-const held = (id: string, owner: string, seq: number, extra: Partial<HeldPrompt> = {}): HeldPrompt => ({
-  id,
-  owner,
-  role: 'user',
-  seq,
-  number: seq,
-  at: 0,
-  front: false,
-  body: '{}',
-  comfyUser: null,
-  clientId: '',
-  upstreamClientId: '',
-  ...extra,
-});
+const held = heldPrompt;
 
 describe('file queue store', () => {
   let dir: string;

@@ -1,3 +1,4 @@
+import type { HeldPrompt } from '../../gateway/queue/store';
 import type { FakeComfy, RecordedRequest } from './fakeComfy';
 
 /** Polls `check` until it returns something truthy (a deadline, not a sleep). */
@@ -35,3 +36,19 @@ export function requestsReached(
     `${n} matching requests`,
   );
 }
+
+/** A held prompt record for queue unit and store tests (plain defaults; `extra` overrides). */
+export const heldPrompt = (id: string, owner: string, seq: number, extra: Partial<HeldPrompt> = {}): HeldPrompt => ({
+  id,
+  owner,
+  role: 'user',
+  seq,
+  number: seq,
+  at: 0,
+  front: false,
+  body: '{}',
+  comfyUser: null,
+  clientId: '',
+  upstreamClientId: '',
+  ...extra,
+});
