@@ -193,6 +193,9 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   const queued = (queuedRef = await composeQueue({ config, logger, upstream, keys: users.accounts, users, chain, shared: stores.shared }));
   closers.push(() => queued.close());
   routes.push(queued.routes);
+  // bench/queue.ts's control group (same isolation, prompts straight to ComfyUI); loud: limits and quotas go too.
+  const bypassQueue = (opts.env ?? process.env).COMFYUI_GATEWAY_BENCH_BYPASS_QUEUE === '1';
+  if (bypassQueue) logger.warn('COMFYUI_GATEWAY_BENCH_BYPASS_QUEUE=1: the gateway queue, its limits and quotas are OFF');
   const isolation = createIsolation({
     config,
     logger,
@@ -201,8 +204,7 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
     server: comfyServer,
     keys: users.accounts,
     shared: shared?.isolation,
-    // The benchmark's control group (bench/queue.ts): the same isolation work with prompts straight to ComfyUI.
-    queue: process.env.COMFYUI_GATEWAY_BENCH_BYPASS_QUEUE === '1' ? undefined : queued.queue,
+    queue: bypassQueue ? undefined : queued.queue,
   });
   // A deleted account's folders leave its name at once (kept for admins or removed), however it was removed.
   users.onRemoved((name, accountId) => isolation.folders.retire(name, accountId));
