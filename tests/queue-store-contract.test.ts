@@ -144,7 +144,7 @@ describe.each(backends)('%s queue store', (_name, make) => {
     ]);
   });
 
-  test('failed prompts are kept in order until dropped', async () => {
+  test('a refused held prompt moves to the failed ones in one step; failed prompts are kept in order until dropped', async () => {
     const f = (id: string) => ({
       id,
       owner: 'k1',
@@ -153,6 +153,8 @@ describe.each(backends)('%s queue store', (_name, make) => {
       prompt: [1, id, {}],
     });
     const { got, ref } = await roundTrip(b, [
+      { op: 'hold', prompt: held('x', 'k1', 1) },
+      { op: 'hold', prompt: held('w', 'k1', 2) },
       { op: 'failed', entry: f('x') },
       { op: 'failed', entry: f('y') },
       { op: 'failed', entry: f('z') },
@@ -160,6 +162,8 @@ describe.each(backends)('%s queue store', (_name, make) => {
     ]);
     expect(got.failed).toEqual(ref.failed);
     expect(got.failed.map((x) => x.id)).toEqual(['x', 'z']);
+    expect(got.held.map((p) => p.id)).toEqual(['w']);
+    expect(ref.held.map((p) => p.id)).toEqual(['w']);
   });
 
   test('limit overrides are set, replaced and removed', async () => {

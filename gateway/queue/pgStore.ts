@@ -58,7 +58,10 @@ export function createPgQueueStore(deps: { pool: pg.Pool; feed?: Pick<ChangeFeed
         return withTx(pool, async (c) => {
           await c.query('INSERT INTO gw_queue_failed (id, value) VALUES ($1, $2)', [o.entry.id, JSON.stringify(o.entry)]);
           await c.query('DELETE FROM gw_queue_failed WHERE n <= (SELECT max(n) FROM gw_queue_failed) - $1', [MAX_FAILED]);
+          await c.query('DELETE FROM gw_queue_held WHERE id = $1', [o.entry.id]);
+          // the refusal first: a follower tells the owner while the prompt is still in its view
           await notify(c, 'failed', o.entry.id);
+          await notify(c, 'held', o.entry.id);
         });
       case 'limits':
         return withTx(pool, async (c) => {

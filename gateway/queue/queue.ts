@@ -152,7 +152,6 @@ export function createDispatcher(deps: {
   async function fail(p: HeldPrompt, f: FailedPrompt): Promise<void> {
     deps.failed.set(p.id, f);
     await store.apply({ op: 'failed', entry: f }).catch(() => undefined);
-    await store.apply({ op: 'drop', ids: [p.id] }).catch(() => undefined);
     deps.notices.refused(f, p);
     pump();
   }

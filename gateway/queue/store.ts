@@ -67,7 +67,10 @@ export interface QueueState {
   nextSeq: number;
 }
 
-/** One durable change. `usage` adds its counts to the row of (owner, day). */
+/**
+ * One durable change. `drop` forgets held and failed prompts (released, deleted); `failed` moves a held prompt to
+ * the failed ones in one step, so no reader sees it gone from both; `usage` adds its counts to the row of (owner, day).
+ */
 export type QueueOp =
   | { op: 'hold'; prompt: HeldPrompt }
   | { op: 'drop'; ids: string[] }
@@ -96,6 +99,7 @@ export function applyOp(state: QueueState, o: QueueOp, maxFailed = 1000): void {
       return;
     }
     case 'failed':
+      state.held = state.held.filter((p) => p.id !== o.entry.id);
       state.failed.push(o.entry);
       if (state.failed.length > maxFailed) state.failed.splice(0, state.failed.length - maxFailed);
       return;
