@@ -231,6 +231,7 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
       recheck: freshPrincipal(chain),
       keys: users.accounts,
       tokenPersistence: shared?.hfTokens,
+      roots: shared?.roots,
       replicas: stores.redis ? shareDownloads({ redis: stores.redis, logger }) : undefined,
     });
     await downloads.start();

@@ -87,7 +87,14 @@ test('a single-process install is copied without losing a user, token, logged-ou
   }
   await eventually(() => ids.filter((id) => fake.prompts.has(id)).length === 2, 10_000, 'two on the worker');
   const held = ids.filter((id) => !fake.prompts.has(id));
+  // bob's upload (data_dir/uploads.json) and the model roots a run learned (data_dir/model_download_roots.json)
+  const up = await request(fileGw.url)
+    .post('/upload/image')
+    .set('authorization', `Bearer ${kept.token}`)
+    .attach('image', Buffer.from('\x89PNG\r\n\x1a\n'), { filename: 'moved.png', contentType: 'image/png' });
+  expect([up.status, up.body.subfolder]).toEqual([200, 'bob']);
   const dir = fileGw.dir;
+  fs.writeFileSync(path.join(dir, 'data', 'model_download_roots.json'), JSON.stringify(['/models/checkpoints', '/models/loras']));
   // Keep the files: the gateway is stopped, then its folder is what migrate-store reads.
   await fileGw.shutdown(2000);
   keepDir = dir;
@@ -103,7 +110,10 @@ test('a single-process install is copied without losing a user, token, logged-ou
   expect(run.err()).toBe('');
   expect(code).toBe(0);
   expect(run.out()).toMatch(/copied 2 users, 1 tokens, 1 logged-out sessions, 5 ledger entries/);
-  expect(run.out()).toMatch(/2 held prompts, 1 user limits, 1 usage rows/);
+  expect(run.out()).toMatch(/1 uploads, 2 model roots, 2 held prompts, 1 user limits, 1 usage rows/);
+  const docs = async (coll: string) => (await sql.query('SELECT value FROM gw_docs WHERE coll = $1', [coll])).rows.map((r) => r.value);
+  expect(await docs('uploads')).toEqual([{ user: 'bob', name: 'bob/moved.png' }]);
+  expect(await docs('download_roots')).toEqual([['/models/checkpoints', '/models/loras']]);
   expect((await sql.query('SELECT id FROM gw_queue_held ORDER BY seq')).rows.map((r) => r.id)).toEqual(held);
   expect((await sql.query('SELECT sum(prompts)::int AS n FROM gw_queue_usage')).rows[0].n).toBe(5);
   expect((await sql.query('SELECT value FROM gw_queue_limits')).rows.map((r) => r.value)).toEqual([

@@ -43,6 +43,15 @@ export interface DownloadsDeps {
   tokenPersistence?: TokenPersistence;
   /** download single-flight and cancellation across replicas (Redis) */
   replicas?: ReturnType<typeof shareDownloads>;
+  /** the learned model roots in the replicas' shared store instead of data_dir/model_download_roots.json */
+  roots?: RootsPersistence;
+}
+
+/** Where the model roots learned from ComfyUI are remembered, so a start can sweep orphans without asking it. */
+export interface RootsPersistence {
+  load(): Promise<string[]>;
+  /** failures are logged, never thrown */
+  save(roots: string[]): void;
 }
 
 /** The subsystem as compose.ts wires it. */
@@ -60,28 +69,33 @@ export interface Downloads {
   close(): Promise<void>;
 }
 
-/** Persists the learned model roots (atomic write; failures only logged). */
-function rememberRoots(file: string, roots: string[], logger: Logger): void {
-  try {
-    const text = JSON.stringify(roots);
-    if (fs.existsSync(file) && fs.readFileSync(file, 'utf8') === text) return;
-    fs.mkdirSync(path.dirname(file), { recursive: true });
-    const tmp = `${file}.${process.pid}.tmp`;
-    fs.writeFileSync(tmp, text, { mode: 0o600 });
-    fs.renameSync(tmp, file);
-  } catch (e) {
-    logger.warn({ err: (e as Error).message }, 'could not remember model folder roots');
-  }
-}
+/** Only absolute paths are roots (anything else in a stored list is ignored). */
+export const absoluteRoots = (v: unknown): string[] =>
+  Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string' && path.isAbsolute(x)) : [];
 
-/** The model roots a previous run learned (absolute paths only), or none. */
-function recalledRoots(file: string): string[] {
-  try {
-    const v: unknown = JSON.parse(fs.readFileSync(file, 'utf8'));
-    return Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string' && path.isAbsolute(x)) : [];
-  } catch {
-    return [];
-  }
+/** The roots in one file of data_dir (atomic write, rewritten only when they changed; failures only logged). */
+export function fileRoots(file: string, logger: Logger): RootsPersistence {
+  return {
+    async load() {
+      try {
+        return absoluteRoots(JSON.parse(fs.readFileSync(file, 'utf8')));
+      } catch {
+        return [];
+      }
+    },
+    save(roots) {
+      try {
+        const text = JSON.stringify(roots);
+        if (fs.existsSync(file) && fs.readFileSync(file, 'utf8') === text) return;
+        fs.mkdirSync(path.dirname(file), { recursive: true });
+        const tmp = `${file}.${process.pid}.tmp`;
+        fs.writeFileSync(tmp, text, { mode: 0o600 });
+        fs.renameSync(tmp, file);
+      } catch (e) {
+        logger.warn({ err: (e as Error).message }, 'could not remember model folder roots');
+      }
+    },
+  };
 }
 
 async function statfsFree(dir: string): Promise<number> {
@@ -106,15 +120,15 @@ export function createDownloads(deps: DownloadsDeps): Downloads {
   });
   const tokens = keyedTokenStore(byKey, (user) => deps.keys?.keyOf(user) ?? user);
   // Roots learned from ComfyUI are remembered, so the next start can sweep orphans without asking ComfyUI.
-  const rootsFile = path.join(config.paths.dataDir, 'model_download_roots.json');
+  const roots = deps.roots ?? fileRoots(path.join(config.paths.dataDir, 'model_download_roots.json'), logger);
   const folders = createModelFolders({
     config,
     upstream,
     logger,
     onLearned: (map) => {
-      const roots = [...new Set([...map.values()].flat())].sort();
-      void sweepNew(roots);
-      rememberRoots(rootsFile, roots, logger);
+      const learned = [...new Set([...map.values()].flat())].sort();
+      void sweepNew(learned);
+      roots.save(learned);
     },
   });
   const prober = createProber({ hosts, http, hf: hfApi, logger });
@@ -181,8 +195,7 @@ export function createDownloads(deps: DownloadsDeps): Downloads {
     async start() {
       // Partial files of a previous run (crash, kill -9) never became models; remove them before anything runs.
       // Without configured folders, the roots the previous run learned are used: start-up never calls ComfyUI.
-      const roots = folders.configured ? [...(await folders.get()).values()].flat() : recalledRoots(rootsFile);
-      await sweepNew(roots);
+      await sweepNew(folders.configured ? [...(await folders.get()).values()].flat() : await roots.load());
     },
     async close() {
       await oauth.close();

@@ -6,7 +6,7 @@ import type { Logger } from '../log';
 import { createUserStore, type GatewayUserStore } from '../users/store';
 import { createDocs, type Docs } from './docs';
 import { createChangeFeed, type ChangeFeed } from './feed';
-import { auditSink, hfTokenPersistence, isolationShared, sharedSetupCode } from './parts';
+import { auditSink, hfTokenPersistence, isolationShared, sharedRoots, sharedSetupCode } from './parts';
 import { hfKeyFromEnv, HF_KEY_ENV } from './secrets';
 import { openRedis, redact, type SharedRedis } from './redis';
 import { redisBruteForceState, type BruteForceState } from '../net/bruteForceState';
@@ -133,5 +133,5 @@ export const randomSecret =
 /** Everything the other parts take from the shared store, read once at start. */
 export async function sharedParts(s: SharedStore, logger: Logger) {
   const [isolation, hfTokens, setupCode] = await Promise.all([isolationShared(s), hfTokenPersistence(s, logger), sharedSetupCode(s)]);
-  return { isolation, hfTokens, setupCode, audit: auditSink(s, logger) };
+  return { isolation, hfTokens, setupCode, audit: auditSink(s, logger), roots: sharedRoots(s, logger) };
 }

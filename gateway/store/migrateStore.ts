@@ -13,11 +13,14 @@ import { ledgerRecordOf } from '../proxy/isolation/ledgerRow';
 import { HF_KEY_ENV, hfKeyFromEnv, seal } from './secrets';
 import { createFileQueueStore } from '../queue/fileStore';
 import { copyQueueState } from '../queue/pgStore';
+import { readUploadsFile, uploadKey } from '../proxy/isolation/uploadList';
+import { fileRoots } from '../downloads';
+import { ROOTS_COLLECTION, UPLOADS_COLLECTION } from './parts';
 
 const USAGE = `usage: comfyui-gateway migrate-store --from file --to postgres [--config FILE] [--url postgres://…]
   Copies a single-process install (users_db.json and the other files in data_dir) into an empty PostgreSQL
-  database: users, personal tokens, logged-out sessions, the prompt ledger, ComfyUI user ids, HuggingFace tokens
-  (encrypted with ${HF_KEY_ENV}), the JWT and isolation keys (so sessions and client ids stay valid), and the
+  database: users, personal tokens, logged-out sessions, the prompt ledger, ComfyUI user ids, the uploads list, the
+  learned model roots, HuggingFace tokens (encrypted with ${HF_KEY_ENV}), the JWT and isolation keys (so sessions and client ids stay valid), and the
   gateway queue (held and refused prompts, per-user limits, daily usage). Stop the gateway first.
   The database is store.url of the config unless --url is given. A database that already holds records is
   refused (STORE_NOT_EMPTY). Exit codes: 0 copied, 1 refused or failed, 2 usage or configuration error.`;
@@ -83,6 +86,8 @@ export async function runMigrateStore(
     const comfy = Object.entries(
       ((readJson(path.join(dataDir, 'comfy_users.json')) as { users?: Record<string, string> }) ?? {}).users ?? {},
     );
+    const uploads = [...readUploadsFile(path.join(dataDir, 'uploads.json'))].flatMap(([u, names]) => names.map((n) => [u, n] as const));
+    const roots = await fileRoots(path.join(dataDir, 'model_download_roots.json'), pino({ level: 'warn' }, pino.destination(2))).load();
     // the queue's journal and snapshot, replayed as the gateway would at start
     const queueStore = createFileQueueStore({ dir: path.join(dataDir, 'queue'), logger: pino({ level: 'warn' }, pino.destination(2)) });
     const queue = await queueStore.load();
@@ -128,6 +133,8 @@ export async function runMigrateStore(
           );
         for (const [id, rec] of ledger) await doc('ledger', id, rec);
         for (const [key, id] of comfy) if (typeof id === 'string') await doc('comfy_users', key, id);
+        for (const [user, name] of uploads) await doc(UPLOADS_COLLECTION, uploadKey(user, name), { user, name });
+        if (roots.length) await doc(ROOTS_COLLECTION, 'roots', roots);
         for (const f of hfFiles) {
           // Files are named after the account key (a hashed name only for unusual legacy names, which cannot be mapped back).
           const key = f.slice(0, -'.json'.length);
@@ -145,7 +152,7 @@ export async function runMigrateStore(
       const counts = (await q<{ n: string }>(pool, 'SELECT count(*) AS n FROM gw_users')).rows[0].n;
       io.stdout.write(
         `copied ${counts} users, ${tokens} tokens, ${revoked.length} logged-out sessions, ${ledger.length} ledger entries, ` +
-          `${comfy.length} ComfyUI ids, ${hfFiles.length} HF tokens, ${queue.held.length} held prompts, ` +
+          `${comfy.length} ComfyUI ids, ${hfFiles.length} HF tokens, ${uploads.length} uploads, ${roots.length} model roots, ${queue.held.length} held prompts, ` +
           `${Object.keys(queue.limits).length} user limits, ${queue.usage.length} usage rows; set "store": {"kind": "postgres", "url": …} in the config to use it\n`,
       );
       return EXIT.OK;

@@ -1,22 +1,35 @@
 import crypto from 'node:crypto';
 import type { AuditEvent } from '../audit';
+import { absoluteRoots, type RootsPersistence } from '../downloads';
 import type { StoredToken, TokenPersistence } from '../downloads/tokens';
 import type { Logger } from '../log';
 import type { PromptRecord } from '../proxy/isolation/ledger';
 import type { IsolationShared } from '../proxy/isolation';
+import type { UploadEntry } from '../proxy/isolation/uploadList';
 import { generateSetupCode } from '../users/setup';
 import type { SharedStore } from './compose';
 import { q } from './pg';
 import { open, seal } from './secrets';
 
-/** The ledger, the ComfyUI user ids and the client-id key, as isolation takes them from the shared store. */
+/** Document collections of what used to be files in data_dir (migrate-store writes the same names). */
+export const UPLOADS_COLLECTION = 'uploads';
+export const ROOTS_COLLECTION = 'download_roots';
+
+/** The ledger, the ComfyUI user ids, the uploads and the client-id key, as isolation takes them from the shared store. */
 export async function isolationShared(s: SharedStore): Promise<IsolationShared> {
   const ledger = s.docs.collection<PromptRecord>('ledger');
   const comfyUsers = s.docs.collection<string>('comfy_users');
-  const [ledgerAll, comfyAll, key] = await Promise.all([ledger.all(), comfyUsers.all(), s.secret('isolation', () => randomHex(32))]);
+  const uploads = s.docs.collection<UploadEntry>(UPLOADS_COLLECTION);
+  const [ledgerAll, comfyAll, uploadsAll, key] = await Promise.all([
+    ledger.all(),
+    comfyUsers.all(),
+    uploads.all(),
+    s.secret('isolation', () => randomHex(32)),
+  ]);
   return {
     ledger: { initial: ledgerAll, docs: ledger },
     comfyUsers: { initial: comfyAll, docs: comfyUsers },
+    uploads: { initial: uploadsAll, docs: uploads },
     clientIdKey: Buffer.from(key, 'hex'),
   };
 }
@@ -60,6 +73,24 @@ export async function hfTokenPersistence(s: SharedStore, logger: Logger): Promis
         .catch((e) => logger.error({ err: (e as Error).message, user }, 'HuggingFace token not saved to the shared store'));
     },
     onRemote: (h) => docs.onRemote((user, v) => h(user, unseal(user, v))),
+  };
+}
+
+/** The model roots downloads learned from ComfyUI, one document every replica reads at start (downloads/index.ts). */
+export function sharedRoots(s: SharedStore, logger: Logger): RootsPersistence {
+  const docs = s.docs.collection<string[]>(ROOTS_COLLECTION);
+  let last = '';
+  let writing: Promise<void> = Promise.resolve();
+  return {
+    load: async () => absoluteRoots(await docs.get('roots')),
+    save(roots) {
+      const text = JSON.stringify(roots);
+      if (text === last) return;
+      last = text;
+      writing = writing
+        .then(() => docs.write([['roots', roots]]))
+        .catch((e) => logger.warn({ err: (e as Error).message }, 'model folder roots not saved to the shared store'));
+    },
   };
 }
 

@@ -89,7 +89,8 @@ export interface FakeComfyOptions {
   /**
    * Behave like mid-2024 ComfyUI (commit 7914c47), as seen against the real server: a client-chosen prompt_id is
    * ignored (the server makes its own), there are no /internal/* routes (404), /system_stats has no
-   * comfyui_version, argv or RAM, and a prompt's execution_start reaches its socket before POST /prompt is answered.
+   * comfyui_version, argv or RAM, a prompt's execution_start reaches its socket before POST /prompt is answered, and
+   * LoadImage/LoadAudio list only the top level of input/ (os.listdir).
    */
   legacy?: boolean;
   /** the argv /system_stats reports (newer servers only); default ['main.py', '--listen'(, '--multi-user')] */
@@ -1525,8 +1526,16 @@ class FakeComfyServer implements FakeComfy {
     return [...out].sort();
   }
 
+  // Legacy (7914c47) lists as its LoadImage does (os.listdir of input/): top-level files only, never the per-user
+  // subfolders uploads go to — listing those is the gateway's job there. (0.3.44 does the same; the current-server
+  // mode still walks the tree, which the isolation tests' option filtering relies on.)
   private inputFiles(exts: Set<string>): string[] {
-    return walkFiles(this.inputDir).filter((f) => exts.has(path.extname(f).toLowerCase()));
+    if (!this.legacy) return walkFiles(this.inputDir).filter((f) => exts.has(path.extname(f).toLowerCase()));
+    return fs
+      .readdirSync(this.inputDir, { withFileTypes: true })
+      .filter((e) => e.isFile() && exts.has(path.extname(e.name).toLowerCase()))
+      .map((e) => e.name)
+      .sort();
   }
 
   nodeDefs(): Record<string, NodeDef> {

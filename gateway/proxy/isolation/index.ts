@@ -27,7 +27,7 @@ import { createWorkerReads } from './workerReads';
 import { systemStatsInterceptor } from './systemStats';
 import { createRunTracker } from './tracker';
 import { uploadInterceptor } from './upload';
-import { createUploadList } from './uploadList';
+import { createUploadList, type SharedUploads } from './uploadList';
 import { userdataInterceptors } from './userdata';
 import { usersInterceptor } from './users';
 import { pathListingInterceptor, viewInterceptor } from './view';
@@ -108,6 +108,8 @@ export function configuredInputDir(config: ResolvedConfig): string | null {
 export interface IsolationShared {
   ledger: { initial: Map<string, PromptRecord>; docs: DocCollection<PromptRecord> };
   comfyUsers: { initial: Map<string, string>; docs: DocCollection<string> };
+  /** each user's uploads, for loader lists when ComfyUI's input folder cannot be read (uploadList.ts) */
+  uploads: SharedUploads;
   clientIdKey: Buffer;
 }
 
@@ -155,7 +157,7 @@ export function createIsolation(deps: {
     cookieName: config.cookie.name,
     inputDir: deps.server?.info?.inputDir ?? configuredInputDir(config),
     server: deps.server ?? null,
-    uploads: createUploadList({ file: path.join(dataDir, 'uploads.json'), logger }),
+    uploads: createUploadList({ file: path.join(dataDir, 'uploads.json'), logger, shared: shared?.uploads }),
     schemas: createNodeSchemas({ upstream, logger, inputDir: () => iso.inputDir }),
     queue: deps.queue,
     workers: createWorkerReads({ primary: upstream, queue: deps.queue, logger }),
