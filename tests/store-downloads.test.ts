@@ -16,6 +16,7 @@ let redis: Awaited<ReturnType<typeof createTestRedisPrefix>>;
 let a: TestGateway;
 let b: TestGateway;
 let modelsDir: string;
+let config: Record<string, unknown>;
 
 const post = (gw: TestGateway, p: string, body?: unknown) => callApi(gw.url, 'POST', p, body, KEY);
 const entry = async (gw: TestGateway, id: string, url: string) =>
@@ -29,7 +30,7 @@ beforeAll(async () => {
   // Both replicas write into the same models folder (the one ComfyUI reads), as on a shared volume.
   modelsDir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgw-models-'));
   fs.mkdirSync(path.join(modelsDir, 'checkpoints'));
-  const config = {
+  config = {
     api_key: TEST_KEY,
     upstream: 'http://127.0.0.1:9',
     comfyui: { models_dir: modelsDir },
@@ -82,4 +83,23 @@ test('the same model asked of both replicas at once is fetched once', async () =
   expect(hf.count('once.safetensors', 'cdn')).toBe(1);
   expect(fs.readFileSync(path.join(modelsDir, 'checkpoints', 'once.safetensors')).length).toBe(100_000);
   expect(tmpFiles()).toEqual([]);
+});
+
+test("a replica starting mid-download (a rolling upgrade) leaves the other's partial file alone; a dead one's goes", async () => {
+  const f = hf.addFile('org/rolling', 'rolling.safetensors', crypto.randomBytes(200_000), { throttleBytesPerSec: 100_000 });
+  const id = 'checkpoints/rolling.safetensors';
+  expect((await post(a, '/api/download-models', { models: { [id]: f.url } })).status).toBe(202);
+  const tmp = await waitFor(() => tmpFiles().find((n) => n.startsWith('rolling.')) ?? null);
+  // An orphan of a crashed run (no claim in Redis) next to it.
+  const orphan = path.join(modelsDir, 'checkpoints', 'crashed.safetensors.1000.tmp');
+  fs.writeFileSync(orphan, 'partial');
+  const c = await startGateway(config, { env: { HF_ENDPOINT: hf.url, ...ENV } });
+  try {
+    expect(fs.existsSync(orphan)).toBe(false);
+    expect(tmpFiles()).toContain(tmp);
+    await waitFor(async () => (await entry(a, id, f.url)).state === 'available', 20_000);
+    expect(fs.readFileSync(path.join(modelsDir, 'checkpoints', 'rolling.safetensors')).length).toBe(200_000);
+  } finally {
+    await c.close();
+  }
 });

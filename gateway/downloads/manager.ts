@@ -44,8 +44,11 @@ export interface DownloadManager {
   cancel(modelId: string, who: { user: string; ip: string }): boolean;
   /** bytes still to come for active sessions whose destination is on the device of `dir` */
   pendingBytesOn(dev: number): Promise<number>;
-  /** removes our orphaned `.tmp` files from the given directories (never an active session's) */
-  sweep(dirs: Iterable<string>): Promise<number>;
+  /**
+   * removes our orphaned `.tmp` files from the given directories (never an active session's, nor one whose epoch
+   * `running` names: another replica's download in progress)
+   */
+  sweep(dirs: Iterable<string>, running?: (epoch: number) => boolean): Promise<number>;
   close(): Promise<void>;
 }
 
@@ -173,7 +176,7 @@ export function createDownloadManager(deps: {
       }
       return sum;
     },
-    async sweep(dirs) {
+    async sweep(dirs, running) {
       let removed = 0;
       for (const dir of new Set(dirs)) {
         let names: string[] = [];
@@ -187,7 +190,7 @@ export function createDownloadManager(deps: {
           // Only earlier runs' files: a running session's file may sit in a directory also reached through a symlink or
           // another configured path, or be created while this sweep runs, so path comparisons cannot protect it.
           const m = TMP_PATTERN.exec(name);
-          if (!m || Number(m[1]) > bootEpoch) continue;
+          if (!m || Number(m[1]) > bootEpoch || running?.(Number(m[1]))) continue;
           try {
             if (!(await fs.promises.lstat(p)).isFile()) continue;
             await fs.promises.unlink(p);

@@ -113,6 +113,19 @@ export function shareDownloads(deps: { redis: SharedRedis; logger: Logger }) {
   }, BEAT_MS);
   beat.unref();
 
+  /** The epochs of every download some replica holds a live claim on (their temp files are in use). */
+  async function claimedEpochs(): Promise<Set<number>> {
+    const epochs = new Set<number>();
+    let cursor = '0';
+    do {
+      const [next, keys] = await redis.client.scan(cursor, 'MATCH', `${redis.prefix.replace(/[*?[\]\\]/g, '\\$&')}dl:*`, 'COUNT', 500);
+      cursor = next;
+      const values = keys.length ? await redis.client.mget(...keys) : [];
+      for (const v of values) if (v) epochs.add(Number(v.slice(v.lastIndexOf(':') + 1)));
+    } while (cursor !== '0');
+    return epochs;
+  }
+
   const elsewhere = (id: string) => {
     const r = remote.get(id);
     if (r && Date.now() - r.seen > STALE_MS) remote.delete(id);
@@ -136,6 +149,16 @@ export function shareDownloads(deps: { redis: SharedRedis; logger: Logger }) {
             );
           for (const n of list) if (elsewhere(n.modelId)) return n.modelId;
           return m.schedule(list, who);
+        },
+        async sweep(dirs) {
+          // Another replica's running download is older than this process too: its file stays while its claim lives.
+          // Without Redis nothing is known to be an orphan, so nothing goes (the next start sweeps).
+          const epochs = await claimedEpochs().catch(() => null);
+          if (!epochs) {
+            logger.warn('orphaned partial downloads not swept: Redis unreachable, other replicas may be writing them');
+            return 0;
+          }
+          return m.sweep(dirs, (epoch) => epochs.has(epoch));
         },
         cancel(id, who) {
           if (m.get(id)) return m.cancel(id, who);
