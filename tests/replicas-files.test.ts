@@ -98,8 +98,8 @@ test("an upload through replica A is in its owner's LoadImage list through B and
   expect([r.status, r.body.subfolder]).toEqual([200, 'alice']);
   await eventually(async () => (await loadImageOptions(b, alice)).includes('alice/shared-upload.png'), 10_000, 'the upload listed via B');
   expect((await loadImageOptions(b, bob)).some((o) => o.includes('shared-upload'))).toBe(false);
-  // Nothing of it in B's data_dir: B has it from the shared store, not from a file of its own.
-  expect(fs.existsSync(path.join(dir, 'b', 'data', 'uploads.json'))).toBe(false);
+  // B has it from the shared store: after sign-ups, sign-ins and an upload, each data_dir holds only its own log.
+  for (const r of ['a', 'b']) expect(fs.readdirSync(path.join(dir, r, 'data'), { recursive: true })).toEqual(['comfyui-gateway.log']);
   // A replica that starts afterwards reads it at start.
   const c = await replica('c', { upstream: legacy.url });
   expect(await loadImageOptions(c, alice)).toContain('alice/shared-upload.png');
@@ -135,6 +135,7 @@ test('model roots learned by one replica let another, started without ComfyUI, s
   } finally {
     await sql.end();
   }
+  expect(fs.existsSync(path.join(dir, 'roots-a', 'data', 'model_download_roots.json'))).toBe(false);
   // A partial file of a crashed run (an epoch far in the past), on the models volume every replica sees.
   fs.mkdirSync(checkpoints, { recursive: true });
   const orphan = path.join(checkpoints, 'crashed.safetensors.1000.tmp');
