@@ -8,7 +8,8 @@ import { openShared } from '../gateway/store/compose';
 import { migrate } from '../gateway/store/pg';
 import { createPgUserStore } from '../gateway/store/pgUsers';
 import { createRevocations, type Invalidation } from '../gateway/auth/revocations';
-import { hfTokenPersistence } from '../gateway/store/parts';
+import { hfTokenPersistence, isolationShared } from '../gateway/store/parts';
+import { createUploadList } from '../gateway/proxy/isolation/uploadList';
 import { login, PW, registerFirstAdmin, registerUser } from './helpers/auth';
 import { startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
 import { runGateway } from './helpers/child';
@@ -148,6 +149,29 @@ test('HF tokens are stored encrypted (AES-256-GCM), readable by another replica,
     expect([...reread.initial.keys()]).toEqual(['acct-1']);
   } finally {
     for (const s of [s1, s2, wrong]) {
+      await s.feed.close();
+      await s.pool.end();
+    }
+  }
+});
+
+test('two replicas recording uploads of one user at the same moment both keep theirs; a later one reads all, in the order each replica wrote them', async () => {
+  const stores = [await openShared(db.url, undefined, null), await openShared(db.url, undefined, null)];
+  try {
+    const log = { warn: jest.fn(), error: jest.fn() } as never;
+    const lists = await Promise.all(
+      stores.map(async (s) => createUploadList({ file: '', logger: log, shared: (await isolationShared(s)).uploads })),
+    );
+    for (let i = 0; i < 5; i++) for (const [n, l] of lists.entries()) l.add('carol', `carol/r${n}-${i}.png`);
+    lists[0].add('carol', 'carol/r0-0.png'); // already known: no second row
+    await Promise.all(lists.map((l) => l.flush()));
+    for (const l of lists) await eventually(() => l.of('carol').length === 10, 5000, 'both replicas list all ten');
+    const later = createUploadList({ file: '', logger: log, shared: (await isolationShared(stores[0])).uploads });
+    expect([...later.of('carol')].sort()).toEqual([...lists[0].of('carol')].sort());
+    expect(later.of('carol').filter((n) => n.startsWith('carol/r1-'))).toEqual([0, 1, 2, 3, 4].map((i) => `carol/r1-${i}.png`));
+    expect((await sql.query("SELECT count(*)::int AS n FROM gw_docs WHERE coll = 'uploads'")).rows[0].n).toBe(10);
+  } finally {
+    for (const s of stores) {
       await s.feed.close();
       await s.pool.end();
     }
