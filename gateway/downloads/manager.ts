@@ -46,9 +46,9 @@ export interface DownloadManager {
   pendingBytesOn(dev: number): Promise<number>;
   /**
    * removes our orphaned `.tmp` files from the given directories (never an active session's, nor one whose epoch
-   * `running` names: another replica's download in progress)
+   * `running` — asked once the directories are listed — names: another replica's download in progress)
    */
-  sweep(dirs: Iterable<string>, running?: (epoch: number) => boolean): Promise<number>;
+  sweep(dirs: Iterable<string>, running?: () => Promise<(epoch: number) => boolean>): Promise<number>;
   close(): Promise<void>;
 }
 
@@ -177,7 +177,7 @@ export function createDownloadManager(deps: {
       return sum;
     },
     async sweep(dirs, running) {
-      let removed = 0;
+      const found: { p: string; epoch: number }[] = [];
       for (const dir of new Set(dirs)) {
         let names: string[] = [];
         try {
@@ -186,19 +186,24 @@ export function createDownloadManager(deps: {
           continue;
         }
         for (const name of names) {
-          const p = path.join(dir, name);
           // Only earlier runs' files: a running session's file may sit in a directory also reached through a symlink or
           // another configured path, or be created while this sweep runs, so path comparisons cannot protect it.
           const m = TMP_PATTERN.exec(name);
-          if (!m || Number(m[1]) > bootEpoch || running?.(Number(m[1]))) continue;
-          try {
-            if (!(await fs.promises.lstat(p)).isFile()) continue;
-            await fs.promises.unlink(p);
-            removed++;
-            deps.logger.info({ file: p }, 'removed orphaned partial download');
-          } catch {
-            /* gone already */
-          }
+          if (m && Number(m[1]) <= bootEpoch) found.push({ p: path.join(dir, name), epoch: Number(m[1]) });
+        }
+      }
+      // Asked after listing: a download claimed before its file was created is known for every file seen.
+      const inUse = found.length && running ? await running() : () => false;
+      let removed = 0;
+      for (const { p, epoch } of found) {
+        if (inUse(epoch)) continue;
+        try {
+          if (!(await fs.promises.lstat(p)).isFile()) continue;
+          await fs.promises.unlink(p);
+          removed++;
+          deps.logger.info({ file: p }, 'removed orphaned partial download');
+        } catch {
+          /* gone already */
         }
       }
       return removed;

@@ -150,15 +150,15 @@ export function shareDownloads(deps: { redis: SharedRedis; logger: Logger }) {
           for (const n of list) if (elsewhere(n.modelId)) return n.modelId;
           return m.schedule(list, who);
         },
-        async sweep(dirs) {
+        sweep(dirs) {
           // Another replica's running download is older than this process too: its file stays while its claim lives.
           // Without Redis nothing is known to be an orphan, so nothing goes (the next start sweeps).
-          const epochs = await claimedEpochs().catch(() => null);
-          if (!epochs) {
+          return m.sweep(dirs, async () => {
+            const epochs = await claimedEpochs().catch(() => null);
+            if (epochs) return (epoch) => epochs.has(epoch);
             logger.warn('orphaned partial downloads not swept: Redis unreachable, other replicas may be writing them');
-            return 0;
-          }
-          return m.sweep(dirs, (epoch) => epochs.has(epoch));
+            return () => true;
+          });
         },
         cancel(id, who) {
           if (m.get(id)) return m.cancel(id, who);
