@@ -111,6 +111,8 @@ export async function benchStore(): Promise<Record<string, unknown>> {
     const rps = (n: string) => median(runs[n].map((r) => r.rps));
     const p99 = (n: string) => median(runs[n].map((r) => r.p99_ms));
     const cpu = (n: string) => +median(runs[n].map((r) => r.cpu_us)).toFixed(1);
+    // Round by round: the two runs of a round are nearest in time, so they share most of the machine's mood.
+    const paired = (a: string, b: string) => +median(runs[a].map((r, i) => r.cpu_us / runs[b][i].cpu_us)).toFixed(3);
     const ratio = (a: number, b: number) => +(a / b).toFixed(3);
     return {
       target: 'postgres / file request rate ≥ 0.90 (≤ 10% slower); cpu_ratio (gateway CPU per request) ≤ 1.10',
@@ -124,6 +126,7 @@ export async function benchStore(): Promise<Record<string, unknown>> {
         p99_ms: { file: p99('file_jwt'), postgres: p99('postgres_jwt') },
         cpu_us_per_request: { file: cpu('file_jwt'), postgres: cpu('postgres_jwt') },
         cpu_ratio: ratio(cpu('postgres_jwt'), cpu('file_jwt')),
+        cpu_ratio_by_round: paired('postgres_jwt', 'file_jwt'),
       },
       personal_token: {
         file_rps: Math.round(rps('file_token')),
@@ -132,6 +135,7 @@ export async function benchStore(): Promise<Record<string, unknown>> {
         p99_ms: { file: p99('file_token'), postgres: p99('postgres_token') },
         cpu_us_per_request: { file: cpu('file_token'), postgres: cpu('postgres_token') },
         cpu_ratio: ratio(cpu('postgres_token'), cpu('file_token')),
+        cpu_ratio_by_round: paired('postgres_token', 'file_token'),
       },
     };
   } finally {
