@@ -20,6 +20,7 @@ import { downloadRoutes } from './routes';
 import { createSafeHttp, type Resolver } from './safeHttp';
 import { createTokenStore, keyedTokenStore, type TokenPersistence } from './tokens';
 import type { AccountKeys } from '../users/types';
+import { fileRoots, type RootsPersistence } from './roots';
 
 /** What the download subsystem needs from the gateway; the optional hooks exist for tests. */
 export interface DownloadsDeps {
@@ -47,13 +48,6 @@ export interface DownloadsDeps {
   roots?: RootsPersistence;
 }
 
-/** Where the model roots learned from ComfyUI are remembered, so a start can sweep orphans without asking it. */
-export interface RootsPersistence {
-  load(): Promise<string[]>;
-  /** failures are logged, never thrown */
-  save(roots: string[]): void;
-}
-
 /** The subsystem as compose.ts wires it. */
 export interface Downloads {
   routes: RouteMount;
@@ -67,35 +61,6 @@ export interface Downloads {
   start(): Promise<void>;
   /** cancels running downloads (their temp files are removed) and closes the login callback server */
   close(): Promise<void>;
-}
-
-/** Only absolute paths are roots (anything else in a stored list is ignored). */
-export const absoluteRoots = (v: unknown): string[] =>
-  Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string' && path.isAbsolute(x)) : [];
-
-/** The roots in one file of data_dir (atomic write, rewritten only when they changed; failures only logged). */
-export function fileRoots(file: string, logger: Logger): RootsPersistence {
-  return {
-    async load() {
-      try {
-        return absoluteRoots(JSON.parse(fs.readFileSync(file, 'utf8')));
-      } catch {
-        return [];
-      }
-    },
-    save(roots) {
-      try {
-        const text = JSON.stringify(roots);
-        if (fs.existsSync(file) && fs.readFileSync(file, 'utf8') === text) return;
-        fs.mkdirSync(path.dirname(file), { recursive: true });
-        const tmp = `${file}.${process.pid}.tmp`;
-        fs.writeFileSync(tmp, text, { mode: 0o600 });
-        fs.renameSync(tmp, file);
-      } catch (e) {
-        logger.warn({ err: (e as Error).message }, 'could not remember model folder roots');
-      }
-    },
-  };
 }
 
 async function statfsFree(dir: string): Promise<number> {

@@ -14,7 +14,7 @@ import { HF_KEY_ENV, hfKeyFromEnv, seal } from './secrets';
 import { createFileQueueStore } from '../queue/fileStore';
 import { copyQueueState } from '../queue/pgStore';
 import { readUploadsFile, uploadKey } from '../proxy/isolation/uploadList';
-import { fileRoots } from '../downloads';
+import { fileRoots } from '../downloads/roots';
 import { ROOTS_COLLECTION, UPLOADS_COLLECTION } from './parts';
 
 const USAGE = `usage: comfyui-gateway migrate-store --from file --to postgres [--config FILE] [--url postgres://…]

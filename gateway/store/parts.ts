@@ -1,6 +1,6 @@
 import crypto from 'node:crypto';
 import type { AuditEvent } from '../audit';
-import { absoluteRoots, type RootsPersistence } from '../downloads';
+import { absoluteRoots, type RootsPersistence } from '../downloads/roots';
 import type { StoredToken, TokenPersistence } from '../downloads/tokens';
 import type { Logger } from '../log';
 import type { PromptRecord } from '../proxy/isolation/ledger';
@@ -89,7 +89,10 @@ export function sharedRoots(s: SharedStore, logger: Logger): RootsPersistence {
       last = text;
       writing = writing
         .then(() => docs.write([['roots', roots]]))
-        .catch((e) => logger.warn({ err: (e as Error).message }, 'model folder roots not saved to the shared store'));
+        .catch((e) => {
+          last = ''; // the next learning tries again
+          logger.warn({ err: (e as Error).message }, 'model folder roots not saved to the shared store');
+        });
     },
   };
 }
