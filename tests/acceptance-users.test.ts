@@ -219,7 +219,7 @@ describe('two browsers side by side', () => {
     if (configFile) fs.rmSync(path.dirname(configFile), { recursive: true, force: true });
   });
 
-  it('the same clientId in both browsers: each socket heard only its own run, on separate ComfyUI users', () => {
+  it('the same clientId in both browsers: each socket heard only its own run, on separate ComfyUI users', async () => {
     const savers = fake.requests
       .filter((r) => r.method === 'POST' && r.rawPath.includes('mine.json'))
       .map((r) => String(r.headers['comfy-user']));
@@ -234,7 +234,7 @@ describe('two browsers side by side', () => {
     const ups = fake.wsClients().map((c) => c.clientId);
     expect(ups).not.toContain(SHARED_TAB);
     expect(new Set(ups).size).toBe(ups.length);
-    const stored = [fake.prompts.get(a.promptId), fake.prompts.get(b.promptId)].map((p) => p.client_id);
+    const stored = [await fake.arrival(a.promptId), await fake.arrival(b.promptId)].map((p) => p.client_id);
     expect(stored[0]).not.toBe(stored[1]);
   });
 
@@ -487,7 +487,7 @@ describe('two browsers side by side', () => {
     expect(r.status).toBe(200);
     const id = r.json().prompt_id;
     await mine.next((f) => f.json?.type === 'execution_success' && f.json.data.prompt_id === id, 5000);
-    const stored = fake.prompts.get(id);
+    const stored = await fake.arrival(id);
     expect(stored.extra_data.client_id).not.toBe('script-tab');
     const h = (await get(gw, alice, `/api/history/${id}`)).json();
     expect(h[id].prompt[3].client_id).toBe('script-tab');
@@ -497,7 +497,7 @@ describe('two browsers side by side', () => {
   });
 
   it('after a restart of the compiled gateway on the same data dir: sessions, owners, previews and client ids hold', async () => {
-    const aliceUpBefore = fake.prompts.get(a.promptId).client_id;
+    const aliceUpBefore = (await fake.arrival(a.promptId)).client_id;
     a.socket.close();
     b.socket.close();
     await gw.close();
@@ -607,7 +607,7 @@ describe('separate_users: false', () => {
     expect((await get(gw, bob, `/api/view?${new URLSearchParams(img)}`)).status).toBe(200);
     // ... but never alice's key; her client id shows as her browser's (harmless: it maps to another upstream id for bob).
     expect(JSON.stringify(hist)).not.toContain('alice-');
-    expect(JSON.stringify(hist)).not.toContain(fake.prompts.get(id).client_id);
+    expect(JSON.stringify(hist)).not.toContain((await fake.arrival(id)).client_id);
     expect((await get(gw, alice, `/api/history/${id}`)).json()[id].prompt[3]).toMatchObject({
       replicate_api_token: 'alice-token',
       client_id: tab,

@@ -344,10 +344,12 @@ describe('fake ComfyUI', () => {
     expect(
       (await request(fake, 'POST', '/upload/image', { body: over.body, headers: { 'Content-Type': over.contentType } })).json().name,
     ).toBe('cat.png');
-    // object_info lists input images recursively
+    // LoadImage lists input/'s top level only, as ComfyUI's does; a custom picker walks the folder
     const oi = (await request(fake, 'GET', '/object_info/LoadImage')).json();
-    expect(oi.LoadImage.input.required.image[0]).toEqual(expect.arrayContaining(['alice/cat.png', 'alice/cat (1).png']));
+    expect(oi.LoadImage.input.required.image[0].filter((f: string) => f.includes('/'))).toEqual([]);
     expect(oi.LoadImage.input.required.image[1]).toEqual({ image_upload: true });
+    const picker = (await request(fake, 'GET', '/object_info/FolderPicker')).json();
+    expect(picker.FolderPicker.input.required.picture[0]).toEqual(expect.arrayContaining(['alice/cat.png', 'alice/cat (1).png']));
 
     for (const [fields, name] of [
       [{ subfolder: '../x' }, 'a.png'],

@@ -81,13 +81,13 @@ describe('per-user files', () => {
     it('admins’ saves are prefixed like anyone’s; their loaders read anything', async () => {
       const r = await postJson(env.gw, '/prompt', env.admin, saveWith('boss'));
       expect(r.status).toBe(200);
-      expect(fake.prompts.get(r.json().prompt_id).prompt['9'].inputs.filename_prefix).toBe('api-key/boss');
+      expect((await fake.arrival(r.json().prompt_id)).prompt['9'].inputs.filename_prefix).toBe('api-key/boss');
       await fake.waitForPrompt(r.json().prompt_id);
       fs.mkdirSync(path.join(fake.inputDir, 'carol'), { recursive: true });
       fs.writeFileSync(path.join(fake.inputDir, 'carol', 'c.png'), PNG);
       const load = await postJson(env.gw, '/prompt', env.admin, loadWith('LoadImage', 'image', 'carol/c.png'));
       expect(load.status).toBe(200);
-      expect(fake.prompts.get(load.json().prompt_id).prompt['20'].inputs.image).toBe('carol/c.png');
+      expect((await fake.arrival(load.json().prompt_id)).prompt['20'].inputs.image).toBe('carol/c.png');
       const asUser = await postJson(env.gw, '/prompt', env.alice, loadWith('LoadImage', 'image', 'carol/c.png'));
       expect(asUser.status).toBe(400); // alice's LoadImage reads alice/carol/c.png, which does not exist
       expect(JSON.stringify(asUser.json())).toContain('alice/carol/c.png');
@@ -97,8 +97,8 @@ describe('per-user files', () => {
     it('an empty prefix still lands in the user’s folder; a prefix already inside it is kept', async () => {
       const a = await postJson(env.gw, '/prompt', env.bob, saveWith(''));
       const b = await postJson(env.gw, '/prompt', env.bob, saveWith('bob/again'));
-      expect(fake.prompts.get(a.json().prompt_id).prompt['9'].inputs.filename_prefix).toBe('bob/ComfyUI');
-      expect(fake.prompts.get(b.json().prompt_id).prompt['9'].inputs.filename_prefix).toBe('bob/again');
+      expect((await fake.arrival(a.json().prompt_id)).prompt['9'].inputs.filename_prefix).toBe('bob/ComfyUI');
+      expect((await fake.arrival(b.json().prompt_id)).prompt['9'].inputs.filename_prefix).toBe('bob/again');
       await fake.waitForPrompt(b.json().prompt_id);
     });
   });
@@ -391,7 +391,10 @@ describe('per-user files', () => {
       expect(b.LoadImageMask.input.required.image[0].filter((o: string) => !o.startsWith('bob/'))).toEqual([]);
       expect(b.CheckpointLoaderSimple.input.required.ckpt_name[0]).toContain('fake_model.safetensors');
       const admin = (await raw(env.gw, 'GET', '/object_info', { headers: env.admin.headers })).json();
-      expect(admin.LoadImage.input.required.image[0]).toEqual(expect.arrayContaining(['alice/a.png', 'bob/bobs.png']));
+      // (ComfyUI's own LoadImage lists only input/'s top level; a picker that walks the folder shows an admin everyone's)
+      expect(admin.FolderPicker.input.required.picture[0]).toEqual(expect.arrayContaining(['alice/a.png', 'bob/bobs.png']));
+      expect(b.FolderPicker.input.required.picture[0]).toContain('bob/bobs.png');
+      expect(b.FolderPicker.input.required.picture[0].filter((o: string) => !o.startsWith('bob/'))).toEqual([]);
     });
   });
 });
@@ -408,7 +411,7 @@ describe('separate_users: false', () => {
   it('files, queue and history are shared, but comfy-user and client ids stay bound to each user', async () => {
     const r = await postJson(env.gw, '/prompt', env.alice, { prompt: sampleWorkflow('shared'), client_id: 'c' });
     const id = r.json().prompt_id;
-    const stored = env.fake.prompts.get(id);
+    const stored = await env.fake.arrival(id);
     expect(stored.prompt['9'].inputs.filename_prefix).toBe('shared');
     expect(stored.extra_data.client_id).not.toBe('c');
     const h = await env.fake.waitForPrompt(id);

@@ -92,7 +92,7 @@ describe('isolation over HTTP', () => {
       const id = await queue(env, env.alice, { clientId: 'tab-1', prefix: 'mine', promptId: forced });
       expect(id).toMatch(UUID);
       expect(id).not.toBe(forced);
-      const stored = fake.prompts.get(id);
+      const stored = await fake.arrival(id);
       expect(stored.extra_data.client_id).toEqual(expect.any(String));
       expect(stored.extra_data.client_id).not.toBe('tab-1');
       expect(stored.prompt['9'].inputs.filename_prefix).toBe('alice/mine');
@@ -102,12 +102,12 @@ describe('isolation over HTTP', () => {
 
     it('a prompt without client_id still gets one, so its events are never broadcast', async () => {
       const id = await queue(env, env.bob);
-      expect(typeof fake.prompts.get(id).extra_data.client_id).toBe('string');
+      expect(typeof (await fake.arrival(id)).extra_data.client_id).toBe('string');
       const viaExtra = await postJson(env.gw, '/prompt', env.bob, {
         prompt: sampleWorkflow(),
         extra_data: { client_id: 'someone-elses-socket' },
       });
-      expect(fake.prompts.get(viaExtra.json().prompt_id).extra_data.client_id).not.toBe('someone-elses-socket');
+      expect((await fake.arrival(viaExtra.json().prompt_id)).extra_data.client_id).not.toBe('someone-elses-socket');
       await fake.waitForPrompt(viaExtra.json().prompt_id);
     });
 
@@ -260,7 +260,7 @@ describe('isolation over HTTP', () => {
       const emptyBody = await raw(env.gw, 'POST', '/interrupt', { headers: other.headers });
       expect(emptyBody.status).toBe(200);
       await new Promise((r) => setTimeout(r, 100));
-      expect(fake.prompts.get(running)?.interrupt).toBeFalsy();
+      expect((await fake.arrival(running))?.interrupt).toBeFalsy();
       expect((await postJson(env.gw, '/interrupt', owner, {})).status).toBe(200);
       const h = await fake.waitForPrompt(running, 5000);
       expect(h.status.messages.map((m: any[]) => m[0])).toContain('execution_interrupted');

@@ -136,6 +136,8 @@ export interface FakeComfy {
   maxUploadSize: number;
   /** resolves when the prompt reached history (success, error or interrupted) */
   waitForPrompt(promptId: string, timeoutMs?: number): Promise<any>;
+  /** resolves with the stored prompt once it arrived (the gateway's queue may hold it a moment first) */
+  arrival(promptId: string, timeoutMs?: number): Promise<any>;
 }
 
 /** One rule of FakeComfy.stall. */
@@ -1012,6 +1014,7 @@ class FakeComfyServer implements FakeComfy {
   private logs: { t: string; m: string }[] = [];
   /** called with the finished entry, or null when the server stopped first */
   private waiters = new Map<string, ((e: StoredPrompt | null) => void)[]>();
+  private arrivals = new Map<string, (() => void)[]>();
 
   constructor(opts: FakeComfyOptions, baseDir: string, created: boolean, spoolDir: string) {
     this.port = opts.port ?? 0;
@@ -1185,6 +1188,20 @@ class FakeComfyServer implements FakeComfy {
         else reject(new Error(`prompt ${promptId} was lost: the fake ComfyUI was stopped`));
       });
       this.waiters.set(promptId, list);
+    });
+  }
+
+  arrival(promptId: string, timeoutMs = 10_000): Promise<any> {
+    const have = this.prompts.get(promptId);
+    if (have) return Promise.resolve(have);
+    return new Promise((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error(`prompt ${promptId} did not arrive within ${timeoutMs} ms`)), timeoutMs);
+      const list = this.arrivals.get(promptId) ?? [];
+      list.push(() => {
+        clearTimeout(t);
+        resolve(this.prompts.get(promptId));
+      });
+      this.arrivals.set(promptId, list);
     });
   }
 
@@ -1526,11 +1543,11 @@ class FakeComfyServer implements FakeComfy {
     return [...out].sort();
   }
 
-  // Legacy (7914c47) lists as its LoadImage does (os.listdir of input/): top-level files only, never the per-user
-  // subfolders uploads go to — listing those is the gateway's job there. (0.3.44 does the same; the current-server
-  // mode still walks the tree, which the isolation tests' option filtering relies on.)
-  private inputFiles(exts: Set<string>): string[] {
-    if (!this.legacy) return walkFiles(this.inputDir).filter((f) => exts.has(path.extname(f).toLowerCase()));
+  // Core loaders list as ComfyUI's LoadImage does on both servers (os.listdir of input/, 7914c47 and 0.3.44 alike):
+  // top-level files only, never the per-user subfolders uploads go to — listing those is the gateway's job. Custom
+  // pickers (`tree`) walk the whole folder, as many custom nodes do, so the gateway's filtering of others' files shows.
+  private inputFiles(exts: Set<string>, tree = false): string[] {
+    if (tree) return walkFiles(this.inputDir).filter((f) => exts.has(path.extname(f).toLowerCase()));
     return fs
       .readdirSync(this.inputDir, { withFileTypes: true })
       .filter((e) => e.isFile() && exts.has(path.extname(e.name).toLowerCase()))
@@ -1540,6 +1557,7 @@ class FakeComfyServer implements FakeComfy {
 
   nodeDefs(): Record<string, NodeDef> {
     const images = this.inputFiles(IMAGE_EXT);
+    const allImages = this.inputFiles(IMAGE_EXT, true);
     const INT = (d: number, min = 0, max = 2 ** 64) => ['INT', { default: d, min, max }];
     const FLOAT = (d: number, min = 0, max = 100) => ['FLOAT', { default: d, min, max, step: 0.01 }];
     const hidden = { prompt: 'PROMPT', extra_pnginfo: 'EXTRA_PNGINFO' };
@@ -1708,12 +1726,12 @@ class FakeComfyServer implements FakeComfy {
         display_name: 'Webcam Capture',
       },
       PhotoPicker: {
-        input: { required: { photo: [images, { image_upload: true }] } },
+        input: { required: { photo: [allImages, { image_upload: true }] } },
         output: ['IMAGE'],
         category: 'custom',
         display_name: 'Photo Picker',
       },
-      FolderPicker: { input: { required: { picture: [images] } }, output: ['IMAGE'], category: 'custom', display_name: 'Folder Picker' },
+      FolderPicker: { input: { required: { picture: [allImages] } }, output: ['IMAGE'], category: 'custom', display_name: 'Folder Picker' },
       ExportFrames: {
         input: { required: { frames: ['IMAGE'], prefix: ['STRING', { default: 'frames' }] } },
         output: [],
@@ -2072,6 +2090,8 @@ class FakeComfyServer implements FakeComfy {
     const old = this.prompts.get(promptId);
     if (old && old.state === 'pending') this.pending = this.pending.filter((x) => x !== old);
     this.prompts.set(promptId, entry);
+    for (const f of this.arrivals.get(promptId) ?? []) f();
+    this.arrivals.delete(promptId);
     const startsNow = !this.running && this.pending.length === 0;
     this.pending.push(entry);
     this.log('got prompt');

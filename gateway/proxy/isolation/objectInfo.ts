@@ -47,13 +47,16 @@ function ownFiles(inputDir: string, user: string): string[] {
 
 /** GET /object_info(/{class}): loader option lists show only the caller's own input files. */
 export function objectInfoInterceptor(iso: IsolationContext): Interceptor {
-  const cache = new Map<string, { at: number; files: string[] }>();
+  const cache = new Map<string, { at: number; files: string[]; mark: string }>();
   const filesOf = (user: string): string[] => {
-    if (!iso.inputDir) return iso.uploads.of(user);
+    const uploaded = iso.uploads.of(user);
+    if (!iso.inputDir) return uploaded;
+    // an upload since the folder was read shows at once (the frontend reloads the lists right after uploading)
+    const mark = `${uploaded.length}:${uploaded[uploaded.length - 1] ?? ''}`;
     const hit = cache.get(user);
-    if (hit && Date.now() - hit.at < 2000) return hit.files;
+    if (hit && hit.mark === mark && Date.now() - hit.at < 2000) return hit.files;
     const files = ownFiles(iso.inputDir, user);
-    cache.set(user, { at: Date.now(), files });
+    cache.set(user, { at: Date.now(), files, mark });
     if (cache.size > 1000) cache.delete(cache.keys().next().value as string);
     return files;
   };
