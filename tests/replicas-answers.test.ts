@@ -176,7 +176,11 @@ test('a follower killed while it waits for the answer: the refusal is recorded (
   await victim.exited;
   fake.clearStalls();
   expect(await pending).toBe('no answer');
+  // the releaser passed the refusal on for the dead replica; nobody takes it, so it is recorded once it expires
+  const rows = () => pool.query('SELECT id FROM gw_queue_answers').then((r) => r.rows.length);
+  await eventually(async () => (await rows()) === 1, 10_000, 'the refusal passed on');
   const err = await ws.next((f) => f.json?.type === 'execution_error', 30_000);
+  expect(await rows()).toBe(0);
   expect(err.json.data.exception_type).toBe('PromptRefused');
   const id = err.json.data.prompt_id as string;
   for (const r of alive()) {

@@ -10,7 +10,7 @@ import type { FailedPrompt, HeldPrompt } from './store';
 
 /** How long past the submitter's own deadline an answer nobody took is kept before a refusal counts as failed. */
 const GRACE_MS = 2000;
-/** How often the releaser looks for answers nobody took. */
+/** How often the releaser looks again while answers are left (none left: only when one it wrote expires). */
 const SWEEP_MS = 1000;
 
 /** An answer as gw_queue_answers keeps it; a refusal also carries what to record if nobody takes it. */
@@ -69,6 +69,9 @@ export function createAnswers(deps: {
   let expired: ((f: FailedPrompt, p: HeldPrompt) => void) | null = null;
   let timer: NodeJS.Timeout | null = null;
   let sweeping = false;
+  // when the next sweep is due (a replica that just took the lease over sweeps at once: the last releaser's rows)
+  let due = Infinity;
+  let wasReleasing = false;
 
   /** Takes this replica's answer for `id` (a refusal left for the sweep is not this replica's any more once taken). */
   async function take(id: string): Promise<void> {
@@ -100,14 +103,16 @@ export function createAnswers(deps: {
 
   async function sweep(): Promise<void> {
     const gone: Stored[] = [];
-    await withTx(pool, async (c) => {
+    const more = await withTx(pool, async (c) => {
       const r = await c.query<{ value: Stored }>('DELETE FROM gw_queue_answers WHERE expires < now() RETURNING value');
       for (const { value } of r.rows) {
         if (!value.failed || !value.prompt) continue;
         await recordFailed(c, value.failed, feed);
         gone.push(value);
       }
+      return (await c.query('SELECT 1 FROM gw_queue_answers LIMIT 1')).rows.length > 0;
     });
+    if (more) due = Math.min(due, Date.now() + SWEEP_MS);
     for (const v of gone) {
       logger.info({ prompt: v.prompt!.id }, 'queue: nobody took the refusal of a released prompt; recorded as failed');
       expired?.(v.failed!, v.prompt!);
@@ -153,6 +158,7 @@ export function createAnswers(deps: {
           () => true,
           (e: Error) => (logger.warn({ err: e.message, prompt: p.id }, 'queue: could not pass on the answer of a released prompt'), false),
         );
+        if (ok) due = Math.min(due, to.until + GRACE_MS + 50);
         // (this replica asked before it took the lease over: its own notifications do not come back to it)
         if (ok && to.replica === origin) void take(p.id);
         return ok;
@@ -168,12 +174,19 @@ export function createAnswers(deps: {
     start(h) {
       expired = h;
       timer = setInterval(() => {
-        if (sweeping || !deps.releasing()) return;
+        const releasing = deps.releasing();
+        if (releasing && !wasReleasing) due = 0;
+        wasReleasing = releasing;
+        if (sweeping || !releasing || Date.now() < due) return;
         sweeping = true;
+        due = Infinity;
         sweep()
-          .catch((e: Error) => logger.warn({ err: e.message }, 'queue: sweep of unanswered prompts failed'))
+          .catch((e: Error) => {
+            due = Date.now() + SWEEP_MS;
+            logger.warn({ err: e.message }, 'queue: sweep of unanswered prompts failed');
+          })
           .finally(() => (sweeping = false));
-      }, SWEEP_MS);
+      }, SWEEP_MS / 4);
       timer.unref();
     },
     close() {
