@@ -145,16 +145,24 @@ export function createAnswers(deps: {
           body: up.body.toString('base64'),
           ...(up.status === 200 ? {} : { failed: failedPrompt(p, refusalOf(up)), prompt: p }),
         };
-        const ok = await withTx(pool, async (c) => {
-          await c.query('DELETE FROM gw_queue_held WHERE id = $1', [p.id]);
-          await c.query(
-            `INSERT INTO gw_queue_answers (id, replica, expires, value) VALUES ($1, $2, now() + $3 * interval '1 millisecond', $4)
-             ON CONFLICT (id) DO UPDATE SET replica = EXCLUDED.replica, expires = EXCLUDED.expires, value = EXCLUDED.value`,
-            [p.id, to.replica, Math.max(0, to.until - Date.now()) + GRACE_MS, JSON.stringify(v)],
-          );
-          await notify(c, p.id, 'held');
-          await notify(c, p.id, 'answer');
-        }).then(
+        // one statement, so one round trip and atomic: out of the held ones, the answer in, both notified on commit
+        const ok = await q(
+          pool,
+          `WITH gone AS (DELETE FROM gw_queue_held WHERE id = $1),
+                put AS (INSERT INTO gw_queue_answers (id, replica, expires, value)
+                        VALUES ($1, $2, now() + $3 * interval '1 millisecond', $4)
+                        ON CONFLICT (id) DO UPDATE SET replica = EXCLUDED.replica, expires = EXCLUDED.expires, value = EXCLUDED.value)
+           SELECT pg_notify($5, $6), pg_notify($5, $7)`,
+          [
+            p.id,
+            to.replica,
+            Math.max(0, to.until - Date.now()) + GRACE_MS,
+            JSON.stringify(v),
+            CHANGE_CHANNEL,
+            feed.payload('queue', p.id, 'held'),
+            feed.payload('queue', p.id, 'answer'),
+          ],
+        ).then(
           () => true,
           (e: Error) => (logger.warn({ err: e.message, prompt: p.id }, 'queue: could not pass on the answer of a released prompt'), false),
         );

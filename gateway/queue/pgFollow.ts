@@ -55,9 +55,14 @@ export function followShared(deps: {
       if (gone?.answerTo) remember(gone);
       deps.notices.counts();
       dispatcher.pump();
-      // the releaser: a submitter waiting elsewhere for a prompt that is not released at once is answered "held" now
-      const mine = placed && scheduler.get(id);
-      if (mine && mine.answerTo && deps.shared.releasing() && !dispatcher.answersSoon(id)) deps.shared.answers.later(mine);
+      // The releaser: a submitter waiting elsewhere for a prompt that is not released at once is answered "held" —
+      // after asking the workers, as for its own submissions (what it knows of them may be a moment old).
+      const soon = () => !scheduler.get(id)?.answerTo || dispatcher.answersSoon(id);
+      if (!placed || !deps.shared.releasing() || soon()) return;
+      void Promise.all(workers.all().map((w) => (w.up ? w.refreshNow() : undefined))).then(() => {
+        dispatcher.pump();
+        if (!soon()) deps.shared.answers.later(scheduler.get(id)!);
+      });
     },
     failed(id, f) {
       if (!f) return void deps.failed.delete(id);
