@@ -57,7 +57,7 @@ export function followShared(deps: {
       dispatcher.pump();
       // The releaser: a submitter waiting elsewhere for a prompt that is not released at once is answered "held" —
       // after asking the workers, as for its own submissions (what it knows of them may be a moment old).
-      const soon = () => !scheduler.get(id)?.answerTo || dispatcher.answersSoon(id);
+      const soon = () => !((scheduler.get(id)?.answerTo?.until ?? 0) > Date.now()) || dispatcher.answersSoon(id);
       if (!placed || !deps.shared.releasing() || soon()) return;
       void Promise.all(workers.all().map((w) => (w.up ? w.refreshNow() : undefined))).then(() => {
         dispatcher.pump();
