@@ -52,8 +52,8 @@ export function wouldLead(scheduler: Scheduler, p: HeldPrompt): boolean {
 }
 
 /**
- * One replica's side of answers (see DESIGN: replicas). The releaser writes ComfyUI's answer into
- * gw_queue_answers in the transaction that takes the prompt out of the held ones, and notifies; the waiting replica
+ * One replica's side of answers (README: "Replicas that do not release"). The releaser writes ComfyUI's answer into
+ * gw_queue_answers in the statement that takes the prompt out of the held ones, and notifies; the waiting replica
  * takes it with a DELETE, so exactly one of "the client got it" and "recorded as failed by the sweep" happens.
  */
 export function createAnswers(deps: {
