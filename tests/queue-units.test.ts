@@ -74,4 +74,32 @@ describe('scheduler', () => {
     fair.reorder(['a3']);
     expect(fair.order()[0].id).toBe('a3');
   });
+
+  test("another replica's scheduler given the fair state goes on with the round robin (a fresh one would not)", () => {
+    const list = () => ['a', 'b', 'c'].flatMap((u, n) => [0, 1, 2].map((i) => held(`${u}${i}`, u, n * 3 + i)));
+    const saved: string[] = [];
+    const first = createScheduler({ policy: 'fair', weights: {}, onServed: () => saved.push(JSON.stringify(first.fair())) });
+    for (const p of list()) first.add(p);
+    // four leave (a0 b0 c0 a1), each release noted for the next releaser
+    for (let i = 0; i < 4; i++) {
+      const p = first.peek()!;
+      first.remove(p.id);
+      first.served(p.owner, p.role);
+    }
+    expect(saved).toHaveLength(4);
+    const rest = () => list().filter((p) => !['a0', 'b0', 'c0', 'a1'].includes(p.id));
+    const next = createScheduler({ policy: 'fair', weights: {} });
+    const fresh = createScheduler({ policy: 'fair', weights: {} });
+    for (const p of rest()) {
+      next.add(p);
+      fresh.add(p);
+    }
+    next.restoreFair(JSON.parse(saved[3]));
+    expect(next.order().map((p) => p.id)).toEqual(first.order().map((p) => p.id));
+    expect(next.order().map((p) => p.id)).toEqual(['b1', 'c1', 'a2', 'b2', 'c2']);
+    // a round robin started afresh gives alice a second turn in a row
+    expect(fresh.order()[0].id).toBe('a2');
+    // only what matters is kept: users whose next turn is later than now (alice's; bob and carol are due)
+    expect(JSON.parse(saved[3])).toEqual({ now: 1, pass: { a: 2 } });
+  });
 });

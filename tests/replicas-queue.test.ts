@@ -248,13 +248,17 @@ test('a held prompt ComfyUI refuses at release reaches its owner on a replica th
   const ws = await openSocket(`${follower.url.replace(/^http/, 'ws')}/ws?clientId=rq-refused`, { authorization: `Bearer ${tokens.alice}` });
   sockets.push(ws);
   await ws.next((f) => f.json?.type === 'status');
+  // every worker busy, so the prompt is really held (with room, the follower would answer ComfyUI's 400 itself)
+  await block(live[0].url);
   const bad = await request(follower.url)
     .post('/api/prompt')
     .set('authorization', `Bearer ${tokens.alice}`)
     .send({ prompt: { '1': { class_type: 'NoSuchNode', inputs: {} } }, client_id: 'rq-refused' });
-  // held (this replica does not release): the refusal comes later, from the releasing replica's attempt
+  // held: the refusal comes later, from the releasing replica's attempt once a worker has room
   expect(bad.status).toBe(200);
   const id = bad.body.prompt_id as string;
+  expect(fakes.some((f) => arrivals(f).includes(id))).toBe(false);
+  unblock();
   const err = await ws.next((f) => f.json?.type === 'execution_error' && f.json.data.prompt_id === id, 15_000);
   expect(err.json.data.exception_type).toBe('PromptRefused');
   expect(err.json.data.exception_message).toMatch(/NoSuchNode/);

@@ -6,6 +6,7 @@ import { composeGateway } from '../gateway/compose';
 import { ConfigError, loadConfig } from '../gateway/config/load';
 import { openShared } from '../gateway/store/compose';
 import { migrate } from '../gateway/store/pg';
+import { MIGRATIONS } from '../gateway/store/migrations';
 import { createPgUserStore } from '../gateway/store/pgUsers';
 import { createRevocations, type Invalidation } from '../gateway/auth/revocations';
 import { hfTokenPersistence, isolationShared } from '../gateway/store/parts';
@@ -200,12 +201,15 @@ test('replicas starting together migrate once: the advisory lock makes them take
   try {
     const applied = await Promise.all([migrate(fresh.url), migrate(fresh.url), migrate(fresh.url)]);
     expect(applied.filter((a) => a.length > 0)).toHaveLength(1);
-    expect(applied.find((a) => a.length)).toEqual(['0001_initial', '0002_queue']);
+    // every migration, in name order (0003_queue_answers: ComfyUI's answers passed between replicas)
+    const names = Object.keys(MIGRATIONS).sort();
+    expect(names.slice(0, 3)).toEqual(['0001_initial', '0002_queue', '0003_queue_answers']);
+    expect(applied.find((a) => a.length)).toEqual(names);
     const c = new pg.Client({ connectionString: fresh.url });
     await c.connect();
     const done = await c.query('SELECT name FROM gw_migrations ORDER BY name');
     await c.end();
-    expect(done.rows.map((r) => r.name)).toEqual(['0001_initial', '0002_queue']);
+    expect(done.rows.map((r) => r.name)).toEqual(names);
   } finally {
     await fresh.drop();
   }

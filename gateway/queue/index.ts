@@ -60,7 +60,11 @@ export async function createGatewayQueue(deps: {
   const { store, keys, logger } = deps;
   const state = await store.load();
   const limits = createLimits({ roles: deps.limits, overrides: state.limits, usage: state.usage });
-  const scheduler = createScheduler(deps.scheduler);
+  // (replicas: the releaser keeps where its round robin stands in PostgreSQL, for the next releaser)
+  const scheduler = createScheduler({
+    ...deps.scheduler,
+    onServed: deps.shared ? () => deps.shared!.saveFair(scheduler.fair()) : undefined,
+  });
   const failed = new Map(state.failed.map((f) => [f.id, f]));
   let io: QueueIo | null = null;
   const countOf = (owner: string | null) => {
@@ -133,6 +137,7 @@ export async function createGatewayQueue(deps: {
     failed,
     releasing: deps.shared ? () => deps.shared!.releasing() : undefined,
     takeSeq: deps.shared ? () => deps.shared!.takeSeq() : undefined,
+    answers: deps.shared?.answers,
     notices,
   });
 

@@ -25,6 +25,14 @@ export function followShared(deps: {
 }): void {
   const { scheduler, dispatcher, workers, keys, io } = deps;
   const onWorker = (id: string) => workers.all().some((w) => w.flights.has(id));
+  // Prompts whose submitter waited for ComfyUI's answer, for a minute after they left the held ones: a refusal
+  // nobody took is recorded later (answers.ts), and the owner's sockets here must still hear of it.
+  const answered = new Map<string, { p: HeldPrompt; at: number }>();
+  const remember = (p: HeldPrompt) => {
+    const now = Date.now();
+    for (const [id, a] of answered) if (a.at < now - 60_000) answered.delete(id);
+    answered.set(p.id, { p, at: now });
+  };
 
   /** Puts a held prompt (new, or moved by a reorder) in its place; false when it is not to be held here. */
   function place(p: HeldPrompt): boolean {
@@ -42,16 +50,25 @@ export function followShared(deps: {
 
   deps.shared.start({
     held(id, p) {
-      if (p) place(p);
-      else scheduler.remove(id);
+      const placed = p ? place(p) : false;
+      const gone = p ? undefined : scheduler.remove(id);
+      if (gone?.answerTo) remember(gone);
       deps.notices.counts();
       dispatcher.pump();
+      // The releaser: a submitter waiting elsewhere for a prompt that is not released at once is answered "held" —
+      // after asking the workers, as for its own submissions (what it knows of them may be a moment old).
+      const soon = () => !((scheduler.get(id)?.answerTo?.until ?? 0) > Date.now()) || dispatcher.answersSoon(id);
+      if (!placed || !deps.shared.releasing() || soon()) return;
+      void Promise.all(workers.all().map((w) => (w.up ? w.refreshNow() : undefined))).then(() => {
+        dispatcher.pump();
+        if (!soon()) deps.shared.answers.later(scheduler.get(id)!);
+      });
     },
     failed(id, f) {
       if (!f) return void deps.failed.delete(id);
       // refused at release by the releaser: the owner's sockets on this replica hear it too (the prompt is still
       // in this replica's view: its removal is notified after the refusal)
-      const p = scheduler.get(id);
+      const p = scheduler.get(id) ?? answered.get(id)?.p;
       const fresh = !deps.failed.has(id);
       deps.failed.set(id, f);
       if (p && fresh) deps.notices.refused(f, p);
@@ -79,6 +96,12 @@ export function followShared(deps: {
       // what the last releaser sent is on the workers: it fills their slots and is never sent again
       await Promise.all(workers.all().map((w) => w.adopt()));
     },
+    fair: (s) => scheduler.restoreFair(s),
     pump: () => dispatcher.pump(),
+  });
+  // the releaser records a refusal nobody took: the owner's sockets on this replica hear it (the others: `failed`)
+  deps.shared.answers.start((f, p) => {
+    deps.failed.set(f.id, f);
+    deps.notices.refused(f, p);
   });
 }

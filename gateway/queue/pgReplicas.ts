@@ -2,7 +2,10 @@ import pg from 'pg';
 import type { Logger } from '../log';
 import type { ChangeFeed } from '../store/feed';
 import { q } from '../store/pg';
+import { createAnswers, type Answers } from './answers';
+import { createFairStore } from './pgFair';
 import { loadPgQueue, NEXT_SEQ_KEY } from './pgStore';
+import type { FairState } from './scheduler';
 import type { FailedPrompt, HeldPrompt, LimitOverride, UsageRow } from './store';
 
 /** The advisory lock the releasing replica holds for as long as its session lives (any constant shared by all). */
@@ -22,6 +25,8 @@ export interface SharedQueueHandlers {
   resync(held: HeldPrompt[]): void;
   /** this replica is about to release prompts: learn what the workers hold (resolves before the first release) */
   releasing(): Promise<void>;
+  /** this replica is about to release prompts: the round robin goes on where the last releaser left it */
+  fair(s: FairState): void;
 }
 
 /** How a queue on PostgreSQL shares itself with the other replicas (given to createGatewayQueue). */
@@ -30,6 +35,10 @@ export interface SharedQueue {
   releasing(): boolean;
   /** the next seq/number, handed out by the database so two replicas never give the same one */
   takeSeq(): Promise<number>;
+  /** ComfyUI's answers to releases, for submitters waiting on another replica than the releaser */
+  answers: Answers;
+  /** the releaser: where its round robin stands now (kept for the next releaser) */
+  saveFair(s: FairState): void;
   start(h: SharedQueueHandlers): void;
   close(): Promise<void>;
 }
@@ -49,6 +58,8 @@ export function createSharedQueue(deps: { url: string; pool: pg.Pool; feed: Chan
   let closed = false;
   let handlers: SharedQueueHandlers | null = null;
   let timer: NodeJS.Timeout | null = null;
+  const answers = createAnswers({ pool, feed, logger, releasing: () => holding });
+  const fair = createFairStore({ pool, logger });
 
   const drop = (why: string) => {
     if (holding) logger.warn({ why }, 'queue: lost the releaser lease; another replica will release prompts');
@@ -91,6 +102,7 @@ export function createSharedQueue(deps: { url: string; pool: pg.Pool; feed: Chan
     try {
       const state = await loadPgQueue(pool);
       handlers?.resync(state.held);
+      handlers?.fair(await fair.load());
     } catch (e) {
       logger.warn({ err: (e as Error).message }, 'queue: could not read the held prompts after taking the releaser lease');
       return void (await c.query('SELECT pg_advisory_unlock($1)', [RELEASER_LOCK]).catch(() => drop('unlock failed')));
@@ -155,6 +167,8 @@ export function createSharedQueue(deps: { url: string; pool: pg.Pool; feed: Chan
 
   return {
     releasing: () => holding,
+    answers,
+    saveFair: (s) => fair.save(s),
     async takeSeq() {
       const r = await q<{ n: string }>(
         pool,
@@ -171,6 +185,7 @@ export function createSharedQueue(deps: { url: string; pool: pg.Pool; feed: Chan
     async close() {
       closed = true;
       if (timer) clearTimeout(timer);
+      answers.close();
       holding = false;
       const c = client;
       client = null;

@@ -55,14 +55,7 @@ export function createPgQueueStore(deps: { pool: pg.Pool; feed?: Pick<ChangeFeed
           }
         });
       case 'failed':
-        return withTx(pool, async (c) => {
-          await c.query('INSERT INTO gw_queue_failed (id, value) VALUES ($1, $2)', [o.entry.id, JSON.stringify(o.entry)]);
-          await c.query('DELETE FROM gw_queue_failed WHERE n <= (SELECT max(n) FROM gw_queue_failed) - $1', [MAX_FAILED]);
-          await c.query('DELETE FROM gw_queue_held WHERE id = $1', [o.entry.id]);
-          // the refusal first: a follower tells the owner while the prompt is still in its view
-          await notify(c, 'failed', o.entry.id);
-          await notify(c, 'held', o.entry.id);
-        });
+        return withTx(pool, (c) => recordFailed(c, o.entry, feed));
       case 'limits':
         return withTx(pool, async (c) => {
           if (!o.limits) await c.query('DELETE FROM gw_queue_limits WHERE owner = $1', [o.owner]);
@@ -92,6 +85,19 @@ export function createPgQueueStore(deps: { pool: pg.Pool; feed?: Pick<ChangeFeed
     // the pool belongs to the shared store, which closes it
     async close() {},
   };
+}
+
+/**
+ * Moves a held prompt to the failed ones inside the caller's transaction (the store's `failed`, and a refusal
+ * nobody took from gw_queue_answers), notifying the other replicas on commit.
+ */
+export async function recordFailed(c: pg.PoolClient, entry: FailedPrompt, feed?: Pick<ChangeFeed, 'payload'>): Promise<void> {
+  await c.query('INSERT INTO gw_queue_failed (id, value) VALUES ($1, $2)', [entry.id, JSON.stringify(entry)]);
+  await c.query('DELETE FROM gw_queue_failed WHERE n <= (SELECT max(n) FROM gw_queue_failed) - $1', [MAX_FAILED]);
+  await c.query('DELETE FROM gw_queue_held WHERE id = $1', [entry.id]);
+  // the refusal first: a follower tells the owner while the prompt is still in its view
+  for (const what of ['failed', 'held'])
+    if (feed) await c.query('SELECT pg_notify($1, $2)', [CHANGE_CHANNEL, feed.payload('queue', entry.id, what)]);
 }
 
 /** Reads the whole queue state (start-up, and a replica's resync after its change feed came back). */

@@ -1,6 +1,7 @@
 import type { Logger } from '../log';
 import type { UpstreamResponse } from '../proxy/upstream';
 import type { AccountKeys } from '../users/types';
+import { wouldLead, type Answers } from './answers';
 import { dayOf, type Limits } from './limits';
 import type { Scheduler } from './scheduler';
 import { createWaiters, failedPrompt, heldOf, refusalOf, type Outcome, type QueueNotices, type Submission } from './prompts';
@@ -48,6 +49,8 @@ export function createDispatcher(deps: {
   releasing?: () => boolean;
   /** replicas: the next seq/number from the shared store, unique across replicas */
   takeSeq?: () => Promise<number>;
+  /** replicas: ComfyUI's answers passed between the releaser and the replica where the submitter waits */
+  answers?: Answers;
 }) {
   const { store, scheduler, workers, keys, logger } = deps;
   let seq = deps.nextSeq;
@@ -112,6 +115,9 @@ export function createDispatcher(deps: {
 
   // Submissions waiting for their own release (the worker had room): ComfyUI's answer goes to them verbatim.
   const { waiters, waitRelease } = createWaiters();
+  /** A held prompt's answer comes soon: it is on its way to a worker, or next with a worker that has room. */
+  const answersSoon = (id: string) =>
+    !scheduler.get(id) || (workers.all().some((w) => w.up && w.flights.size < 2) && scheduler.peek(may)?.id === id);
 
   async function release(w: Worker, p: HeldPrompt): Promise<void> {
     let up: UpstreamResponse;
@@ -126,16 +132,20 @@ export function createDispatcher(deps: {
       return;
     }
     const waiter = waiters.get(p.id);
+    // its submitter waits on another replica: ComfyUI's answer, a refusal too, goes there through PostgreSQL (answers.ts)
+    const relay = waiter ? undefined : deps.answers?.relay(p);
     if (up.status === 200) {
       w.refreshSoon();
       workers.sentTo(p.id, w);
       sent.set(p.id, p);
       io!.placed(p.id, w);
-      await store.apply({ op: 'drop', ids: [p.id] }).catch((e) => logger.error({ err: (e as Error).message }, 'queue: store failed'));
+      if (!(relay && (await relay(up))))
+        await store.apply({ op: 'drop', ids: [p.id] }).catch((e) => logger.error({ err: (e as Error).message }, 'queue: store failed'));
       waiter?.(up);
       return;
     }
     w.untrack(p.id);
+    if (relay && (await relay(up))) return void (deps.notices.counts(), pump());
     if (waiter) {
       // The client is still on the line: ComfyUI's refusal (node_errors) is its answer, as without the queue.
       await store.apply({ op: 'drop', ids: [p.id] }).catch(() => undefined);
@@ -187,6 +197,7 @@ export function createDispatcher(deps: {
     },
     pump,
     runningOf,
+    answersSoon,
     /** Re-holds prompts after a restart (and tells the ledger whose they are). */
     restore(held: HeldPrompt[]) {
       for (const p of held.sort((a, b) => a.seq - b.seq)) {
@@ -248,6 +259,9 @@ export function createDispatcher(deps: {
       lastArrival = now;
       const n = deps.takeSeq ? await deps.takeSeq() : seq++;
       const p = heldOf(s, owner, now, n);
+      // Not the releaser: when this prompt would lead, the releaser passes ComfyUI's answer on (answers.ts), same bound.
+      const asked =
+        !releasing() && deps.answers && wouldLead(scheduler, p) ? deps.answers.ask(p, COALESCE_CAP_MS + deps.answerWaitMs) : null;
       // Durable before the answer: a restart releases it later.
       await store.apply({ op: 'hold', prompt: p });
       deps.limits.add(owner, dayOf(now), { prompts: 1 });
@@ -257,12 +271,8 @@ export function createDispatcher(deps: {
       pump();
       // A worker has room and this prompt is next (or already on its way): the answer waits for ComfyUI's, so its
       // validation errors reach the client as they would without the gateway. Otherwise the answer is at once.
-      const released = !scheduler.get(p.id);
-      const next = workers.all().some((w) => w.up && w.flights.size < 2) && scheduler.peek(may)?.id === p.id;
-      if (releasing() && (released || next)) {
-        const up = await waitRelease(p.id, COALESCE_CAP_MS + deps.answerWaitMs);
-        if (up) return { held: false, up };
-      }
+      const up = await (asked ?? (releasing() && answersSoon(p.id) ? waitRelease(p.id, COALESCE_CAP_MS + deps.answerWaitMs) : null));
+      if (up) return { held: false, up };
       return { held: true, number: n };
     },
     /** Removes held prompts (delete, clear, interrupt of a held prompt); returns the ids removed. */

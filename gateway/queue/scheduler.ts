@@ -3,6 +3,12 @@ import type { HeldPrompt } from './store';
 /** The release order between users. */
 export type Policy = 'fair' | 'fifo';
 
+/** Where the round robin stands: the current pass, and the users whose next turn is later than it. */
+export interface FairState {
+  now: number;
+  pass: Record<string, number>;
+}
+
 /**
  * The held prompts and the order they leave in. `fifo`: arrival order. `fair`: weighted round robin over the users
  * who have prompts waiting (stride scheduling: each user's pass grows by 1/weight per prompt released, the lowest
@@ -25,10 +31,19 @@ export interface Scheduler {
   reorder(ids: string[]): void;
   readonly size: number;
   countOf(owner: string): number;
+  /** where the round robin stands (a users' pass at or below `now` is the same as none, so it is left out) */
+  fair(): FairState;
+  /** continues the round robin of another replica that released before this one (takeover) */
+  restoreFair(s: FairState): void;
 }
 
 /** Builds a scheduler with the policy and per-role weights. */
-export function createScheduler(opts: { policy: Policy; weights: Partial<Record<HeldPrompt['role'], number>> }): Scheduler {
+export function createScheduler(opts: {
+  policy: Policy;
+  weights: Partial<Record<HeldPrompt['role'], number>>;
+  /** after each `served` (replicas persist the fair state for the next releaser) */
+  onServed?: () => void;
+}): Scheduler {
   const byOwner = new Map<string, HeldPrompt[]>();
   const front: HeldPrompt[] = [];
   const all = new Map<string, HeldPrompt>();
@@ -91,6 +106,7 @@ export function createScheduler(opts: { policy: Policy; weights: Partial<Record<
       const p = Math.max(pass.get(owner) ?? 0, now);
       now = p;
       pass.set(owner, p + 1 / weight(role));
+      opts.onServed?.();
     },
     order() {
       // A dry run of the picks on copies of the lists and passes.
@@ -120,6 +136,16 @@ export function createScheduler(opts: { policy: Policy; weights: Partial<Record<
     },
     get size() {
       return all.size;
+    },
+    fair() {
+      const ahead: Record<string, number> = {};
+      for (const [o, p] of pass) if (p > now) ahead[o] = p;
+      return { now, pass: ahead };
+    },
+    restoreFair(s) {
+      now = s.now;
+      pass.clear();
+      for (const [o, p] of Object.entries(s.pass)) pass.set(o, p);
     },
     countOf(owner) {
       let c = byOwner.get(owner)?.length ?? 0;

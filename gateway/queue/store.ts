@@ -26,6 +26,8 @@ export interface HeldPrompt {
   /** the clientId the owner used ('' when none) and the one ComfyUI is given */
   clientId: string;
   upstreamClientId: string;
+  /** replicas: the submitter waits on replica `replica` (its change-feed origin) for ComfyUI's answer until `until` (unix ms) */
+  answerTo?: { replica: string; until: number };
 }
 
 /** A held prompt that ComfyUI refused when it was released: shown in /history with an error status. */

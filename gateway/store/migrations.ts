@@ -72,4 +72,14 @@ export const MIGRATIONS: Record<string, Migration> = {
       `.execute(db);
     },
   },
+  // ComfyUI's answer to a prompt released by one replica for a submitter waiting on another (queue/answers.ts):
+  // kept until that replica takes it, or until `expires`, when a refusal nobody took is recorded as failed.
+  '0003_queue_answers': {
+    async up(db: Kysely<unknown>) {
+      await sql`
+        CREATE TABLE gw_queue_answers (id text PRIMARY KEY, replica text NOT NULL, expires timestamptz NOT NULL, value jsonb NOT NULL);
+        CREATE INDEX gw_queue_answers_expires ON gw_queue_answers (expires);
+      `.execute(db);
+    },
+  },
 };
