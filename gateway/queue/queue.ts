@@ -2,7 +2,8 @@ import type { Logger } from '../log';
 import type { UpstreamResponse } from '../proxy/upstream';
 import type { AccountKeys } from '../users/types';
 import { dayOf, type Limits } from './limits';
-import type { Scheduler } from './scheduler';
+import { createRecall } from './recall';
+import type { Scheduler, Turn } from './scheduler';
 import { createWaiters, failedPrompt, heldOf, refusalOf, type Outcome, type QueueNotices, type Submission } from './prompts';
 export type { Outcome, Submission } from './prompts';
 import type { FailedPrompt, HeldPrompt, QueueStore } from './store';
@@ -55,6 +56,9 @@ export function createDispatcher(deps: {
   let timer: NodeJS.Timeout | null = null;
   let lastArrival = 0;
   const releasing = deps.releasing ?? (() => true);
+  // Prompts on workers, kept until they leave: a worker going down gives its waiting ones back to the queue.
+  const sent = new Map<string, HeldPrompt>();
+  const recall = createRecall({ scheduler, store, logger, sent, notices: deps.notices, io: () => io });
 
   const runningOf = (owner: string) =>
     workers.all().reduce((n, w) => n + [...w.flights.values()].filter((f) => f.owner === owner).length, 0);
@@ -85,6 +89,8 @@ export function createDispatcher(deps: {
         return r === 0;
       });
       if (!ready.length || !scheduler.size) {
+        // every worker full: a prompt in a waiting slot may be taken back for an earlier turn
+        if (soonest === Infinity) recall.check(may);
         if (soonest < Infinity && scheduler.size && !timer) {
           timer = setTimeout(() => {
             timer = null;
@@ -104,16 +110,16 @@ export function createDispatcher(deps: {
         void store.apply({ op: 'drop', ids: [p.id] });
         continue;
       }
-      scheduler.served(p.owner, p.role);
+      const turn = scheduler.served(p.owner, p.role);
       w.track(p.id, p.owner);
-      void release(w, p);
+      void release(w, p, turn);
     }
   }
 
   // Submissions waiting for their own release (the worker had room): ComfyUI's answer goes to them verbatim.
   const { waiters, waitRelease } = createWaiters();
 
-  async function release(w: Worker, p: HeldPrompt): Promise<void> {
+  async function release(w: Worker, p: HeldPrompt, turn: Turn): Promise<void> {
     let up: UpstreamResponse;
     try {
       up = await io!.send(w, p);
@@ -133,6 +139,8 @@ export function createDispatcher(deps: {
       io!.placed(p.id, w);
       await store.apply({ op: 'drop', ids: [p.id] }).catch((e) => logger.error({ err: (e as Error).message }, 'queue: store failed'));
       waiter?.(up);
+      recall.placed(w, p, turn);
+      pump();
       return;
     }
     w.untrack(p.id);
@@ -156,12 +164,10 @@ export function createDispatcher(deps: {
     pump();
   }
 
-  // Prompts on workers, kept until they leave: a worker going down gives its waiting ones back to the queue.
-  const sent = new Map<string, HeldPrompt>();
-
   /** A worker stopped answering: its running prompt failed there, its waiting ones wait for another worker. */
   async function lost(w: Worker, flights: Flight[]): Promise<void> {
     for (const fl of flights) {
+      recall.forget(fl.id);
       const p = sent.get(fl.id);
       sent.delete(fl.id);
       if (!p) continue;
@@ -226,7 +232,7 @@ export function createDispatcher(deps: {
         // (nobody up at all: ComfyUI's own failure, 502, is the answer and nothing is queued)
         const w = idle ?? workers.all()[0];
         w.track(s.id, owner);
-        scheduler.served(owner, s.role);
+        const turn = scheduler.served(owner, s.role);
         let up: UpstreamResponse;
         try {
           up = await direct(w);
@@ -236,7 +242,9 @@ export function createDispatcher(deps: {
         }
         if (up.status !== 200) w.untrack(s.id);
         else {
-          sent.set(s.id, heldOf(s, owner, now, seq++));
+          const held = heldOf(s, owner, now, seq++);
+          sent.set(s.id, held);
+          recall.placed(w, held, turn); // a waiting slot filled at once can be taken back like a release
           workers.sentTo(s.id, w);
           io?.placed(s.id, w);
           deps.limits.add(owner, dayOf(now), { prompts: 1 });
@@ -277,6 +285,7 @@ export function createDispatcher(deps: {
     /** a flight ended on a worker */
     finished(_w: Worker, f: Flight) {
       sent.delete(f.id);
+      recall.forget(f.id);
       pump();
     },
     lost,

@@ -17,14 +17,26 @@ export interface Scheduler {
   get(id: string): HeldPrompt | undefined;
   /** the next prompt to release among owners `may(owner)` allows, without taking it */
   peek(may?: (owner: string) => boolean): HeldPrompt | undefined;
-  /** records that `owner` was given a worker (a release, or a prompt sent straight through) */
-  served(owner: string, role: HeldPrompt['role']): void;
+  /** records that `owner` was given a worker (a release, or a prompt sent straight through); the turn it took */
+  served(owner: string, role: HeldPrompt['role']): Turn;
+  /** whether a prompt released at `turn` would not be next, were it still held (another's turn came earlier) */
+  overtaken(p: HeldPrompt, turn: Turn, may?: (owner: string) => boolean): boolean;
+  /** holds a released prompt again as if it had never been released (taken back from a worker's waiting slot) */
+  giveBack(p: HeldPrompt, turn: Turn): void;
   /** every held prompt in the order they would leave now */
   order(): HeldPrompt[];
   /** puts the listed prompts of one queue first, in the given order (admin reorder); the rest keep theirs */
   reorder(ids: string[]): void;
   readonly size: number;
   countOf(owner: string): number;
+}
+
+/** What a release changed in the order (so it can be undone when the prompt is taken back). */
+export interface Turn {
+  owner: string;
+  role: HeldPrompt['role'];
+  /** the virtual time before the release */
+  prevNow: number;
 }
 
 /** Builds a scheduler with the policy and per-role weights. */
@@ -34,6 +46,9 @@ export function createScheduler(opts: { policy: Policy; weights: Partial<Record<
   const all = new Map<string, HeldPrompt>();
   const pass = new Map<string, number>();
   let now = 0;
+  // Owners whose lane joined and has not been served since: the pass they had before joining (their join pass is
+  // max(that, now), so taking a release back, which lowers `now`, lowers theirs with it).
+  const fresh = new Map<string, number>();
   const weight = (role: HeldPrompt['role']) => opts.weights[role] ?? 1;
   const bySeq = (a: HeldPrompt, b: HeldPrompt) => a.seq - b.seq;
 
@@ -66,7 +81,10 @@ export function createScheduler(opts: { policy: Policy; weights: Partial<Record<
       }
       let l = byOwner.get(p.owner);
       if (!l) byOwner.set(p.owner, (l = []));
-      if (!l.length) pass.set(p.owner, Math.max(pass.get(p.owner) ?? 0, now));
+      if (!l.length) {
+        fresh.set(p.owner, pass.get(p.owner) ?? 0);
+        pass.set(p.owner, Math.max(pass.get(p.owner) ?? 0, now));
+      }
       // in arrival order (a prompt given back after a failed release, or reordered, keeps or takes its place)
       const at = l.findIndex((x) => x.seq > p.seq);
       if (at < 0) l.push(p);
@@ -79,7 +97,10 @@ export function createScheduler(opts: { policy: Policy; weights: Partial<Record<
       const l = p.front ? front : byOwner.get(p.owner);
       const i = l?.indexOf(p) ?? -1;
       if (l && i >= 0) l.splice(i, 1);
-      if (!p.front && l && !l.length) byOwner.delete(p.owner);
+      if (!p.front && l && !l.length) {
+        byOwner.delete(p.owner);
+        fresh.delete(p.owner);
+      }
       return p;
     },
     get: (id) => all.get(id),
@@ -88,9 +109,34 @@ export function createScheduler(opts: { policy: Policy; weights: Partial<Record<
       return f ?? pickFrom(byOwner, pass, may);
     },
     served(owner, role) {
+      const turn = { owner, role, prevNow: now };
       const p = Math.max(pass.get(owner) ?? 0, now);
       now = p;
       pass.set(owner, p + 1 / weight(role));
+      fresh.delete(owner);
+      return turn;
+    },
+    overtaken(p, turn, may = () => true) {
+      // A dry run: give it back, see what would go first, and restore everything as it was.
+      const saved = { pass: new Map(pass), fresh: new Map(fresh), now };
+      sched.giveBack(p, turn);
+      const next = sched.peek((o) => o === p.owner || may(o));
+      sched.remove(p.id);
+      pass.clear();
+      for (const [o, v] of saved.pass) pass.set(o, v);
+      fresh.clear();
+      for (const [o, v] of saved.fresh) fresh.set(o, v);
+      now = saved.now;
+      return next !== undefined && next.id !== p.id;
+    },
+    giveBack(p, turn) {
+      const back = 1 / weight(turn.role);
+      now = Math.min(now, turn.prevNow);
+      // the owner's lane may have joined after this release: its pass before joining counted the release too
+      if (fresh.has(turn.owner)) fresh.set(turn.owner, fresh.get(turn.owner)! - back);
+      else pass.set(turn.owner, (pass.get(turn.owner) ?? 0) - back);
+      for (const [o, before] of fresh) pass.set(o, Math.max(before, now));
+      sched.add(p);
     },
     order() {
       // A dry run of the picks on copies of the lists and passes.
