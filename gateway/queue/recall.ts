@@ -67,9 +67,11 @@ export function createRecall(deps: {
     } finally {
       busy.delete(w);
     }
+    f.recalling = false;
+    // the worker went down meanwhile: its waiting prompts, this one included, were given back to the queue already
+    if (w.flights.get(p.id) !== f) return;
     if (!gone) {
       // started (or could not be asked): it stays on the worker; the held copy goes
-      f.recalling = false;
       await store.apply({ op: 'drop', ids: [p.id] }).catch(() => undefined);
       w.refreshSoon();
       return;
