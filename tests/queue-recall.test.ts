@@ -79,7 +79,7 @@ describe('taking a waiting prompt back for an earlier turn', () => {
       const a2 = await post(env.alice, 'r2-a2', 'alice-r2');
       await eventually(() => env.fake.prompts.has(a2), 10_000, 'a2 in the waiting slot');
       // the delete is held unanswered while the running prompt ends and a2 starts
-      env.fake.stall({ path: '/queue', method: 'POST', beforeHeadersMs: null });
+      env.fake.stall({ path: '/queue', method: 'POST', beforeHeadersMs: null, thenHandle: true });
       const b1 = await post(env.bob, 'r2-b1', 'bob-r2');
       await eventually(() => env.fake.requests.some((r) => r.method === 'POST' && /queue$/.test(r.rawPath)), 10_000, 'the delete sent');
       env.fake.promptDelayMs = 300;
@@ -97,6 +97,30 @@ describe('taking a waiting prompt back for an earlier turn', () => {
     } finally {
       ws.close();
     }
+  });
+
+  test('its owner deletes it while it is being taken back: it stays deleted (not held again, never run)', async () => {
+    env.fake.promptDelayMs = 60_000;
+    env.fake.clearRequests();
+    const a1 = await post(env.alice, 'r4-a1', 'alice-r4');
+    const a2 = await post(env.alice, 'r4-a2', 'alice-r4');
+    await eventually(() => env.fake.prompts.has(a2), 10_000, 'a2 in the waiting slot');
+    env.fake.stall({ path: '/queue', method: 'POST', beforeHeadersMs: null, thenHandle: true });
+    const b1 = await post(env.bob, 'r4-b1', 'bob-r4');
+    await eventually(() => queuePosts(env.fake).length === 1, 10_000, 'the take-back’s delete sent');
+    // alice deletes a2 meanwhile (her delete reaches ComfyUI after the gateway's)
+    const del = postJson(env.gw, '/queue', env.alice, { delete: [a2] });
+    await eventually(() => env.fake.requests.filter((r) => r.method === 'POST' && /queue$/.test(r.rawPath)).length === 2, 10_000, 'hers');
+    env.fake.clearStalls();
+    expect((await del).status).toBe(200);
+    await eventually(() => env.fake.prompts.has(b1), 10_000, 'b1 released');
+    env.fake.promptDelayMs = 100;
+    await eventually(() => env.fake.prompts.get(b1)?.end_time, 30_000, 'b1 ran');
+    await idle();
+    expect(started(env.fake, [a1, a2, b1])).toEqual([a1, b1]);
+    expect(sends(env.fake, a2)).toBe(1);
+    await until(async () => (await remaining(env.alice)) === 0, 10_000, 'alice’s count 0');
+    expect(env.gw.composed.queue.held(null).map((h) => h.id)).not.toContain(a2);
   });
 
   test('no take-back when the waiting prompt’s turn is still first (the same user, fifo order)', async () => {

@@ -275,7 +275,7 @@ export function createDispatcher(deps: {
     },
     /** Removes held prompts (delete, clear, interrupt of a held prompt); returns the ids removed. */
     async cancel(ids: string[]): Promise<string[]> {
-      const gone = ids.filter((id) => scheduler.remove(id));
+      const gone = ids.filter((id) => scheduler.remove(id) || recall.cancel(id));
       if (gone.length) {
         await store.apply({ op: 'drop', ids: gone });
         deps.notices.counts();
@@ -289,6 +289,7 @@ export function createDispatcher(deps: {
       pump();
     },
     lost,
+    taking: (id: string) => recall.taking(id), // a prompt being taken back from a waiting slot (cancellable)
     close() {
       if (timer) clearTimeout(timer);
     },

@@ -33,6 +33,8 @@ export function createRecall(deps: {
   const { scheduler, store, logger } = deps;
   const placed = new Map<string, Placed>();
   const busy = new Set<Worker>();
+  // prompts being taken back (a delete or clear of one meanwhile must not be undone by holding it again)
+  const taking = new Map<string, { p: HeldPrompt; cancelled: boolean }>();
 
   /** Reads whether ComfyUI still has the prompt (queued, running or in its history). */
   async function stillThere(w: Worker, upId: string): Promise<boolean> {
@@ -50,6 +52,8 @@ export function createRecall(deps: {
     busy.add(w);
     f.recalling = true;
     placed.delete(p.id);
+    const t = { p, cancelled: false };
+    taking.set(p.id, t);
     let gone = false;
     try {
       await store.apply({ op: 'hold', prompt: p });
@@ -66,6 +70,7 @@ export function createRecall(deps: {
       logger.debug({ err: (e as Error).message, prompt: p.id, worker: w.name }, 'queue: taking a waiting prompt back failed');
     } finally {
       busy.delete(w);
+      taking.delete(p.id);
     }
     f.recalling = false;
     // the worker went down meanwhile: its waiting prompts, this one included, were given back to the queue already
@@ -78,7 +83,8 @@ export function createRecall(deps: {
     }
     logger.info({ prompt: p.id, worker: w.name }, 'queue: a waiting prompt was taken back for an earlier turn');
     deps.sent.delete(p.id);
-    scheduler.giveBack(p, x.turn);
+    // deleted by its owner (or an admin) while it was being taken back: it stays deleted (its journal entry went)
+    if (!t.cancelled) scheduler.giveBack(p, x.turn);
     deps.notices.counts();
     // the slot is free: the worker's change lets the dispatcher release the earlier turn
     w.untrack(p.id);
@@ -88,6 +94,14 @@ export function createRecall(deps: {
     /** a released prompt was accepted by ComfyUI at `turn` */
     placed(w: Worker, p: HeldPrompt, turn: Turn) {
       placed.set(p.id, { w, p, turn });
+    },
+    /** a prompt being taken back (its owner may delete it like a held one), else undefined */
+    taking: (id: string) => taking.get(id)?.p,
+    /** a delete or clear reached a prompt being taken back: it is not held again; false when none is */
+    cancel(id: string): boolean {
+      const t = taking.get(id);
+      if (t) t.cancelled = true;
+      return !!t;
     },
     /** the prompt left its worker (finished, lost, deleted) */
     forget(id: string) {
