@@ -249,7 +249,7 @@ export function createDispatcher(deps: {
           io?.placed(s.id, w);
           deps.limits.add(owner, dayOf(now), { prompts: 1 });
           void store.apply({ op: 'usage', owner, day: dayOf(now), prompts: 1, gpu_s: 0, images: 0 }).catch(() => undefined);
-          w.refreshSoon();
+          if (w.flights.size > 1) w.refreshSoon(); // (sent to an idle worker it runs: the regular poll follows it)
         }
         return { held: false, up };
       }

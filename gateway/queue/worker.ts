@@ -180,6 +180,7 @@ export function createWorker(deps: {
       // ComfyUI runs its queue in order: a prompt sent to an empty worker is the one running.
       flights.set(id, { id, owner, sentAt: Date.now(), running: flights.size === 0 });
       lastSentAt = Date.now();
+      schedule(pollMs); // followed from now on (a no-op when a read is already due)
     },
     untrack(id) {
       if (flights.delete(id)) deps.events.changed(worker);
