@@ -97,6 +97,11 @@ interface Fairness {
   first_runs: string;
   /** ms from the start of the posts until each user's first POST was answered */
   first_answered_ms: number[];
+  /**
+   * the longest a user's first prompt waited after the gateway had answered one of that user's POSTs, in execution
+   * durations: the scheduler's share of the wait, without the time the gateway took to read the 60 POSTs at all
+   */
+  after_answer: number;
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -133,6 +138,8 @@ async function fairness(policy: 'fair' | 'fifo', durationMs: number): Promise<Fa
     const firstStart = firsts.map((l) => Math.min(...l.map((id) => started(id) ?? Infinity)));
     const ahead = firstStart.map((t) => ids.filter((id) => (started(id) ?? Infinity) < t).length);
     const wait = Math.max(...firstStart.map((t) => t - t0));
+    const answeredAt = [0, 1, 2].map((u) => t0 + Math.min(...answers.slice(u * 20, u * 20 + 20).map((r) => r.ms)));
+    const afterAnswer = Math.max(0, ...firstStart.map((t, u) => t - answeredAt[u]));
     return {
       durations: wait / exec,
       slots: wait / slot,
@@ -142,6 +149,7 @@ async function fairness(policy: 'fair' | 'fifo', durationMs: number): Promise<Fa
       first_start_ms: ran[0].start_time - t0,
       max_idle_ms: idle,
       first_answered_ms: firstAnswered,
+      after_answer: afterAnswer / exec,
       first_runs: ran
         .slice(0, 9)
         .map((e) => Math.floor(ids.indexOf(e.prompt_id) / 20))
@@ -239,6 +247,7 @@ const fairView = (f: Fairness) => ({
   worker_idle_max_ms: f.max_idle_ms,
   first_runs_by_user: f.first_runs,
   first_posts_answered_ms: f.first_answered_ms,
+  wait_after_first_answer_in_exec_durations: +f.after_answer.toFixed(2),
 });
 
 /** Runs every queue measurement once and returns the values (bench/run.ts prints them). */

@@ -58,8 +58,8 @@ export interface AppDeps {
   pingIntervalMs?: number;
   /** called once per finished request or refused upgrade, beside its access line (metrics) */
   observe?: (req: IncomingMessage, status: number, ms: number, ctx: RequestContext | undefined, errorCode: string | undefined) => void;
-  /** every ComfyUI worker but the first: relayed sockets hear their events too (gateway/queue) */
-  extraOrigins?: () => string[];
+  /** opens the other ComfyUI workers' sockets for a relayed socket (gateway/queue Workers): it hears their events too */
+  workerSockets?: import('./proxy/wsExtra').WorkerSockets;
   /** handles a request before the front door at all (force_https redirects); returns true when it answered */
   preflight?: (req: IncomingMessage, res: ServerResponse) => boolean;
 }
@@ -99,7 +99,7 @@ export function createApp(deps: AppDeps): Gateway {
     pingIntervalMs: deps.pingIntervalMs,
     hooks: deps.wsHooks,
     revocations: deps.revocations,
-    extraOrigins: deps.extraOrigins,
+    workerSockets: deps.workerSockets,
   });
   const isSecure = deps.isSecure ?? ((req: IncomingMessage) => !!(req.socket as { encrypted?: boolean }).encrypted);
   const ownHost = deps.originalHost ?? ((req: IncomingMessage) => req.headers.host);

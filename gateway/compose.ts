@@ -276,11 +276,7 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
     originalHost: clientIp.originalHost,
     preflight: createPreflight({ config, clientIp, ipLists }),
     observe: metrics.observe,
-    extraOrigins: () =>
-      queued.queue.workers
-        .all()
-        .slice(1)
-        .map((w) => w.upstream.origin),
+    workerSockets: (pathAndQuery, headers, deliver) => queued.queue.workers.openSockets(pathAndQuery, headers, deliver),
   });
   gatewayRef = gateway;
 

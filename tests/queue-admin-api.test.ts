@@ -5,7 +5,7 @@
  */
 import { sampleWorkflow } from './helpers/fakeComfy';
 import { eventually } from './helpers/queue';
-import { postJson, raw, startIsolationEnv, type Caller, type IsolationEnv } from './isolation-env';
+import { postJson, raw, startIsolationEnv, until, type Caller, type IsolationEnv } from './isolation-env';
 
 describe('the admin queue API', () => {
   let env: IsolationEnv;
@@ -32,14 +32,15 @@ describe('the admin queue API', () => {
   const refused = (r: { status: number; text: string }) => [r.status, r.text ? JSON.parse(r.text).error?.code : r.text];
 
   test('reorder and front: admins change the release order; users are refused and change nothing; bad bodies are 400', async () => {
-    // one running and one waiting on the worker; the rest held by the gateway
+    // one running (alice's) and one waiting (bob's) on the worker; the rest held by the gateway (bob's first keeps
+    // its slot: his turn is not after the held ones)
+    const onWorker = [await post(env.alice, 'a0'), await post(env.bob, 'b0')];
+    await eventually(() => onWorker.every((id) => env.fake.prompts.has(id)), 20_000, 'two on the worker');
     const a = [await post(env.alice, 'a1'), await post(env.alice, 'a2')];
-    await eventually(() => a.every((id) => env.fake.prompts.has(id)), 20_000, 'two on the worker');
-    a.push(await post(env.alice, 'a3'), await post(env.alice, 'a4'));
     const b = [await post(env.bob, 'b1'), await post(env.bob, 'b2')];
     const before = await heldIds();
-    expect([...before].sort()).toEqual([...a.slice(2), ...b].sort());
-    expect(before.indexOf(a[2])).toBeLessThan(before.indexOf(a[3])); // a user's own order
+    expect([...before].sort()).toEqual([...a, ...b].sort());
+    expect(before.indexOf(a[0])).toBeLessThan(before.indexOf(a[1])); // a user's own order
 
     // a user cannot reorder, nor read the admin view
     expect(refused(await send(env.bob, 'POST', '/gateway/api/queue/reorder', { ids: [b[1]] }))).toEqual([403, 'FORBIDDEN']);
@@ -54,29 +55,31 @@ describe('the admin queue API', () => {
     expect(await heldIds()).toEqual(before);
 
     // bob's second prompt first, then alice's last: the rest keep their order
-    const ok = await send(env.admin, 'POST', '/gateway/api/queue/reorder', { ids: [b[1], a[3]] });
+    const ok = await send(env.admin, 'POST', '/gateway/api/queue/reorder', { ids: [b[1], a[1]] });
     expect(ok.status).toBe(200);
     const after = await heldIds();
     expect(ok.json().held).toEqual(after);
-    expect(after.slice(0, 2)).toEqual([b[1], a[3]]);
-    // users see their held prompts in the new order too
+    expect(after.slice(0, 2)).toEqual([b[1], a[1]]);
+    // users see their held prompts in the new order too (after the one ComfyUI holds)
     const bobQueue = (await raw(env.gw, 'GET', '/queue', { headers: env.bob.headers })).json();
-    expect(bobQueue.queue_pending.map((e: unknown[]) => e[1])).toEqual([b[1], b[0]]);
+    expect(bobQueue.queue_pending.map((e: unknown[]) => e[1])).toEqual([onWorker[1], b[1], b[0]]);
 
-    // front: an admin's prompt goes before everyone; a user's `front` is ignored
+    // front: an admin's prompt goes before everyone (it takes the worker's waiting slot: bob's b0 is held again,
+    // first in his lane); a user's `front` is ignored
     const urgent = await post(env.admin, 'urgent', { front: true });
     const sneaky = await post(env.bob, 'sneaky', { front: true });
+    await until(async () => (await heldIds()).includes(onWorker[1]) && env.fake.prompts.has(urgent), 20_000, 'urgent in the slot');
+    expect(env.fake.prompts.has(onWorker[1])).toBe(false);
     const q = (await state()).held;
-    expect(q[0]).toMatchObject({ prompt_id: urgent, front: true, position: 1 });
     expect(q.find((h: { prompt_id: string }) => h.prompt_id === sneaky)).toMatchObject({ front: false });
-    expect(q.map((h: { prompt_id: string }) => h.prompt_id).indexOf(sneaky)).toBeGreaterThan(1);
+    const order = q.map((h: { prompt_id: string }) => h.prompt_id) as string[];
+    expect(order.indexOf(onWorker[1])).toBeLessThan(order.indexOf(b[0]));
 
-    // the release follows that order: the worker's running prompt ends → its waiting one runs → urgent is released
+    // the release follows that order: the worker's running prompt ends → urgent runs → the first held is released
     expect((await postJson(env.gw, '/interrupt', env.admin, {})).status).toBe(200);
-    await eventually(() => env.fake.prompts.has(urgent), 20_000, 'urgent released');
-    expect(env.fake.prompts.has(b[1])).toBe(false);
-    expect(env.fake.prompts.has(a[3])).toBe(false);
-    expect((await heldIds()).slice(0, 2)).toEqual([b[1], a[3]]);
+    await eventually(() => env.fake.prompts.has(order[0]), 20_000, 'the first held released');
+    for (const id of order.slice(1)) expect(env.fake.prompts.has(id)).toBe(false);
+    expect(await heldIds()).toEqual(order.slice(1));
   });
 
   test('limits over the admin API: 429 with which limit and when it resets; users refused 403; bad bodies 400', async () => {

@@ -101,5 +101,13 @@ describe('scheduler', () => {
     expect(fresh.order()[0].id).toBe('a2');
     // only what matters is kept: users whose next turn is later than now (alice's; bob and carol are due)
     expect(JSON.parse(saved[3])).toEqual({ now: 1, pass: { a: 2 } });
+    // and a release the next releaser takes back (an earlier turn arrived) gives the same order again, not the
+    // passes this replica noted before it was handed the state
+    const b1 = next.peek()!;
+    next.remove(b1.id);
+    const turn = next.served(b1.owner, b1.role);
+    expect(next.overtaken(b1, turn)).toBe(false);
+    next.giveBack(b1, turn);
+    expect(next.order().map((p) => p.id)).toEqual(['b1', 'c1', 'a2', 'b2', 'c2']);
   });
 });

@@ -202,7 +202,16 @@ test('kill -9 of the releaser mid-run: the new releaser goes on with the round r
   // the worker busy (running + waiting) while three users queue three prompts each, each user's in a row
   fake.promptDelayMs = 120_000;
   const base = arrivals().length;
-  for (let i = 0; i < 2; i++) expect((await post(old.url, 'admin', sampleWorkflow(`block${i}`))).status).toBe(200);
+  // (`front`: before every user's turn, so no user's prompt takes a blocker's waiting slot back)
+  for (let i = 0; i < 2; i++)
+    expect(
+      (
+        await request(old.url)
+          .post('/api/prompt')
+          .set('authorization', `Bearer ${tokens.admin}`)
+          .send({ prompt: sampleWorkflow(`block${i}`), front: true })
+      ).status,
+    ).toBe(200);
   await eventually(() => arrivals().length === base + 2, 15_000, 'two blockers');
   const ids: Record<string, string[]> = { alice: [], bob: [], carol: [] };
   for (const u of USERS)

@@ -117,7 +117,16 @@ const queued = async (base: string, user: string) => {
 async function block(base: string): Promise<void> {
   const before = fakes.map((f) => arrivals(f).length);
   for (const f of fakes) f.promptDelayMs = 120_000;
-  for (let i = 0; i < 4; i++) expect((await post(base, 'admin', `block${i}`)).status).toBe(200);
+  // `front`: before every user's turn, so no user's prompt takes a blocker's waiting slot back
+  for (let i = 0; i < 4; i++)
+    expect(
+      (
+        await request(base)
+          .post('/api/prompt')
+          .set('authorization', `Bearer ${tokens.admin}`)
+          .send({ prompt: sampleWorkflow(`block${i}`), front: true })
+      ).status,
+    ).toBe(200);
   await eventually(() => fakes.every((f, n) => arrivals(f).length === before[n] + 2), 15_000, 'two blockers on each worker');
 }
 /** Lets every worker run its prompts quickly again. */

@@ -8,7 +8,7 @@ import { getContext } from '../http/context';
 import { rejectUpgrade } from '../http/render';
 import type { Logger } from '../log';
 import { sanitizeHeaders, stripTokenQuery } from './headers';
-import { openExtraUpstreams, type ExtraOrigins } from './wsExtra';
+import type { WorkerSockets } from './wsExtra';
 
 /** One relayed WebSocket: the client's view and the upstream's. */
 export interface WsSession {
@@ -73,8 +73,8 @@ export function createWsRelay(deps: {
   maxPerUser?: number;
   /** credential invalidations to act on: the sockets opened with that credential are closed */
   revocations?: Revocations;
-  /** other ComfyUI workers whose events each socket also relays (wsExtra.ts) */
-  extraOrigins?: ExtraOrigins;
+  /** the other ComfyUI workers' sockets, opened through the queue's Workers: each socket relays their events too */
+  workerSockets?: WorkerSockets;
 }) {
   const maxPerUser = deps.maxPerUser ?? 64;
   // ComfyUI itself refuses client messages over 4 MB; bigger ones are not buffered here either.
@@ -307,9 +307,8 @@ export function createWsRelay(deps: {
       wss.handleUpgrade(req, socket, head, (client) => {
         upstream.off('message', onEarly);
         relay(s, client, upstream, socket);
-        const extra = deps.extraOrigins?.() ?? [];
-        if (extra.length) {
-          const stop = openExtraUpstreams(extra, `${forwardPath}${qs ? `?${qs}` : ''}`, fwd, (data, isBinary) => {
+        if (deps.workerSockets) {
+          const stop = deps.workerSockets(`${forwardPath}${qs ? `?${qs}` : ''}`, fwd, (data, isBinary) => {
             const out = hooks.fromUpstream ? hooks.fromUpstream(s, data, isBinary) : data;
             if (out !== null && client.readyState === WebSocket.OPEN) client.send(out, { binary: isBinary });
           });

@@ -1,7 +1,14 @@
 import WebSocket from 'ws';
 
-/** Where a relayed socket also listens: every ComfyUI worker but the first (gateway/queue, several workers). */
-export type ExtraOrigins = () => string[];
+/**
+ * The relay's way to the other workers (gateway/queue Workers.openSockets): opens one upstream socket per ComfyUI
+ * worker but the first for a relayed client socket and returns the function that closes them.
+ */
+export type WorkerSockets = (
+  pathAndQuery: string,
+  headers: Record<string, string>,
+  deliver: (data: Buffer, isBinary: boolean) => void,
+) => () => void;
 
 /**
  * Opens one more upstream socket per extra worker for a relayed client socket, with the same path, clientId and

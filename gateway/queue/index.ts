@@ -179,7 +179,7 @@ export async function createGatewayQueue(deps: {
     countFor: (username, all) => countOf(all ? null : keys.keyOf(username)),
     async cancel(ids, viewer) {
       const allowed = ids.filter((id) => {
-        const p = scheduler.get(id);
+        const p = scheduler.get(id) ?? dispatcher.taking(id);
         return p && mine(viewer)(p);
       });
       return dispatcher.cancel(allowed);

@@ -3,7 +3,9 @@ import type { UpstreamResponse } from '../proxy/upstream';
 import type { AccountKeys } from '../users/types';
 import { wouldLead, type Answers } from './answers';
 import { dayOf, type Limits } from './limits';
-import type { Scheduler } from './scheduler';
+import { workerLoss } from './lost';
+import { createRecall } from './recall';
+import type { Scheduler, Turn } from './scheduler';
 import { createWaiters, failedPrompt, heldOf, refusalOf, type Outcome, type QueueNotices, type Submission } from './prompts';
 export type { Outcome, Submission } from './prompts';
 import type { FailedPrompt, HeldPrompt, QueueStore } from './store';
@@ -58,6 +60,9 @@ export function createDispatcher(deps: {
   let timer: NodeJS.Timeout | null = null;
   let lastArrival = 0;
   const releasing = deps.releasing ?? (() => true);
+  // Prompts on workers, kept until they leave: a worker going down gives its waiting ones back to the queue.
+  const sent = new Map<string, HeldPrompt>();
+  const recall = createRecall({ scheduler, store, logger, sent, notices: deps.notices, io: () => io });
 
   const runningOf = (owner: string) =>
     workers.all().reduce((n, w) => n + [...w.flights.values()].filter((f) => f.owner === owner).length, 0);
@@ -65,6 +70,12 @@ export function createDispatcher(deps: {
     const role = scheduler.peek((o) => o === owner)?.role ?? 'user';
     const max = deps.limits.effective(owner, role).max_running;
     return max === null || runningOf(owner) < max;
+  };
+
+  /** One more prompt of the day for the owner (limits now, the durable usage row soon). */
+  const counted = (owner: string, at: number) => {
+    deps.limits.add(owner, dayOf(at), { prompts: 1 });
+    void store.apply({ op: 'usage', owner, day: dayOf(at), prompts: 1, gpu_s: 0, images: 0 }).catch(() => undefined);
   };
 
   /** When the worker can take one more: 0 = now, n = in n ms, null = full or down. */
@@ -88,6 +99,8 @@ export function createDispatcher(deps: {
         return r === 0;
       });
       if (!ready.length || !scheduler.size) {
+        // every worker full: a prompt in a waiting slot may be taken back for an earlier turn
+        if (soonest === Infinity) recall.check(may);
         if (soonest < Infinity && scheduler.size && !timer) {
           timer = setTimeout(() => {
             timer = null;
@@ -107,9 +120,9 @@ export function createDispatcher(deps: {
         void store.apply({ op: 'drop', ids: [p.id] });
         continue;
       }
-      scheduler.served(p.owner, p.role);
+      const turn = scheduler.served(p.owner, p.role);
       w.track(p.id, p.owner);
-      void release(w, p);
+      void release(w, p, turn);
     }
   }
 
@@ -119,7 +132,7 @@ export function createDispatcher(deps: {
   const answersSoon = (id: string) =>
     !scheduler.get(id) || (workers.all().some((w) => w.up && w.flights.size < 2) && scheduler.peek(may)?.id === id);
 
-  async function release(w: Worker, p: HeldPrompt): Promise<void> {
+  async function release(w: Worker, p: HeldPrompt, turn: Turn): Promise<void> {
     let up: UpstreamResponse;
     try {
       up = await io!.send(w, p);
@@ -142,6 +155,8 @@ export function createDispatcher(deps: {
       if (!(relay && (await relay(up))))
         await store.apply({ op: 'drop', ids: [p.id] }).catch((e) => logger.error({ err: (e as Error).message }, 'queue: store failed'));
       waiter?.(up);
+      recall.placed(w, p, turn);
+      pump();
       return;
     }
     w.untrack(p.id);
@@ -166,26 +181,7 @@ export function createDispatcher(deps: {
     pump();
   }
 
-  // Prompts on workers, kept until they leave: a worker going down gives its waiting ones back to the queue.
-  const sent = new Map<string, HeldPrompt>();
-
-  /** A worker stopped answering: its running prompt failed there, its waiting ones wait for another worker. */
-  async function lost(w: Worker, flights: Flight[]): Promise<void> {
-    for (const fl of flights) {
-      const p = sent.get(fl.id);
-      sent.delete(fl.id);
-      if (!p) continue;
-      if (fl.running) {
-        logger.warn({ prompt: p.id, worker: w.name }, 'queue: a running prompt was lost with its worker');
-        await fail(p, failedPrompt(p, refusalOf(null, `worker ${w.name} went down while running this prompt`, 'worker_down')));
-      } else {
-        await store.apply({ op: 'hold', prompt: p }).catch(() => undefined);
-        scheduler.add(p);
-      }
-    }
-    deps.notices.counts();
-    pump();
-  }
+  const lost = workerLoss({ sent, recall, store, scheduler, logger, notices: deps.notices, fail, pump });
 
   return {
     bind(x: QueueIo) {
@@ -223,13 +219,7 @@ export function createDispatcher(deps: {
       };
       // Nobody waits but every worker looks busy: what the gateway knows may be a moment old (a prompt that just
       // ended), so it asks before deciding rather than holding a prompt a free worker could start now.
-      if (releasing() && !idleNow() && scheduler.size === 0)
-        await Promise.all(
-          workers
-            .all()
-            .filter((w) => w.up)
-            .map((w) => w.refreshNow()),
-        );
+      if (releasing() && !idleNow() && scheduler.size === 0) await Promise.all(workers.all().map((w) => w.up && w.refreshNow()));
       // (a replica that does not release holds every prompt: one releaser keeps one fair order)
       const idle = releasing() ? idleNow() : undefined;
       const anyUp = workers.all().some((w) => w.up);
@@ -237,7 +227,7 @@ export function createDispatcher(deps: {
         // (nobody up at all: ComfyUI's own failure, 502, is the answer and nothing is queued)
         const w = idle ?? workers.all()[0];
         w.track(s.id, owner);
-        scheduler.served(owner, s.role);
+        const turn = scheduler.served(owner, s.role);
         let up: UpstreamResponse;
         try {
           up = await direct(w);
@@ -247,12 +237,13 @@ export function createDispatcher(deps: {
         }
         if (up.status !== 200) w.untrack(s.id);
         else {
-          sent.set(s.id, heldOf(s, owner, now, seq++));
+          const held = heldOf(s, owner, now, seq++);
+          sent.set(s.id, held);
+          recall.placed(w, held, turn); // a waiting slot filled at once can be taken back like a release
           workers.sentTo(s.id, w);
           io?.placed(s.id, w);
-          deps.limits.add(owner, dayOf(now), { prompts: 1 });
-          void store.apply({ op: 'usage', owner, day: dayOf(now), prompts: 1, gpu_s: 0, images: 0 }).catch(() => undefined);
-          w.refreshSoon();
+          counted(owner, now);
+          if (w.flights.size > 1) w.refreshSoon(); // (sent to an idle worker it runs: the regular poll follows it)
         }
         return { held: false, up };
       }
@@ -264,8 +255,7 @@ export function createDispatcher(deps: {
         !releasing() && deps.answers && wouldLead(scheduler, p) ? deps.answers.ask(p, COALESCE_CAP_MS + deps.answerWaitMs) : null;
       // Durable before the answer: a restart releases it later.
       await store.apply({ op: 'hold', prompt: p });
-      deps.limits.add(owner, dayOf(now), { prompts: 1 });
-      void store.apply({ op: 'usage', owner, day: dayOf(now), prompts: 1, gpu_s: 0, images: 0 }).catch(() => undefined);
+      counted(owner, now);
       scheduler.add(p);
       deps.notices.counts();
       pump();
@@ -277,7 +267,7 @@ export function createDispatcher(deps: {
     },
     /** Removes held prompts (delete, clear, interrupt of a held prompt); returns the ids removed. */
     async cancel(ids: string[]): Promise<string[]> {
-      const gone = ids.filter((id) => scheduler.remove(id));
+      const gone = ids.filter((id) => scheduler.remove(id) || recall.cancel(id));
       if (gone.length) {
         await store.apply({ op: 'drop', ids: gone });
         deps.notices.counts();
@@ -287,9 +277,11 @@ export function createDispatcher(deps: {
     /** a flight ended on a worker */
     finished(_w: Worker, f: Flight) {
       sent.delete(f.id);
+      recall.forget(f.id);
       pump();
     },
     lost,
+    taking: (id: string) => recall.taking(id), // a prompt being taken back from a waiting slot (cancellable)
     close() {
       if (timer) clearTimeout(timer);
     },

@@ -23,8 +23,12 @@ export interface Scheduler {
   get(id: string): HeldPrompt | undefined;
   /** the next prompt to release among owners `may(owner)` allows, without taking it */
   peek(may?: (owner: string) => boolean): HeldPrompt | undefined;
-  /** records that `owner` was given a worker (a release, or a prompt sent straight through) */
-  served(owner: string, role: HeldPrompt['role']): void;
+  /** records that `owner` was given a worker (a release, or a prompt sent straight through); the turn it took */
+  served(owner: string, role: HeldPrompt['role']): Turn;
+  /** whether a prompt released at `turn` would not be next, were it still held (another's turn came earlier) */
+  overtaken(p: HeldPrompt, turn: Turn, may?: (owner: string) => boolean): boolean;
+  /** holds a released prompt again as if it had never been released (taken back from a worker's waiting slot) */
+  giveBack(p: HeldPrompt, turn: Turn): void;
   /** every held prompt in the order they would leave now */
   order(): HeldPrompt[];
   /** puts the listed prompts of one queue first, in the given order (admin reorder); the rest keep theirs */
@@ -37,6 +41,14 @@ export interface Scheduler {
   restoreFair(s: FairState): void;
 }
 
+/** What a release changed in the order (so it can be undone when the prompt is taken back). */
+export interface Turn {
+  owner: string;
+  role: HeldPrompt['role'];
+  /** the virtual time before the release */
+  prevNow: number;
+}
+
 /** Builds a scheduler with the policy and per-role weights. */
 export function createScheduler(opts: {
   policy: Policy;
@@ -47,8 +59,13 @@ export function createScheduler(opts: {
   const byOwner = new Map<string, HeldPrompt[]>();
   const front: HeldPrompt[] = [];
   const all = new Map<string, HeldPrompt>();
+  // (a dry run of giveBack must not be saved for the next releaser)
+  let dry = false;
   const pass = new Map<string, number>();
   let now = 0;
+  // Owners whose lane joined and has not been served since: the pass they had before joining (their join pass is
+  // max(that, now), so taking a release back, which lowers `now`, lowers theirs with it).
+  const fresh = new Map<string, number>();
   const weight = (role: HeldPrompt['role']) => opts.weights[role] ?? 1;
   const bySeq = (a: HeldPrompt, b: HeldPrompt) => a.seq - b.seq;
 
@@ -81,7 +98,10 @@ export function createScheduler(opts: {
       }
       let l = byOwner.get(p.owner);
       if (!l) byOwner.set(p.owner, (l = []));
-      if (!l.length) pass.set(p.owner, Math.max(pass.get(p.owner) ?? 0, now));
+      if (!l.length) {
+        fresh.set(p.owner, pass.get(p.owner) ?? 0);
+        pass.set(p.owner, Math.max(pass.get(p.owner) ?? 0, now));
+      }
       // in arrival order (a prompt given back after a failed release, or reordered, keeps or takes its place)
       const at = l.findIndex((x) => x.seq > p.seq);
       if (at < 0) l.push(p);
@@ -94,7 +114,10 @@ export function createScheduler(opts: {
       const l = p.front ? front : byOwner.get(p.owner);
       const i = l?.indexOf(p) ?? -1;
       if (l && i >= 0) l.splice(i, 1);
-      if (!p.front && l && !l.length) byOwner.delete(p.owner);
+      if (!p.front && l && !l.length) {
+        byOwner.delete(p.owner);
+        fresh.delete(p.owner);
+      }
       return p;
     },
     get: (id) => all.get(id),
@@ -103,10 +126,42 @@ export function createScheduler(opts: {
       return f ?? pickFrom(byOwner, pass, may);
     },
     served(owner, role) {
+      const turn = { owner, role, prevNow: now };
       const p = Math.max(pass.get(owner) ?? 0, now);
       now = p;
       pass.set(owner, p + 1 / weight(role));
       opts.onServed?.();
+      fresh.delete(owner);
+      return turn;
+    },
+    overtaken(p, turn, may = () => true) {
+      // A dry run: give it back, see what would go first, and restore everything as it was.
+      const saved = { pass: new Map(pass), fresh: new Map(fresh), now };
+      dry = true;
+      try {
+        sched.giveBack(p, turn);
+      } finally {
+        dry = false;
+      }
+      const next = sched.peek((o) => o === p.owner || may(o));
+      sched.remove(p.id);
+      pass.clear();
+      for (const [o, v] of saved.pass) pass.set(o, v);
+      fresh.clear();
+      for (const [o, v] of saved.fresh) fresh.set(o, v);
+      now = saved.now;
+      return next !== undefined && next.id !== p.id;
+    },
+    giveBack(p, turn) {
+      const back = 1 / weight(turn.role);
+      now = Math.min(now, turn.prevNow);
+      // the owner's lane may have joined after this release: its pass before joining counted the release too
+      if (fresh.has(turn.owner)) fresh.set(turn.owner, fresh.get(turn.owner)! - back);
+      // (no pass kept: at or below `now`, as after a takeover, where only the passes ahead of it are handed over)
+      else pass.set(turn.owner, (pass.get(turn.owner) ?? now) - back);
+      for (const [o, before] of fresh) pass.set(o, Math.max(before, now));
+      sched.add(p);
+      if (!dry) opts.onServed?.();
     },
     order() {
       // A dry run of the picks on copies of the lists and passes.
@@ -146,6 +201,10 @@ export function createScheduler(opts: {
       now = s.now;
       pass.clear();
       for (const [o, p] of Object.entries(s.pass)) pass.set(o, p);
+      // the join passes noted while the held prompts were read are this replica's old ones: a take-back must not
+      // bring them back over the handed-over passes
+      fresh.clear();
+      for (const o of byOwner.keys()) fresh.set(o, pass.get(o) ?? now);
     },
     countOf(owner) {
       let c = byOwner.get(owner)?.length ?? 0;

@@ -9,6 +9,8 @@ export interface Flight {
   owner: string;
   sentAt: number;
   running: boolean;
+  /** being taken back from its waiting slot: not over when a read misses it (the recall decides) */
+  recalling?: boolean;
 }
 
 /** How the worker's ids map to the gateway's (set once isolation is built). */
@@ -119,7 +121,7 @@ export function createWorker(deps: {
       const ended: Flight[] = [];
       for (const f of flights.values()) {
         f.running = running.has(f.id);
-        if (!present.has(f.id) && f.sentAt < askedAt) ended.push(f);
+        if (!present.has(f.id) && f.sentAt < askedAt && !f.recalling) ended.push(f);
       }
       for (const f of ended) flights.delete(f.id);
       // Sent after the read began: not listed yet; the first of the worker's prompts is the one it runs.
@@ -178,6 +180,7 @@ export function createWorker(deps: {
       // ComfyUI runs its queue in order: a prompt sent to an empty worker is the one running.
       flights.set(id, { id, owner, sentAt: Date.now(), running: flights.size === 0 });
       lastSentAt = Date.now();
+      schedule(pollMs); // followed from now on (a no-op when a read is already due)
     },
     untrack(id) {
       if (flights.delete(id)) deps.events.changed(worker);

@@ -1,5 +1,6 @@
 import type { Logger } from '../log';
 import { createUpstream, type Upstream } from '../proxy/upstream';
+import { openExtraUpstreams } from '../proxy/wsExtra';
 import { fits, needsOf } from './caps';
 import type { HeldPrompt } from './store';
 import { createWorker, type IdMap, type Worker, type WorkerEvents } from './worker';
@@ -26,6 +27,11 @@ export interface Workers {
   byName(name: string | undefined): Worker | undefined;
   /** records where a prompt went */
   sentTo(promptId: string, w: Worker): void;
+  /**
+   * Opens a WebSocket to each worker but the first (a relayed client socket's own upstream is the first worker's),
+   * handing their frames to `deliver`; a worker down is tried again while the client stays. Returns the closer.
+   */
+  openSockets(pathAndQuery: string, headers: Record<string, string>, deliver: (data: Buffer, isBinary: boolean) => void): () => void;
   close(): void;
 }
 
@@ -73,6 +79,15 @@ export function createWorkers(deps: {
     sentTo(id, w) {
       where.set(id, w);
       if (where.size > 20_000) where.delete(where.keys().next().value as string);
+    },
+    openSockets(pathAndQuery, headers, deliver) {
+      if (list.length < 2) return () => undefined;
+      return openExtraUpstreams(
+        list.slice(1).map((w) => w.upstream.origin),
+        pathAndQuery,
+        headers,
+        deliver,
+      );
     },
     close() {
       for (const [i, w] of list.entries()) {

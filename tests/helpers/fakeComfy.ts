@@ -146,6 +146,8 @@ export interface StallRule {
   method?: string;
   beforeHeadersMs?: number | null;
   midBodyMs?: number;
+  /** with `beforeHeadersMs: null`: clearStalls() lets the held requests be handled (in arrival order), not dropped */
+  thenHandle?: boolean;
 }
 
 export interface FakeRoute {
@@ -1369,15 +1371,16 @@ class FakeComfyServer implements FakeComfy {
 
     const stall = this.stallFor(ctx.path, method);
     if (stall?.beforeHeadersMs === null) {
-      // Never answered: held until clearStalls() or until the client gives up.
-      await new Promise<void>((resolve) => {
-        this.releaseStalls.push(resolve);
-        res.once('close', resolve);
+      // Never answered: held until clearStalls() or until the client gives up (`thenHandle`: handled on release).
+      const released = await new Promise<boolean>((resolve) => {
+        this.releaseStalls.push(() => resolve(true));
+        res.once('close', () => resolve(false));
       });
-      if (!res.destroyed) res.destroy();
-      return;
-    }
-    if (stall?.beforeHeadersMs) await new Promise((r) => setTimeout(r, stall.beforeHeadersMs!));
+      if (!stall.thenHandle || !released || res.destroyed) {
+        if (!res.destroyed) res.destroy();
+        return;
+      }
+    } else if (stall?.beforeHeadersMs) await new Promise((r) => setTimeout(r, stall.beforeHeadersMs!));
     const found = this.findRoute(ctx.path, method);
     if (!found) return this.sendText(ctx, 404, '404: Not Found');
     if (!found.route) {

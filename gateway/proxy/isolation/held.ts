@@ -80,8 +80,9 @@ export function bindQueue(iso: IsolationContext, queue: GatewayQueue): void {
     toClient: (u) => iso.promptIds.toClient(u),
     ownerOf: (id) => iso.ledger.owner(id),
     placed(id, w) {
-      // The first worker is the default: only the others are written down.
-      if (queue.workers.all()[0] !== w) iso.ledger.setWorker(id, w.name);
+      // The first worker is the default: only the others are written down (or the first, over another worker a
+      // prompt taken back from a waiting slot was on before).
+      if (queue.workers.all()[0] !== w || iso.ledger.get(id)?.worker) iso.ledger.setWorker(id, w.name);
     },
     ensureOwned(p, username) {
       if (!iso.ledger.get(p.id))

@@ -73,17 +73,16 @@ export function queueInterceptors(iso: IsolationContext): Interceptor[] {
    * POST /interrupt with several workers: a prompt id goes to the worker running it; without one, a user's running
    * prompt is looked for on every worker, and an admin's interrupt stops every worker.
    */
-  async function interruptMany(req: IncomingMessage, ctx: RequestContext, raw: Buffer): Promise<UpstreamResponse> {
+  async function interruptMany(
+    req: IncomingMessage,
+    ctx: RequestContext,
+    raw: Buffer,
+    body: Record<string, unknown>,
+  ): Promise<UpstreamResponse> {
     const p = ctx.principal!;
     const headers = upstreamHeaders(req, ctx, iso.cookieName, iso.upstream);
     headers['content-type'] = 'application/json';
     const all = seesAll(p, iso.separate);
-    let body: Record<string, unknown> = {};
-    try {
-      body = parseJsonObject(raw, true);
-    } catch {
-      body = {}; // ComfyUI treats an unreadable body as "no prompt_id"
-    }
     const send = (u: Upstream, id: string) => callUpstream(u, 'POST', upstreamUrl(ctx), headers, JSON.stringify({ prompt_id: id }));
     if (typeof body.prompt_id === 'string' && body.prompt_id) {
       const id = body.prompt_id;
@@ -164,17 +163,14 @@ export function queueInterceptors(iso: IsolationContext): Interceptor[] {
     async handle(req, res, ctx) {
       const p = ctx.principal!;
       const raw = await readBody(req);
+      // An empty body means "no prompt_id"; an unreadable one is refused before anything is cancelled or sent
+      // (read as "no prompt_id" it would stop whatever the caller runs, on every worker).
+      const body = parseJsonObject(raw, true);
       await cancelHeld(raw, p, 'interrupt');
-      if (iso.workers.many) return sendUpstream(req, res, await interruptMany(req, ctx, raw));
+      if (iso.workers.many) return sendUpstream(req, res, await interruptMany(req, ctx, raw, body));
       const post = await ownPost(req, res, ctx, raw);
       if (!post) return;
       const { headers } = post;
-      let body: Record<string, unknown> = {};
-      try {
-        body = parseJsonObject(raw, true);
-      } catch {
-        body = {}; // ComfyUI treats an unreadable body as "no prompt_id"
-      }
       let target: string;
       if (typeof body.prompt_id === 'string' && body.prompt_id) {
         target = iso.ledger.owner(body.prompt_id) === p.username ? iso.promptIds.toUpstream(body.prompt_id) : missingId();
