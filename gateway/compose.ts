@@ -126,6 +126,7 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   if (jwtSecret.warning) notices.push(jwtSecret.warning);
   const jwt = createJwtService({ key: jwtSecret.key, store: users, expiryHours: config.access_token_expiration_hours });
   const passwords = createPasswords(config.bcrypt_cost);
+  closers.push(() => passwords.close());
   // A burst of guesses is refused (429) beyond a few checks in flight per client, before anything is hashed.
   const passwordSlots = createPasswordSlots({ clientIp: (req) => getContext(req).clientIp });
   const setup = createSetup(users, shared?.setupCode);
