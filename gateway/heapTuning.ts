@@ -2,7 +2,15 @@ import v8 from 'node:v8';
 import vm from 'node:vm';
 
 /** The size of the one chunk freed at start-up: glibc then keeps up to twice this much freed heap before trimming. */
-export const HEAP_KEEP_CHUNK = 16 * 1024 * 1024;
+export const HEAP_KEEP_CHUNK = 32 * 1024 * 1024;
+
+/**
+ * What the shipped launchers (Dockerfile, deploy/comfyui-gateway.service) and `npm run bench` set: glibc then keeps
+ * up to 128 MiB of freed heap and grows it 64 MiB at a time, so relaying bodies stops faulting pages back in even
+ * after the heap has grown (the start-up chunk below raises the threshold only to 64 MiB, and in a bench run after
+ * minutes of small requests a 2 MB /view faulted 120–620 pages again; with these, 10–25). Read by glibc at exec.
+ */
+export const MALLOC_ENV = { MALLOC_TRIM_THRESHOLD_: '134217728', MALLOC_TOP_PAD_: '67108864' } as const;
 
 /** Whether this process runs on glibc (Linux with glibc; not musl, macOS or Windows). */
 export function onGlibc(): boolean {
