@@ -8,9 +8,15 @@ export const HEAP_KEEP_CHUNK = 32 * 1024 * 1024;
  * What the shipped launchers (Dockerfile, deploy/comfyui-gateway.service) and `npm run bench` set: glibc then keeps
  * up to 128 MiB of freed heap and grows it 64 MiB at a time, so relaying bodies stops faulting pages back in even
  * after the heap has grown (the start-up chunk below raises the threshold only to 64 MiB, and in a bench run after
- * minutes of small requests a 2 MB /view faulted 120–620 pages again; with these, 10–25). Read by glibc at exec.
+ * minutes of small requests a 2 MB /view faulted 120–620 pages again; with these, 4–25). Setting any of them turns
+ * glibc's dynamic thresholds off, so the mmap threshold is set too: at its 128 KiB default every buffered body above
+ * it (8.5 MB for a 10,000-entry /history) would be a fresh mapping, faulted in page by page. Read by glibc at exec.
  */
-export const MALLOC_ENV = { MALLOC_TRIM_THRESHOLD_: '134217728', MALLOC_TOP_PAD_: '67108864' } as const;
+export const MALLOC_ENV = {
+  MALLOC_TRIM_THRESHOLD_: '134217728',
+  MALLOC_TOP_PAD_: '67108864',
+  MALLOC_MMAP_THRESHOLD_: '33554432',
+} as const;
 
 /** Whether this process runs on glibc (Linux with glibc; not musl, macOS or Windows). */
 export function onGlibc(): boolean {
