@@ -99,7 +99,6 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   // A malformed list line stops start-up here with a ConfigError naming file:line (main prints it, exits 2).
   const localIpLists = createIpLists({ paths: config.paths, logger, audit });
   closers.push(() => localIpLists.close());
-
   // Users, sessions and personal tokens: the store, the JWT key, and the verifiers the chain calls.
   // "A credential was invalidated" (logout, token revoked, password change, disable, deletion): the store emits,
   // the WebSocket relay closes what was opened with it.
