@@ -14,6 +14,8 @@ RUN npm ci --no-audit --no-fund && npm prune --omit=dev
 
 FROM node:20-bookworm-slim AS runtime
 ENV NODE_ENV=production
+# glibc keeps freed heap instead of trimming it after every burst of body buffers (gateway/heapTuning.ts MALLOC_ENV)
+ENV MALLOC_TRIM_THRESHOLD_=134217728 MALLOC_TOP_PAD_=67108864 MALLOC_MMAP_THRESHOLD_=33554432
 WORKDIR /app
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist/gateway ./dist/gateway

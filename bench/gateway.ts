@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { MALLOC_ENV } from '../gateway/heapTuning';
 
 /** A gateway process for a benchmark: the compiled entry point with `config` written into `dir`. */
 export async function spawnBenchGateway(opts: {
@@ -16,7 +17,7 @@ export async function spawnBenchGateway(opts: {
   const command = opts.command ?? [path.join(__dirname, '..', 'gateway', 'main.js')];
   const proc = spawn(process.execPath, [...command, '--config', file, ...(opts.args ?? [])], {
     cwd: opts.dir,
-    env: { ...process.env, ...opts.env },
+    env: { ...process.env, ...MALLOC_ENV, ...opts.env }, // as the Dockerfile and the systemd unit run it
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   const url = await new Promise<string>((resolve, reject) => {

@@ -8,6 +8,9 @@ export interface LoadResult {
   p99_ms: number;
   MBps: number;
   errors: number;
+  /** the proxy process's CPU time and minor page faults per request (bench/util.ts withCost) */
+  cpu_ms_per_req?: number;
+  minflt_per_req?: number;
 }
 
 const hasWrk = spawnSync('which', ['wrk']).status === 0;

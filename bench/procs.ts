@@ -3,6 +3,7 @@ import { fork, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
+import { MALLOC_ENV } from '../gateway/heapTuning';
 
 /** The fake ComfyUI in its own process, driven over IPC. */
 export interface Fake {
@@ -62,6 +63,8 @@ export async function startGateway(opts: { dir: string; config: Record<string, u
   const main = path.join(__dirname, '..', 'gateway', 'main.js');
   const proc = spawn(process.execPath, [...prof, '--require', path.join(__dirname, 'eldProbe.js'), main, '--config', file, ...opts.args], {
     cwd: opts.dir,
+    // as the Dockerfile and the systemd unit run it
+    env: { ...process.env, ...MALLOC_ENV },
     stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
   });
   const url = await new Promise<string>((resolve, reject) => {

@@ -99,7 +99,6 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   // A malformed list line stops start-up here with a ConfigError naming file:line (main prints it, exits 2).
   const localIpLists = createIpLists({ paths: config.paths, logger, audit });
   closers.push(() => localIpLists.close());
-
   // Users, sessions and personal tokens: the store, the JWT key, and the verifiers the chain calls.
   // "A credential was invalidated" (logout, token revoked, password change, disable, deletion): the store emits,
   // the WebSocket relay closes what was opened with it.
@@ -126,6 +125,7 @@ export async function composeGateway(config: ResolvedConfig, opts: ComposeOption
   if (jwtSecret.warning) notices.push(jwtSecret.warning);
   const jwt = createJwtService({ key: jwtSecret.key, store: users, expiryHours: config.access_token_expiration_hours });
   const passwords = createPasswords(config.bcrypt_cost);
+  closers.push(() => passwords.close());
   // A burst of guesses is refused (429) beyond a few checks in flight per client, before anything is hashed.
   const passwordSlots = createPasswordSlots({ clientIp: (req) => getContext(req).clientIp });
   const setup = createSetup(users, shared?.setupCode);

@@ -2,7 +2,9 @@
  * bcrypt work is queued to one job per spare core (auth/passwords.ts): a burst of logins must leave the event loop
  * a core. Observed on the real native bcrypt, wrapped only to count how many of its calls run at once.
  */
+import fs from 'node:fs';
 import bcrypt from 'bcrypt';
+import { createBcryptThreads, HASHING_NICE } from '../gateway/auth/bcryptThreads';
 import { createPasswords } from '../gateway/auth/passwords';
 
 test('parallel hashes and checks run one at a time with parallel=1, and every answer is still right', async () => {
@@ -24,7 +26,7 @@ test('parallel hashes and checks run one at a time with parallel=1, and every an
   const h = jest.spyOn(bcrypt, 'hash').mockImplementation(count(realHash) as never);
   const c = jest.spyOn(bcrypt, 'compare').mockImplementation(count(realCompare) as never);
   try {
-    const pw = createPasswords(4, { parallel: 1 });
+    const pw = createPasswords(4, { parallel: 1, engine: bcrypt });
     const hashes = await Promise.all(['a-password-1', 'b-password-2', 'c-password-3'].map((p) => pw.hash(p)));
     const checks = await Promise.all([
       pw.verify('a-password-1', hashes[0]),
@@ -58,12 +60,53 @@ test('with parallel=2 two run together, never more', async () => {
     }
   }) as never);
   try {
-    const pw = createPasswords(4, { parallel: 2 });
+    const pw = createPasswords(4, { parallel: 2, engine: bcrypt });
     const hash = await pw.hash('a-password-1');
     const r = await Promise.all(Array.from({ length: 8 }, (_, i) => pw.verify(i % 2 ? 'a-password-1' : 'nope', hash)));
     expect(r).toEqual([false, true, false, true, false, true, false, true]);
     expect(most).toBe(2);
   } finally {
     c.mockRestore();
+  }
+});
+
+/** Niceness of every thread of this process (field 19 of /proc/self/task/TID/stat), Linux only. */
+function threadNices(): number[] {
+  return fs.readdirSync('/proc/self/task').map((tid) => {
+    const stat = fs.readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]);
+  });
+}
+
+const linux = process.platform === 'linux' ? test : test.skip;
+
+linux('by default the hashing runs on threads of lowered priority, so a login storm leaves the event loop the CPU', async () => {
+  const before = threadNices().filter((n) => n === HASHING_NICE).length;
+  const pw = createPasswords(4, { parallel: 2 });
+  try {
+    const hash = await pw.hash('a-password-1');
+    const during = pw.verify('a-password-1', hash);
+    // the hashing threads exist while there is work; each has lowered its own priority
+    expect(threadNices().filter((n) => n === HASHING_NICE).length).toBeGreaterThan(before);
+    expect(await during).toBe(true);
+    expect(await Promise.all([pw.verify('nope', hash), pw.verify('a-password-1', null), pw.verify('a-password-1', hash)])).toEqual([
+      false,
+      false,
+      true,
+    ]);
+  } finally {
+    await pw.close();
+  }
+});
+
+test('a hashing thread passes bcrypt errors back and keeps working', async () => {
+  const engine = createBcryptThreads({ threads: 1 });
+  try {
+    await expect(engine.hash('x', 99)).rejects.toThrow(/bcrypt: Invalid salt/);
+    expect(await engine.compare('x', 'not-a-bcrypt-hash')).toBe(false);
+    const h = await engine.hash('a-password-1', 4);
+    expect(await engine.compare('a-password-1', h)).toBe(true);
+  } finally {
+    await engine.close();
   }
 });
