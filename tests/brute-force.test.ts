@@ -6,7 +6,7 @@ import type { IpLists } from '../gateway/net/ipLists';
 import { AppError } from '../gateway/errors';
 import { setContext } from '../gateway/http/context';
 import type { IncomingMessage } from 'node:http';
-import { PW, registerFirstAdmin, registerUser } from './helpers/auth';
+import { login, PW, registerFirstAdmin, registerUser } from './helpers/auth';
 import { hit, reached, waitFor } from './helpers/edge';
 import { startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
 import { flushedLogs, startGateway, TEST_KEY, type TestGateway } from './helpers/gateway';
@@ -159,6 +159,21 @@ describe('bad tokens', () => {
   test('guessing through a public route (/health) counts as well', async () => {
     for (let i = 0; i < 5; i++) await hit(gw.url, '/health', { from: '127.0.0.8', headers: { 'x-api-key': `guess-${i}-0123456789` } });
     expectRateLimited(await hit(gw.url, '/health', { from: '127.0.0.8', headers: { 'x-api-key': TEST_KEY } }));
+  });
+
+  test('a signed-out session token sent again and again does not lock its address out; a forged one still does', async () => {
+    await registerFirstAdmin(gw);
+    const token = (await login(gw, 'admin')).token as string;
+    expect((await hit(gw.url, '/logout', { method: 'POST', headers: { authorization: `Bearer ${token}` } })).status).toBeLessThan(300);
+    for (let i = 0; i < 8; i++) {
+      const r = await hit(gw.url, '/object_info', { from: '127.0.0.10', headers: { authorization: `Bearer ${token}` } });
+      expect([r.status, r.body.error.code]).toEqual([401, 'TOKEN_REVOKED']);
+    }
+    expect((await hit(gw.url, '/object_info', { from: '127.0.0.10', headers: { 'x-api-key': TEST_KEY } })).status).toBe(200);
+    // the same token with its signature altered is a guess like any other
+    const forged = token.slice(0, -4) + (token.endsWith('AAAA') ? 'BBBB' : 'AAAA');
+    for (let i = 0; i < 5; i++) await hit(gw.url, '/object_info', { from: '127.0.0.11', headers: { authorization: `Bearer ${forged}` } });
+    expectRateLimited(await hit(gw.url, '/object_info', { from: '127.0.0.11', headers: { 'x-api-key': TEST_KEY } }));
   });
 
   test('a stale session cookie does not lock anyone out', async () => {

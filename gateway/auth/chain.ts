@@ -63,7 +63,9 @@ export function createCredentialChain(deps: CredentialChainDeps) {
     try {
       return deps.verifyJwt(value, source);
     } catch (e) {
-      invalid(req, source, e);
+      // A signed-out session's token carries the gateway's own signature: not a guess. A script or tab still using
+      // it must not lock its whole network out (it is told TOKEN_REVOKED and stays refused).
+      invalid(req, e instanceof AppError && e.code === 'TOKEN_REVOKED' ? 'revoked' : source, e);
     }
   }
 
