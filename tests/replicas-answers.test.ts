@@ -10,15 +10,14 @@ import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
 import request from 'supertest';
-import { freshIp, PW, registerFirstAdmin } from './helpers/auth';
-import { spawnGateway, type ChildGateway } from './helpers/child';
+import type { ChildGateway } from './helpers/child';
+import { signedUpUsers, spawnReplicas } from './helpers/replicas';
 import { sampleWorkflow, startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
 import { createTestDatabase, eventually, type TestDatabase } from './helpers/pg';
 import { openSocket, type TestSocket } from './helpers/ws';
 
 jest.setTimeout(180_000);
 
-const ENV = { COMFYUI_GATEWAY_HF_TOKEN_KEY: '5b'.repeat(32) };
 let db: TestDatabase;
 let pool: pg.Pool;
 let fake: FakeComfy;
@@ -33,37 +32,8 @@ beforeAll(async () => {
   pool = new pg.Pool({ connectionString: db.url, max: 2 });
   fake = await startFakeComfy();
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgw-replicas-answers-'));
-  for (let i = 0; i < 3; i++) {
-    const rdir = path.join(dir, `r${i}`);
-    fs.mkdirSync(rdir);
-    const config = {
-      host: '127.0.0.1',
-      port: 0,
-      upstream: fake.url,
-      data_dir: './data',
-      bcrypt_cost: 4,
-      // info: the test reads which replica took the releaser lease from the log
-      log_levels: ['info'],
-      store: { kind: 'postgres', url: db.url },
-      redis: { url: 'redis://127.0.0.1:6379', key_prefix: `cgw-ra-${path.basename(dir)}:` },
-      model_downloads: { enabled: false },
-    };
-    fs.writeFileSync(path.join(rdir, 'config.json'), JSON.stringify(config));
-    replicas.push(await spawnGateway(['--config', path.join(rdir, 'config.json')], ENV));
-  }
-  await registerFirstAdmin(replicas[0]);
-  for (const name of USERS) {
-    const r = await request(replicas[0].url)
-      .post('/register')
-      .set('X-Forwarded-For', freshIp())
-      .send({ new_user_username: name, new_user_password: PW, username: 'admin', password: PW });
-    expect(r.status).toBe(201);
-  }
-  for (const name of ['admin', ...USERS]) {
-    const r = await request(replicas[1].url).post('/login').set('X-Forwarded-For', freshIp()).send({ username: name, password: PW });
-    expect(r.status).toBe(200);
-    tokens[name] = r.body.token as string;
-  }
+  replicas.push(...(await spawnReplicas({ dir, count: 3, dbUrl: db.url, prefix: 'cgw-ra', config: { upstream: fake.url } })));
+  Object.assign(tokens, await signedUpUsers(replicas[0], replicas[1].url, USERS));
   await eventually(() => leases().reduce((a, b) => a + b, 0) === 1, 15_000, 'one releaser');
 });
 afterAll(async () => {

@@ -9,8 +9,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import request from 'supertest';
-import { freshIp, PW, registerFirstAdmin } from './helpers/auth';
-import { spawnGateway, type ChildGateway } from './helpers/child';
+import type { ChildGateway } from './helpers/child';
+import { signedUpUsers, spawnReplicas } from './helpers/replicas';
 import { sampleWorkflow, startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
 import { createTestDatabase, eventually, type TestDatabase } from './helpers/pg';
 import { startRoundRobin, type RoundRobin } from './helpers/roundRobin';
@@ -18,7 +18,6 @@ import { openSocket, type TestSocket } from './helpers/ws';
 
 jest.setTimeout(180_000);
 
-const ENV = { COMFYUI_GATEWAY_HF_TOKEN_KEY: '5b'.repeat(32) };
 let db: TestDatabase;
 let fakes: FakeComfy[];
 let dir: string;
@@ -32,40 +31,21 @@ beforeAll(async () => {
   db = await createTestDatabase();
   fakes = [await startFakeComfy(), await startFakeComfy()];
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cgw-replicas-queue-'));
-  for (let i = 0; i < 3; i++) {
-    const rdir = path.join(dir, `r${i}`);
-    fs.mkdirSync(rdir);
-    const config = {
-      host: '127.0.0.1',
-      port: 0,
-      upstreams: fakes.map((f, n) => ({ url: f.url, name: `w${n}` })),
-      shared_input: fakes[0].inputDir,
-      data_dir: './data',
-      bcrypt_cost: 4,
-      trusted_proxies: ['127.0.0.1'],
-      // info: the test reads which replica took the releaser lease from the log
-      log_levels: ['info'],
-      store: { kind: 'postgres', url: db.url },
-      redis: { url: 'redis://127.0.0.1:6379', key_prefix: `cgw-rq-${path.basename(dir)}:` },
-      model_downloads: { enabled: false },
-    };
-    fs.writeFileSync(path.join(rdir, 'config.json'), JSON.stringify(config));
-    replicas.push(await spawnGateway(['--config', path.join(rdir, 'config.json')], ENV));
-  }
+  replicas.push(
+    ...(await spawnReplicas({
+      dir,
+      count: 3,
+      dbUrl: db.url,
+      prefix: 'cgw-rq',
+      config: {
+        upstreams: fakes.map((f, n) => ({ url: f.url, name: `w${n}` })),
+        shared_input: fakes[0].inputDir,
+        trusted_proxies: ['127.0.0.1'],
+      },
+    })),
+  );
   lb = await startRoundRobin(replicas.map((r) => r.port));
-  await registerFirstAdmin(replicas[0]);
-  for (const name of USERS) {
-    const r = await request(replicas[0].url)
-      .post('/register')
-      .set('X-Forwarded-For', freshIp())
-      .send({ new_user_username: name, new_user_password: PW, username: 'admin', password: PW });
-    expect(r.status).toBe(201);
-  }
-  for (const name of ['admin', ...USERS]) {
-    const r = await request(lb.url).post('/login').set('X-Forwarded-For', freshIp()).send({ username: name, password: PW });
-    expect(r.status).toBe(200);
-    tokens[name] = r.body.token as string;
-  }
+  Object.assign(tokens, await signedUpUsers(replicas[0], lb.url, USERS));
 });
 afterAll(async () => {
   for (const s of sockets) s.close();
