@@ -1,7 +1,6 @@
 import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import WebSocket, { WebSocketServer, type RawData } from 'ws';
-import type { Principal } from '../auth/principal';
 import { invalidates, type Invalidation, type Revocations } from '../auth/revocations';
 import { AppError } from '../errors';
 import { getContext } from '../http/context';
@@ -9,58 +8,12 @@ import { rejectUpgrade } from '../http/render';
 import type { Logger } from '../log';
 import { sanitizeHeaders, stripTokenQuery } from './headers';
 import type { WorkerSockets } from './wsExtra';
-
-/** One relayed WebSocket: the client's view and the upstream's. */
-export interface WsSession {
-  principal: Principal;
-  /** the clientId the browser asked for (null when it asked for none) */
-  clientId: string | null;
-  /** the clientId used upstream */
-  upstreamClientId: string | null;
-  client?: WebSocket;
-  upstream?: WebSocket;
-  /** replaced by a newer socket with the same upstream id: the client stays open but hears nothing more */
-  detached?: boolean;
-  /** its credential was invalidated while the upstream socket was still connecting */
-  revoked?: boolean;
-}
-
-/** Close code for sockets whose credential was invalidated (RFC 6455 "policy violation"). */
-export const WS_REVOKED_CODE = 1008;
-
-/** Isolation hooks; every one optional. Returning null drops a frame. */
-export interface WsHooks {
-  upstreamClientId?(principal: Principal, clientId: string | null): string | null;
-  fromUpstream?(s: WsSession, data: Buffer, isBinary: boolean): Buffer | string | null;
-  fromClient?(s: WsSession, data: Buffer, isBinary: boolean): Buffer | string | null;
-  /** once per session that was given an upstream client id, also when its handshake never completed */
-  onClose?(s: WsSession): void;
-}
+import { WS_REVOKED_CODE, type WsHooks, type WsSession } from './wsHooks';
+export { composeWsHooks, WS_REVOKED_CODE, type WsHooks, type WsSession } from './wsHooks';
 
 const toBuffer = (d: RawData): Buffer => (Buffer.isBuffer(d) ? d : Array.isArray(d) ? Buffer.concat(d) : Buffer.from(d));
 // 1005/1006/1015 are reserved: they describe a close, they cannot be sent in one.
 const sendable = (code: number) => (code >= 1000 && code <= 1014 && ![1004, 1005, 1006].includes(code)) || (code >= 3000 && code <= 4999);
-
-/** Chains several hook sets: client ids map through each in turn; a frame dropped by one is dropped. */
-export function composeWsHooks(list: WsHooks[]): WsHooks {
-  const pipe =
-    (pick: (h: WsHooks) => WsHooks['fromUpstream']) =>
-    (s: WsSession, data: Buffer, isBinary: boolean): Buffer | string | null => {
-      let cur: Buffer | string | null = data;
-      for (const h of list) {
-        const f = pick(h);
-        if (!f || cur === null) continue;
-        cur = f(s, Buffer.isBuffer(cur) ? cur : Buffer.from(cur), isBinary);
-      }
-      return cur;
-    };
-  return {
-    upstreamClientId: (p, id) => list.reduce((cur, h) => (h.upstreamClientId ? h.upstreamClientId(p, cur) : cur), id),
-    fromUpstream: pipe((h) => h.fromUpstream),
-    fromClient: pipe((h) => h.fromClient),
-    onClose: (s) => list.forEach((h) => h.onClose?.(s)),
-  };
-}
 
 /** The WebSocket relay: the gateway ends the client's socket itself and opens its own to ComfyUI. */
 export function createWsRelay(deps: {
