@@ -313,6 +313,8 @@ export function createIpLists(deps: {
           compiled.ranges = [...compiled.ranges];
           addEntry(compiled, addr, () => undefined);
         }
+        // refused from now on, not only once the file is written (a client keeps trying meanwhile)
+        state.blacklist = { compiled, sig: state.blacklist.sig };
         await writeList('blacklist', text, compiled);
         return true;
       });
