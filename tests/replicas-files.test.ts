@@ -10,7 +10,8 @@ import path from 'node:path';
 import pg from 'pg';
 import request from 'supertest';
 import { login, registerFirstAdmin, registerUser } from './helpers/auth';
-import { spawnGateway, type ChildGateway } from './helpers/child';
+import type { ChildGateway } from './helpers/child';
+import { spawnReplica } from './helpers/replicas';
 import { startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
 import { callApi, startFakeHf, type FakeHf } from './helpers/fakeHf';
 import { createTestDatabase, eventually, type TestDatabase } from './helpers/pg';
@@ -30,20 +31,14 @@ const children: ChildGateway[] = [];
 
 /** A replica as its own process, with a data_dir of its own (nothing shared through files). */
 async function replica(name: string, extra: Record<string, unknown>): Promise<ChildGateway> {
-  const rdir = path.join(dir, name);
-  fs.mkdirSync(rdir);
-  const config = {
-    host: '127.0.0.1',
-    port: 0,
-    data_dir: './data',
-    bcrypt_cost: 4,
-    log_levels: ['warn'],
-    store: { kind: 'postgres', url: db.url },
-    redis: { url: redis.url, key_prefix: redis.prefix },
-    ...extra,
-  };
-  fs.writeFileSync(path.join(rdir, 'config.json'), JSON.stringify(config));
-  const gw = await spawnGateway(['--config', path.join(rdir, 'config.json')], { ...ENV, HF_ENDPOINT: hf.url });
+  const gw = await spawnReplica({
+    dir,
+    name,
+    dbUrl: db.url,
+    redis,
+    config: { log_levels: ['warn'], model_downloads: undefined, ...extra },
+    env: { ...ENV, HF_ENDPOINT: hf.url },
+  });
   children.push(gw);
   return gw;
 }

@@ -8,35 +8,46 @@ import { spawnGateway, type ChildGateway } from './child';
 export const REPLICA_ENV = { COMFYUI_GATEWAY_HF_TOKEN_KEY: '5b'.repeat(32) };
 
 /**
- * Starts `count` compiled gateways as child processes on one PostgreSQL database and one Redis key prefix, each
- * with a data dir of its own under `dir`, logging at info (tests read which replica took the releaser lease).
+ * Starts one compiled gateway as a child process on a shared PostgreSQL database and Redis key prefix, with a data
+ * dir of its own (`dir/name`: nothing shared through files), logging at info (tests read who took the releaser lease).
  */
+export async function spawnReplica(o: {
+  dir: string;
+  name: string;
+  dbUrl: string;
+  redis: { url: string; prefix: string };
+  /** the upstream part of the config (and anything else the test needs; it wins over the defaults) */
+  config: Record<string, unknown>;
+  env?: Record<string, string>;
+}): Promise<ChildGateway> {
+  const rdir = path.join(o.dir, o.name);
+  fs.mkdirSync(rdir);
+  const config = {
+    host: '127.0.0.1',
+    port: 0,
+    data_dir: './data',
+    bcrypt_cost: 4,
+    log_levels: ['info'],
+    store: { kind: 'postgres', url: o.dbUrl },
+    redis: { url: o.redis.url, key_prefix: o.redis.prefix },
+    model_downloads: { enabled: false },
+    ...o.config,
+  };
+  fs.writeFileSync(path.join(rdir, 'config.json'), JSON.stringify(config));
+  return spawnGateway(['--config', path.join(rdir, 'config.json')], { ...REPLICA_ENV, ...o.env });
+}
+
+/** Starts `count` replicas (r0, r1, …) under `dir` on one database and one Redis key prefix named after `dir`. */
 export async function spawnReplicas(o: {
   dir: string;
   count: number;
   dbUrl: string;
   prefix: string;
-  /** the upstream part of the config (and anything else the test needs) */
   config: Record<string, unknown>;
 }): Promise<ChildGateway[]> {
   const out: ChildGateway[] = [];
-  for (let i = 0; i < o.count; i++) {
-    const rdir = path.join(o.dir, `r${i}`);
-    fs.mkdirSync(rdir);
-    const config = {
-      host: '127.0.0.1',
-      port: 0,
-      data_dir: './data',
-      bcrypt_cost: 4,
-      log_levels: ['info'],
-      store: { kind: 'postgres', url: o.dbUrl },
-      redis: { url: 'redis://127.0.0.1:6379', key_prefix: `${o.prefix}-${path.basename(o.dir)}:` },
-      model_downloads: { enabled: false },
-      ...o.config,
-    };
-    fs.writeFileSync(path.join(rdir, 'config.json'), JSON.stringify(config));
-    out.push(await spawnGateway(['--config', path.join(rdir, 'config.json')], REPLICA_ENV));
-  }
+  const redis = { url: 'redis://127.0.0.1:6379', prefix: `${o.prefix}-${path.basename(o.dir)}:` };
+  for (let i = 0; i < o.count; i++) out.push(await spawnReplica({ dir: o.dir, name: `r${i}`, dbUrl: o.dbUrl, redis, config: o.config }));
   return out;
 }
 
