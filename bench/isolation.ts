@@ -8,6 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import WebSocket, { WebSocketServer } from 'ws';
 import { spawnBenchGateway } from './gateway';
+import { runAsScript } from './util';
 
 const KEY = 'bench-isolation-key-0123456789abcdef';
 const ENTRIES = 10_000;
@@ -256,14 +257,5 @@ if (process.env.ISOLATION_BENCH_STUB) {
     if (m.cmd === 'exit') process.exit(0);
   });
 } else if (require.main === module) {
-  benchIsolation().then(
-    (r) => {
-      process.stdout.write(JSON.stringify(r, null, 2) + '\n');
-      process.exit(0);
-    },
-    (e) => {
-      process.stderr.write(`${(e as Error).stack}\n`);
-      process.exit(1);
-    },
-  );
+  runAsScript(benchIsolation);
 }

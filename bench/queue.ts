@@ -7,6 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { sampleWorkflow, startFakeComfy, type FakeComfy } from '../tests/helpers/fakeComfy';
 import { spawnBenchGateway } from './gateway';
+import { runAsScript } from './util';
 
 const KEY = 'bench-queue-key-0123456789abcdef';
 const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
@@ -276,14 +277,4 @@ export async function benchQueue(): Promise<Record<string, unknown>> {
   return out;
 }
 
-if (require.main === module)
-  benchQueue().then(
-    (r) => {
-      process.stdout.write(JSON.stringify(r, null, 2) + '\n');
-      process.exit(0);
-    },
-    (e) => {
-      process.stderr.write(`${(e as Error).stack}\n`);
-      process.exit(1);
-    },
-  );
+if (require.main === module) runAsScript(benchQueue);

@@ -14,6 +14,7 @@ import path from 'node:path';
 import pg from 'pg';
 import { load, median, type LoadResult } from './load';
 import { startFake, startGateway, stop, type BenchGateway } from './procs';
+import { runAsScript } from './util';
 
 const KEY = 'bench-store-key-0123456789abcdef';
 const PASSWORD = 'bench-password-1';
@@ -148,14 +149,5 @@ export async function benchStore(): Promise<Record<string, unknown>> {
 }
 
 if (require.main === module) {
-  benchStore().then(
-    (r) => {
-      process.stdout.write(JSON.stringify(r, null, 2) + '\n');
-      process.exit(0);
-    },
-    (e) => {
-      process.stderr.write(`${(e as Error).stack}\n`);
-      process.exit(1);
-    },
-  );
+  runAsScript(benchStore);
 }

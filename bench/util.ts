@@ -136,3 +136,17 @@ export function summary(rs: LoadResult[]) {
     all_rps: rs.map((r) => Math.round(r.rps)),
   };
 }
+
+/** Runs a bench part as a script of its own: prints its result as JSON and exits (non-zero on failure). */
+export function runAsScript(part: () => Promise<unknown>): void {
+  part().then(
+    (r) => {
+      process.stdout.write(JSON.stringify(r, null, 2) + '\n');
+      process.exit(0);
+    },
+    (e) => {
+      process.stderr.write(`${(e as Error).stack}\n`);
+      process.exit(1);
+    },
+  );
+}

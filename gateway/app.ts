@@ -16,6 +16,7 @@ import { createHttpProxy } from './proxy/http';
 import type { Policy } from './proxy/policy';
 import type { Upstream } from './proxy/upstream';
 import { createWsRelay, type WsHooks } from './proxy/ws';
+import type { WorkerSockets } from './proxy/wsExtra';
 import type { Revocations } from './auth/revocations';
 
 /** A check run on every request after the route is known and before authentication (IP lists, CF Access). */
@@ -59,7 +60,7 @@ export interface AppDeps {
   /** called once per finished request or refused upgrade, beside its access line (metrics) */
   observe?: (req: IncomingMessage, status: number, ms: number, ctx: RequestContext | undefined, errorCode: string | undefined) => void;
   /** opens the other ComfyUI workers' sockets for a relayed socket (gateway/queue Workers): it hears their events too */
-  workerSockets?: import('./proxy/wsExtra').WorkerSockets;
+  workerSockets?: WorkerSockets;
   /** handles a request before the front door at all (force_https redirects); returns true when it answered */
   preflight?: (req: IncomingMessage, res: ServerResponse) => boolean;
 }
