@@ -166,9 +166,10 @@ describe('bad tokens', () => {
     const token = (await login(gw, 'admin')).token as string;
     expect((await hit(gw.url, '/logout', { method: 'POST', headers: { authorization: `Bearer ${token}` } })).status).toBeLessThan(300);
     for (let i = 0; i < 8; i++) {
-      const r = await hit(gw.url, '/object_info', { from: '127.0.0.10', headers: { authorization: `Bearer ${token}` } });
+      const r = await hit(gw.url, '/object_info?edge-revoked', { from: '127.0.0.10', headers: { authorization: `Bearer ${token}` } });
       expect([r.status, r.body.error.code]).toEqual([401, 'TOKEN_REVOKED']);
     }
+    expect(reached(fake, 'edge-revoked')).toBe(0);
     expect((await hit(gw.url, '/object_info', { from: '127.0.0.10', headers: { 'x-api-key': TEST_KEY } })).status).toBe(200);
     // the same token with its signature altered is a guess like any other
     const forged = token.slice(0, -4) + (token.endsWith('AAAA') ? 'BBBB' : 'AAAA');
