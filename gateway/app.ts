@@ -9,7 +9,7 @@ import type { ResolvedConfig } from './config/load';
 import { AppError, errors } from './errors';
 import { getContext, setContext, peekContext, type RequestContext } from './http/context';
 import { rejectUpgrade, sendError, toAppError, wantsHtml } from './http/render';
-import { redactUrl, type Logger } from './log';
+import { createAccessLog, redactUrl, type Logger } from './log';
 import { canonicalize, encodePath } from './proxy/canonical';
 import { stripTokenQuery } from './proxy/headers';
 import { createHttpProxy } from './proxy/http';
@@ -105,6 +105,7 @@ export function createApp(deps: AppDeps): Gateway {
   const isSecure = deps.isSecure ?? ((req: IncomingMessage) => !!(req.socket as { encrypted?: boolean }).encrypted);
   const ownHost = deps.originalHost ?? ((req: IncomingMessage) => req.headers.host);
   let inFlight = 0;
+  const writeAccess = createAccessLog(logger);
 
   const app = express();
   app.disable('x-powered-by');
@@ -181,17 +182,14 @@ export function createApp(deps: AppDeps): Gateway {
     const ctx = peekContext(req);
     const ms = Number(process.hrtime.bigint() - started) / 1e6;
     deps.observe?.(req, res.statusCode, ms, ctx, errorCode ?? ctx?.errorCode);
-    logger.info(
-      {
-        method: req.method,
-        path: redactUrl(rawUrl),
-        status: res.statusCode,
-        ms,
-        ip: ctx?.clientIp ?? deps.clientIp(req),
-        user: ctx?.principal?.username,
-      },
-      'request',
-    );
+    writeAccess({
+      method: req.method,
+      path: redactUrl(rawUrl),
+      status: res.statusCode,
+      ms,
+      ip: ctx?.clientIp ?? deps.clientIp(req),
+      user: ctx?.principal?.username,
+    });
   }
 
   return {
