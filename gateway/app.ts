@@ -106,6 +106,8 @@ export function createApp(deps: AppDeps): Gateway {
   const ownHost = deps.originalHost ?? ((req: IncomingMessage) => req.headers.host);
   let inFlight = 0;
   const writeAccess = createAccessLog(logger);
+  const gates = deps.gates ?? [];
+  const enrichers = deps.enrichers ?? [];
 
   const app = express();
   app.disable('x-powered-by');
@@ -142,7 +144,11 @@ export function createApp(deps: AppDeps): Gateway {
       startedAt: process.hrtime.bigint(),
     };
     setContext(req, ctx);
-    for (const gate of deps.gates ?? []) await gate(req, ctx);
+    // Most gates decide synchronously; awaiting only a promise saves a microtask turn per gate per request.
+    for (const gate of gates) {
+      const pending = gate(req, ctx);
+      if (pending) await pending;
+    }
     const { access } = ctx.decision;
     if (access === 'public') {
       // Public routes may still use who is calling (health details, logout, admin registration).
@@ -164,7 +170,10 @@ export function createApp(deps: AppDeps): Gateway {
     if (!ctx.principal) throw errors.authRequired();
     checkCsrf(req, ctx.principal, { ownHost: ownHost(req), isUpgrade, getChangesState: ctx.decision.getChangesState });
     if (access === 'admin' && ctx.principal.role !== 'admin') throw errors.forbidden('This route is for administrators');
-    for (const enrich of deps.enrichers ?? []) await enrich(req, ctx);
+    for (const enrich of enrichers) {
+      const pending = enrich(req, ctx);
+      if (pending) await pending;
+    }
     return ctx;
   }
 
