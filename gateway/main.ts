@@ -5,7 +5,7 @@ import { ConfigError, loadConfig } from './config/load';
 import { summarizeConfig } from './config/summary';
 import { EXIT } from './exitCodes';
 import { listen } from './server';
-import { raiseGlibcTrimThreshold } from './heapTuning';
+import { fixHeapGrowth, raiseGlibcTrimThreshold } from './heapTuning';
 
 export { EXIT };
 
@@ -27,6 +27,7 @@ function listenProblem(err: NodeJS.ErrnoException, host: string, port: number): 
 /** Runs the gateway: load config, build everything, listen, and shut down in order on SIGTERM/SIGINT. */
 export async function runGateway(argv: string[]): Promise<void> {
   raiseGlibcTrimThreshold();
+  fixHeapGrowth();
   const fail = (message: string, code: number) => {
     process.stderr.write(`comfyui-gateway: ${message}\n`);
     process.exit(code);
