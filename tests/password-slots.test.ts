@@ -4,7 +4,7 @@
  * pool threads free for file I/O, so another user's requests still answer quickly.
  */
 import { PASSWORD_CHECKS_PER_CLIENT, createPasswordSlots } from '../gateway/auth/passwordSlots';
-import { hashingThreads } from '../gateway/auth/passwords';
+import { anonymousLanes, hashingThreads } from '../gateway/auth/passwords';
 import { PW, TRUST_LOCAL_PROXY, login } from './helpers/auth';
 import { hit } from './helpers/edge';
 import { startFakeComfy, type FakeComfy } from './helpers/fakeComfy';
@@ -140,6 +140,9 @@ describe('createPasswordSlots (unit)', () => {
   });
 
   it('bcrypt runs one job per core, at least two, and leaves two pool threads free for file I/O', () => {
+    expect(anonymousLanes(2)).toBe(1);
+    expect(anonymousLanes(14)).toBe(13);
+    expect(anonymousLanes(1)).toBe(1);
     expect(hashingThreads({}, 8)).toBe(2);
     expect(hashingThreads({ UV_THREADPOOL_SIZE: '16' }, 32)).toBe(14);
     expect(hashingThreads({ UV_THREADPOOL_SIZE: '2' }, 8)).toBe(1);

@@ -87,7 +87,7 @@ export function accountRoutes(deps: AccountRouteDeps): RouteMount {
       if (problem) throw errors.invalidBody('Invalid new password', { fields: { new_password: problem } });
       limiter?.check(req);
       const current_password = body.current_password;
-      const verify = () => passwords.verify(current_password, user.password_hash);
+      const verify = () => passwords.verify(current_password, user.password_hash, 'signed-in');
       const ok = await (deps.slots ? deps.slots.run(req, verify) : verify());
       if (!ok) {
         audit.record({ event: 'password_change_failure', user: user.username, ...origin(req) });
