@@ -215,7 +215,7 @@ export function createApp(deps: AppDeps): Gateway {
         inFlight--;
         accessLog(req, res, rawUrl, started);
       };
-      res.once('finish', finish);
+      // 'close' follows 'finish' on every response, and also ends one whose client went away: one listener is enough.
       res.once('close', finish);
       req.on('error', () => undefined);
       if (deps.preflight?.(req, res)) return;

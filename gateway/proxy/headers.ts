@@ -46,29 +46,45 @@ export function upstreamUrl(ctx: RequestContext): string {
   return ctx.route.forwardPath + (q ? `?${q}` : '');
 }
 
-/** Rewrites request headers in place for the upstream hop (DESIGN §6 header hygiene). */
-export function sanitizeHeaders(
-  req: IncomingMessage,
-  ctx: RequestContext,
-  opts: { cookieName: string; upstreamOrigin: string; upstreamHost?: string },
-): IncomingHttpHeaders {
-  const h = req.headers;
-  const originalHost = h.host;
-  for (const name of Object.keys(h)) {
-    if (STRIP.has(name) || name.startsWith('x-forwarded-')) delete h[name];
-  }
-  const cookie = stripCookie(h.cookie, opts.cookieName);
-  if (cookie) h.cookie = cookie;
-  else delete h.cookie;
-  if (ctx.principal?.comfyUser) h['comfy-user'] = ctx.principal.comfyUser;
-  h['x-forwarded-for'] = ctx.clientIp;
-  h['x-forwarded-proto'] = ctx.secure ? 'https' : 'http';
-  if (originalHost) h['x-forwarded-host'] = originalHost;
+type HopOpts = { cookieName: string; upstreamOrigin: string; upstreamHost?: string };
+
+/** A client header that never reaches ComfyUI: our credentials, identity and forwarding claims. */
+const dropped = (name: string): boolean => STRIP.has(name) || name.startsWith('x-forwarded-');
+
+/**
+ * What the gateway itself sets for the upstream hop, from the client's headers `src` into `out` (which may be the
+ * same object): the Cookie header without our cookie, the ComfyUI user, forwarding headers, Origin and Host.
+ */
+function setHopHeaders(out: IncomingHttpHeaders | OutgoingHttpHeaders, src: IncomingHttpHeaders, ctx: RequestContext, opts: HopOpts): void {
+  const originalHost = src.host;
+  const hadOrigin = src.origin !== undefined;
+  const cookie = stripCookie(src.cookie, opts.cookieName);
+  if (cookie) out.cookie = cookie;
+  else delete out.cookie;
+  if (ctx.principal?.comfyUser) out['comfy-user'] = ctx.principal.comfyUser;
+  out['x-forwarded-for'] = ctx.clientIp;
+  out['x-forwarded-proto'] = ctx.secure ? 'https' : 'http';
+  if (originalHost) out['x-forwarded-host'] = originalHost;
   // The gateway has done the CSRF check; ComfyUI's own check compares Origin with Host, so make them agree.
-  if (h.origin !== undefined) h.origin = opts.upstreamOrigin;
-  h.host = opts.upstreamHost ?? new URL(opts.upstreamOrigin).host;
+  if (hadOrigin) out.origin = opts.upstreamOrigin;
+  out.host = opts.upstreamHost ?? hostOf(opts.upstreamOrigin);
+}
+
+/** Rewrites request headers in place for the upstream hop (DESIGN §6 header hygiene). */
+export function sanitizeHeaders(req: IncomingMessage, ctx: RequestContext, opts: HopOpts): IncomingHttpHeaders {
+  const h = req.headers;
+  for (const name of Object.keys(h)) if (dropped(name)) delete h[name];
+  setHopHeaders(h, h, ctx, opts);
   return h;
 }
+
+// Parsing the origin's URL on every request cost more than the rest of the header rewrite.
+const hosts = new Map<string, string>();
+const hostOf = (origin: string): string => {
+  let host = hosts.get(origin);
+  if (host === undefined) hosts.set(origin, (host = new URL(origin).host));
+  return host;
+};
 
 /** Content types that would run script in the gateway's origin if rendered. */
 const ACTIVE =
@@ -99,18 +115,22 @@ const CONDITIONAL = new Set(['if-none-match', 'if-modified-since', 'if-match', '
 
 /**
  * Headers for an upstream call whose answer the gateway reads and rewrites (isolation, index.html injection,
- * /features): the sanitized client headers without hop-by-hop, conditional or length headers, uncompressed.
+ * /features): the sanitized client headers without hop-by-hop, conditional or length headers, uncompressed. The
+ * client's headers are left as they came (a copy is made, not an in-place rewrite).
  */
 export function headersForRead(
   req: IncomingMessage,
   ctx: RequestContext,
   opts: { cookieName: string; upstreamOrigin: string },
 ): OutgoingHttpHeaders {
+  const src = req.headers;
   const out: OutgoingHttpHeaders = {};
-  for (const [k, v] of Object.entries(sanitizeHeaders(req, ctx, opts))) {
-    if (v === undefined || HOP_BY_HOP.has(k) || CONDITIONAL.has(k) || k === 'content-length' || k === 'accept-encoding') continue;
-    out[k] = v;
+  for (const k of Object.keys(src)) {
+    if (dropped(k) || HOP_BY_HOP.has(k) || CONDITIONAL.has(k) || k === 'content-length' || k === 'accept-encoding') continue;
+    const v = src[k];
+    if (v !== undefined) out[k] = v;
   }
+  setHopHeaders(out, src, ctx, opts);
   out['accept-encoding'] = 'identity';
   return out;
 }

@@ -119,8 +119,11 @@ export async function callUpstream(
   headers: http.OutgoingHttpHeaders,
   body?: Buffer | string,
 ): Promise<UpstreamResponse> {
-  const h = { ...headers };
-  if (body === undefined) delete h['content-type'];
+  let h = headers;
+  if (body === undefined && h['content-type'] !== undefined) {
+    h = { ...headers };
+    delete h['content-type'];
+  }
   try {
     return await upstream.request(method, path, { headers: h, body, timeoutMs: upstream.headerTimeoutMs });
   } catch (e) {
