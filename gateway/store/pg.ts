@@ -42,6 +42,12 @@ export async function withTx<T>(pool: pg.Pool, fn: (c: pg.PoolClient) => Promise
     throw isConnectionError(e) || !(e instanceof AppError) ? storeUnavailable() : e;
   }
   let broken = false;
+  // pg-pool drops its own error listener while a client is checked out: a server lost mid-transaction would emit an
+  // unhandled 'error' (an uncaught exception). The query in flight is rejected anyway; this only marks the client.
+  const lost = () => {
+    broken = true;
+  };
+  client.on('error', lost);
   try {
     await client.query('BEGIN');
     const out = await fn(client);
@@ -52,6 +58,7 @@ export async function withTx<T>(pool: pg.Pool, fn: (c: pg.PoolClient) => Promise
     if (!broken) await client.query('ROLLBACK').catch(() => (broken = true));
     throw broken ? storeUnavailable() : e;
   } finally {
+    client.removeListener('error', lost);
     client.release(broken);
   }
 }
