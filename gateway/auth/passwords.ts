@@ -51,7 +51,7 @@ export function hashingThreads(env: NodeJS.ProcessEnv = process.env, cores = os.
  */
 export function createPasswords(cost: number, opts: { parallel?: number; engine?: BcryptEngine } = {}): Passwords {
   const parallel = opts.parallel ?? hashingThreads();
-  const signedIn = createLane(parallel > 1 ? 1 : parallel);
+  const signedIn = createLane(1);
   const anonymous = parallel > 1 ? createLane(anonymousLanes(parallel)) : signedIn;
   const lane = (who: PasswordCaller) => (who === 'anonymous' ? anonymous : signedIn);
   const threads = opts.engine ? null : createBcryptThreads({ threads: parallel });
